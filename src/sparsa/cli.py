@@ -1,0 +1,231 @@
+"""``sparsa`` command line: parses flags, calls the Python API, prints tables or ``--json``.
+
+Errors print one ``sparsa: error: ...`` line on stderr and exit non-zero (a traceback only
+with ``--debug``).
+"""
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from sparsa.errors import SparsaError
+
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16"}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the ``sparsa: error:`` one-line error format."""
+
+    def error(self, message):
+        fail(f"{self.prog}: {message}")
+
+
+def fail(message: str, code: int = 2):
+    print(f"sparsa: error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(code)
+
+
+def torch_dtype(name: str | None):
+    import torch
+
+    return None if name is None else getattr(torch, DTYPES[name])
+
+
+def check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SparsaError(f"--device {device}: no CUDA device is available")
+
+
+def emit(result: dict, as_json: bool, table) -> None:
+    """Print ``result`` as one JSON line, or as the human table ``table(result)`` returns."""
+    print(json.dumps(result) if as_json else table(result))
+
+
+# -- commands ------------------------------------------------------------------------------
+def cmd_eval(args) -> dict:
+    from sparsa.evaluate import load_texts, perplexities
+    from sparsa.nn import linear_footprint
+    from sparsa.nn.models import load_model
+
+    check_device(args.device)
+    texts = load_texts(args.ppl, args.text_file)
+    lm = load_model(args.model, dtype=torch_dtype(args.dtype))
+    lm.model.to(args.device)
+    results = perplexities(lm.model, lm.tokenizer, texts, seqlen=args.seqlen, max_windows=args.windows,
+                           device=args.device, progress=not args.quiet)
+    params, nbytes = linear_footprint(lm.model)
+    return {"model": args.model, "ppl": {k: r.ppl for k, r in results.items()},
+            "bits_per_param": 8 * nbytes / params, "bytes": nbytes, "params": params, "seqlen": args.seqlen,
+            "windows": {k: r.windows for k, r in results.items()},
+            "seconds": {k: round(r.seconds, 3) for k, r in results.items()}}
+
+
+def eval_table(r: dict) -> str:
+    rows = [f"model          {r['model']}"]
+    rows += [f"ppl {k:<10} {v:.4f}   ({r['windows'][k]} windows x {r['seqlen']} tokens)" for k, v in r["ppl"].items()]
+    rows += [f"bits/param     {r['bits_per_param']:.3f}", f"linear bytes   {r['bytes']:,} ({r['params']:,} params)"]
+    return "\n".join(rows)
+
+
+def cmd_compress(args) -> dict:
+    from pathlib import Path
+
+    import torch
+
+    from sparsa.compress import compress_, get_method
+    from sparsa.nn.checkpoint import is_checkpoint, save_checkpoint
+    from sparsa.nn.models import load_model
+
+    config = get_method(args.method).config_cls.from_flags(
+        bits=args.bits, group_size=args.group_size, sparsity=args.sparsity, pattern=args.pattern,
+        outlier_threshold=args.outlier_threshold, nsamples=args.nsamples, seqlen=args.seqlen, calib=args.calib)
+    if args.device != "cpu":
+        raise SparsaError(f"--device {args.device}: --method {args.method} runs on the CPU (no calibration)")
+    out = Path(args.output)
+    if out.exists() and not (is_checkpoint(out) or (out.is_dir() and not any(out.iterdir()))):
+        raise SparsaError(f"-o {out}: exists and is not a sparsa checkpoint; choose another directory")
+    torch.manual_seed(args.seed)
+    lm = load_model(args.model, dtype=torch_dtype(args.dtype))
+    if lm.manifest is not None:
+        raise SparsaError(f"{args.model}: already a sparsa checkpoint; compress a dense model")
+    start = time.perf_counter()
+    summary = compress_(lm.model, config, progress=not args.quiet)
+    manifest = save_checkpoint(lm.model, lm.tokenizer, out, method=config.to_dict())
+    return {"dir": str(out), "method": config.method, "bits_per_param": manifest["bits_per_param"],
+            "bytes": manifest["bytes"], "params": manifest["params"], "layers": summary.layers,
+            "seconds": round(time.perf_counter() - start, 3)}
+
+
+def compress_table(r: dict) -> str:
+    return (f"wrote {r['dir']}: {r['method']}, {r['layers']} layers, {r['bits_per_param']:.3f} bits/param, "
+            f"{r['bytes']:,} bytes for {r['params']:,} params, {r['seconds']:.1f} s")
+
+
+def cmd_generate(args) -> dict:
+    import torch
+
+    from sparsa.nn.models import load_model
+
+    check_device(args.device)
+    if args.max_new_tokens < 1:
+        raise SparsaError(f"--max-new-tokens {args.max_new_tokens} must be at least 1")
+    lm = load_model(args.model, dtype=torch_dtype(args.dtype))
+    lm.model.to(args.device)
+    ids = lm.tokenizer(args.prompt, return_tensors="pt").input_ids.to(args.device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = lm.model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=False)
+    seconds = time.perf_counter() - start
+    new = out.shape[1] - ids.shape[1]
+    return {"text": lm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True),
+            "new_tokens": new, "tokens_per_s": new / seconds}
+
+
+def generate_table(r: dict) -> str:
+    return f"{r['text']}\n\n[{r['new_tokens']} tokens, {r['tokens_per_s']:.1f} tokens/s]"
+
+
+def cmd_demo(args) -> dict:
+    from sparsa.demo import run_demo
+
+    return {"rows": run_demo(ppl=args.ppl, seqlen=args.seqlen, windows=args.windows)}
+
+
+def demo_table(r: dict) -> str:
+    names = list(r["rows"][0]["ppl"])
+    head = f"{'model':<34}" + "".join(f"{'ppl ' + n:>16}" for n in names) + f"{'bytes':>14}{'bits/param':>12}{'seconds':>9}"
+    lines = [head, "-" * len(head)]
+    for row in r["rows"]:
+        lines.append(f"{row['model']:<34}" + "".join(f"{row['ppl'][n]:>16.3f}" for n in names)
+                     + f"{row['bytes']:>14,}{row['bits_per_param']:>12.3f}{row['seconds']:>9.1f}")
+    return "\n".join(lines)
+
+
+# -- parser ----------------------------------------------------------------------------------
+def build_parser() -> Parser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    common.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser = Parser(prog="sparsa", description="Make models sparse, small and fast.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = sub.add_parser("eval", parents=[common], help="perplexity and size of a model")
+    p.add_argument("model", help="smollm2-135m, a .gguf file, a Hugging Face dir or a sparsa checkpoint")
+    p.add_argument("--ppl", help="comma-separated corpora: wiki, shakespeare (default: wiki)")
+    p.add_argument("--text-file", help="also evaluate this UTF-8 text file, whole")
+    p.add_argument("--seqlen", type=int, default=2048, help="tokens per window (default 2048)")
+    p.add_argument("--windows", type=int, help="evaluate at most N windows (default: all)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="dtype for dense models (default float32)")
+    p.set_defaults(run=cmd_eval, table=eval_table)
+
+    p = sub.add_parser("compress", parents=[common], help="compress a model and write a checkpoint")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True, help="checkpoint directory to write")
+    p.add_argument("--method", required=True, help="rtn or magnitude (gptq, spqr, sparsegpt, wanda to come)")
+    p.add_argument("--bits", type=int, help="bits per weight code, 2..8 (rtn; default 4)")
+    p.add_argument("--group-size", type=int, help="input columns per quantization group (rtn; default 128)")
+    p.add_argument("--sparsity", type=float, help="fraction of weights removed, in [0, 1) (magnitude)")
+    p.add_argument("--pattern", help="unstructured, N:M (e.g. 2:4) or block:RxC (e.g. block:1x16)")
+    p.add_argument("--outlier-threshold", type=float, help="SpQR outlier threshold tau")
+    p.add_argument("--nsamples", type=int, help="calibration windows")
+    p.add_argument("--seqlen", type=int, help="calibration window length")
+    p.add_argument("--calib", help="calibration corpus")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="cast the dense model first (values keep this dtype)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_compress, table=compress_table)
+
+    p = sub.add_parser("generate", parents=[common], help="greedy generation and tokens/s")
+    p.add_argument("model")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES))
+    p.set_defaults(run=cmd_generate, table=generate_table)
+
+    p = sub.add_parser("demo", parents=[common], help="the main job on the embedded model")
+    p.add_argument("--ppl", default="wiki,shakespeare")
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--windows", type=int, default=16)
+    p.set_defaults(run=cmd_demo, table=demo_table)
+    return parser
+
+
+def quiet_libraries(debug: bool) -> None:
+    """Library logs and Hugging Face progress bars only with --debug."""
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(message)s")
+    if not debug:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        quiet_libraries(args.debug)
+        result = args.run(args)
+    except SparsaError as err:
+        if args.debug:
+            raise
+        fail(str(err))
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except Exception as err:  # noqa: BLE001  the contract: one line, no traceback without --debug
+        if args.debug:
+            raise
+        fail(f"{type(err).__name__}: {err} (rerun with --debug for the traceback)", 1)
+    emit(result, args.json, args.table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

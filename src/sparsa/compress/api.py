@@ -1,0 +1,65 @@
+"""``compress_(model, config)``: the one entry point that compresses a model's linear layers in place."""
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from sparsa.compress.config import MethodConfig
+from sparsa.compress.registry import get_method
+from sparsa.nn.sparse_linear import SparseLinear
+from sparsa.nn.surgery import FilterFn, decoder_linears, set_submodule, target_linears
+
+
+@dataclass
+class CompressSummary:
+    """What ``compress_`` did.
+
+    Attributes:
+        method: registered method name.
+        layers: linear layers compressed.
+        params: their parameter count.
+        compressed_bytes: bytes of their formats (exactly what a checkpoint writes for them).
+        dense_bytes: bytes of the same weights before compression.
+        bits_per_param: ``8 * compressed_bytes / params``.
+        seconds: wall time of the compression.
+    """
+
+    method: str
+    layers: int
+    params: int
+    compressed_bytes: int
+    dense_bytes: int
+    bits_per_param: float
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def compress_(model: nn.Module, config: MethodConfig, *, filter_fn: FilterFn = decoder_linears,
+              progress: bool = True) -> CompressSummary:
+    """Replace every selected ``nn.Linear`` by a ``SparseLinear`` holding its compressed weight.
+
+    Args:
+        model: any torch model; changed in place.
+        config: a method config (e.g. ``RTNConfig(bits=4, group_size=32)``).
+        filter_fn: ``(module, fqn) -> bool`` picks the layers; default: all linears but the output head.
+        progress: show a progress bar on stderr.
+    """
+    method = get_method(config.method)
+    start = time.perf_counter()
+    targets = list(target_linears(model, filter_fn))
+    params = compressed = dense = 0
+    for fqn, linear in tqdm(targets, desc=f"compress {config.method}", disable=not progress, unit="layer"):
+        fmt = method.compress_weight(linear.weight.data, config, where=fqn)
+        set_submodule(model, fqn, SparseLinear(fmt, linear.bias))
+        params += fmt.numel
+        compressed += fmt.nbytes
+        dense += linear.weight.numel() * linear.weight.element_size()
+    return CompressSummary(method=config.method, layers=len(targets), params=params, compressed_bytes=compressed,
+                           dense_bytes=dense, bits_per_param=8 * compressed / max(params, 1),
+                           seconds=time.perf_counter() - start)

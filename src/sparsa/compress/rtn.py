@@ -1,0 +1,13 @@
+"""RTN: round-to-nearest group quantization (data-free baseline of every quantization paper)."""
+
+import torch
+
+from sparsa.compress.config import RTNConfig
+from sparsa.compress.registry import register_method
+from sparsa.formats.quant import Quant
+
+
+@register_method(RTNConfig)
+def rtn(W: torch.Tensor, config: RTNConfig, *, where: str) -> Quant:
+    """Quantize ``W: [out, in]`` to ``config.bits`` with min-max groups of ``config.group_size``."""
+    return Quant.from_dense(W, bits=config.bits, group_size=config.group_size, where=where)

@@ -1,0 +1,10 @@
+"""Compressed weight formats: plain data with exact byte sizes and validated I/O."""
+
+from sparsa.formats.base import Format
+from sparsa.formats.bitmap import Bitmap
+from sparsa.formats.block_sparse import BlockSparse
+from sparsa.formats.nm import NM
+from sparsa.formats.quant import Quant
+from sparsa.formats.registry import FORMATS, get_format, register_format
+
+__all__ = ["FORMATS", "Bitmap", "BlockSparse", "Format", "NM", "Quant", "get_format", "register_format"]

@@ -1,0 +1,230 @@
+"""The only writer and reader of sparsa checkpoint directories.
+
+Layout of a checkpoint ``DIR``:
+    config.json, tokenizer files        as Hugging Face writes them
+    sparsa.json                         manifest: schema, sparsa version, method, per-module
+                                        format + metadata + bytes on disk, bits/param
+    model-0000N-of-0000M.safetensors    every format array as ``<module>.<array>``, dense tensors
+    model.safetensors.index.json        tensor name -> shard
+
+Writes go to a temporary sibling directory renamed into place at the end, so a failure never
+leaves a half-written checkpoint. Loads validate schema, shapes, dtypes and index ranges of
+every tensor before building the model (on the ``meta`` device, no random init).
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from sparsa import __version__
+from sparsa.atomic import atomic_directory
+from sparsa.errors import SparsaError
+from sparsa.formats.registry import get_format
+from sparsa.nn.safetensors_io import read_header
+from sparsa.nn.sparse_linear import SparseLinear
+from sparsa.nn.surgery import set_submodule, sparse_linears
+
+SCHEMA_VERSION = 1
+MANIFEST = "sparsa.json"
+INDEX = "model.safetensors.index.json"
+SHARD_BYTES = 2 * 1024**3
+
+
+def is_checkpoint(path: Path) -> bool:
+    """True when ``path`` is a directory holding a sparsa manifest."""
+    return (Path(path) / MANIFEST).is_file()
+
+
+# -- writing ---------------------------------------------------------------------------------
+def unique_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict without tied duplicates (the first name of a shared tensor wins)."""
+    seen, out = set(), {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key not in seen:
+            seen.add(key)
+            out[name] = tensor.detach().contiguous().cpu()
+    return out
+
+
+def write_shards(tensors: dict[str, torch.Tensor], directory: Path, shard_bytes: int) -> dict[str, str]:
+    """Write tensors into ``model-0000N-of-0000M.safetensors`` files; return name -> file."""
+    shards, current, size = [], {}, 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if current and size + nbytes > shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name], size = tensor, size + nbytes
+    shards.append(current)
+    weight_map = {}
+    for i, shard in enumerate(shards, start=1):
+        filename = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(directory / filename), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, filename))
+    return weight_map
+
+
+def save_checkpoint(model: nn.Module, tokenizer, out_dir, *, method: dict,
+                    shard_bytes: int = SHARD_BYTES) -> dict:
+    """Write ``model`` (with its ``SparseLinear`` layers) and tokenizer as a checkpoint.
+
+    Args:
+        model: a Hugging Face model, compressed in place by ``compress_``.
+        tokenizer: its tokenizer (saved beside), or None.
+        out_dir: target directory; an existing sparsa checkpoint there is replaced.
+        method: the method config as a dict, recorded in the manifest.
+    Returns:
+        The manifest written to ``sparsa.json``.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not (out_dir.is_dir() and (is_checkpoint(out_dir) or not any(out_dir.iterdir()))):
+        raise SparsaError(f"{out_dir}: exists and is not a sparsa checkpoint; choose another -o")
+    with atomic_directory(out_dir) as tmp:
+        model.config.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        weight_map = write_shards(unique_tensors(model), tmp, shard_bytes)
+        stored = {}
+        for filename in sorted(set(weight_map.values())):
+            stored.update(read_header(tmp / filename))
+        manifest = build_manifest(model, method, stored)
+        (tmp / INDEX).write_text(json.dumps({"metadata": {"total_size": sum(t.nbytes for t in stored.values())},
+                                             "weight_map": weight_map}, indent=2))
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def build_manifest(model: nn.Module, method: dict, stored: dict) -> dict:
+    """Manifest with per-module byte counts measured from the written safetensors headers."""
+    formats, params, nbytes = {}, 0, 0
+    for fqn, module in sparse_linears(model):
+        fmt = module.weight_format
+        on_disk = sum(stored[f"{fqn}.{array}"].nbytes for array in fmt.ARRAYS)
+        if on_disk != fmt.nbytes:
+            raise RuntimeError(f"{fqn}: {on_disk} bytes written, format.nbytes says {fmt.nbytes}")
+        formats[fqn] = {"format": fmt.format_name, "meta": fmt.meta(), "bytes": on_disk}
+        params, nbytes = params + fmt.numel, nbytes + on_disk
+    return {"schema": SCHEMA_VERSION, "sparsa_version": __version__, "method": method, "formats": formats,
+            "params": params, "bytes": nbytes, "bits_per_param": 8 * nbytes / max(params, 1)}
+
+
+# -- reading ---------------------------------------------------------------------------------
+def read_manifest(directory: Path) -> dict:
+    """Load and check ``sparsa.json`` (schema version and the shape of every entry)."""
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise SparsaError(f"{directory}: no such checkpoint directory")
+    if not path.is_file():
+        raise SparsaError(f"{directory}: not a sparsa checkpoint (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SparsaError(f"{path}: unreadable manifest ({err})") from None
+    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA_VERSION:
+        found = manifest.get("schema") if isinstance(manifest, dict) else None
+        raise SparsaError(f"{path}: schema {found!r}, this sparsa {__version__} reads schema {SCHEMA_VERSION}")
+    formats = manifest.get("formats")
+    if not isinstance(formats, dict) or not all(
+            isinstance(e, dict) and {"format", "meta", "bytes"} <= set(e) for e in formats.values()):
+        raise SparsaError(f"{path}: 'formats' must map module -> {{format, meta, bytes}}")
+    return manifest
+
+
+def read_tensors(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Check every shard's header against the index and the file size, then load all tensors.
+
+    Returns:
+        name -> tensor, and name -> shard file name (for error messages).
+    """
+    index_path = directory / INDEX
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise SparsaError(f"{index_path}: missing or unreadable index ({err})") from None
+    tensors = {}
+    for filename in sorted(set(weight_map.values())):
+        path = directory / filename
+        if Path(filename).name != filename or not path.is_file():
+            raise SparsaError(f"{index_path}: shard {filename!r} is missing")
+        names = {n for n, f in weight_map.items() if f == filename}
+        stored = set(read_header(path))
+        if names != stored:
+            raise SparsaError(f"{path}: holds {sorted(stored ^ names)[:3]} contrary to the index")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                tensors.update({name: f.get_tensor(name) for name in sorted(names)})
+        except Exception as err:  # safetensors raises its own error types on corrupt data
+            raise SparsaError(f"{path}: unreadable safetensors data ({err})") from None
+    return tensors, weight_map
+
+
+def build_formats(manifest: dict, tensors: dict, weight_map: dict, directory: Path) -> dict:
+    """Pop each module's arrays out of ``tensors`` and rebuild its validated format."""
+    formats = {}
+    for fqn, entry in manifest["formats"].items():
+        cls = get_format(entry["format"])
+        where = f"{directory / weight_map.get(f'{fqn}.{cls.ARRAYS[0]}', MANIFEST)}:{fqn}"
+        missing = [a for a in cls.ARRAYS if f"{fqn}.{a}" not in tensors]
+        if missing:
+            raise SparsaError(f"{where}: tensor {fqn}.{missing[0]} is missing")
+        arrays = {a: tensors.pop(f"{fqn}.{a}") for a in cls.ARRAYS}
+        fmt = cls.from_state_dict(arrays, entry["meta"], where=where)
+        if fmt.nbytes != entry["bytes"]:
+            raise SparsaError(f"{where}: {fmt.nbytes} bytes stored, the manifest says {entry['bytes']}")
+        formats[fqn] = fmt
+    return formats
+
+
+def materialize_buffers(model: nn.Module) -> None:
+    """Compute the non-persistent buffers (e.g. rotary ``inv_freq``) that a meta build left empty."""
+    for name, module in model.named_modules():
+        if any(b is not None and b.is_meta for b in module.buffers(recurse=False)):
+            module.to_empty(device="cpu", recurse=False)
+            model._init_weights(module)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise SparsaError(f"tensor {left[0]} is missing from the checkpoint ({len(left)} missing)")
+
+
+def load_checkpoint(directory) -> tuple[nn.Module, object, dict]:
+    """Load a checkpoint written by :func:`save_checkpoint`.
+
+    Returns:
+        (model in eval mode on the CPU, tokenizer, manifest).
+    Raises:
+        SparsaError naming the file and tensor at fault, before any compute.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    tensors, weight_map = read_tensors(directory)
+    formats = build_formats(manifest, tensors, weight_map, directory)
+    try:
+        config = AutoConfig.from_pretrained(directory)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    except (OSError, ValueError) as err:
+        raise SparsaError(f"{directory}: bad config.json or tokenizer ({err})") from None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    for fqn, fmt in formats.items():
+        old = model.get_submodule(fqn) if fqn in dict(model.named_modules()) else None
+        if not isinstance(old, nn.Linear) or (old.out_features, old.in_features) != fmt.shape:
+            raise SparsaError(f"{directory}: {fqn} is {fmt.shape} in the checkpoint, the config has {old}")
+        set_submodule(model, fqn, SparseLinear(fmt, tensors.pop(f"{fqn}.bias", None)))
+    expected = {n: t for n, t in model.state_dict().items() if t.is_meta}
+    for name, tensor in tensors.items():
+        if name not in expected:
+            raise SparsaError(f"{directory / weight_map[name]}: unexpected tensor {name}")
+        if tensor.shape != expected[name].shape:
+            raise SparsaError(f"{directory / weight_map[name]}: tensor {name} has shape {list(tensor.shape)}, "
+                              f"the config needs {list(expected[name].shape)}")
+    model.load_state_dict(tensors, strict=False, assign=True)
+    model.tie_weights()
+    materialize_buffers(model)
+    return model.eval(), tokenizer, manifest

@@ -1,0 +1,67 @@
+"""Reading and checking safetensors headers without trusting the file.
+
+A safetensors file is ``u64 little-endian header length | JSON header | data``; each header
+entry gives ``dtype``, ``shape`` and ``data_offsets`` (begin, end) into the data section.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from sparsa.errors import SparsaError
+
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
+               "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """One header entry: ``nbytes`` is the size of its data in the file."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+def read_header(path: Path) -> dict[str, StoredTensor]:
+    """Parse and check a safetensors header against the file's real size.
+
+    Raises:
+        SparsaError naming the file: too short, truncated, a bad header, offsets outside the
+        data, sizes that disagree with dtype x shape, or bytes missing at the end.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise SparsaError(f"{path}: truncated safetensors file ({size} bytes)")
+            length = int.from_bytes(head, "little")
+            if length > MAX_HEADER_BYTES or 8 + length > size:
+                raise SparsaError(f"{path}: truncated or corrupt safetensors header")
+            header = json.loads(f.read(length))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SparsaError(f"{path}: unreadable safetensors file ({err})") from None
+    if not isinstance(header, dict):
+        raise SparsaError(f"{path}: safetensors header is not a JSON object")
+    data_bytes, end_max, tensors = size - 8 - length, 0, {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+            expected = math.prod(shape) * DTYPE_BYTES[dtype]
+        except (KeyError, TypeError, ValueError):
+            raise SparsaError(f"{path}: tensor {name!r} has a malformed header entry") from None
+        if not 0 <= begin <= end or end - begin != expected:
+            raise SparsaError(f"{path}: tensor {name!r} spans {end - begin} bytes, dtype x shape needs {expected}")
+        if end > data_bytes:
+            raise SparsaError(f"{path}: truncated: tensor {name!r} ends at data byte {end}, "
+                              f"the file holds {data_bytes}")
+        end_max = max(end_max, end)
+        tensors[name] = StoredTensor(dtype, shape, end - begin)
+    if end_max != data_bytes:
+        raise SparsaError(f"{path}: {data_bytes - end_max} unexpected bytes after the last tensor")
+    return tensors

@@ -1,0 +1,52 @@
+"""``SparseLinear``: an ``nn.Linear`` stand-in whose weight is a compressed format."""
+
+import torch
+from torch import nn
+
+from sparsa.formats.base import Format
+from sparsa.kernels import linear
+
+
+class SparseLinear(nn.Module):
+    """``y = x Wᵀ + b`` with W held in a format and multiplied by the dispatched kernel.
+
+    The format's arrays are registered as buffers named after the arrays, so the module's
+    state dict holds ``<module>.<array>`` entries and ``.to(device)`` moves them.
+
+    Args:
+        weight: a format holding W: [out, in].
+        bias: [out] or None.
+    """
+
+    def __init__(self, weight: Format, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.format_cls = type(weight)
+        self.format_meta = weight.meta()
+        self.out_features, self.in_features = weight.shape
+        for name, array in weight.arrays().items():
+            self.register_buffer(name, array)
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+
+    @property
+    def weight_format(self) -> Format:
+        """The format, rebuilt around this module's (possibly moved) buffers."""
+        arrays = {name: getattr(self, name) for name in self.format_cls.ARRAYS}
+        meta = {k: tuple(v) if isinstance(v, list) else v for k, v in self.format_meta.items()}
+        return self.format_cls(**meta, **arrays)
+
+    def _apply(self, fn, recurse=True):
+        """Move buffers with the module but keep their stored dtypes (``model.half()`` must not
+        re-encode codes, scales or values; outputs follow the activation dtype anyway)."""
+        originals = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, old in originals.items():
+            new = self._buffers[name]
+            if old is not None and new is not None and new.dtype != old.dtype:
+                self._buffers[name] = old.to(new.device)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight_format, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, format={self.format_cls.format_name}"
