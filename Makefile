@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m sparsa.demo
+	$(BIN)/sparsa demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -133,16 +133,17 @@ def generate_table(r: dict) -> str:
 def cmd_demo(args) -> dict:
     from sparsa.demo import run_demo
 
-    return {"rows": run_demo(ppl=args.ppl, seqlen=args.seqlen, windows=args.windows)}
+    return {"rows": run_demo(ppl=args.ppl, seqlen=args.seqlen, windows=args.windows, progress=not args.quiet)}
 
 
 def demo_table(r: dict) -> str:
     names = list(r["rows"][0]["ppl"])
-    head = f"{'model':<34}" + "".join(f"{'ppl ' + n:>16}" for n in names) + f"{'bytes':>14}{'bits/param':>12}{'seconds':>9}"
+    head = f"{'model':<34}" + "".join(f"{'ppl ' + n:>16}" for n in names) + f"{'bytes':>14}{'bits/param':>12}{'compress s':>12}"
     lines = [head, "-" * len(head)]
     for row in r["rows"]:
         lines.append(f"{row['model']:<34}" + "".join(f"{row['ppl'][n]:>16.3f}" for n in names)
-                     + f"{row['bytes']:>14,}{row['bits_per_param']:>12.3f}{row['seconds']:>9.1f}")
+                     + f"{row['bytes']:>14,}{row['bits_per_param']:>12.3f}"
+                     + ("           -" if row["seconds"] is None else f"{row['seconds']:>12.1f}"))
     return "\n".join(lines)
 
 

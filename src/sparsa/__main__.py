@@ -1,0 +1,7 @@
+"""``python -m sparsa`` runs the command line."""
+
+import sys
+
+from sparsa.cli import main
+
+sys.exit(main())

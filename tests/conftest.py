@@ -1,0 +1,34 @@
+"""Shared fixtures: a tiny random Llama with a word-level tokenizer, and paths to real artefacts."""
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def tiny_tokenizer():
+    """Word-level tokenizer over words ``w0`` .. ``w120`` (vocab 128 with specials)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "[EOS]": 1, **{f"w{i}": i + 2 for i in range(121)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="[EOS]")
+
+
+@pytest.fixture
+def tiny_llama():
+    """A 2-layer random Llama (hidden 64, GQA 4/2 heads, tied embeddings), fp32, eval mode."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True)
+    return LlamaForCausalLM(config).eval()
+
+
+def word_text(n_words: int, seed: int = 0) -> str:
+    """``n_words`` random vocabulary words of the tiny tokenizer, space separated."""
+    g = torch.Generator().manual_seed(seed)
+    return " ".join(f"w{i}" for i in torch.randint(0, 121, (n_words,), generator=g).tolist())

@@ -1,0 +1,117 @@
+"""The command-line contract: --json last line, one-line errors, nothing half-written."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sparsa.cli import main
+from conftest import word_text
+
+
+def run(capsys, *argv):
+    """Run ``sparsa argv`` in-process; return (exit code, stdout, stderr)."""
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def hf_dir(tiny_llama, tiny_tokenizer, tmp_path):
+    """The tiny Llama saved as a Hugging Face model directory."""
+    path = tmp_path / "tiny-hf"
+    tiny_llama.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def words(tmp_path):
+    path = tmp_path / "words.txt"
+    path.write_text(word_text(400))
+    return path
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compress", "M", "-o", "X", "--method", "foo"], "unknown --method 'foo'; choose from magnitude, rtn"),
+    (["compress", "M", "-o", "X", "--method", "rtn", "--bits", "9"], "--bits 9 is outside 2..8"),
+    (["compress", "M", "-o", "X", "--method", "rtn", "--bits", "1"], "--bits 1 is outside 2..8"),
+    (["compress", "M", "-o", "X", "--method", "magnitude", "--sparsity", "1.0"], r"--sparsity 1.0 is outside \[0, 1\)"),
+    (["compress", "M", "-o", "X", "--method", "magnitude", "--sparsity", "-0.1"], r"--sparsity -0.1 is outside"),
+    (["compress", "M", "-o", "X", "--method", "magnitude", "--pattern", "2x4"], "--pattern '2x4' is not unstructured"),
+    (["compress", "M", "-o", "X", "--method", "magnitude", "--pattern", "2:4", "--sparsity", "0.7"],
+     "--sparsity 0.7 disagrees with --pattern 2:4"),
+    (["compress", "M", "-o", "X", "--method", "rtn", "--sparsity", "0.5"], "--method rtn does not take --sparsity"),
+    (["eval", "/no/such/model"], "MODEL '/no/such/model' is not smollm2-135m"),
+    (["eval", "M", "--ppl", "ptb"], "--ppl 'ptb': unknown corpus"),
+    (["eval", "x.gguf"], "x.gguf: no such GGUF file"),
+    (["eval"], "the following arguments are required: model"),
+])
+def test_cli_bad_input_prints_one_error_line(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert err.startswith("sparsa: error: ") and err.count("\n") == 1
+    assert __import__("re").search(message, err), err
+
+
+def test_cli_compress_then_eval_json_contract(capsys, hf_dir, words, tmp_path):
+    code, out, _ = run(capsys, "compress", str(hf_dir), "-o", str(tmp_path / "ck"), "--method", "rtn", "--bits", "4",
+                       "--group-size", "32", "--json", "--quiet")
+    result = last_json(out)
+    assert code == 0 and set(result) >= {"dir", "method", "bits_per_param", "bytes", "seconds"}
+    assert result["bits_per_param"] == 5.0 and result["method"] == "rtn"
+    code, out, _ = run(capsys, "eval", str(tmp_path / "ck"), "--text-file", str(words), "--seqlen", "64", "--json",
+                       "--quiet")
+    result = last_json(out)
+    assert code == 0 and set(result) >= {"ppl", "bits_per_param", "bytes", "params"}
+    assert result["bits_per_param"] == 5.0 and result["windows"] == {str(words): 6}
+    assert 1 < result["ppl"][str(words)] < 1e4
+    code, out, _ = run(capsys, "eval", str(hf_dir), "--text-file", str(words), "--seqlen", "64", "--json", "--quiet")
+    assert last_json(out)["bits_per_param"] == 32.0
+
+
+def test_cli_eval_text_too_short_errors(capsys, hf_dir, tmp_path):
+    (tmp_path / "short.txt").write_text("w1 w2 w3")
+    code, _, err = run(capsys, "eval", str(hf_dir), "--text-file", str(tmp_path / "short.txt"), "--seqlen", "64")
+    assert code == 2 and "short.txt: 3 tokens, fewer than one window of --seqlen 64" in err
+
+
+def test_cli_compress_refuses_foreign_directory_and_writes_nothing(capsys, hf_dir, tmp_path):
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "thesis.tex").write_text("precious")
+    code, _, err = run(capsys, "compress", str(hf_dir), "-o", str(target), "--method", "rtn", "--group-size", "32")
+    assert code == 2 and "exists and is not a sparsa checkpoint" in err
+    assert [p.name for p in target.iterdir()] == ["thesis.tex"]
+
+
+def test_cli_compress_bad_group_size_leaves_no_output(capsys, hf_dir, tmp_path):
+    code, _, err = run(capsys, "compress", str(hf_dir), "-o", str(tmp_path / "ck"), "--method", "rtn",
+                       "--group-size", "48", "--quiet")
+    assert code == 2 and "in_features=64 % group_size=48 != 0; try --group-size 64" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-hf"]
+
+
+def test_cli_generate_reports_text_and_speed(capsys, hf_dir):
+    code, out, _ = run(capsys, "generate", str(hf_dir), "--prompt", "w1 w2", "--max-new-tokens", "4", "--json")
+    result = last_json(out)
+    assert code == 0 and result["new_tokens"] == 4 and result["tokens_per_s"] > 0 and isinstance(result["text"], str)
+
+
+def test_cli_truncated_checkpoint_fails_without_traceback(capsys, hf_dir, tmp_path):
+    assert run(capsys, "compress", str(hf_dir), "-o", str(tmp_path / "ck"), "--method", "magnitude", "--quiet")[0] == 0
+    shard = next((tmp_path / "ck").glob("model-*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[:-10])
+    proc = subprocess.run([sys.executable, "-m", "sparsa", "eval", str(tmp_path / "ck")], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("sparsa: error: ") and proc.stderr.count("\n") == 1
+    assert shard.name in proc.stderr and "truncated" in proc.stderr

@@ -1,0 +1,82 @@
+"""The issue's acceptance commands on the embedded SmolLM2-135M, run through the real console script."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SPARSA = str(Path(sys.executable).with_name("sparsa"))
+EVAL = ["--ppl", "wiki", "--seqlen", "512", "--windows", "16", "--json"]
+
+
+def sparsa(*argv, check=True):
+    proc = subprocess.run([SPARSA, *argv], capture_output=True, text=True, timeout=900)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def result(proc) -> dict:
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def dense():
+    return result(sparsa("eval", "smollm2-135m", *EVAL))
+
+
+@pytest.fixture(scope="module")
+def rtn4(tmp_path_factory):
+    out = tmp_path_factory.mktemp("e2e") / "rtn4"
+    compressed = result(sparsa("compress", "smollm2-135m", "--method", "rtn", "--bits", "4", "--group-size", "32",
+                               "-o", str(out), "--json"))
+    return out, compressed
+
+
+def test_dense_eval_perplexity_in_range_and_repeatable(dense):
+    assert 10 < dense["ppl"]["wiki"] < 60
+    assert dense["bits_per_param"] == 32.0
+    again = result(sparsa("eval", "smollm2-135m", *EVAL))
+    assert abs(again["ppl"]["wiki"] - dense["ppl"]["wiki"]) < 1e-4
+
+
+def test_rtn4_checkpoint_bits_and_perplexity(dense, rtn4):
+    out, compressed = rtn4
+    assert 4.0 <= compressed["bits_per_param"] <= 5.2
+    evaluated = result(sparsa("eval", str(out), *EVAL))
+    assert 4.0 <= evaluated["bits_per_param"] <= 5.2
+    assert abs(evaluated["ppl"]["wiki"] / dense["ppl"]["wiki"] - 1) < 0.10
+
+
+@pytest.mark.parametrize("dtype, limit", [(None, 18), ("bfloat16", 10)])
+def test_magnitude_2_4_layers_within_bit_budget_and_evaluable(tmp_path, dtype, limit):
+    out = tmp_path / "m24"
+    argv = ["compress", "smollm2-135m", "--method", "magnitude", "--sparsity", "0.5", "--pattern", "2:4", "-o", str(out),
+            "--json"] + (["--dtype", dtype] if dtype else [])
+    sparsa(*argv)
+    manifest = json.loads((out / "sparsa.json").read_text())
+    layers = list(manifest["formats"].values())
+    assert len(layers) == 210 and all(e["format"] == "nm" for e in layers)
+    for entry in layers:
+        rows, cols = entry["meta"]["shape"]
+        assert 8 * entry["bytes"] / (rows * cols) <= limit
+    if dtype is None:
+        evaluated = result(sparsa("eval", str(out), "--ppl", "wiki", "--seqlen", "512", "--windows", "2", "--json"))
+        assert evaluated["ppl"]["wiki"] > 1
+
+
+def test_truncated_safetensors_gives_one_error_line(rtn4, tmp_path):
+    out, _ = rtn4
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in out.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    for shard in sorted(broken.glob("*.safetensors")):
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 3])
+        proc = sparsa("eval", str(broken), check=False)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        assert proc.stderr.startswith("sparsa: error: ") and proc.stderr.count("\n") == 1
