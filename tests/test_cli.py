@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from sparsa.cli import main
+from sparsa.cli import demo_table, main
 from conftest import word_text
 
 
@@ -115,3 +115,13 @@ def test_cli_truncated_checkpoint_fails_without_traceback(capsys, hf_dir, tmp_pa
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("sparsa: error: ") and proc.stderr.count("\n") == 1
     assert shard.name in proc.stderr and "truncated" in proc.stderr
+
+
+def test_demo_table_lists_each_row_with_its_numbers():
+    rows = [{"model": "dense", "ppl": {"wiki": 15.2921}, "bytes": 1000, "bits_per_param": 32.0, "seconds": None},
+            {"model": "rtn", "ppl": {"wiki": 15.5}, "bytes": 156, "bits_per_param": 5.0, "seconds": 0.94}]
+    header, rule, dense, rtn = demo_table({"rows": rows}).splitlines()
+    assert header.split() == ["model", "ppl", "wiki", "bytes", "bits/param", "compress", "s"]
+    assert set(rule) == {"-"}
+    assert dense.split() == ["dense", "15.292", "1,000", "32.000", "-"]
+    assert rtn.split() == ["rtn", "15.500", "156", "5.000", "0.9"]

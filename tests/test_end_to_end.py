@@ -80,3 +80,12 @@ def test_truncated_safetensors_gives_one_error_line(rtn4, tmp_path):
         proc = sparsa("eval", str(broken), check=False)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr
         assert proc.stderr.startswith("sparsa: error: ") and proc.stderr.count("\n") == 1
+
+
+def test_demo_reports_dense_and_reloaded_rtn_rows():
+    proc = sparsa("demo", "--ppl", "wiki", "--seqlen", "256", "--windows", "2", "--json")
+    dense, rtn = result(proc)["rows"]
+    assert dense["bits_per_param"] == 32.0 and dense["seconds"] is None
+    assert rtn["bits_per_param"] == 5.0 and rtn["seconds"] > 0
+    assert rtn["bytes"] * 32 == dense["bytes"] * 5
+    assert abs(rtn["ppl"]["wiki"] / dense["ppl"]["wiki"] - 1) < 0.10

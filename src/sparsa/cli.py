@@ -78,7 +78,7 @@ def cmd_compress(args) -> dict:
     import torch
 
     from sparsa.compress import compress_, get_method
-    from sparsa.nn.checkpoint import is_checkpoint, save_checkpoint
+    from sparsa.nn.checkpoint import check_writable, save_checkpoint
     from sparsa.nn.models import load_model
 
     config = get_method(args.method).config_cls.from_flags(
@@ -87,8 +87,7 @@ def cmd_compress(args) -> dict:
     if args.device != "cpu":
         raise SparsaError(f"--device {args.device}: --method {args.method} runs on the CPU (no calibration)")
     out = Path(args.output)
-    if out.exists() and not (is_checkpoint(out) or (out.is_dir() and not any(out.iterdir()))):
-        raise SparsaError(f"-o {out}: exists and is not a sparsa checkpoint; choose another directory")
+    check_writable(out)  # before the model loads: fail fast, write nothing
     torch.manual_seed(args.seed)
     lm = load_model(args.model, dtype=torch_dtype(args.dtype))
     if lm.manifest is not None:

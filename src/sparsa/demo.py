@@ -23,8 +23,8 @@ def measure(spec: str, texts: dict, seqlen: int, windows: int, progress: bool) -
             "bits_per_param": 8 * nbytes / params}
 
 
-def run_demo(*, ppl: str = "wiki,shakespeare", seqlen: int = 512, windows: int = 16, progress: bool = True,
-             out_dir=None) -> list[dict]:
+def run_demo(*, ppl: str = "wiki,shakespeare", seqlen: int = 512, windows: int = 16,
+             progress: bool = True) -> list[dict]:
     """Rows of the demo table: the dense model, then the compressed checkpoint reloaded from disk.
 
     ``seconds`` is the time to compress and save (None for the dense model).
@@ -33,7 +33,7 @@ def run_demo(*, ppl: str = "wiki,shakespeare", seqlen: int = 512, windows: int =
     dense = {"model": f"{DEFAULT_MODEL} (dense fp32)", "seconds": None,
              **measure(DEFAULT_MODEL, texts, seqlen, windows, progress)}
     with tempfile.TemporaryDirectory() as scratch:
-        target = Path(out_dir or Path(scratch) / "demo-checkpoint")
+        target = Path(scratch) / "demo-checkpoint"
         lm = load_model(DEFAULT_MODEL)
         start = time.perf_counter()
         compress_(lm.model, DEMO_CONFIG, progress=progress)

@@ -53,13 +53,16 @@ def compress_(model: nn.Module, config: MethodConfig, *, filter_fn: FilterFn = d
     method = get_method(config.method)
     start = time.perf_counter()
     targets = list(target_linears(model, filter_fn))
+    replaced: dict[int, SparseLinear] = {}  # id(nn.Linear) -> its replacement, shared by aliases
     params = compressed = dense = 0
     for fqn, linear in tqdm(targets, desc=f"compress {config.method}", disable=not progress, unit="layer"):
-        fmt = method.compress_weight(linear.weight.data, config, where=fqn)
-        set_submodule(model, fqn, SparseLinear(fmt, linear.bias))
-        params += fmt.numel
-        compressed += fmt.nbytes
-        dense += linear.weight.numel() * linear.weight.element_size()
-    return CompressSummary(method=config.method, layers=len(targets), params=params, compressed_bytes=compressed,
+        if id(linear) not in replaced:
+            fmt = method.compress_weight(linear.weight.data, config, where=fqn)
+            replaced[id(linear)] = SparseLinear(fmt, linear.bias)
+            params += fmt.numel
+            compressed += fmt.nbytes
+            dense += linear.weight.numel() * linear.weight.element_size()
+        set_submodule(model, fqn, replaced[id(linear)])
+    return CompressSummary(method=config.method, layers=len(replaced), params=params, compressed_bytes=compressed,
                            dense_bytes=dense, bits_per_param=8 * compressed / max(params, 1),
                            seconds=time.perf_counter() - start)

@@ -20,7 +20,7 @@ def keep_count(total: int, sparsity: float) -> int:
 
 def prune_unstructured(W: torch.Tensor, sparsity: float) -> torch.Tensor:
     """[out, in] bool mask keeping the ``(1 - sparsity)`` share of largest |w| in the whole layer."""
-    keep = torch.zeros(W.numel(), dtype=torch.bool)
+    keep = torch.zeros(W.numel(), dtype=torch.bool, device=W.device)
     keep[W.abs().reshape(-1).topk(keep_count(W.numel(), sparsity)).indices] = True
     return keep.view(W.shape)
 
@@ -36,7 +36,7 @@ def prune_blocks(W: torch.Tensor, block: tuple[int, int], sparsity: float) -> to
     """[out, in] bool mask keeping the ``(1 - sparsity)`` share of ``R x C`` blocks of largest L2 norm."""
     (r, c), (R, C) = block, (W.shape[0] // block[0], W.shape[1] // block[1])
     norms = W.float().reshape(R, r, C, c).square().sum(dim=(1, 3)).reshape(-1)  # [R * C]
-    keep = torch.zeros(R * C, dtype=torch.bool)
+    keep = torch.zeros(R * C, dtype=torch.bool, device=W.device)
     keep[norms.topk(keep_count(R * C, sparsity)).indices] = True
     return keep.view(R, 1, C, 1).expand(R, r, C, c).reshape(W.shape)
 

@@ -46,7 +46,8 @@ class Bitmap(Format):
     def validate(self, where: str) -> None:
         super().validate(where)
         check_array(self.mask, where, "mask", (torch.uint8,), (packed_nbytes(self.numel, 1),))
-        check(self.values.dim() == 1 and self.values.dtype in VALUE_DTYPES, where,
+        check(isinstance(self.values, torch.Tensor) and self.values.dim() == 1 and self.values.dtype in VALUE_DTYPES,
+              where,
               f"values must be 1-D float, got {list(self.values.shape)} {self.values.dtype}")
         nnz = int(self.kept().sum())
         check(nnz == self.values.numel(), where, f"mask marks {nnz} weights but values holds {self.values.numel()}")

@@ -61,7 +61,7 @@ class BlockSparse(Format):
         (r, c), (R, C) = block, (W.shape[0] // block[0], W.shape[1] // block[1])
         tiles = W.reshape(R, r, C, c).transpose(1, 2)  # [R, C, r, c]
         keep = tiles.ne(0).flatten(2).any(-1)  # [R, C]
-        crow = torch.cat([torch.zeros(1, dtype=torch.int64), keep.sum(1).cumsum(0)]).to(torch.int32)
+        crow = torch.cat([keep.new_zeros(1, dtype=torch.int64), keep.sum(1).cumsum(0)]).to(torch.int32)
         col = keep.nonzero()[:, 1].to(column_dtype(C))
         return cls(shape=tuple(W.shape), block=tuple(block), crow=crow, col=col,
                    values=tiles[keep].contiguous())

@@ -64,7 +64,7 @@ class NM(Format):
         if worst > n:
             raise SparsaError(f"{where}: a group of {m} holds {worst} nonzeros, more than N={n}")
         # Slots: nonzero positions first, then the lowest free positions; stored in ascending order.
-        key = nonzero.to(torch.int32) * (2 * m) - torch.arange(m, dtype=torch.int32)
+        key = nonzero.to(torch.int32) * (2 * m) - torch.arange(m, dtype=torch.int32, device=W.device)
         pos = key.topk(n, dim=-1).indices.sort(dim=-1).values  # [out, G, n]
         values = groups.gather(-1, pos).reshape(out_features, -1).clone()
         return cls(shape=tuple(W.shape), n=n, m=m, values=values,

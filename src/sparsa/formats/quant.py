@@ -77,6 +77,9 @@ class Quant(Format):
             raise SparsaError(f"{where}: --bits {bits} is outside {MIN_BITS}..{MAX_BITS}")
         check_group_size(W.shape[1], group_size, where)
         codes, scale, minimum = minmax_quantize(W, bits, group_size)
+        if not (torch.isfinite(scale).all() and torch.isfinite(minimum).all()):
+            raise SparsaError(f"{where}: weights beyond the fp16 range (|w| > 65504) or non-finite; "
+                              "cannot store fp16 group statistics")
         return cls(shape=tuple(W.shape), bits=bits, group_size=group_size,
                    codes=pack_bits(codes, bits), scale=scale, minimum=minimum)
 

@@ -40,6 +40,13 @@ def is_checkpoint(path: Path) -> bool:
 
 
 # -- writing ---------------------------------------------------------------------------------
+def check_writable(out_dir: Path) -> None:
+    """Raise unless ``out_dir`` is absent, empty, or an old checkpoint (which a save replaces)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not (out_dir.is_dir() and (is_checkpoint(out_dir) or not any(out_dir.iterdir()))):
+        raise SparsaError(f"{out_dir}: exists and is not a sparsa checkpoint; choose another -o")
+
+
 def unique_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state dict without tied duplicates (the first name of a shared tensor wins)."""
     seen, out = set(), {}
@@ -82,8 +89,7 @@ def save_checkpoint(model: nn.Module, tokenizer, out_dir, *, method: dict,
         The manifest written to ``sparsa.json``.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not (out_dir.is_dir() and (is_checkpoint(out_dir) or not any(out_dir.iterdir()))):
-        raise SparsaError(f"{out_dir}: exists and is not a sparsa checkpoint; choose another -o")
+    check_writable(out_dir)
     with atomic_directory(out_dir) as tmp:
         model.config.save_pretrained(tmp)
         if tokenizer is not None:

@@ -4,6 +4,7 @@ from collections.abc import Callable, Iterator
 
 from torch import nn
 
+from sparsa.errors import SparsaError
 from sparsa.nn.sparse_linear import SparseLinear
 
 FilterFn = Callable[[nn.Module, str], bool]
@@ -18,9 +19,13 @@ def decoder_linears(module: nn.Module, fqn: str) -> bool:
 
 
 def target_linears(model: nn.Module, filter_fn: FilterFn = decoder_linears) -> Iterator[tuple[str, nn.Module]]:
-    """Yield ``(fqn, module)`` for every module the filter selects, in model order."""
-    for fqn, module in model.named_modules():
+    """Yield ``(fqn, module)`` for every module the filter selects, in model order; a module
+    reachable under several names is yielded under each (so every alias gets replaced)."""
+    for fqn, module in model.named_modules(remove_duplicate=False):
         if filter_fn(module, fqn):
+            if not fqn:
+                raise SparsaError("the model itself is a selected layer and cannot be replaced in place; "
+                                  "wrap it in a container module")
             yield fqn, module
 
 
