@@ -1,6 +1,7 @@
 """The issue's acceptance commands on the embedded SmolLM2-135M, run through the real console script."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,14 @@ def test_demo_reports_dense_and_reloaded_rtn_rows():
     assert rtn["bits_per_param"] == 5.0 and rtn["seconds"] > 0
     assert rtn["bytes"] * 32 == dense["bytes"] * 5
     assert abs(rtn["ppl"]["wiki"] / dense["ppl"]["wiki"] - 1) < 0.10
+
+
+def test_gguf_path_loads_like_the_registry_name(dense, tmp_path):
+    from sparsa.nn.models import smollm2_gguf
+
+    env_cache = {"SPARSA_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([SPARSA, "eval", str(smollm2_gguf()), *EVAL], capture_output=True, text=True,
+                          timeout=900, env={**os.environ, **env_cache})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert result(proc)["ppl"]["wiki"] == pytest.approx(dense["ppl"]["wiki"], abs=1e-4)
+    assert len(list((tmp_path / "cache" / "models").iterdir())) == 1
