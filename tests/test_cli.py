@@ -41,7 +41,7 @@ def words(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["compress", "M", "-o", "X", "--method", "foo"], "unknown --method 'foo'; choose from magnitude, rtn"),
+    (["compress", "M", "-o", "X", "--method", "foo"], "unknown --method 'foo'; choose from gptq, magnitude, rtn, sparsegpt, spqr, wanda"),
     (["compress", "M", "-o", "X", "--method", "rtn", "--bits", "9"], "--bits 9 is outside 2..8"),
     (["compress", "M", "-o", "X", "--method", "rtn", "--bits", "1"], "--bits 1 is outside 2..8"),
     (["compress", "M", "-o", "X", "--method", "magnitude", "--sparsity", "1.0"], r"--sparsity 1.0 is outside \[0, 1\)"),
@@ -93,10 +93,10 @@ def test_cli_compress_refuses_foreign_directory_and_writes_nothing(capsys, hf_di
     assert [p.name for p in target.iterdir()] == ["thesis.tex"]
 
 
-def test_cli_compress_bad_group_size_leaves_no_output(capsys, hf_dir, tmp_path):
-    code, _, err = run(capsys, "compress", str(hf_dir), "-o", str(tmp_path / "ck"), "--method", "rtn",
-                       "--group-size", "48", "--quiet")
-    assert code == 2 and "in_features=64 % group_size=48 != 0; try --group-size 64" in err
+def test_cli_compress_bad_nm_pattern_leaves_no_output(capsys, hf_dir, tmp_path):
+    code, _, err = run(capsys, "compress", str(hf_dir), "-o", str(tmp_path / "ck"), "--method", "magnitude",
+                       "--pattern", "2:3", "--quiet")
+    assert code == 2 and "in_features=64 is not a multiple of M=3" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-hf"]
 
 

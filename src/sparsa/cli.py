@@ -78,26 +78,35 @@ def cmd_compress(args) -> dict:
     import torch
 
     from sparsa.compress import compress_, get_method
+    from sparsa.data import calibration_windows, load_corpus, tokenize
     from sparsa.nn.checkpoint import check_writable, save_checkpoint
     from sparsa.nn.models import load_model
 
     config = get_method(args.method).config_cls.from_flags(
         bits=args.bits, group_size=args.group_size, sparsity=args.sparsity, pattern=args.pattern,
-        outlier_threshold=args.outlier_threshold, nsamples=args.nsamples, seqlen=args.seqlen, calib=args.calib)
-    if args.device != "cpu":
+        outlier_threshold=args.outlier_threshold, nsamples=args.nsamples, seqlen=args.seqlen, calib=args.calib,
+        percdamp=args.percdamp, act_order=args.act_order, static_groups=args.static_groups,
+        simplified_outliers=args.simplified_outliers, stat_bits=args.stat_bits, stat_group_size=args.stat_group_size)
+    check_device(args.device)
+    if args.device != "cpu" and not config.needs_calibration:
         raise SparsaError(f"--device {args.device}: --method {args.method} runs on the CPU (no calibration)")
     out = Path(args.output)
     check_writable(out)  # before the model loads: fail fast, write nothing
+    corpus = load_corpus(config.calib) if config.needs_calibration else None
     torch.manual_seed(args.seed)
     lm = load_model(args.model, dtype=torch_dtype(args.dtype))
     if lm.manifest is not None:
         raise SparsaError(f"{args.model}: already a sparsa checkpoint; compress a dense model")
+    windows = None
+    if corpus is not None:
+        windows = calibration_windows(tokenize(lm.tokenizer, corpus.calib), config.nsamples, config.seqlen,
+                                      args.seed, source=f"{config.calib} calibration split")
     start = time.perf_counter()
-    summary = compress_(lm.model, config, progress=not args.quiet)
-    manifest = save_checkpoint(lm.model, lm.tokenizer, out, method=config.to_dict())
+    summary = compress_(lm.model, config, calibration=windows, device=args.device, progress=not args.quiet)
+    manifest = save_checkpoint(lm.model, lm.tokenizer, out, method={**config.to_dict(), "seed": args.seed})
     return {"dir": str(out), "method": config.method, "bits_per_param": manifest["bits_per_param"],
             "bytes": manifest["bytes"], "params": manifest["params"], "layers": summary.layers,
-            "seconds": round(time.perf_counter() - start, 3)}
+            "seconds": round(time.perf_counter() - start, 3), "block_errors": summary.block_errors}
 
 
 def compress_table(r: dict) -> str:
@@ -168,16 +177,26 @@ def build_parser() -> Parser:
     p = sub.add_parser("compress", parents=[common], help="compress a model and write a checkpoint")
     p.add_argument("model")
     p.add_argument("-o", "--output", required=True, help="checkpoint directory to write")
-    p.add_argument("--method", required=True, help="rtn or magnitude (gptq, spqr, sparsegpt, wanda to come)")
-    p.add_argument("--bits", type=int, help="bits per weight code, 2..8 (rtn; default 4)")
-    p.add_argument("--group-size", type=int, help="input columns per quantization group (rtn; default 128)")
-    p.add_argument("--sparsity", type=float, help="fraction of weights removed, in [0, 1) (magnitude)")
+    p.add_argument("--method", required=True, help="rtn, gptq, spqr (quantize); magnitude, wanda, sparsegpt (prune)")
+    p.add_argument("--bits", type=int, help="bits per weight code, 2..8 (rtn, gptq: 4; spqr: 3)")
+    p.add_argument("--group-size", type=int,
+                   help="input columns per quantization group (rtn, gptq: 128, 0 = whole row; spqr: 16)")
+    p.add_argument("--sparsity", type=float, help="fraction of weights removed, in [0, 1) (default 0.5)")
     p.add_argument("--pattern", help="unstructured, N:M (e.g. 2:4) or block:RxC (e.g. block:1x16)")
-    p.add_argument("--outlier-threshold", type=float, help="SpQR outlier threshold tau")
-    p.add_argument("--nsamples", type=int, help="calibration windows")
-    p.add_argument("--seqlen", type=int, help="calibration window length")
-    p.add_argument("--calib", help="calibration corpus")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--nsamples", type=int, help="calibration windows (default 128)")
+    p.add_argument("--seqlen", type=int, help="tokens per calibration window (default 2048)")
+    p.add_argument("--calib", help="calibration corpus: wiki (default) or shakespeare")
+    p.add_argument("--percdamp", type=float, help="Hessian dampening, share of mean diag (gptq etc. 0.01, spqr 1.0)")
+    p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
+                   help="solve columns by decreasing Hessian diagonal (gptq, spqr; default on)")
+    p.add_argument("--static-groups", action="store_true", default=None,
+                   help="gptq: fit group grids on the original weights (implied by act-order with groups)")
+    p.add_argument("--outlier-threshold", type=float, help="spqr: outlier threshold tau (default 0.2)")
+    p.add_argument("--simplified-outliers", action="store_true", default=None,
+                   help="spqr: skip the leave-one-out refit (faster, worse)")
+    p.add_argument("--stat-bits", type=int, help="spqr: bits of the second-level statistics (default 3)")
+    p.add_argument("--stat-group-size", type=int, help="spqr: rows per second-level group (default 16)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (calibrated methods)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="cast the dense model first (values keep this dtype)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_compress, table=compress_table)

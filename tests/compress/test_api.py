@@ -37,12 +37,13 @@ def reference_forward(model: TinyLM, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_get_method_unknown_name_raises_listing_known():
-    with pytest.raises(SparsaError, match=re.escape("unknown --method 'gptq'; choose from magnitude, rtn")):
-        get_method("gptq")
+    with pytest.raises(SparsaError, match=re.escape(
+            "unknown --method 'obc'; choose from gptq, magnitude, rtn, sparsegpt, spqr, wanda")):
+        get_method("obc")
 
 
 def test_methods_table_holds_builtin_methods():
-    assert sorted(METHODS) == ["magnitude", "rtn"]
+    assert sorted(METHODS) == ["gptq", "magnitude", "rtn", "sparsegpt", "spqr", "wanda"]
 
 
 def test_compress_rtn_tiny_lm_replaces_all_linears_but_lm_head():
@@ -140,14 +141,16 @@ def test_compress_filter_selecting_nothing_returns_empty_summary():
 def test_compress_summary_to_dict_has_all_fields():
     summary = compress_(TinyLM(), RTNConfig(bits=4, group_size=16), progress=False)
     d = summary.to_dict()
-    assert set(d) == {"method", "layers", "params", "compressed_bytes", "dense_bytes", "bits_per_param", "seconds"}
+    assert set(d) == {"method", "layers", "params", "compressed_bytes", "dense_bytes", "bits_per_param", "seconds",
+                      "block_errors"}
     assert d["compressed_bytes"] == 768
 
 
-def test_compress_rtn_group_size_not_dividing_raises_naming_fqn():
+def test_compress_rtn_group_size_not_dividing_leaves_short_last_group():
     model = nn.Sequential(nn.Linear(24, 8))
-    with pytest.raises(SparsaError, match=re.escape("0: in_features=24 % group_size=16 != 0; try --group-size 24")):
-        compress_(model, RTNConfig(bits=4, group_size=16), progress=False)
+    summary = compress_(model, RTNConfig(bits=4, group_size=16), progress=False)
+    fmt = model[0].weight_format
+    assert fmt.scale.shape == (8, 2) and summary.compressed_bytes == 8 * 24 * 4 // 8 + 2 * 2 * 8 * 2
 
 
 def test_compress_magnitude_nm_not_dividing_raises_naming_fqn():

@@ -194,9 +194,18 @@ def test_check_group_size_not_dividing_raises_with_group_size_hint(in_features, 
         check_group_size(in_features, group_size, "model.layers.0.q_proj")
 
 
-def test_quant_from_dense_group_size_not_dividing_raises_with_hint():
-    with pytest.raises(SparsaError, match=re.escape("w: in_features=48 % group_size=32 != 0; try --group-size 16")):
-        Quant.from_dense(torch.randn(2, 48), bits=4, group_size=32, where="w")
+def test_quant_from_dense_ragged_last_group_equals_its_own_quantization():
+    W = torch.randn(3, 48)
+    ragged = Quant.from_dense(W, bits=4, group_size=32)
+    head = Quant.from_dense(W[:, :32], bits=4, group_size=32)
+    tail = Quant.from_dense(W[:, 32:], bits=4, group_size=16)
+    assert ragged.scale.shape == (3, 2) and ragged.nbytes == 3 * 48 * 4 // 8 + 2 * 2 * 3 * 2
+    assert torch.equal(ragged.to_dense(), torch.cat([head.to_dense(), tail.to_dense()], dim=1))
+
+
+def test_quant_from_dense_group_size_not_positive_raises():
+    with pytest.raises(SparsaError, match=re.escape("w: --group-size 0 must be positive")):
+        Quant.from_dense(torch.randn(2, 48), bits=4, group_size=0, where="w")
 
 
 def good_quant():
@@ -255,13 +264,13 @@ def test_quant_from_state_dict_bits_out_of_range_raises(bits):
 
 def test_quant_from_state_dict_group_size_not_int_raises():
     meta = {**good_quant().meta(), "group_size": 4.0}
-    with pytest.raises(SparsaError, match=re.escape("f:w: group_size=4.0 is not an integer")):
+    with pytest.raises(SparsaError, match=re.escape("f:w: group_size=4.0 is not a positive integer")):
         load(good_quant().to_state_dict(), meta)
 
 
-def test_quant_from_state_dict_group_size_not_dividing_raises_with_hint():
-    meta = {**good_quant().meta(), "group_size": 3}
-    with pytest.raises(SparsaError, match=re.escape("f:w: in_features=8 % group_size=3 != 0; try --group-size 8")):
+def test_quant_from_state_dict_group_size_disagreeing_with_scale_raises():
+    meta = {**good_quant().meta(), "group_size": 3}  # ceil(8 / 3) = 3 groups, the arrays hold 2
+    with pytest.raises(SparsaError, match=re.escape("f:w: scale has shape [2, 2], expected [2, 3]")):
         load(good_quant().to_state_dict(), meta)
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sparsa.errors import SparsaError
-from sparsa.formats import FORMATS, NM, Bitmap, BlockSparse, Format, Quant, get_format, register_format
+from sparsa.formats import FORMATS, NM, Bitmap, BlockSparse, Format, Quant, SpQR, get_format, register_format
 
 
 def examples() -> list[Format]:
@@ -17,7 +17,8 @@ def examples() -> list[Format]:
             Quant.from_dense(W, bits=4, group_size=4)]
 
 
-@pytest.mark.parametrize("name, cls", [("bitmap", Bitmap), ("nm", NM), ("block", BlockSparse), ("quant", Quant)])
+@pytest.mark.parametrize("name, cls", [("bitmap", Bitmap), ("nm", NM), ("block", BlockSparse), ("quant", Quant),
+                                       ("spqr", SpQR)])
 def test_get_format_known_name_returns_class(name, cls):
     assert get_format(name) is cls
     assert cls.format_name == name
@@ -25,7 +26,7 @@ def test_get_format_known_name_returns_class(name, cls):
 
 
 def test_formats_table_holds_exactly_the_builtin_formats():
-    assert sorted(FORMATS) == ["bitmap", "block", "nm", "quant"]
+    assert sorted(FORMATS) == ["bitmap", "block", "nm", "quant", "spqr"]
 
 
 def test_get_format_unknown_name_raises_listing_known():

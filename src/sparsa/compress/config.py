@@ -49,6 +49,7 @@ class MethodConfig:
     """Base: ``method`` names the registered method; ``to_dict`` feeds ``sparsa.json``."""
 
     method: ClassVar[str]
+    needs_calibration: ClassVar[bool] = False
 
     def to_dict(self) -> dict:
         return {"method": self.method, "version": VERSION, **asdict(self)}
@@ -69,7 +70,8 @@ class RTNConfig(MethodConfig):
 
     Args:
         bits: bits per weight code, 2..8.
-        group_size: input columns sharing one fp16 scale and minimum; divides in_features.
+        group_size: input columns sharing one fp16 scale and minimum (the last group of a row
+            is shorter when it does not divide in_features).
     """
 
     method: ClassVar[str] = "rtn"
@@ -81,6 +83,23 @@ class RTNConfig(MethodConfig):
             raise SparsaError(f"--bits {self.bits} is outside 2..8")
         if self.group_size <= 0:
             raise SparsaError(f"--group-size {self.group_size} must be positive")
+
+
+def resolve_sparsity(pattern_text: str, sparsity: float | None) -> float:
+    """The sparsity a pattern + ``--sparsity`` mean: N:M implies ``1 - N/M`` (a disagreeing
+    ``--sparsity`` is an error); otherwise the given value, default 0.5, in [0, 1)."""
+    pattern = parse_pattern(pattern_text)
+    if pattern.kind == "nm":
+        implied = 1 - pattern.n / pattern.m
+        if sparsity is not None and abs(sparsity - implied) > 1e-9:
+            raise SparsaError(f"--sparsity {sparsity} disagrees with --pattern {pattern} "
+                              f"(which means sparsity {implied:g}); drop --sparsity")
+        sparsity = implied
+    elif sparsity is None:
+        sparsity = 0.5
+    if not 0.0 <= sparsity < 1.0:
+        raise SparsaError(f"--sparsity {sparsity} is outside [0, 1)")
+    return sparsity
 
 
 @dataclass(frozen=True)
@@ -98,17 +117,140 @@ class MagnitudeConfig(MethodConfig):
     pattern: str = "unstructured"
 
     def __post_init__(self):
-        pattern = parse_pattern(self.pattern)
-        if pattern.kind == "nm":
-            implied = 1 - pattern.n / pattern.m
-            if self.sparsity is not None and abs(self.sparsity - implied) > 1e-9:
-                raise SparsaError(f"--sparsity {self.sparsity} disagrees with --pattern {pattern} "
-                                  f"(which means sparsity {implied:g}); drop --sparsity")
-            object.__setattr__(self, "sparsity", implied)
-        elif self.sparsity is None:
-            object.__setattr__(self, "sparsity", 0.5)
-        if not 0.0 <= self.sparsity < 1.0:
-            raise SparsaError(f"--sparsity {self.sparsity} is outside [0, 1)")
+        object.__setattr__(self, "sparsity", resolve_sparsity(self.pattern, self.sparsity))
+
+    @property
+    def parsed_pattern(self) -> Pattern:
+        return parse_pattern(self.pattern)
+
+
+@dataclass(frozen=True)
+class CalibratedConfig(MethodConfig):
+    """Base of the methods that read calibration activations (layer-sequential driver).
+
+    Args:
+        nsamples: calibration windows, drawn without overlap from the corpus's calibration split.
+        seqlen: tokens per calibration window.
+        calib: calibration corpus (``wiki`` or ``shakespeare``).
+        percdamp: dampening ``H += percdamp·mean(diag H)·I`` (raised tenfold if Cholesky fails).
+    """
+
+    needs_calibration: ClassVar[bool] = True
+    nsamples: int = 128
+    seqlen: int = 2048
+    calib: str = "wiki"
+    percdamp: float = 0.01
+
+    def __post_init__(self):
+        if self.nsamples < 1:
+            raise SparsaError(f"--nsamples {self.nsamples} must be at least 1")
+        if self.seqlen < 2:
+            raise SparsaError(f"--seqlen {self.seqlen} must be at least 2")
+        if not self.percdamp > 0:
+            raise SparsaError(f"--percdamp {self.percdamp} must be positive")
+
+
+@dataclass(frozen=True)
+class GPTQConfig(CalibratedConfig):
+    """GPTQ (Frantar et al. 2022, arXiv 2210.17323): OBS quantization with error feedback.
+
+    Args:
+        bits: bits per code, 2..8.
+        group_size: input columns per fp16 scale/minimum; 0 = one group per row.
+        act_order: solve columns by decreasing ``diag H``; with groups this implies static groups.
+        static_groups: fit every group's grid on the original weights before the solve.
+    """
+
+    method: ClassVar[str] = "gptq"
+    bits: int = 4
+    group_size: int = 128
+    act_order: bool = True
+    static_groups: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 2 <= self.bits <= 8:
+            raise SparsaError(f"--bits {self.bits} is outside 2..8")
+        if self.group_size < 0:
+            raise SparsaError(f"--group-size {self.group_size} must be positive (or 0 for whole rows)")
+
+
+@dataclass(frozen=True)
+class SpQRConfig(CalibratedConfig):
+    """SpQR (Dettmers et al. 2023, arXiv 2306.03078): small groups, quantized statistics, outliers.
+
+    Args:
+        bits: bits per weight code, 2..8 (the 3-bit and 4-bit recipes).
+        group_size: β1, permuted input columns per first-level scale/zero.
+        stat_bits: bits of the second-level codes of scales and zeros.
+        stat_group_size: β2, rows sharing one second-level grid.
+        outlier_threshold: τ; a weight whose Hessian-weighted error exceeds τ·mean(var(W)/Hinv_jj²)
+            stays in fp16.
+        simplified_outliers: skip the leave-one-out refit of group statistics (faster, worse).
+        act_order: solve columns by decreasing ``diag H`` (the permutation is stored).
+    """
+
+    method: ClassVar[str] = "spqr"
+    bits: int = 3
+    group_size: int = 16
+    stat_bits: int = 3
+    stat_group_size: int = 16
+    outlier_threshold: float = 0.2
+    simplified_outliers: bool = False
+    act_order: bool = True
+    percdamp: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        for flag, value in (("--bits", self.bits), ("--stat-bits", self.stat_bits)):
+            if not 2 <= value <= 8:
+                raise SparsaError(f"{flag} {value} is outside 2..8")
+        if self.group_size <= 0 or self.stat_group_size <= 0:
+            raise SparsaError("--group-size and --stat-group-size must be positive")
+        if not self.outlier_threshold > 0:
+            raise SparsaError(f"--outlier-threshold {self.outlier_threshold} must be positive")
+
+
+@dataclass(frozen=True)
+class SparseGPTConfig(CalibratedConfig):
+    """SparseGPT (Frantar & Alistarh 2023, arXiv 2301.00774): OBS pruning with weight update.
+
+    Args:
+        sparsity: fraction removed per layer (N:M implies it).
+        pattern: ``unstructured`` (adaptive mask per 128-column block), ``N:M`` or ``block:RxC``.
+    """
+
+    method: ClassVar[str] = "sparsegpt"
+    sparsity: float | None = None
+    pattern: str = "unstructured"
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "sparsity", resolve_sparsity(self.pattern, self.sparsity))
+
+    @property
+    def parsed_pattern(self) -> Pattern:
+        return parse_pattern(self.pattern)
+
+
+@dataclass(frozen=True)
+class WandaConfig(CalibratedConfig):
+    """Wanda (Sun et al. 2023, arXiv 2306.11695): prune by ``|W_ij|·‖X_j‖`` per output row, no update.
+
+    Args:
+        sparsity: fraction removed per row (N:M implies it).
+        pattern: ``unstructured`` or ``N:M``.
+    """
+
+    method: ClassVar[str] = "wanda"
+    sparsity: float | None = None
+    pattern: str = "unstructured"
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "sparsity", resolve_sparsity(self.pattern, self.sparsity))
+        if parse_pattern(self.pattern).kind == "block":
+            raise SparsaError("--method wanda takes --pattern unstructured or N:M")
 
     @property
     def parsed_pattern(self) -> Pattern:

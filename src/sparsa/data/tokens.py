@@ -32,3 +32,21 @@ def eval_windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None,
     if max_windows is not None:
         count = min(count, max_windows)
     return ids[: count * seqlen].view(count, seqlen)
+
+
+def calibration_windows(ids: torch.Tensor, nsamples: int, seqlen: int, seed: int, *, source: str = "text"):
+    """``nsamples`` distinct non-overlapping windows drawn at random (seeded) from the token stream.
+
+    Args:
+        ids: [N] token ids (a calibration split).
+        nsamples, seqlen: window count and length.
+        seed: the draw is a function of (N, nsamples, seqlen, seed) only.
+    Returns:
+        [nsamples, seqlen] int64, in stream order.
+    """
+    slots = ids.numel() // seqlen
+    if slots < nsamples:
+        raise SparsaError(f"{source}: {ids.numel()} calibration tokens hold {slots} windows of --seqlen {seqlen}, "
+                          f"fewer than --nsamples {nsamples}")
+    pick = torch.randperm(slots, generator=torch.Generator().manual_seed(seed))[:nsamples].sort().values
+    return ids[: slots * seqlen].view(slots, seqlen)[pick]

@@ -1,7 +1,7 @@
 """``Quant``: plain b-bit group quantization with a floating-point scale and minimum per group.
 
-Each row of ``W: [out, in]`` is cut into groups of ``group_size`` consecutive input columns;
-group ``(i, j)`` stores ``scale[i, j]`` and ``minimum[i, j]`` (fp16) and every weight in it a
+Each row of ``W: [out, in]`` is cut into groups of ``group_size`` consecutive input columns (the
+last group is shorter when ``group_size`` does not divide ``in``, as in GPTQ); group ``(i, j)`` stores ``scale[i, j]`` and ``minimum[i, j]`` (fp16) and every weight in it a
 ``bits``-bit code ``q``, so ``W ≈ q * scale + minimum`` (the GGUF Q4_1 convention: a float
 minimum rather than an integer zero-point). Storage: ``bits + 32 / group_size`` bits/param.
 """
@@ -26,26 +26,59 @@ def check_group_size(in_features: int, group_size: int, where: str) -> None:
                           f"try --group-size {hint}")
 
 
+def minmax_stats(Wg: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min-max grid of each group along the last axis.
+
+    Args:
+        Wg: [..., g] float weights, one group per last-axis row.
+    Returns:
+        scale, minimum: [...] fp16; a constant (or fp16-underflowing) group gets scale 0.
+    """
+    lo, hi = Wg.float().amin(dim=-1), Wg.float().amax(dim=-1)
+    return ((hi - lo) / (2**bits - 1)).to(torch.float16), lo.to(torch.float16)
+
+
+def grid_codes(W: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor, bits: int) -> torch.Tensor:
+    """Round-to-nearest codes of ``W`` on the grid ``q * scale + minimum`` (scale 0 -> code 0).
+
+    Args:
+        W: [..., k] float; scale, minimum: fp16 broadcastable to W.
+    Returns:
+        [..., k] float codes in [0, 2**bits) (exact integers).
+    """
+    step = torch.where(scale > 0, scale.float(), torch.ones_like(scale, dtype=torch.float32))
+    return torch.round((W.float() - minimum.float()) / step).clamp_(0, 2**bits - 1)
+
+
+def group_count(in_features: int, group_size: int) -> int:
+    """Groups per row: ``ceil(in / group_size)`` (the last one may be short)."""
+    return -(-in_features // group_size)
+
+
+def pad_groups(W: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``W: [out, in]`` -> ``[out, G, group_size]``, the short last group padded with copies of its
+    last column (which leaves its min and max unchanged)."""
+    pad = group_count(W.shape[1], group_size) * group_size - W.shape[1]
+    if pad:
+        W = torch.cat([W, W[:, -1:].expand(-1, pad)], dim=1)
+    return W.reshape(W.shape[0], -1, group_size)
+
+
 def minmax_quantize(W: torch.Tensor, bits: int, group_size: int):
     """Asymmetric min-max round-to-nearest over groups of input columns.
 
     Args:
-        W: [out, in] float weight; ``in % group_size == 0``.
+        W: [out, in] float weight.
         bits: 2..8.
-        group_size: input columns per group.
+        group_size: input columns per group (the last group may be shorter).
     Returns:
-        codes [out, in] uint8 in [0, 2**bits), scale [out, in/g] fp16, minimum [out, in/g] fp16.
+        codes [out, in] uint8 in [0, 2**bits), scale [out, G] fp16, minimum [out, G] fp16.
     """
     out_features, in_features = W.shape
-    Wg = W.float().reshape(out_features, in_features // group_size, group_size)
-    lo, hi = Wg.amin(dim=-1), Wg.amax(dim=-1)
-    qmax = 2**bits - 1
-    scale = ((hi - lo) / qmax).to(torch.float16)
-    minimum = lo.to(torch.float16)
-    # A constant (or fp16-underflowing) group stores scale 0: every code decodes to the minimum.
-    step = torch.where(scale > 0, scale.float(), torch.ones_like(lo))
-    codes = torch.round((Wg - minimum.float()[..., None]) / step[..., None]).clamp_(0, qmax)
-    return codes.to(torch.uint8).reshape(out_features, in_features), scale, minimum
+    Wg = pad_groups(W, group_size)
+    scale, minimum = minmax_stats(Wg, bits)
+    codes = grid_codes(Wg, scale[..., None], minimum[..., None], bits)
+    return codes.to(torch.uint8).reshape(out_features, -1)[:, :in_features], scale, minimum
 
 
 @register_format("quant")
@@ -58,8 +91,8 @@ class Quant(Format):
         bits: bits per code, 2..8.
         group_size: input columns per group; divides ``in``.
         codes: [ceil(out * in * bits / 8)] uint8, codes packed row-major (see ``bitpack``).
-        scale: [out, in / group_size] fp16.
-        minimum: [out, in / group_size] fp16.
+        scale: [out, ceil(in / group_size)] fp16.
+        minimum: [out, ceil(in / group_size)] fp16.
     """
 
     ARRAYS = ("codes", "scale", "minimum")
@@ -75,7 +108,8 @@ class Quant(Format):
         """Quantize ``W: [out, in]`` round-to-nearest with min-max groups."""
         if not MIN_BITS <= bits <= MAX_BITS:
             raise SparsaError(f"{where}: --bits {bits} is outside {MIN_BITS}..{MAX_BITS}")
-        check_group_size(W.shape[1], group_size, where)
+        if group_size <= 0:
+            raise SparsaError(f"{where}: --group-size {group_size} must be positive")
         codes, scale, minimum = minmax_quantize(W, bits, group_size)
         if not (torch.isfinite(scale).all() and torch.isfinite(minimum).all()):
             raise SparsaError(f"{where}: weights beyond the fp16 range (|w| > 65504) or non-finite; "
@@ -89,18 +123,17 @@ class Quant(Format):
 
     def to_dense(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         out_features, in_features = self.shape
-        groups = in_features // self.group_size
-        q = self.unpacked_codes().view(out_features, groups, self.group_size).float()
+        q = pad_groups(self.unpacked_codes(), self.group_size).float()  # [out, G, g]
         W = q * self.scale.float()[..., None] + self.minimum.float()[..., None]
-        return W.view(self.shape).to(dtype or torch.float32)
+        return W.reshape(out_features, -1)[:, :in_features].to(dtype or torch.float32)
 
     def validate(self, where: str) -> None:
         super().validate(where)
         check(isinstance(self.bits, int) and MIN_BITS <= self.bits <= MAX_BITS, where,
               f"bits={self.bits!r} outside {MIN_BITS}..{MAX_BITS}")
-        check(isinstance(self.group_size, int), where, f"group_size={self.group_size!r} is not an integer")
-        check_group_size(self.shape[1], self.group_size, where)
-        groups = (self.shape[0], self.shape[1] // self.group_size)
+        check(isinstance(self.group_size, int) and self.group_size > 0, where,
+              f"group_size={self.group_size!r} is not a positive integer")
+        groups = (self.shape[0], group_count(self.shape[1], self.group_size))
         check_array(self.codes, where, "codes", (torch.uint8,), (packed_nbytes(self.numel, self.bits),))
         check_array(self.scale, where, "scale", (torch.float16,), groups)
         check_array(self.minimum, where, "minimum", (torch.float16,), groups)

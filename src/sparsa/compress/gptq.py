@@ -1,0 +1,73 @@
+"""GPTQ (Frantar et al. 2022, arXiv 2210.17323): group quantization by the OBS engine.
+
+Each column is rounded to its group's min-max grid and the rounding error is spread over the
+columns not yet quantized (``obs_solve``). Groups are fitted when the solve reaches them, or
+once on the original weights (``static_groups``, implied by act_order with groups, so that
+every group keeps whole original columns and the result is a plain ``Quant``). A group size that
+does not divide the input width leaves a shorter last group.
+"""
+
+import torch
+
+from sparsa.compress.config import GPTQConfig
+from sparsa.compress.hessian import prepare_hessian
+from sparsa.compress.obs import obs_solve
+from sparsa.compress.registry import register_method
+from sparsa.formats.bitpack import pack_bits
+from sparsa.formats.quant import Quant, grid_codes, group_count, minmax_stats, pad_groups
+
+BLOCKSIZE = 128
+
+
+class GPTQStep:
+    """Column step: round to the group grid; records codes (solve order) and grids (original order)."""
+
+    def __init__(self, W: torch.Tensor, bits: int, group_size: int, perm: torch.Tensor, static: bool):
+        out_features, in_features = W.shape
+        self.bits, self.group_size, self.perm, self.static = bits, group_size, perm, static
+        self.codes = torch.zeros(out_features, in_features, dtype=torch.uint8, device=W.device)
+        self.scale = torch.zeros(out_features, group_count(in_features, group_size), dtype=torch.float16,
+                                 device=W.device)
+        self.minimum = torch.zeros_like(self.scale)
+        if static:  # W here is in original column order
+            self.scale, self.minimum = minmax_stats(pad_groups(W, group_size), bits)
+
+    def begin_block(self, W1, Hinv1, start):
+        pass
+
+    def column(self, W1, Hinv1, i, j):
+        group = int(self.perm[j]) // self.group_size
+        if not self.static and j % self.group_size == 0:  # identity order: group = j // group_size
+            self.scale[:, group], self.minimum[:, group] = minmax_stats(W1[:, i:i + self.group_size], self.bits)
+        scale, minimum = self.scale[:, group], self.minimum[:, group]
+        codes = grid_codes(W1[:, i], scale, minimum, self.bits)
+        self.codes[:, j] = codes.to(torch.uint8)
+        return codes * scale.float() + minimum.float()
+
+
+def gptq_solve(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig, *, where: str):
+    """Quantize ``W: [out, in]`` given ``H: [in, in]``.
+
+    Returns:
+        (Quant, Q [out, in] fp32 dequantized weight in original order, loss [out]).
+    """
+    out_features, in_features = W.shape
+    group_size = config.group_size or in_features
+    prep = prepare_hessian(H, percdamp=config.percdamp, act_order=config.act_order, where=where)
+    W = W.float().clone()
+    W[:, prep.dead] = 0
+    static = config.static_groups or (config.act_order and group_size < in_features)
+    step = GPTQStep(W, config.bits, group_size, prep.perm, static)
+    blocksize = group_size * max(1, BLOCKSIZE // group_size)  # groups never straddle a block
+    Qp, loss = obs_solve(W[:, prep.perm], prep.Hinv, step, blocksize)
+    codes, Q = torch.empty_like(step.codes), torch.empty_like(Qp)
+    codes[:, prep.perm], Q[:, prep.perm] = step.codes, Qp
+    fmt = Quant(shape=(out_features, in_features), bits=config.bits, group_size=group_size,
+                codes=pack_bits(codes, config.bits), scale=step.scale, minimum=step.minimum)
+    return fmt, Q, loss
+
+
+@register_method(GPTQConfig, reference_url="https://arxiv.org/abs/2210.17323")
+def gptq(W: torch.Tensor, config: GPTQConfig, *, where: str, H: torch.Tensor) -> Quant:
+    """GPTQ-quantize one weight (see :func:`gptq_solve`)."""
+    return gptq_solve(W, H, config, where=where)[0]

@@ -1,0 +1,124 @@
+"""Layer-sequential calibration driver for decoder models with ``model.model.layers`` (Llama-style).
+
+GPTQ's recipe: capture the inputs of block 0 once; then for each block, on the device alone:
+run the calibration inputs through it with hooks accumulating each linear layer's Hessian,
+compress its linears, and run the inputs again through the compressed block to get the next
+block's inputs. Each block thus sees the errors of the blocks before it, and only one block's
+weights sit on the device, so models larger than the device compress.
+"""
+
+import time
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from sparsa.compress.hessian import HessianAccumulator
+from sparsa.errors import SparsaError
+from sparsa.nn.sparse_linear import SparseLinear
+from sparsa.nn.surgery import FilterFn, set_submodule, target_linears
+
+
+class _Captured(Exception):
+    """Raised by the block-0 hook to stop the forward pass once its inputs are captured."""
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """``model.model.layers``, or a SparsaError naming the unsupported architecture."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+        raise SparsaError(f"{type(model).__name__}: the calibration driver supports decoder models with "
+                          "model.model.layers (Llama-style Hugging Face models)")
+    return layers
+
+
+@contextmanager
+def hooks(handles: list):
+    """Remove every hook handle on exit, whatever happens."""
+    try:
+        yield handles
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def block_outputs(layer: nn.Module, hidden: list, kwargs: dict) -> list:
+    """Run every calibration input ``[1, L, D]`` through one block."""
+    outs = []
+    for h in hidden:
+        out = layer(h, **kwargs)
+        outs.append(out[0] if isinstance(out, tuple) else out)
+    return outs
+
+
+@torch.no_grad()
+def first_block_inputs(model: nn.Module, windows: torch.Tensor, device) -> tuple[list, dict]:
+    """Inputs of block 0 for each window (on ``device``), and the keyword arguments blocks get."""
+    layers = decoder_layers(model)
+    for child in model.model.children():
+        if child is not layers:
+            child.to(device)
+    captured, kwargs = [], {}
+
+    def catch(module, args, kw):
+        captured.append(args[0] if args else kw.pop("hidden_states"))
+        kwargs.update({k: v for k, v in kw.items() if k != "hidden_states"})
+        raise _Captured
+
+    with hooks([layers[0].register_forward_pre_hook(catch, with_kwargs=True)]):
+        for window in windows:
+            try:
+                model.model(window[None].to(device), use_cache=False)
+            except _Captured:
+                pass
+    for child in model.model.children():
+        if child is not layers:
+            child.to("cpu")
+    return captured, kwargs
+
+
+@torch.no_grad()
+def compress_sequential_(model: nn.Module, config, method, windows: torch.Tensor, *, filter_fn: FilterFn,
+                         device="cpu", progress: bool = True) -> dict:
+    """Compress every selected linear of every block in place, block by block.
+
+    Args:
+        model: Llama-style HF causal LM on the CPU.
+        config: a calibrated method config; method: its registry entry.
+        windows: [nsamples, seqlen] calibration token ids.
+    Returns:
+        dict with ``layers`` (linears compressed), ``params``, ``compressed_bytes``, ``dense_bytes``,
+        ``block_errors`` (relative squared output error of each block on the calibration inputs).
+    """
+    layers = decoder_layers(model)
+    hidden, kwargs = first_block_inputs(model, windows, device)
+    totals = {"layers": 0, "params": 0, "compressed_bytes": 0, "dense_bytes": 0, "block_errors": []}
+    bar = tqdm(list(enumerate(layers)), desc=f"compress {config.method}", disable=not progress, unit="block")
+    for index, layer in bar:
+        layer.to(device)
+        targets = list(target_linears(layer, filter_fn))
+        stats = {fqn: HessianAccumulator(m.in_features, device) for fqn, m in targets}
+        handles = [m.register_forward_hook(lambda mod, inp, out, fqn=fqn: stats[fqn].add(inp[0]))
+                   for fqn, m in targets]
+        with hooks(handles):
+            dense_out = block_outputs(layer, hidden, kwargs)
+        for fqn, linear in targets:
+            where = f"model.layers.{index}.{fqn}"
+            if not torch.isfinite(linear.weight).all():
+                raise SparsaError(f"{where}: weight holds inf/nan")
+            fmt = method.compress_weight(linear.weight.data.float(), config, where=where, H=stats.pop(fqn).H)
+            set_submodule(layer, fqn, SparseLinear(fmt, linear.bias))
+            totals["layers"] += 1
+            totals["params"] += fmt.numel
+            totals["compressed_bytes"] += fmt.nbytes
+            totals["dense_bytes"] += linear.weight.numel() * linear.weight.element_size()
+        hidden = block_outputs(layer, hidden, kwargs)
+        error = sum((h - d).float().square().sum() for h, d in zip(hidden, dense_out, strict=True))
+        error = float(error / sum(d.float().square().sum() for d in dense_out))
+        if error != error:
+            raise SparsaError(f"model.layers.{index}: compressed block outputs are NaN")
+        totals["block_errors"].append(error)
+        bar.set_postfix(rel_err=f"{error:.2e}")
+        layer.to("cpu")
+    return totals
