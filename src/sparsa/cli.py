@@ -138,6 +138,24 @@ def generate_table(r: dict) -> str:
     return f"{r['text']}\n\n[{r['new_tokens']} tokens, {r['tokens_per_s']:.1f} tokens/s]"
 
 
+def cmd_bench_quality(args) -> dict:
+    from sparsa.bench.quality import QualitySettings, run_quality
+
+    check_device(args.device)
+    settings = QualitySettings(model=args.model, nsamples=args.nsamples, calib_seqlen=args.calib_seqlen,
+                               calib=args.calib, seqlen=args.seqlen, windows=args.windows, ppl=args.ppl,
+                               device=args.device, seed=args.seed)
+    only = [r.strip() for r in args.rows.split(",")] if args.rows else None
+    payload = run_quality(settings, only=only, out_dir=args.out, progress=not args.quiet)
+    return {"out": args.out, "rows": payload["rows"]}
+
+
+def bench_quality_table(r: dict) -> str:
+    return f"wrote {r['out']}/quality.{{json,md,png}}\n" + "\n".join(
+        f"{row['row']:<20} {row['bits_per_param']:7.3f} bits  "
+        + "  ".join(f"{k} {v:.3f}" for k, v in row["ppl"].items()) for row in r["rows"])
+
+
 def cmd_demo(args) -> dict:
     from sparsa.demo import run_demo
 
@@ -208,6 +226,22 @@ def build_parser() -> Parser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES))
     p.set_defaults(run=cmd_generate, table=generate_table)
+
+    p = sub.add_parser("bench", parents=[common], help="benchmarks; results under bench/results/")
+    bench = p.add_subparsers(dest="bench", required=True, parser_class=Parser)
+    p = bench.add_parser("quality", parents=[common], help="perplexity vs bits/param of every method")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
+    p.add_argument("--calib-seqlen", type=int, default=2048, help="tokens per calibration window (default 2048)")
+    p.add_argument("--calib", default="wiki")
+    p.add_argument("--seqlen", type=int, default=2048, help="evaluation window (default 2048)")
+    p.add_argument("--windows", type=int, help="evaluate at most N windows per corpus (default: all)")
+    p.add_argument("--ppl", default="wiki,shakespeare")
+    p.add_argument("--rows", help="comma-separated label fragments, e.g. 'dense,spqr' (default: all rows)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
+    p.set_defaults(run=cmd_bench_quality, table=bench_quality_table)
 
     p = sub.add_parser("demo", parents=[common], help="the main job on the embedded model")
     p.add_argument("--ppl", default="wiki,shakespeare")

@@ -100,6 +100,6 @@ def test_prepare_hessian_indefinite_raises_damping_then_errors(caplog):
 
 
 def test_hessian_accumulator_nonfinite_activations_raise():
-    acc = HessianAccumulator(3)
-    with pytest.raises(SparsaError, match="non-finite activations"):
+    acc = HessianAccumulator(3, where="layers.0.k_proj")
+    with pytest.raises(SparsaError, match="layers.0.k_proj: non-finite calibration activations"):
         acc.add(torch.tensor([[1.0, float("inf"), 0.0]]))

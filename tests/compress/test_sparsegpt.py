@@ -27,7 +27,7 @@ def rel_err(X, W, Q):
 
 def test_sparsegpt_unstructured_exact_sparsity_per_block_and_beats_magnitude_and_wanda(layer):
     W, X, H = layer
-    Q, _ = sparsegpt_solve(W, H, SparseGPTConfig(sparsity=0.5), where="t")
+    Q, _, _ = sparsegpt_solve(W, H, SparseGPTConfig(sparsity=0.5), where="t")
     for start in range(0, 256, 128):
         assert int((Q[:, start:start + 128] == 0).sum()) == 32 * 64
     wanda_Q = W * wanda_mask(W, H, WandaConfig(sparsity=0.5), where="t")
@@ -37,7 +37,7 @@ def test_sparsegpt_unstructured_exact_sparsity_per_block_and_beats_magnitude_and
 @pytest.mark.parametrize("n, m", [(2, 4), (4, 8), (1, 4)])
 def test_sparsegpt_nm_every_group_has_at_most_n_nonzeros(layer, n, m):
     W, _, H = layer
-    Q, _ = sparsegpt_solve(W, H, SparseGPTConfig(pattern=f"{n}:{m}"), where="t")
+    Q, _, _ = sparsegpt_solve(W, H, SparseGPTConfig(pattern=f"{n}:{m}"), where="t")
     per_group = (Q != 0).view(32, -1, m).sum(-1)
     assert int(per_group.max()) <= n and float(per_group.float().mean()) > n - 0.01
     fmt = sparsegpt(W, SparseGPTConfig(pattern=f"{n}:{m}"), where="t", H=H)
@@ -63,3 +63,18 @@ def test_wanda_keeps_exact_count_per_row_and_nm(layer):
     H2[5, 5] *= 1e4
     assert wanda_mask(W2, H2, WandaConfig(sparsity=0.9), where="t")[:, 5].all()
     assert not wanda_mask(W2, H, WandaConfig(sparsity=0.9), where="t")[:, 5].all()
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_sparsegpt_joint_4bit_stores_sparse_quant_matching_solver(layer, pattern):
+    from sparsa.formats import SparseQuant
+
+    W, X, H = layer
+    config = SparseGPTConfig(pattern=pattern, bits=4, group_size=64)
+    Q, _, step = sparsegpt_solve(W, H, config, where="t")
+    fmt = sparsegpt(W, config, where="t", H=H)
+    assert isinstance(fmt, SparseQuant) and torch.equal(fmt.to_dense(), Q)
+    assert int(step.pruned.sum()) == W.numel() // 2 and bool((Q[step.pruned] == 0).all())
+    assert 8 * fmt.nbytes / fmt.numel == pytest.approx(1 + 0.5 * 4 + 32 / 64)
+    pruned_only, _, _ = sparsegpt_solve(W, H, SparseGPTConfig(pattern=pattern), where="t")
+    assert rel_err(X, W, pruned_only) < rel_err(X, W, Q) < 2 * rel_err(X, W, pruned_only)

@@ -7,18 +7,19 @@ import pytest
 import torch
 
 from sparsa.errors import SparsaError
-from sparsa.formats import FORMATS, NM, Bitmap, BlockSparse, Format, Quant, SpQR, get_format, register_format
+from sparsa.formats import (FORMATS, NM, Bitmap, BlockSparse, Format, Quant, SparseQuant, SpQR, get_format,
+                            register_format)
 
 
 def examples() -> list[Format]:
     W = torch.tensor([[0.0, 1.0, 0.0, -2.0, 0.5, 0.0, 0.0, 3.0],
                       [0.0, 0.0, 0.0, 0.0, 0.0, 4.0, -1.0, 0.0]])
     return [Bitmap.from_dense(W), NM.from_dense(W, n=2, m=4), BlockSparse.from_dense(W, block=(1, 2)),
-            Quant.from_dense(W, bits=4, group_size=4)]
+            Quant.from_dense(W, bits=4, group_size=4), SparseQuant.from_dense(W, bits=4, group_size=4)]
 
 
 @pytest.mark.parametrize("name, cls", [("bitmap", Bitmap), ("nm", NM), ("block", BlockSparse), ("quant", Quant),
-                                       ("spqr", SpQR)])
+                                       ("sparse_quant", SparseQuant), ("spqr", SpQR)])
 def test_get_format_known_name_returns_class(name, cls):
     assert get_format(name) is cls
     assert cls.format_name == name
@@ -26,7 +27,7 @@ def test_get_format_known_name_returns_class(name, cls):
 
 
 def test_formats_table_holds_exactly_the_builtin_formats():
-    assert sorted(FORMATS) == ["bitmap", "block", "nm", "quant", "spqr"]
+    assert sorted(FORMATS) == ["bitmap", "block", "nm", "quant", "sparse_quant", "spqr"]
 
 
 def test_get_format_unknown_name_raises_listing_known():

@@ -154,3 +154,19 @@ def test_sparse_linear_load_state_dict_replaces_buffers():
 def test_sparse_linear_extra_repr_names_shape_and_format():
     _, _, module = make("block")
     assert module.extra_repr() == "in_features=8, out_features=6, format=block"
+
+
+def test_decoded_weights_caches_inside_and_drops_on_exit():
+    from sparsa.formats import Quant
+    from sparsa.nn.sparse_linear import SparseLinear, decoded_weights
+
+    module = SparseLinear(Quant.from_dense(torch.randn(8, 16), bits=4, group_size=8))
+    x = torch.randn(3, 16)
+    expected = module(x)
+    with decoded_weights(torch.nn.Sequential(module)):
+        assert torch.equal(module(x), expected) and module.decoded is not None
+        cached = module.decoded
+        module(x)
+        assert module.decoded is cached
+    assert module.decoded is None and not module.cache_decoded
+    assert torch.equal(module(x), expected)

@@ -218,15 +218,23 @@ class SparseGPTConfig(CalibratedConfig):
     Args:
         sparsity: fraction removed per layer (N:M implies it).
         pattern: ``unstructured`` (adaptive mask per 128-column block), ``N:M`` or ``block:RxC``.
+        bits: also quantize the kept weights to this many bits (joint sparse + quantized), or None.
+        group_size: input columns per quantization grid when ``bits`` is set.
     """
 
     method: ClassVar[str] = "sparsegpt"
     sparsity: float | None = None
     pattern: str = "unstructured"
+    bits: int | None = None
+    group_size: int = 128
 
     def __post_init__(self):
         super().__post_init__()
         object.__setattr__(self, "sparsity", resolve_sparsity(self.pattern, self.sparsity))
+        if self.bits is not None and not 2 <= self.bits <= 8:
+            raise SparsaError(f"--bits {self.bits} is outside 2..8")
+        if self.group_size <= 0:
+            raise SparsaError(f"--group-size {self.group_size} must be positive")
 
     @property
     def parsed_pattern(self) -> Pattern:

@@ -17,15 +17,16 @@ log = logging.getLogger(__name__)
 class HessianAccumulator:
     """Running ``H = (2/n) Σ x xᵀ`` over calibration tokens, in fp32 (fp64 sums on the CPU)."""
 
-    def __init__(self, in_features: int, device="cpu"):
+    def __init__(self, in_features: int, device="cpu", *, where: str = "layer"):
         self.H = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
         self.n = 0
+        self.where = where
 
     def add(self, x: torch.Tensor) -> None:
         """Fold in activations ``x: [..., in]`` (any leading shape; each row one token)."""
         x = x.reshape(-1, x.shape[-1]).float()
         if not torch.isfinite(x).all():
-            raise SparsaError("non-finite activations reached a linear layer during calibration")
+            raise SparsaError(f"{self.where}: non-finite calibration activations (inf/nan) reach this layer")
         m = x.shape[0]
         self.H.mul_(self.n / (self.n + m))
         self.n += m

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from sparsa.compress.hessian import HessianAccumulator
 from sparsa.errors import SparsaError
-from sparsa.nn.sparse_linear import SparseLinear
+from sparsa.nn.sparse_linear import SparseLinear, decoded_weights
 from sparsa.nn.surgery import FilterFn, set_submodule, target_linears
 
 
@@ -98,22 +98,25 @@ def compress_sequential_(model: nn.Module, config, method, windows: torch.Tensor
     for index, layer in bar:
         layer.to(device)
         targets = list(target_linears(layer, filter_fn))
-        stats = {fqn: HessianAccumulator(m.in_features, device) for fqn, m in targets}
+        for fqn, linear in targets:
+            if not torch.isfinite(linear.weight).all():
+                raise SparsaError(f"model.layers.{index}.{fqn}: weight holds inf/nan")
+        stats = {fqn: HessianAccumulator(m.in_features, device, where=f"model.layers.{index}.{fqn}")
+                 for fqn, m in targets}
         handles = [m.register_forward_hook(lambda mod, inp, out, fqn=fqn: stats[fqn].add(inp[0]))
                    for fqn, m in targets]
         with hooks(handles):
             dense_out = block_outputs(layer, hidden, kwargs)
         for fqn, linear in targets:
             where = f"model.layers.{index}.{fqn}"
-            if not torch.isfinite(linear.weight).all():
-                raise SparsaError(f"{where}: weight holds inf/nan")
             fmt = method.compress_weight(linear.weight.data.float(), config, where=where, H=stats.pop(fqn).H)
             set_submodule(layer, fqn, SparseLinear(fmt, linear.bias))
             totals["layers"] += 1
             totals["params"] += fmt.numel
             totals["compressed_bytes"] += fmt.nbytes
             totals["dense_bytes"] += linear.weight.numel() * linear.weight.element_size()
-        hidden = block_outputs(layer, hidden, kwargs)
+        with decoded_weights(layer):
+            hidden = block_outputs(layer, hidden, kwargs)
         error = sum((h - d).float().square().sum() for h, d in zip(hidden, dense_out, strict=True))
         error = float(error / sum(d.float().square().sum() for d in dense_out))
         if error != error:

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from sparsa.nn.sparse_linear import decoded_weights
+
 
 @dataclass
 class PerplexityResult:
@@ -34,14 +36,18 @@ def perplexity(model: nn.Module, windows: torch.Tensor, *, device: str = "cpu", 
         model: Hugging Face causal LM (``model(ids).logits``: [1, seqlen, vocab]).
         windows: [W, seqlen] int64 token ids, evaluated one window at a time.
         device: where the windows go (the model must already be there).
+
+    Compressed layers decode once for the whole run (``decoded_weights``): this measures
+    quality, not kernel speed.
     """
     start = time.perf_counter()
     nll_sum, predicted = 0.0, 0
-    for window in tqdm(windows, desc=desc, disable=not progress, unit="window"):
-        ids = window.to(device)[None]  # [1, seqlen]
-        logits = model(ids).logits[0, :-1].float()  # [seqlen - 1, vocab]
-        nll_sum += F.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
-        predicted += ids.shape[1] - 1
+    with decoded_weights(model):
+        for window in tqdm(windows, desc=desc, disable=not progress, unit="window"):
+            ids = window.to(device)[None]  # [1, seqlen]
+            logits = model(ids).logits[0, :-1].float()  # [seqlen - 1, vocab]
+            nll_sum += F.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
+            predicted += ids.shape[1] - 1
     return PerplexityResult(ppl=math.exp(nll_sum / predicted), nll_sum=nll_sum, predicted_tokens=predicted,
                             windows=windows.shape[0], seqlen=windows.shape[1],
                             seconds=time.perf_counter() - start)

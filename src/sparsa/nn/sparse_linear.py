@@ -1,6 +1,9 @@
 """``SparseLinear``: an ``nn.Linear`` stand-in whose weight is a compressed format."""
 
+from contextlib import contextmanager
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sparsa.formats.base import Format
@@ -26,6 +29,8 @@ class SparseLinear(nn.Module):
         for name, array in weight.arrays().items():
             self.register_buffer(name, array)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        self.decoded: torch.Tensor | None = None  # set only inside ``decoded_weights``
+        self.cache_decoded = False
 
     @property
     def weight_format(self) -> Format:
@@ -46,7 +51,26 @@ class SparseLinear(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight_format, self.bias)
+        if not self.cache_decoded:
+            return linear(x, self.weight_format, self.bias)
+        if self.decoded is None or self.decoded.dtype != x.dtype or self.decoded.device != x.device:
+            self.decoded = self.weight_format.to_dense(x.dtype)
+        return F.linear(x, self.decoded, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, format={self.format_cls.format_name}"
+
+
+@contextmanager
+def decoded_weights(model: nn.Module):
+    """Inside the block, each ``SparseLinear`` decodes its weight once and reuses it (the reference
+    product, for many forward passes when only the result matters: perplexity, calibration).
+    The decoded copies are dropped on exit."""
+    modules = [m for m in model.modules() if isinstance(m, SparseLinear)]
+    for m in modules:
+        m.cache_decoded = True
+    try:
+        yield model
+    finally:
+        for m in modules:
+            m.cache_decoded, m.decoded = False, None

@@ -1,0 +1,40 @@
+"""Writing benchmark results: ``<name>.json`` + ``<name>.md`` (+ ``<name>.png``), with date and machine."""
+
+import datetime
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+
+def machine(device: str = "cpu") -> dict:
+    """What the numbers were measured on."""
+    info = {"date": datetime.date.today().isoformat(), "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "torch": torch.__version__, "device": device}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary sibling renamed into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def write_results(out_dir, name: str, payload: dict, markdown: str, figure=None) -> list[Path]:
+    """Write ``payload`` as JSON, ``markdown`` as .md, and a matplotlib ``figure`` as .png."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.json", out_dir / f"{name}.md"]
+    write_atomic(paths[0], (json.dumps(payload, indent=2) + "\n").encode())
+    write_atomic(paths[1], markdown.encode())
+    if figure is not None:
+        paths.append(out_dir / f"{name}.png")
+        tmp = paths[-1].with_name(f".{name}.png.tmp")
+        figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        tmp.replace(paths[-1])
+    return paths
