@@ -44,7 +44,8 @@ def quality_rows(s: QualitySettings) -> list[tuple[str, object]]:
     for bits in (3, 4):
         rows += [(f"rtn-{bits} g128", RTNConfig(bits=bits, group_size=128)),
                  (f"gptq-{bits} g128", GPTQConfig(bits=bits, group_size=128, **cal))]
-    rows += [("spqr-3", SpQRConfig(bits=3, **cal)), ("spqr-4", SpQRConfig(bits=4, **cal))]
+    rows += [(f"spqr-{bits} tau{tau}", SpQRConfig(bits=bits, outlier_threshold=tau, **cal))
+             for bits, tau in ((3, 0.2), (3, 0.3), (4, 0.2))]
     for label, sparsity, pattern in (("50%", 0.5, "unstructured"), ("2:4", None, "2:4"), ("4:8", None, "4:8")):
         rows += [(f"magnitude {label}", MagnitudeConfig(sparsity=sparsity, pattern=pattern)),
                  (f"wanda {label}", WandaConfig(sparsity=sparsity, pattern=pattern, **cal)),

@@ -89,7 +89,7 @@ class Quant(Format):
     Attributes:
         shape: (out, in).
         bits: bits per code, 2..8.
-        group_size: input columns per group; divides ``in``.
+        group_size: input columns per group (the last group may be shorter).
         codes: [ceil(out * in * bits / 8)] uint8, codes packed row-major (see ``bitpack``).
         scale: [out, ceil(in / group_size)] fp16.
         minimum: [out, ceil(in / group_size)] fp16.
