@@ -24,8 +24,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The full quality protocol (128 x 2048 calibration, seqlen 2048): hours on a 2-core CPU, minutes
+# on a GPU (add DEVICE=cuda). Results land in bench/results/quality.{json,md,png}.
+DEVICE ?= cpu
 bench: $(STAMP)
-	@echo "no benchmarks yet: 'sparsa bench' arrives with the kernel issues"
+	$(BIN)/sparsa bench quality --device $(DEVICE)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

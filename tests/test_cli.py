@@ -41,7 +41,7 @@ def words(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["compress", "M", "-o", "X", "--method", "foo"], "unknown --method 'foo'; choose from gptq, magnitude, rtn, sparsegpt, spqr, wanda"),
+    (["compress", "M", "-o", "X", "--method", "foo"], "unknown --method 'foo'; choose from auto, gptq, magnitude, rtn, sparsegpt, spqr, wanda"),
     (["compress", "M", "-o", "X", "--method", "rtn", "--bits", "9"], "--bits 9 is outside 2..8"),
     (["compress", "M", "-o", "X", "--method", "rtn", "--bits", "1"], "--bits 1 is outside 2..8"),
     (["compress", "M", "-o", "X", "--method", "magnitude", "--sparsity", "1.0"], r"--sparsity 1.0 is outside \[0, 1\)"),
@@ -125,3 +125,22 @@ def test_demo_table_lists_each_row_with_its_numbers():
     assert set(rule) == {"-"}
     assert dense.split() == ["dense", "15.292", "1,000", "32.000", "-"]
     assert rtn.split() == ["rtn", "15.500", "156", "5.000", "0.9"]
+
+
+@pytest.mark.parametrize("method, extra", [("gptq", ["--group-size", "32"]), ("spqr", []), ("sparsegpt", []),
+                                           ("wanda", ["--pattern", "2:4"])])
+def test_cli_calibrated_methods_compress_and_report_block_errors(capsys, hf_dir, tmp_path, method, extra):
+    code, out, err = run(capsys, "compress", str(hf_dir), "-o", str(tmp_path / "ck"), "--method", method,
+                         "--nsamples", "2", "--seqlen", "16", "--json", "--quiet", *extra)
+    assert code == 0, err
+    result = last_json(out)
+    assert result["method"] == method and len(result["block_errors"]) == 2
+    manifest = json.loads((tmp_path / "ck" / "sparsa.json").read_text())
+    assert manifest["method"]["nsamples"] == 2 and manifest["method"]["seed"] == 0
+
+
+def test_cli_calibration_too_short_errors_before_compressing(capsys, hf_dir, tmp_path):
+    code, _, err = run(capsys, "compress", str(hf_dir), "-o", str(tmp_path / "ck"), "--method", "gptq",
+                       "--nsamples", "100000", "--seqlen", "512")
+    assert code == 2 and "wiki calibration split:" in err and "fewer than --nsamples 100000" in err
+    assert not (tmp_path / "ck").exists()

@@ -86,7 +86,8 @@ def cmd_compress(args) -> dict:
         bits=args.bits, group_size=args.group_size, sparsity=args.sparsity, pattern=args.pattern,
         outlier_threshold=args.outlier_threshold, nsamples=args.nsamples, seqlen=args.seqlen, calib=args.calib,
         percdamp=args.percdamp, act_order=args.act_order, static_groups=args.static_groups,
-        simplified_outliers=args.simplified_outliers, stat_bits=args.stat_bits, stat_group_size=args.stat_group_size)
+        simplified_outliers=args.simplified_outliers, stat_bits=args.stat_bits, stat_group_size=args.stat_group_size,
+        budget=args.budget)
     check_device(args.device)
     if args.device != "cpu" and not config.needs_calibration:
         raise SparsaError(f"--device {args.device}: --method {args.method} runs on the CPU (no calibration)")
@@ -106,7 +107,8 @@ def cmd_compress(args) -> dict:
     manifest = save_checkpoint(lm.model, lm.tokenizer, out, method={**config.to_dict(), "seed": args.seed})
     return {"dir": str(out), "method": config.method, "bits_per_param": manifest["bits_per_param"],
             "bytes": manifest["bytes"], "params": manifest["params"], "layers": summary.layers,
-            "seconds": round(time.perf_counter() - start, 3), "block_errors": summary.block_errors}
+            "seconds": round(time.perf_counter() - start, 3), "block_errors": summary.block_errors,
+            **({"choices": summary.choices} if summary.choices else {})}
 
 
 def compress_table(r: dict) -> str:
@@ -159,15 +161,16 @@ def bench_quality_table(r: dict) -> str:
 def cmd_demo(args) -> dict:
     from sparsa.demo import run_demo
 
-    return {"rows": run_demo(ppl=args.ppl, seqlen=args.seqlen, windows=args.windows, progress=not args.quiet)}
+    return {"rows": run_demo(ppl=args.ppl, seqlen=args.seqlen, windows=args.windows, nsamples=args.nsamples,
+                             calib_seqlen=args.calib_seqlen, progress=not args.quiet)}
 
 
 def demo_table(r: dict) -> str:
     names = list(r["rows"][0]["ppl"])
-    head = f"{'model':<34}" + "".join(f"{'ppl ' + n:>16}" for n in names) + f"{'bytes':>14}{'bits/param':>12}{'compress s':>12}"
+    head = f"{'model':<40}" + "".join(f"{'ppl ' + n:>16}" for n in names) + f"{'bytes':>14}{'bits/param':>12}{'compress s':>12}"
     lines = [head, "-" * len(head)]
     for row in r["rows"]:
-        lines.append(f"{row['model']:<34}" + "".join(f"{row['ppl'][n]:>16.3f}" for n in names)
+        lines.append(f"{row['model']:<40}" + "".join(f"{row['ppl'][n]:>16.3f}" for n in names)
                      + f"{row['bytes']:>14,}{row['bits_per_param']:>12.3f}"
                      + ("           -" if row["seconds"] is None else f"{row['seconds']:>12.1f}"))
     return "\n".join(lines)
@@ -195,7 +198,7 @@ def build_parser() -> Parser:
     p = sub.add_parser("compress", parents=[common], help="compress a model and write a checkpoint")
     p.add_argument("model")
     p.add_argument("-o", "--output", required=True, help="checkpoint directory to write")
-    p.add_argument("--method", required=True, help="rtn, gptq, spqr (quantize); magnitude, wanda, sparsegpt (prune)")
+    p.add_argument("--method", required=True, help="rtn, gptq, spqr (quantize); magnitude, wanda, sparsegpt (prune); auto (per-layer choice)")
     p.add_argument("--bits", type=int, help="bits per weight code, 2..8 (rtn, gptq: 4; spqr: 3)")
     p.add_argument("--group-size", type=int,
                    help="input columns per quantization group (rtn, gptq: 128, 0 = whole row; spqr: 16)")
@@ -214,6 +217,7 @@ def build_parser() -> Parser:
                    help="spqr: skip the leave-one-out refit (faster, worse)")
     p.add_argument("--stat-bits", type=int, help="spqr: bits of the second-level statistics (default 3)")
     p.add_argument("--stat-group-size", type=int, help="spqr: rows per second-level group (default 16)")
+    p.add_argument("--budget", type=float, help="auto: bits/param budget over the compressed layers (default 3.5)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (calibrated methods)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="cast the dense model first (values keep this dtype)")
     p.add_argument("--seed", type=int, default=0)
@@ -247,6 +251,8 @@ def build_parser() -> Parser:
     p.add_argument("--ppl", default="wiki,shakespeare")
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--windows", type=int, default=16)
+    p.add_argument("--nsamples", type=int, default=16, help="calibration windows (default 16: demo-sized)")
+    p.add_argument("--calib-seqlen", type=int, default=512, help="tokens per calibration window (default 512)")
     p.set_defaults(run=cmd_demo, table=demo_table)
     return parser
 

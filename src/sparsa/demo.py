@@ -4,14 +4,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from sparsa.compress import RTNConfig, compress_
+from sparsa.compress import SpQRConfig, compress_
+from sparsa.data import calibration_windows, load_corpus, tokenize
 from sparsa.evaluate import load_texts, perplexities
 from sparsa.nn import linear_footprint
 from sparsa.nn.checkpoint import save_checkpoint
 from sparsa.nn.models import DEFAULT_MODEL, load_model
 
-# The best method sparsa has so far; the SpQR issue switches this.
-DEMO_CONFIG = RTNConfig(bits=4, group_size=32)
+
+def demo_config(nsamples: int, calib_seqlen: int) -> SpQRConfig:
+    """The best method sparsa has: SpQR at its 3-bit recipe, with a demo-sized calibration."""
+    return SpQRConfig(bits=3, nsamples=nsamples, seqlen=calib_seqlen)
 
 
 def measure(spec: str, texts: dict, seqlen: int, windows: int, progress: bool) -> dict:
@@ -23,22 +26,25 @@ def measure(spec: str, texts: dict, seqlen: int, windows: int, progress: bool) -
             "bits_per_param": 8 * nbytes / params}
 
 
-def run_demo(*, ppl: str = "wiki,shakespeare", seqlen: int = 512, windows: int = 16,
-             progress: bool = True) -> list[dict]:
+def run_demo(*, ppl: str = "wiki,shakespeare", seqlen: int = 512, windows: int = 16, nsamples: int = 16,
+             calib_seqlen: int = 512, progress: bool = True) -> list[dict]:
     """Rows of the demo table: the dense model, then the compressed checkpoint reloaded from disk.
 
     ``seconds`` is the time to compress and save (None for the dense model).
     """
+    config = demo_config(nsamples, calib_seqlen)
     texts = load_texts(ppl, None)
     dense = {"model": f"{DEFAULT_MODEL} (dense fp32)", "seconds": None,
              **measure(DEFAULT_MODEL, texts, seqlen, windows, progress)}
     with tempfile.TemporaryDirectory() as scratch:
         target = Path(scratch) / "demo-checkpoint"
         lm = load_model(DEFAULT_MODEL)
+        calibration = calibration_windows(tokenize(lm.tokenizer, load_corpus(config.calib).calib), config.nsamples,
+                                          config.seqlen, seed=0, source=f"{config.calib} calibration split")
         start = time.perf_counter()
-        compress_(lm.model, DEMO_CONFIG, progress=progress)
-        save_checkpoint(lm.model, lm.tokenizer, target, method=DEMO_CONFIG.to_dict())
+        compress_(lm.model, config, calibration=calibration, progress=progress)
+        save_checkpoint(lm.model, lm.tokenizer, target, method=config.to_dict())
         seconds = time.perf_counter() - start
-        label = f"{DEMO_CONFIG.method} {DEMO_CONFIG.bits}-bit g{DEMO_CONFIG.group_size} (reloaded)"
+        label = f"spqr {config.bits}-bit, tau {config.outlier_threshold} (reloaded)"
         compressed = {"model": label, "seconds": seconds, **measure(str(target), texts, seqlen, windows, progress)}
     return [dense, compressed]

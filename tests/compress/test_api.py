@@ -38,12 +38,12 @@ def reference_forward(model: TinyLM, x: torch.Tensor) -> torch.Tensor:
 
 def test_get_method_unknown_name_raises_listing_known():
     with pytest.raises(SparsaError, match=re.escape(
-            "unknown --method 'obc'; choose from gptq, magnitude, rtn, sparsegpt, spqr, wanda")):
+            "unknown --method 'obc'; choose from auto, gptq, magnitude, rtn, sparsegpt, spqr, wanda")):
         get_method("obc")
 
 
 def test_methods_table_holds_builtin_methods():
-    assert sorted(METHODS) == ["gptq", "magnitude", "rtn", "sparsegpt", "spqr", "wanda"]
+    assert sorted(METHODS) == ["auto", "gptq", "magnitude", "rtn", "sparsegpt", "spqr", "wanda"]
 
 
 def test_compress_rtn_tiny_lm_replaces_all_linears_but_lm_head():
@@ -142,7 +142,7 @@ def test_compress_summary_to_dict_has_all_fields():
     summary = compress_(TinyLM(), RTNConfig(bits=4, group_size=16), progress=False)
     d = summary.to_dict()
     assert set(d) == {"method", "layers", "params", "compressed_bytes", "dense_bytes", "bits_per_param", "seconds",
-                      "block_errors"}
+                      "block_errors", "choices"}
     assert d["compressed_bytes"] == 768
 
 

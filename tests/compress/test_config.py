@@ -156,3 +156,26 @@ def test_magnitude_from_flags_rtn_flag_raises(flag, value, text):
 def test_rtn_from_flags_invalid_value_raises_config_error():
     with pytest.raises(SparsaError, match="--bits 1 is outside 2..8"):
         RTNConfig.from_flags(bits=1)
+
+
+def test_spqr_config_recipes_fill_unset_threshold_and_damping():
+    from sparsa.compress.config import SPQR_RECIPES, SpQRConfig
+
+    assert (SpQRConfig(bits=3).outlier_threshold, SpQRConfig(bits=3).percdamp) == SPQR_RECIPES[3] == (0.3, 0.01)
+    assert (SpQRConfig(bits=4).outlier_threshold, SpQRConfig(bits=4).percdamp) == SPQR_RECIPES[4] == (0.2, 1.0)
+    assert SpQRConfig(bits=2).outlier_threshold == 0.3 and SpQRConfig(bits=8).percdamp == 1.0
+    explicit = SpQRConfig(bits=3, outlier_threshold=0.2, percdamp=1.0)
+    assert (explicit.outlier_threshold, explicit.percdamp) == (0.2, 1.0)
+    assert SpQRConfig(bits=4).to_dict()["outlier_threshold"] == 0.2  # the manifest records the resolved value
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"nsamples": 0}, "--nsamples 0 must be at least 1"), ({"seqlen": 1}, "--seqlen 1 must be at least 2"),
+    ({"percdamp": 0.0}, "--percdamp 0.0 must be positive"), ({"outlier_threshold": -1.0}, "--outlier-threshold -1.0"),
+    ({"stat_bits": 9}, "--stat-bits 9 is outside 2..8"),
+])
+def test_spqr_config_bad_values_raise(kwargs, message):
+    from sparsa.compress.config import SpQRConfig
+
+    with pytest.raises(SparsaError, match=re.escape(message)):
+        SpQRConfig(**kwargs)

@@ -44,8 +44,10 @@ def quality_rows(s: QualitySettings) -> list[tuple[str, object]]:
     for bits in (3, 4):
         rows += [(f"rtn-{bits} g128", RTNConfig(bits=bits, group_size=128)),
                  (f"gptq-{bits} g128", GPTQConfig(bits=bits, group_size=128, **cal))]
-    rows += [(f"spqr-{bits} tau{tau}", SpQRConfig(bits=bits, outlier_threshold=tau, **cal))
-             for bits, tau in ((3, 0.2), (3, 0.3), (4, 0.2))]
+    rows += [("spqr-3 recipe (tau0.3 damp0.01)", SpQRConfig(bits=3, **cal))]
+    rows += [(f"spqr-3 tau{tau} damp1.0", SpQRConfig(bits=3, outlier_threshold=tau, percdamp=1.0, **cal))
+             for tau in (0.2, 0.3)]
+    rows += [("spqr-4 recipe (tau0.2 damp1.0)", SpQRConfig(bits=4, **cal))]
     for label, sparsity, pattern in (("50%", 0.5, "unstructured"), ("2:4", None, "2:4"), ("4:8", None, "4:8")):
         rows += [(f"magnitude {label}", MagnitudeConfig(sparsity=sparsity, pattern=pattern)),
                  (f"wanda {label}", WandaConfig(sparsity=sparsity, pattern=pattern, **cal)),
@@ -101,24 +103,34 @@ def markdown(payload: dict) -> str:
 
 
 def figure(payload: dict):
-    """Perplexity (log) against bits/param, one point per row, for the first corpus."""
+    """Perplexity (log) against bits/param for the first corpus: every row (left, log bits) and
+    the compressed region up to 6 bits (right); the dense model is the dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = payload["rows"]
-    corpus = next(iter(rows[0]["ppl"]))
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for r in rows:
-        x, y = min(r["bits_per_param"], 18), r["ppl"][corpus]
-        ax.scatter(x, y, s=20)
-        ax.annotate(r["row"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("bits / param (compressed linear layers, dense capped at 18)")
-    ax.set_ylabel(f"perplexity ({corpus}, seqlen {payload['settings']['seqlen']})")
-    ax.set_yscale("log")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(f"{payload['settings']['model']}: quality per bit")
+    rows, corpus = payload["rows"], next(iter(payload["rows"][0]["ppl"]))
+    dense = [r for r in rows if r["method"] is None]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, low_bits in zip(axes, (False, True)):
+        shown = [r for r in rows if r["method"] is not None and (not low_bits or r["bits_per_param"] <= 6)]
+        for r in shown:
+            ax.scatter(r["bits_per_param"], r["ppl"][corpus], s=22)
+            ax.annotate(r["row"], (r["bits_per_param"], r["ppl"][corpus]), fontsize=7, xytext=(4, 2),
+                        textcoords="offset points")
+        for r in dense:
+            ax.axhline(r["ppl"][corpus], color="gray", linestyle="--", linewidth=1)
+            ax.annotate(f"dense ({r['bits_per_param']:.0f} bits)", (ax.get_xlim()[0], r["ppl"][corpus]),
+                        fontsize=7, color="gray", xytext=(2, 3), textcoords="offset points")
+        ax.set_yscale("log")
+        if not low_bits:
+            ax.set_xscale("log", base=2)
+        ax.set_xlabel("bits / param of the compressed linear layers (as saved)")
+        ax.set_ylabel(f"perplexity ({corpus}, seqlen {payload['settings']['seqlen']})")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_title("all rows" if not low_bits else "up to 6 bits/param")
+    fig.suptitle(f"{payload['settings']['model']}: quality per bit")
     return fig
 
 

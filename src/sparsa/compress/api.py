@@ -28,6 +28,7 @@ class CompressSummary:
         bits_per_param: ``8 * compressed_bytes / params``.
         seconds: wall time of the compression.
         block_errors: calibrated methods: relative squared output error of each block.
+        choices: ``auto``: how many layers took each candidate.
     """
 
     method: str
@@ -38,6 +39,7 @@ class CompressSummary:
     bits_per_param: float
     seconds: float
     block_errors: list[float] = field(default_factory=list)
+    choices: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,8 +64,8 @@ def compress_(model: nn.Module, config: MethodConfig, *, calibration: torch.Tens
     if config.needs_calibration:
         if calibration is None:
             raise SparsaError(f"--method {config.method} needs calibration windows")
-        totals = compress_sequential_(model, config, method, calibration, filter_fn=filter_fn, device=device,
-                                      progress=progress)
+        driver = method.driver or compress_sequential_
+        totals = driver(model, config, method, calibration, filter_fn=filter_fn, device=device, progress=progress)
         return CompressSummary(method=config.method, bits_per_param=8 * totals["compressed_bytes"] / max(totals["params"], 1),
                                seconds=time.perf_counter() - start, **totals)
     targets = list(target_linears(model, filter_fn))

@@ -12,22 +12,27 @@ WeightFn = Callable[..., Format]
 
 @dataclass(frozen=True)
 class Method:
-    """A registered method: its config class and the per-weight function (data-free methods)."""
+    """A registered method: its config class, its per-weight function, and, for methods that
+    decide across layers (``auto``), a whole-model driver used instead of the per-weight loop."""
 
     name: str
     config_cls: type
-    compress_weight: WeightFn
+    compress_weight: WeightFn | None
     reference_url: str
+    driver: Callable | None = None
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register_method(config_cls: type, *, reference_url: str = ""):
-    """Decorator: file ``fn(W, config, *, where) -> Format`` under ``config_cls.method``."""
+def register_method(config_cls: type, *, reference_url: str = "", driver: bool = False):
+    """Decorator: file ``fn(W, config, *, where[, H]) -> Format`` under ``config_cls.method``; with
+    ``driver=True`` the function instead compresses a whole model:
+    ``fn(model, config, method, windows, *, filter_fn, device, progress) -> totals``."""
 
-    def decorate(fn: WeightFn) -> WeightFn:
-        METHODS[config_cls.method] = Method(config_cls.method, config_cls, fn, reference_url)
+    def decorate(fn):
+        METHODS[config_cls.method] = Method(config_cls.method, config_cls, None if driver else fn, reference_url,
+                                            fn if driver else None)
         return fn
 
     return decorate
