@@ -5,15 +5,17 @@ saved as a checkpoint (bits/param are read from the bytes written) and evaluated
 protocol on the evaluation splits.
 """
 
+import json
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from sparsa.bench.results import machine, write_results
-from sparsa.compress import (GPTQConfig, MagnitudeConfig, RTNConfig, SparseGPTConfig, SpQRConfig, WandaConfig,
+from sparsa.compress import (AutoConfig, GPTQConfig, MagnitudeConfig, RTNConfig, SparseGPTConfig, SpQRConfig, WandaConfig,
                              compress_)
 from sparsa.data import calibration_windows, load_corpus, tokenize
 from sparsa.evaluate import load_texts, perplexities
@@ -53,6 +55,7 @@ def quality_rows(s: QualitySettings) -> list[tuple[str, object]]:
                  (f"wanda {label}", WandaConfig(sparsity=sparsity, pattern=pattern, **cal)),
                  (f"sparsegpt {label}", SparseGPTConfig(sparsity=sparsity, pattern=pattern, **cal))]
     rows.append(("sparsegpt 50% + 4-bit g128", SparseGPTConfig(sparsity=0.5, bits=4, group_size=128, **cal)))
+    rows.append(("auto 3.5", AutoConfig(budget=3.5, **cal)))
     return rows
 
 
@@ -134,18 +137,35 @@ def figure(payload: dict):
     return fig
 
 
+def previous_rows(out_dir, settings: QualitySettings) -> list[dict]:
+    """Rows of an earlier ``quality.json`` in ``out_dir`` measured with the same settings (else none)."""
+    path = Path(out_dir) / "quality.json"
+    if not path.is_file():
+        return []
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    return earlier.get("rows", []) if earlier.get("settings") == settings.__dict__ else []
+
+
 def run_quality(s: QualitySettings, *, only: list[str] | None = None, out_dir="bench/results",
                 progress: bool = True) -> dict:
-    """Run every row (or those whose label contains one of ``only``); results are rewritten after each row."""
-    rows = [(label, c) for label, c in quality_rows(s) if not only or any(o in label for o in only)]
+    """Run every row (or those whose label contains one of ``only``, merged into an earlier result of
+    the same settings); the results are rewritten after each row, in report order."""
+    all_rows = quality_rows(s)
+    rows = [(label, c) for label, c in all_rows if not only or any(o in label for o in only)]
     texts = load_texts(s.ppl, None)
     tokenizer = load_model(s.model).tokenizer
     windows = calibration_windows(tokenize(tokenizer, load_corpus(s.calib).calib), s.nsamples, s.calib_seqlen,
                                   s.seed, source=f"{s.calib} calibration split")
     torch.manual_seed(s.seed)
+    order = {label: i for i, (label, _) in enumerate(all_rows)}
+    results = {r["row"]: r for r in (previous_rows(out_dir, s) if only else [])}
     payload = {"settings": s.__dict__, "machine": machine(s.device), "rows": []}
     for label, config in tqdm(rows, desc="bench quality", disable=not progress, unit="row"):
-        payload["rows"].append(run_row(label, config, s, texts, windows, progress))
+        results[label] = run_row(label, config, s, texts, windows, progress)
+        payload["rows"] = sorted(results.values(), key=lambda r: order.get(r["row"], len(order)))
         fig = figure(payload)
         write_results(out_dir, "quality", payload, markdown(payload), fig)
         fig.clf()
