@@ -177,14 +177,7 @@ def demo_table(r: dict) -> str:
 
 
 # -- parser ----------------------------------------------------------------------------------
-def build_parser() -> Parser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
-    common.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
-    common.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser = Parser(prog="sparsa", description="Make models sparse, small and fast.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-
+def add_eval(sub, common) -> None:
     p = sub.add_parser("eval", parents=[common], help="perplexity and size of a model")
     p.add_argument("model", help="smollm2-135m, a .gguf file, a Hugging Face dir or a sparsa checkpoint")
     p.add_argument("--ppl", help="comma-separated corpora: wiki, shakespeare (default: wiki)")
@@ -195,10 +188,13 @@ def build_parser() -> Parser:
     p.add_argument("--dtype", choices=sorted(DTYPES), help="dtype for dense models (default float32)")
     p.set_defaults(run=cmd_eval, table=eval_table)
 
+
+def add_compress(sub, common) -> None:
     p = sub.add_parser("compress", parents=[common], help="compress a model and write a checkpoint")
     p.add_argument("model")
     p.add_argument("-o", "--output", required=True, help="checkpoint directory to write")
-    p.add_argument("--method", required=True, help="rtn, gptq, spqr (quantize); magnitude, wanda, sparsegpt (prune); auto (per-layer choice)")
+    p.add_argument("--method", required=True,
+                   help="rtn, gptq, spqr (quantize); magnitude, wanda, sparsegpt (prune); auto (per-layer choice)")
     p.add_argument("--bits", type=int, help="bits per weight code, 2..8 (rtn, gptq: 4; spqr: 3)")
     p.add_argument("--group-size", type=int,
                    help="input columns per quantization group (rtn, gptq: 128, 0 = whole row; spqr: 16)")
@@ -207,12 +203,12 @@ def build_parser() -> Parser:
     p.add_argument("--nsamples", type=int, help="calibration windows (default 128)")
     p.add_argument("--seqlen", type=int, help="tokens per calibration window (default 2048)")
     p.add_argument("--calib", help="calibration corpus: wiki (default) or shakespeare")
-    p.add_argument("--percdamp", type=float, help="Hessian dampening, share of mean diag (gptq etc. 0.01, spqr 1.0)")
+    p.add_argument("--percdamp", type=float, help="Hessian dampening, share of mean diag (gptq etc. 0.01; spqr: recipe)")
     p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
                    help="solve columns by decreasing Hessian diagonal (gptq, spqr; default on)")
     p.add_argument("--static-groups", action="store_true", default=None,
                    help="gptq: fit group grids on the original weights (implied by act-order with groups)")
-    p.add_argument("--outlier-threshold", type=float, help="spqr: outlier threshold tau (default 0.2)")
+    p.add_argument("--outlier-threshold", type=float, help="spqr: outlier threshold tau (default: recipe)")
     p.add_argument("--simplified-outliers", action="store_true", default=None,
                    help="spqr: skip the leave-one-out refit (faster, worse)")
     p.add_argument("--stat-bits", type=int, help="spqr: bits of the second-level statistics (default 3)")
@@ -223,6 +219,8 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_compress, table=compress_table)
 
+
+def add_generate(sub, common) -> None:
     p = sub.add_parser("generate", parents=[common], help="greedy generation and tokens/s")
     p.add_argument("model")
     p.add_argument("--prompt", required=True)
@@ -231,6 +229,8 @@ def build_parser() -> Parser:
     p.add_argument("--dtype", choices=sorted(DTYPES))
     p.set_defaults(run=cmd_generate, table=generate_table)
 
+
+def add_bench(sub, common) -> None:
     p = sub.add_parser("bench", parents=[common], help="benchmarks; results under bench/results/")
     bench = p.add_subparsers(dest="bench", required=True, parser_class=Parser)
     p = bench.add_parser("quality", parents=[common], help="perplexity vs bits/param of every method")
@@ -247,6 +247,8 @@ def build_parser() -> Parser:
     p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
     p.set_defaults(run=cmd_bench_quality, table=bench_quality_table)
 
+
+def add_demo(sub, common) -> None:
     p = sub.add_parser("demo", parents=[common], help="the main job on the embedded model")
     p.add_argument("--ppl", default="wiki,shakespeare")
     p.add_argument("--seqlen", type=int, default=512)
@@ -254,6 +256,17 @@ def build_parser() -> Parser:
     p.add_argument("--nsamples", type=int, default=16, help="calibration windows (default 16: demo-sized)")
     p.add_argument("--calib-seqlen", type=int, default=512, help="tokens per calibration window (default 512)")
     p.set_defaults(run=cmd_demo, table=demo_table)
+
+
+def build_parser() -> Parser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    common.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser = Parser(prog="sparsa", description="Make models sparse, small and fast.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for add in (add_eval, add_compress, add_generate, add_bench, add_demo):
+        add(sub, common)
     return parser
 
 
