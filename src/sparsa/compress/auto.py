@@ -13,11 +13,10 @@ import torch
 from tqdm.auto import tqdm
 
 from sparsa.compress.config import AutoConfig, SparseGPTConfig, SpQRConfig
-from sparsa.compress.hessian import HessianAccumulator
 from sparsa.compress.registry import get_method, register_method
-from sparsa.compress.sequential import block_outputs, decoder_layers, first_block_inputs, hooks
-from sparsa.nn.sparse_linear import SparseLinear, decoded_weights
-from sparsa.nn.surgery import set_submodule, target_linears
+from sparsa.compress.sequential import calibrate_block, decoder_layers, finish_block, first_block_inputs
+from sparsa.nn.sparse_linear import SparseLinear
+from sparsa.nn.surgery import set_submodule
 
 
 def candidates(config: AutoConfig) -> list:
@@ -86,15 +85,9 @@ def compress_auto_(model, config: AutoConfig, method, windows, *, filter_fn, dev
     records, block_errors = [], []  # (layer, fqn, formats, [(bytes, error)], bias, dense bytes)
     bar = tqdm(list(enumerate(layers)), desc="compress auto", disable=not progress, unit="block")
     for index, layer in bar:
-        layer.to(device)
-        targets = list(target_linears(layer, filter_fn))
-        stats = {fqn: HessianAccumulator(m.in_features, device, where=f"model.layers.{index}.{fqn}")
-                 for fqn, m in targets}
-        with hooks([m.register_forward_hook(lambda mod, inp, out, fqn=fqn: stats[fqn].add(inp[0]))
-                    for fqn, m in targets]):
-            dense_out = block_outputs(layer, hidden, kwargs)
+        targets, hessians, dense_out = calibrate_block(layer, index, hidden, kwargs, filter_fn, device)
         for fqn, linear in targets:
-            where, H, W = f"model.layers.{index}.{fqn}", stats.pop(fqn).H, linear.weight.data.float()
+            where, H, W = f"model.layers.{index}.{fqn}", hessians.pop(fqn), linear.weight.data.float()
             formats = [get_method(c.method).compress_weight(W, c, where=where, H=H) for c in cands]
             options = [(f.nbytes, output_error(W, f.to_dense(), H)) for f in formats]
             fits = [k for k, (nbytes, _) in enumerate(options) if 8 * nbytes <= config.budget * W.numel()]
@@ -103,12 +96,9 @@ def compress_auto_(model, config: AutoConfig, method, windows, *, filter_fn, dev
             set_submodule(layer, fqn, SparseLinear(formats[provisional], linear.bias))
             records.append((layer, fqn, formats, options, linear.bias,
                             linear.weight.numel() * linear.weight.element_size()))
-        with decoded_weights(layer):
-            hidden = block_outputs(layer, hidden, kwargs)
-        error = sum((h - d).float().square().sum() for h, d in zip(hidden, dense_out, strict=True))
-        block_errors.append(float(error / sum(d.float().square().sum() for d in dense_out)))
-        bar.set_postfix(rel_err=f"{block_errors[-1]:.2e}")
-        layer.to("cpu")
+        hidden, error = finish_block(layer, index, hidden, kwargs, dense_out)
+        block_errors.append(error)
+        bar.set_postfix(rel_err=f"{error:.2e}")
     params = sum(r[2][0].numel for r in records)
     choice = allocate([r[3] for r in records], config.budget * params / 8)
     totals = {"layers": len(records), "params": params, "compressed_bytes": 0, "dense_bytes": 0,

@@ -78,6 +78,39 @@ def first_block_inputs(model: nn.Module, windows: torch.Tensor, device) -> tuple
     return captured, kwargs
 
 
+def calibrate_block(layer: nn.Module, index: int, hidden: list, kwargs: dict, filter_fn: FilterFn, device):
+    """Move block ``index`` to ``device``, check its selected linears and run the calibration
+    inputs through it, accumulating each one's Hessian.
+
+    Returns:
+        (targets [(fqn, nn.Linear)], Hessians {fqn: [in, in]}, the dense block outputs).
+    """
+    layer.to(device)
+    targets = list(target_linears(layer, filter_fn))
+    for fqn, linear in targets:
+        if not torch.isfinite(linear.weight).all():
+            raise SparsaError(f"model.layers.{index}.{fqn}: weight holds inf/nan")
+    stats = {fqn: HessianAccumulator(m.in_features, device, where=f"model.layers.{index}.{fqn}")
+             for fqn, m in targets}
+    with hooks([m.register_forward_hook(lambda mod, inp, out, fqn=fqn: stats[fqn].add(inp[0]))
+                for fqn, m in targets]):
+        dense_out = block_outputs(layer, hidden, kwargs)
+    return targets, {fqn: acc.H for fqn, acc in stats.items()}, dense_out
+
+
+def finish_block(layer: nn.Module, index: int, hidden: list, kwargs: dict, dense_out: list) -> tuple[list, float]:
+    """Run the calibration inputs through the compressed block; return its outputs (the next
+    block's inputs) and its relative squared output error against ``dense_out``."""
+    with decoded_weights(layer):
+        hidden = block_outputs(layer, hidden, kwargs)
+    error = sum((h - d).float().square().sum() for h, d in zip(hidden, dense_out, strict=True))
+    error = float(error / sum(d.float().square().sum() for d in dense_out))
+    if error != error:
+        raise SparsaError(f"model.layers.{index}: compressed block outputs are NaN")
+    layer.to("cpu")
+    return hidden, error
+
+
 @torch.no_grad()
 def compress_sequential_(model: nn.Module, config, method, windows: torch.Tensor, *, filter_fn: FilterFn,
                          device="cpu", progress: bool = True) -> dict:
@@ -96,32 +129,16 @@ def compress_sequential_(model: nn.Module, config, method, windows: torch.Tensor
     totals = {"layers": 0, "params": 0, "compressed_bytes": 0, "dense_bytes": 0, "block_errors": []}
     bar = tqdm(list(enumerate(layers)), desc=f"compress {config.method}", disable=not progress, unit="block")
     for index, layer in bar:
-        layer.to(device)
-        targets = list(target_linears(layer, filter_fn))
+        targets, hessians, dense_out = calibrate_block(layer, index, hidden, kwargs, filter_fn, device)
         for fqn, linear in targets:
-            if not torch.isfinite(linear.weight).all():
-                raise SparsaError(f"model.layers.{index}.{fqn}: weight holds inf/nan")
-        stats = {fqn: HessianAccumulator(m.in_features, device, where=f"model.layers.{index}.{fqn}")
-                 for fqn, m in targets}
-        handles = [m.register_forward_hook(lambda mod, inp, out, fqn=fqn: stats[fqn].add(inp[0]))
-                   for fqn, m in targets]
-        with hooks(handles):
-            dense_out = block_outputs(layer, hidden, kwargs)
-        for fqn, linear in targets:
-            where = f"model.layers.{index}.{fqn}"
-            fmt = method.compress_weight(linear.weight.data.float(), config, where=where, H=stats.pop(fqn).H)
+            fmt = method.compress_weight(linear.weight.data.float(), config, where=f"model.layers.{index}.{fqn}",
+                                         H=hessians.pop(fqn))
             set_submodule(layer, fqn, SparseLinear(fmt, linear.bias))
             totals["layers"] += 1
             totals["params"] += fmt.numel
             totals["compressed_bytes"] += fmt.nbytes
             totals["dense_bytes"] += linear.weight.numel() * linear.weight.element_size()
-        with decoded_weights(layer):
-            hidden = block_outputs(layer, hidden, kwargs)
-        error = sum((h - d).float().square().sum() for h, d in zip(hidden, dense_out, strict=True))
-        error = float(error / sum(d.float().square().sum() for d in dense_out))
-        if error != error:
-            raise SparsaError(f"model.layers.{index}: compressed block outputs are NaN")
+        hidden, error = finish_block(layer, index, hidden, kwargs, dense_out)
         totals["block_errors"].append(error)
         bar.set_postfix(rel_err=f"{error:.2e}")
-        layer.to("cpu")
     return totals
