@@ -169,3 +169,16 @@ def test_checkpoint_dense_model_round_trips(tiny_llama, tiny_tokenizer, tmp_path
     loaded, _, _ = load_checkpoint(tmp_path / "ck")
     assert manifest["params"] == 0 and not any(isinstance(m, SparseLinear) for m in loaded.modules())
     assert torch.equal(logits(loaded), logits(tiny_llama))
+
+
+def test_checkpoint_empty_arrays_are_not_taken_for_tied_weights(tiny_llama, tiny_tokenizer, tmp_path):
+    """A SpQR layer without outliers has two empty arrays (both at address 0): both must be saved."""
+    from sparsa.compress import SpQRConfig
+
+    windows = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    config = SpQRConfig(bits=4, outlier_threshold=1e9, stat_group_size=16, nsamples=2, seqlen=16)
+    compress_(tiny_llama, config, calibration=windows, progress=False)
+    assert all(m.outlier_values.numel() == 0 for _, m in sparse_linears(tiny_llama))
+    save_checkpoint(tiny_llama, tiny_tokenizer, tmp_path / "ck", method=config.to_dict())
+    loaded, _, _ = load_checkpoint(tmp_path / "ck")
+    assert torch.equal(logits(loaded), logits(tiny_llama))

@@ -51,8 +51,9 @@ def unique_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state dict without tied duplicates (the first name of a shared tensor wins)."""
     seen, out = set(), {}
     for name, tensor in model.state_dict().items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        if key not in seen:
+        # empty tensors all sit at address 0: they are never tied, keep each one
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+        if tensor.numel() == 0 or key not in seen:
             seen.add(key)
             out[name] = tensor.detach().contiguous().cpu()
     return out
