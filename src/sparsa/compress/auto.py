@@ -22,7 +22,8 @@ from sparsa.nn.surgery import set_submodule
 def candidates(config: AutoConfig) -> list:
     """The candidate configs, sharing the calibration settings of ``config``."""
     cal = {"nsamples": config.nsamples, "seqlen": config.seqlen, "calib": config.calib}
-    return [SpQRConfig(bits=2, **cal), SpQRConfig(bits=3, **cal), SpQRConfig(bits=4, **cal),
+    return [SpQRConfig(bits=2, **cal), SpQRConfig(bits=3, outlier_threshold=1.0, **cal), SpQRConfig(bits=3, **cal),
+            SpQRConfig(bits=4, **cal),
             SparseGPTConfig(pattern="2:4", bits=4, group_size=128, **cal),
             SparseGPTConfig(sparsity=0.5, bits=3, group_size=128, **cal)]
 
@@ -30,7 +31,7 @@ def candidates(config: AutoConfig) -> list:
 def candidate_label(config) -> str:
     """Short name of a candidate, e.g. ``spqr-3`` or ``sparsegpt-2:4-4bit``."""
     if config.method == "spqr":
-        return f"spqr-{config.bits}"
+        return f"spqr-{config.bits}-tau{config.outlier_threshold:g}"
     return f"sparsegpt-{config.pattern if config.pattern != 'unstructured' else f'{config.sparsity:.0%}'}-{config.bits}bit"
 
 

@@ -282,8 +282,8 @@ class WandaConfig(CalibratedConfig):
 class AutoConfig(CalibratedConfig):
     """Per-layer choice of format and bit-width under a global budget (beyond the anchors).
 
-    Every linear layer is compressed with each candidate (SpQR 2/3/4-bit recipes, SparseGPT
-    2:4 + 4-bit and 50% + 3-bit); each candidate's Hessian-weighted output error
+    Every linear layer is compressed with each candidate (SpQR 2/3/4-bit recipes, SpQR 3-bit with
+    few outliers (τ 1.0), SparseGPT 2:4 + 4-bit and 50% + 3-bit); each candidate's Hessian-weighted output error
     ``tr((W - Q) H (W - Q)ᵀ)`` and stored bytes are recorded; the choice minimises the summed
     error subject to ``8 · Σ bytes / Σ params <= budget``.
 
