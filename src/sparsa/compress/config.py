@@ -85,6 +85,14 @@ class RTNConfig(MethodConfig):
             raise SparsaError(f"--group-size {self.group_size} must be positive")
 
 
+class PatternMixin:
+    """For configs with a ``pattern`` field: the parsed :class:`Pattern`."""
+
+    @property
+    def parsed_pattern(self) -> Pattern:
+        return parse_pattern(self.pattern)
+
+
 def resolve_sparsity(pattern_text: str, sparsity: float | None) -> float:
     """The sparsity a pattern + ``--sparsity`` mean: N:M implies ``1 - N/M`` (a disagreeing
     ``--sparsity`` is an error); otherwise the given value, default 0.5, in [0, 1)."""
@@ -103,7 +111,7 @@ def resolve_sparsity(pattern_text: str, sparsity: float | None) -> float:
 
 
 @dataclass(frozen=True)
-class MagnitudeConfig(MethodConfig):
+class MagnitudeConfig(PatternMixin, MethodConfig):
     """Magnitude pruning: drop the smallest |w| (or the blocks of smallest L2 norm), no update.
 
     Args:
@@ -118,10 +126,6 @@ class MagnitudeConfig(MethodConfig):
 
     def __post_init__(self):
         object.__setattr__(self, "sparsity", resolve_sparsity(self.pattern, self.sparsity))
-
-    @property
-    def parsed_pattern(self) -> Pattern:
-        return parse_pattern(self.pattern)
 
 
 @dataclass(frozen=True)
@@ -225,7 +229,7 @@ class SpQRConfig(CalibratedConfig):
 
 
 @dataclass(frozen=True)
-class SparseGPTConfig(CalibratedConfig):
+class SparseGPTConfig(PatternMixin, CalibratedConfig):
     """SparseGPT (Frantar & Alistarh 2023, arXiv 2301.00774): OBS pruning with weight update.
 
     Args:
@@ -249,13 +253,9 @@ class SparseGPTConfig(CalibratedConfig):
         if self.group_size <= 0:
             raise SparsaError(f"--group-size {self.group_size} must be positive")
 
-    @property
-    def parsed_pattern(self) -> Pattern:
-        return parse_pattern(self.pattern)
-
 
 @dataclass(frozen=True)
-class WandaConfig(CalibratedConfig):
+class WandaConfig(PatternMixin, CalibratedConfig):
     """Wanda (Sun et al. 2023, arXiv 2306.11695): prune by ``|W_ij|·‖X_j‖`` per output row, no update.
 
     Args:
@@ -272,10 +272,6 @@ class WandaConfig(CalibratedConfig):
         object.__setattr__(self, "sparsity", resolve_sparsity(self.pattern, self.sparsity))
         if parse_pattern(self.pattern).kind == "block":
             raise SparsaError("--method wanda takes --pattern unstructured or N:M")
-
-    @property
-    def parsed_pattern(self) -> Pattern:
-        return parse_pattern(self.pattern)
 
 
 @dataclass(frozen=True)

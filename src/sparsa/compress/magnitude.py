@@ -5,7 +5,7 @@ Pruning (the ``prune_*`` masks) is kept apart from encoding (the format's ``from
 
 import torch
 
-from sparsa.compress.config import MagnitudeConfig
+from sparsa.compress.config import MagnitudeConfig, Pattern
 from sparsa.compress.registry import register_method
 from sparsa.formats.base import Format
 from sparsa.formats.bitmap import Bitmap
@@ -41,15 +41,26 @@ def prune_blocks(W: torch.Tensor, block: tuple[int, int], sparsity: float) -> to
     return keep.view(R, 1, C, 1).expand(R, r, C, c).reshape(W.shape)
 
 
+def encode_pattern(Q: torch.Tensor, pattern: Pattern, dtype: torch.dtype, *, where: str) -> Format:
+    """Store a pruned weight ``Q: [out, in]`` in the format of its pattern (values in ``dtype``)."""
+    Q = Q.to(dtype)
+    if pattern.kind == "nm":
+        return NM.from_dense(Q, n=pattern.n, m=pattern.m, where=where)
+    if pattern.kind == "block":
+        return BlockSparse.from_dense(Q, block=pattern.block, where=where)
+    return Bitmap.from_dense(Q)
+
+
 @register_method(MagnitudeConfig, reference_url="https://arxiv.org/abs/1506.02626")
 def magnitude(W: torch.Tensor, config: MagnitudeConfig, *, where: str) -> Format:
     """Prune ``W: [out, in]`` by magnitude and encode it in the format of the pattern."""
     pattern = config.parsed_pattern
     if pattern.kind == "nm":
         check_nm(pattern.n, pattern.m, W.shape[1], where)
-        return NM.from_dense(W * prune_nm(W, pattern.n, pattern.m), n=pattern.n, m=pattern.m, where=where)
-    if pattern.kind == "block":
+        keep = prune_nm(W, pattern.n, pattern.m)
+    elif pattern.kind == "block":
         check_block(tuple(W.shape), pattern.block, where)
-        pruned = W * prune_blocks(W, pattern.block, config.sparsity)
-        return BlockSparse.from_dense(pruned, block=pattern.block, where=where)
-    return Bitmap.from_dense(W * prune_unstructured(W, config.sparsity))
+        keep = prune_blocks(W, pattern.block, config.sparsity)
+    else:
+        keep = prune_unstructured(W, config.sparsity)
+    return encode_pattern(W * keep, pattern, W.dtype, where=where)

@@ -14,14 +14,13 @@ import torch
 
 from sparsa.compress.config import SparseGPTConfig
 from sparsa.compress.hessian import prepare_hessian
-from sparsa.compress.magnitude import keep_count
+from sparsa.compress.magnitude import encode_pattern, keep_count
 from sparsa.compress.obs import obs_solve
 from sparsa.compress.registry import register_method
 from sparsa.errors import SparsaError
 from sparsa.formats.base import Format
-from sparsa.formats.bitmap import Bitmap
-from sparsa.formats.block_sparse import BlockSparse, check_block
-from sparsa.formats.nm import NM, check_nm
+from sparsa.formats.block_sparse import check_block
+from sparsa.formats.nm import check_nm
 from sparsa.formats.quant import grid_codes, group_count, minmax_stats
 from sparsa.formats.sparse_quant import SparseQuant
 
@@ -99,16 +98,6 @@ def sparsegpt_solve(W: torch.Tensor, H: torch.Tensor, config: SparseGPTConfig, *
     return Q, loss, step
 
 
-def encode_pattern(Q: torch.Tensor, config, dtype: torch.dtype, *, where: str) -> Format:
-    """Store a pruned weight in the format of its pattern (values in ``dtype``)."""
-    pattern, Q = config.parsed_pattern, Q.to(dtype)
-    if pattern.kind == "nm":
-        return NM.from_dense(Q, n=pattern.n, m=pattern.m, where=where)
-    if pattern.kind == "block":
-        return BlockSparse.from_dense(Q, block=pattern.block, where=where)
-    return Bitmap.from_dense(Q)
-
-
 @register_method(SparseGPTConfig, reference_url="https://arxiv.org/abs/2301.00774")
 def sparsegpt(W: torch.Tensor, config: SparseGPTConfig, *, where: str, H: torch.Tensor) -> Format:
     """SparseGPT-prune one weight into Bitmap / NM / BlockSparse, or SparseQuant with ``bits``."""
@@ -118,4 +107,4 @@ def sparsegpt(W: torch.Tensor, config: SparseGPTConfig, *, where: str, H: torch.
     if config.bits is not None:
         return SparseQuant.from_codes(kept=~step.pruned, codes=step.codes, scale=step.scale, minimum=step.minimum,
                                       bits=config.bits, group_size=config.group_size, where=where)
-    return encode_pattern(Q, config, W.dtype, where=where)
+    return encode_pattern(Q, config.parsed_pattern, W.dtype, where=where)

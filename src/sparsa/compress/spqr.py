@@ -59,9 +59,9 @@ def leave_one_out_gain(Wg: torch.Tensor, d: torch.Tensor, bits: int) -> torch.Te
 class SpQRStep:
     """Column step of SpQR; records codes, two-level statistics and outliers (solve order)."""
 
-    def __init__(self, W: torch.Tensor, Hinv: torch.Tensor, config: SpQRConfig):
+    def __init__(self, W: torch.Tensor, Hinv: torch.Tensor, config: SpQRConfig, where: str):
         out_features, in_features = W.shape
-        self.config = config
+        self.config, self.where = config, where
         groups = in_features // config.group_size
         self.codes = torch.zeros(out_features, in_features, dtype=torch.uint8, device=W.device)
         self.outliers = torch.zeros(out_features, in_features, dtype=torch.bool, device=W.device)
@@ -113,8 +113,7 @@ def spqr_solve(W: torch.Tensor, H: torch.Tensor, config: SpQRConfig, *, where: s
     W = W.float().clone()
     W[:, prep.dead] = 0
     Wp = W[:, prep.perm]
-    step = SpQRStep(Wp, prep.Hinv, config)
-    step.where = where
+    step = SpQRStep(Wp, prep.Hinv, config, where)
     blocksize = config.group_size * max(1, BLOCKSIZE // config.group_size)
     Qp, loss = obs_solve(Wp, prep.Hinv, step, blocksize)
     Q, outliers = torch.empty_like(Qp), torch.empty_like(step.outliers)

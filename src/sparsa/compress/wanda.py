@@ -7,9 +7,8 @@ No weight update. The input norms come from the calibration Hessian's diagonal:
 import torch
 
 from sparsa.compress.config import WandaConfig
-from sparsa.compress.magnitude import keep_count
+from sparsa.compress.magnitude import encode_pattern, keep_count
 from sparsa.compress.registry import register_method
-from sparsa.compress.sparsegpt import encode_pattern
 from sparsa.formats.base import Format
 from sparsa.formats.nm import check_nm
 
@@ -30,4 +29,4 @@ def wanda_mask(W: torch.Tensor, H: torch.Tensor, config: WandaConfig, *, where: 
 @register_method(WandaConfig, reference_url="https://arxiv.org/abs/2306.11695")
 def wanda(W: torch.Tensor, config: WandaConfig, *, where: str, H: torch.Tensor) -> Format:
     """Wanda-prune one weight into Bitmap / NM."""
-    return encode_pattern(W * wanda_mask(W, H, config, where=where), config, W.dtype, where=where)
+    return encode_pattern(W * wanda_mask(W, H, config, where=where), config.parsed_pattern, W.dtype, where=where)
