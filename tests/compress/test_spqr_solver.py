@@ -67,5 +67,6 @@ def test_spqr_bits_per_param_follow_paper_formula(bits):
     acc.add(X)
     fmt, _, _ = spqr_solve(W, acc.H, SpQRConfig(bits=bits), where="t")
     nnz = fmt.outlier_values.numel()
-    expected = bits + 6 / 16 + 64 / 256 + (32 * nnz + 32 * 65 + 16 * 128) / (64 * 128)
+    # 32 bits per outlier; metadata: 8-bit row counts (0..128), 7-bit perm entries
+    expected = bits + 6 / 16 + 64 / 256 + (32 * nnz + 8 * 64 + 7 * 128) / (64 * 128)
     assert 8 * fmt.nbytes / fmt.numel == pytest.approx(expected, abs=1e-12)

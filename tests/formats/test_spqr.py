@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from sparsa.errors import SparsaError
 from sparsa.formats import SpQR, get_format
-from sparsa.formats.bitpack import pack_bits
-from sparsa.formats.spqr import second_level_quantize
+from sparsa.formats.bitpack import index_bits, pack_bits
+from sparsa.formats.spqr import count_bits, second_level_quantize
 
 FAST = settings(max_examples=30, deadline=None)
 
@@ -198,7 +198,7 @@ def test_spqr_from_parts_accessors_return_the_parts(parts):
     assert torch.equal(torch.stack([rows, cols], 1), mask.nonzero())
     assert rows.dtype == cols.dtype == torch.int64 and values.dtype == torch.float16
     assert torch.equal(values, parts["outlier_values_dense"][mask].half())
-    assert torch.equal(fmt.outlier_rowptr, torch.cat([torch.zeros(1), mask.sum(1).cumsum(0)]).int())
+    assert torch.equal(fmt.outlier_rowptr(), torch.cat([torch.zeros(1), mask.sum(1).cumsum(0)]).long())
     s, z = fmt.first_level_stats()
     run = torch.arange(mask.shape[0]) // parts["stat_group_size"]
     stats = parts["scale_stats"][run]
@@ -226,10 +226,13 @@ def test_spqr_first_level_stats_from_second_level_quantize_equal_v_hat(case, bit
 def test_spqr_known_parts_give_known_csr_and_dense():
     p = good_parts()
     fmt = SpQR.from_parts(**p)
-    assert fmt.outlier_rowptr.tolist() == [0, 2, 2, 3, 3]
+    assert fmt.outlier_rowptr().tolist() == [0, 2, 2, 3, 3]
+    assert fmt.outlier_counts.tolist() == [2, 1]  # counts 2, 0, 1, 0 at 4 bits each
     assert fmt.outlier_col.tolist() == [1, 5, 3] and fmt.outlier_col.dtype == torch.int16
     assert fmt.outlier_values.tolist() == [1.5, -2.0, 100.0]
-    assert fmt.perm.tolist() == [3, 0, 7, 1, 6, 2, 5, 4] and fmt.perm.dtype == torch.int16
+    # 3-bit perm: sum(perm[i] << 3i) = 0x9563C3, little-endian bytes
+    assert fmt.perm.tolist() == [0xC3, 0x63, 0x95] and fmt.perm.dtype == torch.uint8
+    assert fmt.permutation().tolist() == [3, 0, 7, 1, 6, 2, 5, 4]
     dense = fmt.to_dense()
     assert dense[0, 1].item() == 1.5 and dense[0, 5].item() == -2.0 and dense[2, 3].item() == 100.0
     # identity step 1 / minimum 0 stats: s = scale code, z = zero code; column 3 is permuted column 0
@@ -241,23 +244,23 @@ def test_spqr_known_parts_give_known_csr_and_dense():
 def test_spqr_no_outliers_stores_empty_csr():
     p = {**good_parts(), "outlier_mask": torch.zeros(4, 8, dtype=torch.bool)}
     fmt = SpQR.from_parts(**p)
-    assert fmt.outlier_rowptr.tolist() == [0, 0, 0, 0, 0]
+    assert fmt.outlier_rowptr().tolist() == [0, 0, 0, 0, 0]
     assert fmt.outlier_col.shape == (0,) and fmt.outlier_values.shape == (0,)
     assert torch.equal(fmt.to_dense(), reference_dense(p))
 
 
-def test_spqr_wide_weight_uses_int32_indices_and_counts_4_bytes():
+def test_spqr_wide_weight_uses_int32_columns_and_16_bit_counts_and_perm():
     p = random_parts(3, 2, 2**15 + 8, 8, 2, 2, 3, 0.0)
     p["outlier_mask"][1, [0, 2**15 + 7]] = True
     fmt = SpQR.from_parts(**p)
-    assert fmt.outlier_col.dtype == fmt.perm.dtype == torch.int32
+    assert fmt.outlier_col.dtype == torch.int32
     assert fmt.outlier_col.tolist() == [0, 2**15 + 7]
     inp, groups = 2**15 + 8, (2**15 + 8) // 8
     assert fmt.nbytes == (2 * inp * 2 // 8 + 2 * math.ceil(2 * groups * 3 / 8) + 2 * groups * 2 * 2
-                          + 4 * 3 + 2 * (4 + 2) + 4 * inp)
+                          + 2 * 2 + 2 * (4 + 2) + 2 * inp)
     assert torch.equal(fmt.to_dense(), reference_dense(p))
     back = SpQR.from_state_dict(fmt.to_state_dict(), fmt.meta(), where="w")
-    assert torch.equal(back.perm, fmt.perm)
+    assert torch.equal(back.permutation(), p["perm"])
 
 
 # -- I/O and size --------------------------------------------------------------------------
@@ -282,22 +285,24 @@ def test_spqr_nbytes_any_parts_matches_formula(parts):
     (out, inp), b1, b2 = parts["codes"].shape, parts["group_size"], parts["stat_group_size"]
     G, T, nnz = inp // b1, out // b2, int(parts["outlier_mask"].sum())
     expected = (math.ceil(out * inp * parts["bits"] / 8) + 2 * math.ceil(out * G * parts["stat_bits"] / 8)
-                + 2 * (T * G * 2 * 2) + 4 * (out + 1) + nnz * (2 + 2) + 2 * inp)
+                + 2 * (T * G * 2 * 2) + math.ceil(out * count_bits(inp) / 8) + nnz * (2 + 2)
+                + math.ceil(inp * index_bits(inp) / 8))
     assert fmt.nbytes == expected
     assert fmt.nbytes == sum(t.numel() * t.element_size() for t in fmt.to_state_dict().values())
 
 
-def test_spqr_nbytes_3bit_beta16_no_outliers_is_3_625_bits_plus_rowptr_and_perm():
+def test_spqr_nbytes_3bit_beta16_no_outliers_is_3_625_bits_plus_counts_and_perm():
     p = random_parts(0, 64, 256, 16, 16, 3, 3, 0.0)
     fmt = SpQR.from_parts(**p)
-    assert 8 * fmt.nbytes / fmt.numel == 3 + 6 / 16 + 64 / 256 + 32 * 65 / (64 * 256) + 16 * 256 / (64 * 256)
+    # 9 bits per row count (0..256), 8 bits per perm entry
+    assert 8 * fmt.nbytes / fmt.numel == 3 + 6 / 16 + 64 / 256 + 9 * 64 / (64 * 256) + 8 * 256 / (64 * 256)
 
 
 def test_spqr_meta_and_arrays_are_in_documented_order():
     fmt = SpQR.from_parts(**good_parts())
     assert fmt.meta() == {"shape": [4, 8], "bits": 3, "group_size": 4, "stat_bits": 3, "stat_group_size": 2}
     assert list(fmt.to_state_dict()) == ["codes", "scale_codes", "zero_codes", "scale_stats", "zero_stats",
-                                         "outlier_rowptr", "outlier_col", "outlier_values", "perm"]
+                                         "outlier_counts", "outlier_col", "outlier_values", "perm"]
     assert get_format("spqr") is SpQR and SpQR.format_name == "spqr"
 
 
@@ -335,9 +340,9 @@ def load(arrays, meta=None):
 @pytest.mark.parametrize("name, dtype, expected", [
     ("codes", torch.int32, "torch.uint8"), ("scale_codes", torch.int8, "torch.uint8"),
     ("zero_codes", torch.int16, "torch.uint8"), ("scale_stats", torch.float32, "torch.float16"),
-    ("zero_stats", torch.bfloat16, "torch.float16"), ("outlier_rowptr", torch.int64, "torch.int32"),
+    ("zero_stats", torch.bfloat16, "torch.float16"), ("outlier_counts", torch.int32, "torch.uint8"),
     ("outlier_col", torch.int32, "torch.int16"), ("outlier_values", torch.float32, "torch.float16"),
-    ("perm", torch.int64, "torch.int16"),
+    ("perm", torch.int16, "torch.uint8"),
 ])
 def test_spqr_from_state_dict_wrong_dtype_raises(name, dtype, expected):
     arrays = good_state()
@@ -349,8 +354,8 @@ def test_spqr_from_state_dict_wrong_dtype_raises(name, dtype, expected):
 @pytest.mark.parametrize("name, cut, got, expected", [
     ("codes", slice(0, -1), [11], [12]), ("scale_codes", slice(0, -1), [2], [3]),
     ("zero_codes", slice(0, 2), [2], [3]), ("scale_stats", slice(0, 1), [1, 2, 2], [2, 2, 2]),
-    ("zero_stats", slice(0, 1), [1, 2, 2], [2, 2, 2]), ("outlier_rowptr", slice(0, -1), [4], [5]),
-    ("outlier_values", slice(0, -1), [2], [3]), ("perm", slice(0, -1), [7], [8]),
+    ("zero_stats", slice(0, 1), [1, 2, 2], [2, 2, 2]), ("outlier_counts", slice(0, -1), [1], [2]),
+    ("outlier_values", slice(0, -1), [2], [3]), ("perm", slice(0, -1), [2], [3]),
 ])
 def test_spqr_from_state_dict_wrong_length_raises(name, cut, got, expected):
     arrays = good_state()
@@ -359,17 +364,26 @@ def test_spqr_from_state_dict_wrong_length_raises(name, cut, got, expected):
         load(arrays)
 
 
-@pytest.mark.parametrize("perm", [[3, 0, 7, 1, 6, 2, 5, 3], [3, 0, 8, 1, 6, 2, 5, 4], [3, 0, -1, 1, 6, 2, 5, 4]])
+@pytest.mark.parametrize("perm", [[3, 0, 7, 1, 6, 2, 5, 3], [0] * 8, [7, 6, 5, 4, 3, 2, 1, 1]])
 def test_spqr_from_state_dict_perm_not_permutation_raises(perm):
-    arrays = {**good_state(), "perm": torch.tensor(perm, dtype=torch.int16)}
+    arrays = {**good_state(), "perm": pack_bits(torch.tensor(perm), 3)}
     with pytest.raises(SparsaError, match=re.escape("f:w: perm is not a permutation of range(8)")):
         load(arrays)
 
 
-@pytest.mark.parametrize("rowptr", [[0, 2, 2, 3, 2], [0, 2, 2, 3, 4], [1, 2, 2, 3, 3], [0, 3, 2, 3, 3]])
-def test_spqr_from_state_dict_rowptr_not_rising_to_nnz_raises(rowptr):
-    arrays = {**good_state(), "outlier_rowptr": torch.tensor(rowptr, dtype=torch.int32)}
-    with pytest.raises(SparsaError, match=re.escape("f:w: outlier_rowptr must rise from 0 to nnz=3")):
+@pytest.mark.parametrize("counts", [[2, 0, 1, 1], [2, 0, 0, 0], [0, 0, 0, 0], [3, 15, 0, 0]])
+def test_spqr_from_state_dict_counts_not_summing_to_nnz_raises(counts):
+    arrays = {**good_state(), "outlier_counts": pack_bits(torch.tensor(counts), 4)}
+    with pytest.raises(SparsaError, match=re.escape(
+            "f:w: outlier_counts must be at most in=8 per row and sum to nnz=3")):
+        load(arrays)
+
+
+def test_spqr_from_state_dict_row_count_above_in_raises():
+    arrays = {**good_state(), "outlier_counts": pack_bits(torch.tensor([9, 0, 0, 0]), 4),
+              "outlier_col": torch.arange(9, dtype=torch.int16) % 8, "outlier_values": torch.ones(9).half()}
+    with pytest.raises(SparsaError, match=re.escape(
+            "f:w: outlier_counts must be at most in=8 per row and sum to nnz=9")):
         load(arrays)
 
 

@@ -19,9 +19,10 @@ Decode, all in fp32 (``b = r // β2``, ``g = k // β1``)::
     W[:, perm[k]] = Wp[:, k];   W[r, outlier_col[i]] = outlier_values[i]
 
 Storage: ``bits + 2*stat_bits/β1 + 64/(β1·β2)`` bits/param, plus 32 bits per outlier (fp16
-value + 16-bit column), 32 bits per row (row pointers) and 16 bits per input column (perm);
-indices widen to 32 bits past 32768 inputs. E.g. 3-bit codes with β1 = β2 = 16 cost
-3.625 bits/param + outliers.
+value + 16-bit column, as the paper counts; the column widens to 32 bits past 32768 inputs),
+and metadata the paper leaves out, bit-packed to the narrowest width: ceil(log2(in + 1))
+bits per row (its outlier count) and ceil(log2 in) bits per input column (perm). E.g. 3-bit
+codes with β1 = β2 = 16 cost 3.625 bits/param + outliers + 10/in + 10/out for in = 576.
 """
 
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ import torch
 
 from sparsa.errors import SparsaError
 from sparsa.formats.base import Format, check, check_array
-from sparsa.formats.bitpack import pack_bits, packed_nbytes, unpack_bits
+from sparsa.formats.bitpack import index_bits, pack_bits, packed_nbytes, unpack_bits
 from sparsa.formats.block_sparse import column_dtype
 from sparsa.formats.quant import MAX_BITS, MIN_BITS, check_group_size
 from sparsa.formats.registry import register_format
@@ -92,6 +93,11 @@ def index_dtype(in_features: int) -> torch.dtype:
     return column_dtype(in_features)
 
 
+def count_bits(in_features: int) -> int:
+    """Bits of one row's outlier count, 0..in."""
+    return index_bits(in_features + 1)
+
+
 def is_permutation(perm: torch.Tensor, n: int) -> bool:
     """Whether ``perm`` is a 1-D integer tensor holding each of 0..n-1 exactly once."""
     if perm.dim() != 1 or perm.numel() != n or perm.is_floating_point():
@@ -122,14 +128,15 @@ class SpQR(Format):
         codes: [ceil(out * in * bits / 8)] uint8, [out, in] codes packed row-major, permuted columns.
         scale_codes, zero_codes: [ceil(out * G * stat_bits / 8)] uint8, [out, G] codes packed row-major.
         scale_stats, zero_stats: [T, G, 2] fp16, (step, minimum) per run of β2 rows.
-        outlier_rowptr: [out + 1] int32, row pointers into ``outlier_col`` / ``outlier_values``.
+        outlier_counts: [ceil(out * count_bits(in) / 8)] uint8, outliers per row packed at
+            ceil(log2(in + 1)) bits; their running sum gives the CSR row pointers.
         outlier_col: [nnz] int16 (int32 past 32768 inputs), original column, ascending per row.
         outlier_values: [nnz] fp16, weights that overwrite the dequantized ones.
-        perm: [in] int16 (int32 past 32768 inputs), permuted column k is original column perm[k].
+        perm: [ceil(in * ceil(log2 in) / 8)] uint8, packed; permuted column k is original column perm[k].
     """
 
     ARRAYS = ("codes", "scale_codes", "zero_codes", "scale_stats", "zero_stats",
-              "outlier_rowptr", "outlier_col", "outlier_values", "perm")
+              "outlier_counts", "outlier_col", "outlier_values", "perm")
 
     bits: int
     group_size: int
@@ -140,7 +147,7 @@ class SpQR(Format):
     zero_codes: torch.Tensor
     scale_stats: torch.Tensor
     zero_stats: torch.Tensor
-    outlier_rowptr: torch.Tensor
+    outlier_counts: torch.Tensor
     outlier_col: torch.Tensor
     outlier_values: torch.Tensor
     perm: torch.Tensor
@@ -187,14 +194,14 @@ class SpQR(Format):
               f"perm is not a permutation of range({in_features})")
         rows, cols = outlier_mask.nonzero(as_tuple=True)  # row-major order
         per_row = torch.bincount(rows, minlength=out_features)
-        rowptr = torch.cat([per_row.new_zeros(1), per_row.cumsum(0)]).to(torch.int32)
         fmt = cls(shape=shape, bits=bits, group_size=group_size, stat_bits=stat_bits,
                   stat_group_size=stat_group_size, codes=pack_bits(codes, bits),
                   scale_codes=pack_bits(scale_codes, stat_bits), zero_codes=pack_bits(zero_codes, stat_bits),
-                  scale_stats=scale_stats, zero_stats=zero_stats, outlier_rowptr=rowptr,
+                  scale_stats=scale_stats, zero_stats=zero_stats,
+                  outlier_counts=pack_bits(per_row, count_bits(in_features)),
                   outlier_col=cols.to(index_dtype(in_features)),
                   outlier_values=outlier_values_dense[outlier_mask].to(torch.float16),
-                  perm=perm.to(index_dtype(in_features)))
+                  perm=pack_bits(perm, index_bits(in_features)))
         fmt.validate(where)
         return fmt
 
@@ -210,15 +217,20 @@ class SpQR(Format):
         zero_codes = unpack_bits(self.zero_codes, self.stat_bits, n)
         return decode_stats(scale_codes, self.scale_stats), decode_stats(zero_codes, self.zero_stats)
 
+    def outlier_rowptr(self) -> torch.Tensor:
+        """[out + 1] int64 CSR row pointers into ``outlier_col`` / ``outlier_values``."""
+        counts = unpack_bits(self.outlier_counts, count_bits(self.shape[1]), self.shape[0]).long()
+        return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
     def outliers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(rows int64 [nnz], cols int64 [nnz], values fp16 [nnz]), row-major order."""
-        rows = torch.repeat_interleave(torch.arange(self.shape[0], device=self.outlier_rowptr.device),
-                                       self.outlier_rowptr.diff().long())
+        counts = self.outlier_rowptr().diff()
+        rows = torch.repeat_interleave(torch.arange(self.shape[0], device=counts.device), counts)
         return rows, self.outlier_col.long(), self.outlier_values
 
     def permutation(self) -> torch.Tensor:
         """[in] int64; permuted column k is original column ``perm[k]``."""
-        return self.perm.long()
+        return unpack_bits(self.perm, index_bits(self.shape[1]), self.shape[1]).long()
 
     def to_dense(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         out_features, in_features = self.shape
@@ -242,13 +254,14 @@ class SpQR(Format):
         check_stat_group_size(self.shape[0], self.stat_group_size, where)
         self._validate_arrays(where)
         self._validate_outliers(where)
-        check(is_permutation(self.perm, self.shape[1]), where, f"perm is not a permutation of range({self.shape[1]})")
+        check(is_permutation(self.permutation(), self.shape[1]), where,
+              f"perm is not a permutation of range({self.shape[1]})")
 
     def _validate_arrays(self, where: str) -> None:
         """Dtypes and exact shapes of every array; finite statistics."""
         for name in self.ARRAYS:
             check(isinstance(getattr(self, name), torch.Tensor), where, f"{name} is not a tensor")
-        (out_features, in_features), groups, idx = self.shape, self.groups, (index_dtype(self.shape[1]),)
+        (out_features, in_features), groups = self.shape, self.groups
         stat_codes = (packed_nbytes(out_features * groups, self.stat_bits),)
         check_array(self.codes, where, "codes", (torch.uint8,), (packed_nbytes(self.numel, self.bits),))
         check_array(self.scale_codes, where, "scale_codes", (torch.uint8,), stat_codes)
@@ -257,18 +270,19 @@ class SpQR(Format):
             stats = getattr(self, name)
             check_array(stats, where, name, (torch.float16,), (self.runs, groups, 2))
             check(bool(torch.isfinite(stats).all()), where, f"{name} holds inf/nan")
-        check_array(self.perm, where, "perm", idx, (in_features,))
+        check_array(self.perm, where, "perm", (torch.uint8,), (packed_nbytes(in_features, index_bits(in_features)),))
 
     def _validate_outliers(self, where: str) -> None:
-        """CSR structure: row pointers from 0 to nnz, columns in range and ascending per row."""
-        nnz, in_features = self.outlier_col.numel(), self.shape[1]
-        check_array(self.outlier_rowptr, where, "outlier_rowptr", (torch.int32,), (self.shape[0] + 1,))
+        """CSR structure: row counts of at most ``in`` summing to nnz, columns in range and ascending per row."""
+        (out_features, in_features), nnz = self.shape, self.outlier_col.numel()
+        check_array(self.outlier_counts, where, "outlier_counts", (torch.uint8,),
+                    (packed_nbytes(out_features, count_bits(in_features)),))
         check_array(self.outlier_col, where, "outlier_col", (index_dtype(in_features),), (nnz,))
         check_array(self.outlier_values, where, "outlier_values", (torch.float16,), (nnz,))
         check(bool(torch.isfinite(self.outlier_values).all()), where, "outlier_values holds inf/nan")
-        rowptr = self.outlier_rowptr
-        check(int(rowptr[0]) == 0 and int(rowptr[-1]) == nnz and bool((rowptr.diff() >= 0).all()), where,
-              f"outlier_rowptr must rise from 0 to nnz={nnz}")
+        rowptr = self.outlier_rowptr()
+        check(int(rowptr[-1]) == nnz and bool((rowptr.diff() <= in_features).all()), where,
+              f"outlier_counts must be at most in={in_features} per row and sum to nnz={nnz}")
         rows, cols, _ = self.outliers()
         check(bool(((cols >= 0) & (cols < in_features)).all()), where,
               f"outlier_col holds a column outside [0, {in_features})")
