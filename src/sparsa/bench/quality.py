@@ -2,7 +2,8 @@
 
 Every row starts from the same dense model, is compressed with the same calibration windows,
 saved as a checkpoint (bits/param are read from the bytes written) and evaluated by the GPTQ
-protocol on the evaluation splits.
+protocol on the evaluation splits. Each row records the machine it ran on, so rows measured
+under the same protocol on different machines (``--rows``) share one table.
 """
 
 import json
@@ -26,7 +27,8 @@ from sparsa.nn.surgery import linear_footprint
 
 @dataclass(frozen=True)
 class QualitySettings:
-    """The protocol: calibration windows, evaluation window length and count, corpora, device."""
+    """The protocol (calibration windows, evaluation window length and count, corpora, seed) and
+    the device it runs on."""
 
     model: str = "smollm2-135m"
     nsamples: int = 128
@@ -37,6 +39,10 @@ class QualitySettings:
     ppl: str = "wiki,shakespeare"
     device: str = "cpu"
     seed: int = 0
+
+    def protocol(self) -> dict:
+        """Every setting but the device: rows measured under equal protocols are comparable."""
+        return {k: v for k, v in self.__dict__.items() if k != "device"}
 
 
 def quality_rows(s: QualitySettings) -> list[tuple[str, object]]:
@@ -62,7 +68,8 @@ def quality_rows(s: QualitySettings) -> list[tuple[str, object]]:
 def run_row(label: str, config, s: QualitySettings, texts: dict, windows, progress: bool) -> dict:
     """Compress (if ``config``), save, measure one row."""
     lm = load_model(s.model)
-    row = {"row": label, "method": config.to_dict() if config else None, "compress_seconds": None}
+    row = {"row": label, "method": config.to_dict() if config else None, "compress_seconds": None,
+           "machine": machine(s.device)}
     if config is not None:
         start = time.perf_counter()
         compress_(lm.model, config, calibration=windows if config.needs_calibration else None, device=s.device,
@@ -82,8 +89,13 @@ def run_row(label: str, config, s: QualitySettings, texts: dict, windows, progre
     return row
 
 
+def short_name(m: dict) -> str:
+    """The machine in a few words: the GPU's name, or the CPU's core count."""
+    return m["gpu"].removeprefix("NVIDIA ") if m.get("gpu") else f"{m['cores']}-core CPU"
+
+
 def describe(m: dict) -> str:
-    """One line naming the date and machine."""
+    """The date and the machine in full."""
     where = f"{m['gpu']} (torch {m['torch']})" if m.get("gpu") else f"{m['cores']}-core {m['cpu']} CPU (torch {m['torch']})"
     return f"{m['date']} on {where}"
 
@@ -91,17 +103,19 @@ def describe(m: dict) -> str:
 def markdown(payload: dict) -> str:
     s, rows = payload["settings"], payload["rows"]
     names = list(rows[0]["ppl"]) if rows else []
+    machines = {short_name(r["machine"]): describe(r["machine"]) for r in rows}
     lines = [f"# Quality: perplexity vs bits/param ({s['model']})", "",
-             f"Measured {describe(payload['machine'])}.", "",
+             "Measured " + "; ".join(f"{full} ({short})" for short, full in machines.items()) + ".", "",
              f"Calibration: {s['nsamples']} x {s['calib_seqlen']} tokens of `{s['calib']}` (seed {s['seed']}); "
              f"evaluation: seqlen {s['seqlen']}, windows {s['windows'] or 'all'} of each evaluation split. "
-             "bits/param = bytes of the compressed linear layers as saved / their parameters.", "",
-             "| row | bits/param | " + " | ".join(f"ppl {n}" for n in names) + " | compress s |",
-             "|---|---|" + "---|" * len(names) + "---|"]
+             "bits/param = bytes of the compressed linear layers as saved / their parameters. "
+             "Compression seconds compare only within one machine.", "",
+             "| row | bits/param | " + " | ".join(f"ppl {n}" for n in names) + " | compress s | measured on |",
+             "|---|---|" + "---|" * len(names) + "---|---|"]
     for r in rows:
         secs = "-" if r["compress_seconds"] is None else f"{r['compress_seconds']:.1f}"
         lines.append(f"| {r['row']} | {r['bits_per_param']:.3f} | "
-                     + " | ".join(f"{r['ppl'][n]:.3f}" for n in names) + f" | {secs} |")
+                     + " | ".join(f"{r['ppl'][n]:.3f}" for n in names) + f" | {secs} | {short_name(r['machine'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -138,7 +152,7 @@ def figure(payload: dict):
 
 
 def previous_rows(out_dir, settings: QualitySettings) -> list[dict]:
-    """Rows of an earlier ``quality.json`` in ``out_dir`` measured with the same settings (else none)."""
+    """Rows of an earlier ``quality.json`` in ``out_dir`` measured under the same protocol (else none)."""
     path = Path(out_dir) / "quality.json"
     if not path.is_file():
         return []
@@ -146,7 +160,7 @@ def previous_rows(out_dir, settings: QualitySettings) -> list[dict]:
         earlier = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return []
-    return earlier.get("rows", []) if earlier.get("settings") == settings.__dict__ else []
+    return earlier.get("rows", []) if earlier.get("settings") == settings.protocol() else []
 
 
 def run_quality(s: QualitySettings, *, only: list[str] | None = None, out_dir="bench/results",
@@ -162,7 +176,7 @@ def run_quality(s: QualitySettings, *, only: list[str] | None = None, out_dir="b
     torch.manual_seed(s.seed)
     order = {label: i for i, (label, _) in enumerate(all_rows)}
     results = {r["row"]: r for r in (previous_rows(out_dir, s) if only else [])}
-    payload = {"settings": s.__dict__, "machine": machine(s.device), "rows": []}
+    payload = {"settings": s.protocol(), "rows": []}
     for label, config in tqdm(rows, desc="bench quality", disable=not progress, unit="row"):
         results[label] = run_row(label, config, s, texts, windows, progress)
         payload["rows"] = sorted(results.values(), key=lambda r: order.get(r["row"], len(order)))
