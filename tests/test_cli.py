@@ -144,3 +144,17 @@ def test_cli_calibration_too_short_errors_before_compressing(capsys, hf_dir, tmp
                        "--nsamples", "100000", "--seqlen", "512")
     assert code == 2 and "wiki calibration split:" in err and "fewer than --nsamples 100000" in err
     assert not (tmp_path / "ck").exists()
+
+
+def test_cli_bench_spmm_quick_json_reports_ratios_and_skipped_peers(capsys, tmp_path, monkeypatch):
+    from sparsa.bench import spmm
+
+    tiny = spmm.SpmmSettings(cases=((32, 32, 5),), sparsities=(0.9,), rounds=1, min_seconds=0.0)
+    monkeypatch.setattr(spmm.SpmmSettings, "quick", classmethod(lambda cls: tiny))
+    code, out, _ = run(capsys, "bench", "spmm", "--quick", "--json", "--quiet", "--out", str(tmp_path))
+    result = last_json(out)
+    assert code == 0 and result["quick"] is True
+    assert result["ratios"][0]["case"] == "32x32 tokens=5 sparsity=90%"
+    assert result["ratios"][0]["ours fp32 1x16 / dense fp32"] > 0
+    assert set(result["skipped"]) <= {"torch ao sparse int8 1x4"}
+    assert (tmp_path / "spmm_quick.json").is_file() and not (tmp_path / "spmm.json").exists()

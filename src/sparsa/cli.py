@@ -152,6 +152,27 @@ def cmd_bench_quality(args) -> dict:
     return {"out": args.out, "rows": payload["rows"]}
 
 
+def cmd_bench_spmm(args) -> dict:
+    from sparsa.bench.spmm import SpmmSettings, run_spmm
+
+    settings = SpmmSettings.quick() if args.quick else SpmmSettings()
+    payload = run_spmm(settings, out_dir=args.out, name="spmm_quick" if args.quick else "spmm",
+                       progress=not args.quiet)
+    return {"out": args.out, "quick": args.quick, "ratios": payload["ratios"],
+            "ms": [{"case": r["case"], **c["ms"]} for r, c in zip(payload["ratios"], payload["cases"])],
+            "skipped": {n: why for c in payload["cases"] for n, why in c["skipped"].items()}}
+
+
+def bench_spmm_table(r: dict) -> str:
+    lines = [f"wrote {r['out']}/{'spmm_quick' if r['quick'] else 'spmm'}.{{json,md,png}}"]
+    for case in r["ratios"]:
+        best = {k: v for k, v in case.items() if k != "case" and k.endswith("/ dense fp32")}
+        lines.append(f"{case['case']:<36} " + "  ".join(f"{k.removesuffix(' / dense fp32')} {v:.2f}x"
+                                                         for k, v in best.items()))
+    lines += [f"not run: {n}: {why}" for n, why in r["skipped"].items()]
+    return "\n".join(lines)
+
+
 def bench_quality_table(r: dict) -> str:
     return f"wrote {r['out']}/quality.{{json,md,png}}\n" + "\n".join(
         f"{row['row']:<20} {row['bits_per_param']:7.3f} bits  "
@@ -246,6 +267,11 @@ def add_bench(sub, common) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
     p.set_defaults(run=cmd_bench_quality, table=bench_quality_table)
+    p = bench.add_parser("spmm", parents=[common], help="sparse weight x activations against CPU peers")
+    p.add_argument("--quick", action="store_true",
+                   help="3072x768 at 128 tokens and 1536x576 at 1 and 16 tokens, at 70%% and 90%% (written as spmm_quick)")
+    p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
+    p.set_defaults(run=cmd_bench_spmm, table=bench_spmm_table)
 
 
 def add_demo(sub, common) -> None:

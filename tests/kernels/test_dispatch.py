@@ -43,14 +43,32 @@ def restore_kernels():
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("x_shape", [(3, 8), (2, 5, 8), (1, 8)], ids=str)
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_linear_each_format_equals_f_linear_on_decoded_weight(name, dtype, x_shape, with_bias):
+def test_linear_each_format_matches_f_linear_on_decoded_weight(name, dtype, x_shape, with_bias):
     fmt = FORMATS[name](weight())
     g = torch.Generator().manual_seed(1)
     x = torch.randn(*x_shape, generator=g).to(dtype)
     bias = torch.randn(6, generator=g).to(dtype) if with_bias else None
-    y = linear(x, fmt, bias)
+    y, expected = linear(x, fmt, bias), F.linear(x, fmt.to_dense(dtype), bias)
     assert y.dtype == dtype and y.shape == (*x_shape[:-1], 6)
-    assert torch.equal(y, F.linear(x, fmt.to_dense(dtype), bias))
+    assert torch.equal(linear_reference(x, fmt, bias), expected)
+    if select_linear_kernel(fmt, x) is linear_reference:
+        assert torch.equal(y, expected)
+    else:  # a fast kernel: same product up to its summation order
+        torch.testing.assert_close(y, expected)
+
+
+def test_select_linear_kernel_activations_needing_grad_take_the_reference():
+    fmt = FORMATS["block"](weight())
+    x = torch.randn(2, 8, requires_grad=True)
+    assert select_linear_kernel(fmt, x) is linear_reference
+    with torch.no_grad():
+        assert select_linear_kernel(fmt, x) is not linear_reference
+
+
+def test_select_linear_kernel_declined_weight_takes_the_reference():
+    fmt = BlockSparse.from_dense(weight().bfloat16(), block=(2, 2))
+    assert ("block", "cpu", torch.float32) in LINEAR_KERNELS
+    assert select_linear_kernel(fmt, torch.zeros(1, 8)) is linear_reference
 
 
 @pytest.mark.parametrize("name", ["bitmap", "nm", "block"])
@@ -93,7 +111,7 @@ def test_register_linear_kernel_fresh_key_routes_linear_to_it(restore_kernels):
     key = ("bitmap", "cpu", torch.float64)
     assert key not in restore_kernels
     returned = register_linear_kernel("bitmap", "cpu", (torch.float64,))(dummy)
-    assert returned is dummy and restore_kernels[key] is dummy
+    assert returned is dummy and restore_kernels[key].kernel is dummy
     fmt = FORMATS["bitmap"](weight())
     x64 = torch.randn(3, 8, dtype=torch.float64)
     assert select_linear_kernel(fmt, x64) is dummy
@@ -102,7 +120,8 @@ def test_register_linear_kernel_fresh_key_routes_linear_to_it(restore_kernels):
     assert calls == [(torch.float64, "bitmap", None)]
     # other dtypes and formats still run the reference
     x32 = torch.randn(3, 8)
-    assert select_linear_kernel(fmt, x32) is (LINEAR_KERNELS.get(("bitmap", "cpu", torch.float32)) or linear_reference)
+    filed = LINEAR_KERNELS.get(("bitmap", "cpu", torch.float32))
+    assert select_linear_kernel(fmt, x32) is (filed.kernel if filed else linear_reference)
     assert select_linear_kernel(FORMATS["nm"](weight()), x64) is linear_reference
 
 
@@ -111,8 +130,8 @@ def test_register_linear_kernel_several_dtypes_files_each(restore_kernels):
         return x
 
     register_linear_kernel("nm", "fakedevice", (torch.float16, torch.bfloat16))(dummy)
-    assert restore_kernels[("nm", "fakedevice", torch.float16)] is dummy
-    assert restore_kernels[("nm", "fakedevice", torch.bfloat16)] is dummy
+    assert restore_kernels[("nm", "fakedevice", torch.float16)].kernel is dummy
+    assert restore_kernels[("nm", "fakedevice", torch.bfloat16)].kernel is dummy
     assert ("nm", "fakedevice", torch.float32) not in restore_kernels
 
 

@@ -1,6 +1,7 @@
-"""Compute on formats: reference (pure torch) kernels and the single dispatch table."""
+"""Compute on formats: reference (pure torch) kernels, CPU kernels and the single dispatch table."""
 
 from sparsa.kernels.dispatch import linear, register_linear_kernel, select_linear_kernel
 from sparsa.kernels.reference import linear_reference
+from sparsa.kernels import cpu  # noqa: F401  (files the CPU kernels)
 
 __all__ = ["linear", "linear_reference", "register_linear_kernel", "select_linear_kernel"]

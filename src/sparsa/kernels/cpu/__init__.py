@@ -1,0 +1,5 @@
+"""CPU kernels (numba, multi-threaded and vectorized), each tested against ``kernels.reference``.
+
+Importing this package files them in the dispatch table."""
+
+from sparsa.kernels.cpu import block_sparse  # noqa: F401
