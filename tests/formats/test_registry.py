@@ -7,19 +7,20 @@ import pytest
 import torch
 
 from sparsa.errors import SparsaError
-from sparsa.formats import (FORMATS, NM, Bitmap, BlockSparse, Format, Quant, SparseQuant, SpQR, get_format,
-                            register_format)
+from sparsa.formats import (FORMATS, NM, Bitmap, BlockSparse, BlockSparseInt8, Format, Quant, SparseQuant, SpQR,
+                            get_format, register_format)
 
 
 def examples() -> list[Format]:
     W = torch.tensor([[0.0, 1.0, 0.0, -2.0, 0.5, 0.0, 0.0, 3.0],
                       [0.0, 0.0, 0.0, 0.0, 0.0, 4.0, -1.0, 0.0]])
     return [Bitmap.from_dense(W), NM.from_dense(W, n=2, m=4), BlockSparse.from_dense(W, block=(1, 2)),
-            Quant.from_dense(W, bits=4, group_size=4), SparseQuant.from_dense(W, bits=4, group_size=4)]
+            Quant.from_dense(W, bits=4, group_size=4), SparseQuant.from_dense(W, bits=4, group_size=4),
+            BlockSparseInt8.from_dense(W, block=(2, 1))]
 
 
 @pytest.mark.parametrize("name, cls", [("bitmap", Bitmap), ("nm", NM), ("block", BlockSparse), ("quant", Quant),
-                                       ("sparse_quant", SparseQuant), ("spqr", SpQR)])
+                                       ("sparse_quant", SparseQuant), ("spqr", SpQR), ("block_int8", BlockSparseInt8)])
 def test_get_format_known_name_returns_class(name, cls):
     assert get_format(name) is cls
     assert cls.format_name == name
@@ -27,11 +28,11 @@ def test_get_format_known_name_returns_class(name, cls):
 
 
 def test_formats_table_holds_exactly_the_builtin_formats():
-    assert sorted(FORMATS) == ["bitmap", "block", "nm", "quant", "sparse_quant", "spqr"]
+    assert sorted(FORMATS) == ["bitmap", "block", "block_int8", "nm", "quant", "sparse_quant", "spqr"]
 
 
 def test_get_format_unknown_name_raises_listing_known():
-    with pytest.raises(SparsaError, match=re.escape("unknown format 'csr'; known: bitmap, block, nm, quant")):
+    with pytest.raises(SparsaError, match=re.escape("unknown format 'csr'; known: bitmap, block, block_int8, nm, quant")):
         get_format("csr")
 
 

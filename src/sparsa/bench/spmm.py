@@ -17,8 +17,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sparsa.bench.results import machine, write_results
-from sparsa.formats import BlockSparse
+from sparsa.formats import BlockSparse, BlockSparseInt8
+from sparsa.kernels.cpu.block_int8 import block_int8_linear
 from sparsa.kernels.cpu.block_sparse import block_sparse_linear
+from sparsa.kernels.cpu.vnni import HAS_VNNI
 
 BERT_SHAPES = ((768, 768), (3072, 768), (768, 3072))
 LLM_SHAPES = ((576, 576), (1536, 576), (4096, 4096), (11008, 4096))
@@ -91,6 +93,8 @@ def peers(W: torch.Tensor, sparsity: float, g: torch.Generator) -> dict[str, Cal
     out_features, in_features = W.shape
     W16x1 = block_weight(out_features, in_features, (16, 1), sparsity, g)
     W16 = block_weight(out_features, in_features, (16, 16), sparsity, g)
+    W4x1 = block_weight(out_features, in_features, (4, 1), sparsity, g)
+    ours_int8 = BlockSparseInt8.from_dense(W4x1, block=(4, 1))
     ours_1x16, ours_16x1 = BlockSparse.from_dense(W, block=(1, 16)), BlockSparse.from_dense(W16x1, block=(16, 1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's "sparse support is in beta"
@@ -103,6 +107,8 @@ def peers(W: torch.Tensor, sparsity: float, g: torch.Generator) -> dict[str, Cal
         "scipy BSR 1x16": (W, scipy_bsr(W, (1, 16))),
         "ours fp32 1x16": (W, lambda x: block_sparse_linear(x, ours_1x16)),
         "ours fp32 16x1": (W16x1, lambda x: block_sparse_linear(x, ours_16x1)),
+        "ours int8 4x1": ((W4x1, lambda x: block_int8_linear(x, ours_int8)) if HAS_VNNI
+                          else "this CPU lacks AVX-512 VNNI"),
     }
     try:
         with warnings.catch_warnings():
@@ -174,7 +180,8 @@ def markdown(payload: dict) -> str:
     lines = ["# spmm: Y = X Wᵀ, sparse W, fp32 activations", "",
              f"Measured {m['date']} on a {m['cores']}-core {m['cpu']} CPU (torch {m['torch']}), every peer in one "
              "process, round-robin, median of rounds. Ours and CSR/scipy run on 1x16-block weights (ours 16x1 on a "
-             "16x1-block weight, torch BSR on a 16x16-block weight: MKL takes square blocks only) of equal sparsity. "
+             "16x1-block weight, ours int8 on a 4x1-block weight, torch BSR on a 16x16-block weight: MKL takes square "
+             "blocks only) of equal sparsity. int8 peers quantize activations per token on the fly, inside the timing. "
              "Times in ms; `x` columns: dense fp32 ms / peer ms.", ""]
     names = list(dict.fromkeys(n for c in payload["cases"] for n in c["ms"]))
     lines += ["| out x in | tokens | sparsity | " + " | ".join(names) + " |",

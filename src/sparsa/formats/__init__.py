@@ -2,6 +2,7 @@
 
 from sparsa.formats.base import Format
 from sparsa.formats.bitmap import Bitmap
+from sparsa.formats.block_int8 import BlockSparseInt8
 from sparsa.formats.block_sparse import BlockSparse
 from sparsa.formats.nm import NM
 from sparsa.formats.quant import Quant
@@ -9,5 +10,5 @@ from sparsa.formats.registry import FORMATS, get_format, register_format
 from sparsa.formats.sparse_quant import SparseQuant
 from sparsa.formats.spqr import SpQR
 
-__all__ = ["FORMATS", "Bitmap", "BlockSparse", "Format", "NM", "Quant", "SparseQuant", "SpQR", "get_format",
+__all__ = ["FORMATS", "Bitmap", "BlockSparse", "BlockSparseInt8", "Format", "NM", "Quant", "SparseQuant", "SpQR", "get_format",
            "register_format"]

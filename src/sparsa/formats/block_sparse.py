@@ -7,6 +7,7 @@ pointer per block row.
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -43,6 +44,7 @@ class BlockSparse(Format):
     """
 
     ARRAYS = ("crow", "col", "values")
+    VALUE_DTYPES: ClassVar[tuple[torch.dtype, ...]] = VALUE_DTYPES
 
     block: tuple[int, int]
     crow: torch.Tensor
@@ -84,7 +86,7 @@ class BlockSparse(Format):
         (R, C), nnzb = self.grid, self.col.numel()
         check_array(self.crow, where, "crow", (torch.int32,), (R + 1,))
         check_array(self.col, where, "col", (torch.int16, torch.int32), (nnzb,))
-        check_array(self.values, where, "values", VALUE_DTYPES, (nnzb, *self.block))
+        check_array(self.values, where, "values", self.VALUE_DTYPES, (nnzb, *self.block))
         steps = self.crow.diff()
         check(int(self.crow[0]) == 0 and int(self.crow[-1]) == nnzb and bool((steps >= 0).all()), where,
               f"crow must rise from 0 to nnzb={nnzb}")
