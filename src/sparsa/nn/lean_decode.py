@@ -1,0 +1,121 @@
+"""A lean Llama decode loop after gpt-fast: a static KV cache and no per-token framework work.
+
+:class:`LeanLlama` wraps a Hugging Face ``LlamaForCausalLM`` and reuses its modules (embedding,
+norms, rotary embedding, MLPs and every projection, dense ``nn.Linear`` or ``SparseLinear``),
+so a compressed model decodes through the dispatched kernels; only the attention's cache
+handling and the loop are ours. Per token it runs the layers' own modules plus one
+``scaled_dot_product_attention`` per layer over the filled part of the cache.
+"""
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparsa.errors import SparsaError
+
+
+def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """Rotate q [B, Hq, T, d] and k [B, Hkv, T, d] by cos/sin [1, T, d] (rotate-half convention)."""
+    cos, sin = cos[:, None], sin[:, None]
+
+    def rotate_half(t):
+        half = t.shape[-1] // 2
+        return torch.cat([-t[..., half:], t[..., :half]], dim=-1)
+
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+class LeanLlama:
+    """Static-cache forward over a Llama model's own modules.
+
+    Args:
+        model: a ``LlamaForCausalLM`` (any of its linears may be ``SparseLinear``), in eval mode.
+        batch: sequences decoded together.
+        max_len: prompt + generated tokens the cache holds.
+        dtype: cache and activation dtype (default: the embedding's).
+    """
+
+    def __init__(self, model: nn.Module, batch: int, max_len: int, dtype: torch.dtype | None = None):
+        if getattr(model.config, "model_type", None) != "llama":
+            raise SparsaError(f"the lean decoder runs Llama models, got model_type={model.config.model_type!r}")
+        cfg, body = model.config, model.model
+        self.model, self.body, self.lm_head = model, body, model.lm_head
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.dtype = dtype or body.embed_tokens.weight.dtype
+        device = body.embed_tokens.weight.device
+        shape = (len(body.layers), batch, self.kv_heads, max_len, self.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=device)
+        self.v_cache = torch.zeros(shape, dtype=self.dtype, device=device)
+        self.batch, self.max_len = batch, max_len
+
+    @torch.no_grad()
+    def forward(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
+        """Logits [B, T, vocab] for ``tokens`` [B, T] at positions ``start .. start + T``; fills the cache."""
+        B, T = tokens.shape
+        end = start + T
+        if B != self.batch or end > self.max_len:
+            raise SparsaError(f"lean decoder built for batch {self.batch} and {self.max_len} positions, "
+                              f"asked for batch {B} up to position {end}")
+        x = self.body.embed_tokens(tokens).to(self.dtype)
+        positions = torch.arange(start, end, device=tokens.device)[None]
+        cos, sin = self.body.rotary_emb(x, positions)
+        # prefill: token i sees keys 0 .. start + i; one new token sees the whole filled cache
+        mask = None if T == 1 else (torch.arange(end, device=x.device)[None] <= positions[0, :, None])
+        for i, layer in enumerate(self.body.layers):
+            attn, h = layer.self_attn, layer.input_layernorm(x)
+            q = attn.q_proj(h).view(B, T, self.heads, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(h).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k = apply_rotary(q, k, cos, sin)
+            self.k_cache[i, :, :, start:end] = k
+            self.v_cache[i, :, :, start:end] = v
+            o = F.scaled_dot_product_attention(q, self.k_cache[i, :, :, :end], self.v_cache[i, :, :, :end],
+                                               attn_mask=mask, enable_gqa=self.heads != self.kv_heads)
+            x = x + attn.o_proj(o.transpose(1, 2).reshape(B, T, self.heads * self.head_dim))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.lm_head(self.body.norm(x))
+
+
+@dataclass
+class Decoded:
+    """Greedy decode result: tokens [B, new], the top-2 logit gap at each step [B, new], timings (s)."""
+
+    tokens: torch.Tensor
+    top2_gap: torch.Tensor
+    prefill_seconds: float
+    decode_seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated tokens per second over the decode steps (all sequences; prefill excluded)."""
+        steps = self.tokens.shape[1] - 1
+        return self.tokens.shape[0] * steps / self.decode_seconds if steps > 0 and self.decode_seconds > 0 else 0.0
+
+
+def greedy_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int, dtype: torch.dtype | None = None) -> Decoded:
+    """Greedy-decode ``new_tokens`` after ``prompt`` [B, T0] (token ids) with a :class:`LeanLlama`.
+
+    The first token comes from the prefill; each later one from a single-token step.
+    """
+    if new_tokens < 1:
+        raise SparsaError(f"new_tokens={new_tokens} must be at least 1")
+    lean = LeanLlama(model, prompt.shape[0], prompt.shape[1] + new_tokens, dtype)
+    tokens, gaps = [], []
+
+    def pick(logits):
+        top2 = logits[:, -1].float().topk(2, dim=-1).values
+        gaps.append(top2[:, 0] - top2[:, 1])
+        tokens.append(logits[:, -1].argmax(dim=-1))
+        return tokens[-1][:, None]
+
+    start = time.perf_counter()
+    nxt = pick(lean.forward(prompt, 0))
+    prefill = time.perf_counter() - start
+    start = time.perf_counter()
+    for step in range(1, new_tokens):
+        nxt = pick(lean.forward(nxt, prompt.shape[1] + step - 1))
+    return Decoded(torch.stack(tokens, 1), torch.stack(gaps, 1), prefill, time.perf_counter() - start)

@@ -1,0 +1,51 @@
+"""The lean decode loop against the Hugging Face model it wraps."""
+
+import pytest
+import torch
+
+from sparsa.compress import RTNConfig, compress_
+from sparsa.errors import SparsaError
+from sparsa.nn.lean_decode import LeanLlama, greedy_decode
+from sparsa.nn.sparse_linear import decoded_weights
+
+
+def prompt(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 128, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_lean_llama_prefill_then_steps_match_hf_logits(tiny_llama, batch):
+    ids = prompt(batch, 9)
+    expected = tiny_llama(ids).logits
+    lean = LeanLlama(tiny_llama, batch, 12)
+    got = [lean.forward(ids[:, :5], 0)] + [lean.forward(ids[:, t:t + 1], t) for t in range(5, 9)]
+    torch.testing.assert_close(torch.cat(got, 1), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_greedy_decode_matches_hf_generate(tiny_llama):
+    ids = prompt(2, 6, seed=1)
+    out = greedy_decode(tiny_llama, ids, 10)
+    hf = tiny_llama.generate(ids, max_new_tokens=10, do_sample=False, min_new_tokens=10)
+    assert torch.equal(out.tokens, hf[:, 6:])
+    assert out.top2_gap.shape == (2, 10) and bool((out.top2_gap >= 0).all())
+    assert out.tokens_per_s > 0 and out.prefill_seconds > 0
+
+
+def test_greedy_decode_compressed_model_runs_its_sparse_linears(tiny_llama):
+    compress_(tiny_llama, RTNConfig(bits=4, group_size=16))
+    ids = prompt(1, 4)
+    out = greedy_decode(tiny_llama, ids, 5)
+    with torch.no_grad(), decoded_weights(tiny_llama):
+        expected = tiny_llama(torch.cat([ids, out.tokens[:, :-1]], 1)).logits[:, 3:].argmax(-1)
+    assert torch.equal(out.tokens, expected)
+
+
+def test_lean_llama_beyond_its_cache_raises(tiny_llama):
+    lean = LeanLlama(tiny_llama, 1, 4)
+    with pytest.raises(SparsaError, match="built for batch 1 and 4 positions, asked for batch 1 up to position 5"):
+        lean.forward(prompt(1, 5), 0)
+
+
+def test_greedy_decode_zero_tokens_raises(tiny_llama):
+    with pytest.raises(SparsaError, match="new_tokens=0 must be at least 1"):
+        greedy_decode(tiny_llama, prompt(1, 3), 0)
