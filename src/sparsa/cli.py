@@ -119,6 +119,7 @@ def compress_table(r: dict) -> str:
 def cmd_generate(args) -> dict:
     import torch
 
+    from sparsa.nn.lean_decode import greedy_decode
     from sparsa.nn.models import load_model
 
     check_device(args.device)
@@ -128,12 +129,17 @@ def cmd_generate(args) -> dict:
     lm.model.to(args.device)
     ids = lm.tokenizer(args.prompt, return_tensors="pt").input_ids.to(args.device)
     start = time.perf_counter()
-    with torch.no_grad():
-        out = lm.model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=False)
+    if lm.model.config.model_type == "llama":  # the lean loop: static cache, the dispatched kernels
+        new_ids = greedy_decode(lm.model, ids, args.max_new_tokens).tokens[0]
+    else:
+        with torch.no_grad():
+            new_ids = lm.model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=False)[0, ids.shape[1]:]
     seconds = time.perf_counter() - start
-    new = out.shape[1] - ids.shape[1]
-    return {"text": lm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True),
-            "new_tokens": new, "tokens_per_s": new / seconds}
+    eos = lm.tokenizer.eos_token_id
+    ends = (new_ids == eos).nonzero() if eos is not None else new_ids.new_zeros(0, 1)
+    text_ids = new_ids[: int(ends[0])] if ends.numel() else new_ids  # the text stops at end-of-sequence
+    return {"text": lm.tokenizer.decode(text_ids, skip_special_tokens=True),
+            "new_tokens": len(new_ids), "tokens_per_s": len(new_ids) / seconds}
 
 
 def generate_table(r: dict) -> str:
@@ -170,6 +176,33 @@ def bench_spmm_table(r: dict) -> str:
         lines.append(f"{case['case']:<36} " + "  ".join(f"{k.removesuffix(' / dense fp32')} {v:.2f}x"
                                                          for k, v in best.items()))
     lines += [f"not run: {n}: {why}" for n, why in r["skipped"].items()]
+    return "\n".join(lines)
+
+
+def cmd_bench_decode(args) -> dict:
+    from sparsa.bench.decode import DecodeSettings, run_decode
+
+    settings = DecodeSettings.quick() if args.quick else DecodeSettings()
+    payload = run_decode(settings, out_dir=args.out, name="decode_quick" if args.quick else "decode",
+                         progress=not args.quiet)
+    rows = payload["rows"]
+    dense = next((r for r in rows if r["variant"] == "dense fp32" and "skipped" not in r), None)
+    for r in rows:
+        if dense and "skipped" not in r:
+            r["x_dense_fp32"] = {b: r["tokens_per_s"][b] / dense["tokens_per_s"][b] for b in r["tokens_per_s"]}
+    return {"out": args.out, "quick": args.quick, "rows": rows}
+
+
+def bench_decode_table(r: dict) -> str:
+    lines = [f"wrote {r['out']}/{'decode_quick' if r['quick'] else 'decode'}.{{json,md,png}}"]
+    for row in r["rows"]:
+        if "skipped" in row:
+            lines.append(f"{row['variant']:<26} not run: {row['skipped']}")
+            continue
+        speeds = "  ".join(f"batch {b}: {v:.1f} tok/s ({row.get('x_dense_fp32', {}).get(b, float('nan')):.2f}x)"
+                           for b, v in row["tokens_per_s"].items())
+        match = row.get("reference_match")
+        lines.append(f"{row['variant']:<26} {speeds}" + ("" if match is None else f"  match={match['match']}"))
     return "\n".join(lines)
 
 
@@ -272,6 +305,11 @@ def add_bench(sub, common) -> None:
                    help="3072x768 at 128 tokens and 1536x576 at 1 and 16 tokens, at 70%% and 90%% (written as spmm_quick)")
     p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
     p.set_defaults(run=cmd_bench_spmm, table=bench_spmm_table)
+    p = bench.add_parser("decode", parents=[common], help="greedy decode tokens/s, dense against compressed")
+    p.add_argument("--quick", action="store_true",
+                   help="batch 1, 33 new tokens, dense fp32 and SpQR-3 only (written as decode_quick)")
+    p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
+    p.set_defaults(run=cmd_bench_decode, table=bench_decode_table)
 
 
 def add_demo(sub, common) -> None:
