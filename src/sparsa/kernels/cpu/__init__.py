@@ -2,4 +2,4 @@
 
 Importing this package files them in the dispatch table."""
 
-from sparsa.kernels.cpu import block_int8, block_sparse  # noqa: F401
+from sparsa.kernels.cpu import block_int8, block_sparse, spqr  # noqa: F401

@@ -1,0 +1,82 @@
+"""The numba SpQR kernel against the reference (decode the weight, F.linear)."""
+
+import numba
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparsa.compress import SpQRConfig
+from sparsa.compress.hessian import HessianAccumulator
+from sparsa.compress.spqr import spqr_solve
+from sparsa.formats import SpQR
+from sparsa.kernels import linear, linear_reference, select_linear_kernel
+from sparsa.kernels.cpu.spqr import read_code, spqr_linear
+
+TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4)}
+
+
+@st.composite
+def spqr_case(draw):
+    """Random SpQR parts: code widths and group sizes (byte-aligned rows or not; each combination is
+    one compiled kernel, so a handful), outliers, permutation; 0..9 tokens."""
+    bits, b1, stat_bits = draw(st.sampled_from([(3, 16, 3), (4, 16, 3), (2, 3, 2), (8, 8, 8), (3, 4, 5)]))
+    b2 = draw(st.sampled_from([1, 2, 4]))
+    out, inp = b2 * draw(st.integers(1, 4)), b1 * draw(st.integers(1, 5))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    groups = inp // b1
+
+    def stats():
+        return torch.stack([torch.rand(out // b2, groups, generator=g) * 0.1,
+                            torch.randn(out // b2, groups, generator=g)], -1).half()
+
+    fmt = SpQR.from_parts(
+        codes=torch.randint(0, 2**bits, (out, inp), generator=g), perm=torch.randperm(inp, generator=g),
+        scale_codes=torch.randint(0, 2**stat_bits, (out, groups), generator=g),
+        zero_codes=torch.randint(0, 2**stat_bits, (out, groups), generator=g), scale_stats=stats(), zero_stats=stats(),
+        outlier_mask=torch.rand(out, inp, generator=g) < draw(st.sampled_from([0.0, 0.05, 0.5])),
+        outlier_values_dense=torch.randn(out, inp, generator=g) * 10, bits=bits, group_size=b1, stat_bits=stat_bits,
+        stat_group_size=b2)
+    x = torch.randn(draw(st.integers(0, 9)), inp, generator=g)
+    bias = torch.randn(out, generator=g) if draw(st.booleans()) else None
+    return fmt, x, bias
+
+
+@settings(max_examples=60, deadline=None)
+@given(spqr_case())
+def test_spqr_linear_random_formats_match_reference(case):
+    fmt, x, bias = case
+    y = spqr_linear(x, fmt, bias)
+    assert y.shape == (x.shape[0], fmt.shape[0]) and y.dtype == torch.float32
+    torch.testing.assert_close(y, linear_reference(x, fmt, bias), **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_spqr_linear_solver_output_matches_reference_and_dispatches(bits):
+    torch.manual_seed(0)
+    W, X = torch.randn(64, 96), torch.randn(300, 96)
+    acc = HessianAccumulator(96)
+    acc.add(X)
+    fmt, _, _ = spqr_solve(W, acc.H, SpQRConfig(bits=bits, outlier_threshold=0.05), where="t")
+    assert fmt.outlier_values.numel() > 0
+    x = torch.randn(2, 5, 96)
+    assert select_linear_kernel(fmt, x) is spqr_linear
+    torch.testing.assert_close(linear(x, fmt), linear_reference(x, fmt), **TOL[torch.float32])
+
+
+@numba.njit
+def _codes(packed, n, bits):
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        out[i] = read_code(packed, i, bits)
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 24), st.integers(0, 60), st.integers(0, 2**16))
+def test_read_code_any_width_reads_what_pack_bits_wrote(bits, n, seed):
+    from sparsa.formats.bitpack import pack_bits
+
+    codes = torch.randint(0, 2**bits, (n,), generator=torch.Generator().manual_seed(seed))
+    assert _codes(pack_bits(codes, bits).numpy(), n, bits).tolist() == codes.tolist()
