@@ -17,6 +17,14 @@ from sparsa.kernels.cpu.spqr import read_code, spqr_linear
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4)}
 
 
+def assert_fp32_close(y: torch.Tensor, x: torch.Tensor, fmt, bias=None) -> None:
+    """|y - exact| within fp32 rounding of the sum: 1e-5 * sum_k |w_k x_k| (sums of large outliers cancel)."""
+    W = fmt.to_dense().double()
+    exact = x.double() @ W.T + (0 if bias is None else bias.double())
+    bound = 1e-5 * (x.double().abs() @ W.abs().T) + 1e-6
+    assert bool(((y.double() - exact).abs() <= bound).all()), float(((y.double() - exact).abs() / bound).max())
+
+
 @st.composite
 def spqr_case(draw):
     """Random SpQR parts: code widths and group sizes (byte-aligned rows or not; each combination is
@@ -49,7 +57,7 @@ def test_spqr_linear_random_formats_match_reference(case):
     fmt, x, bias = case
     y = spqr_linear(x, fmt, bias)
     assert y.shape == (x.shape[0], fmt.shape[0]) and y.dtype == torch.float32
-    torch.testing.assert_close(y, linear_reference(x, fmt, bias), **TOL[torch.float32])
+    assert_fp32_close(y, x, fmt, bias)
 
 
 @pytest.mark.parametrize("bits", [3, 4])

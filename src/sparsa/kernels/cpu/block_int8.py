@@ -31,9 +31,9 @@ LANES = 16  # int32 lanes of one vpdpbusd
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _block_int8_4x1(xq, padded, crow, col, codes, sx, scale, yt, tasks):  # pragma: no cover - compiled
-    """yt[M, N] from xq [K * padded] uint8 (row k at k * padded), codes [nnzb * 4] int8."""
-    n_tokens, n_block_rows = yt.shape[1], crow.shape[0] - 1
+def _block_int8_4x1(xq, padded, crow, col, codes, sx, scale, y, tasks):  # pragma: no cover - compiled
+    """y[N, M] from xq [K * padded] uint8 (row k at k * padded), codes [nnzb * 4] int8."""
+    n_tokens, n_block_rows = y.shape[0], crow.shape[0] - 1
     per_task = (n_block_rows + tasks - 1) // tasks
     for task in numba.prange(tasks):
         lanes = np.empty(4 * padded, np.uint8)
@@ -61,11 +61,10 @@ def _block_int8_4x1(xq, padded, crow, col, codes, sx, scale, yt, tasks):  # prag
                         w = np.int32(packed)
                         for c in range(0, padded, 16):
                             dpbusd16(acc, i * padded + c, lanes, 4 * c, w)
-            for i in range(4):
-                r = br * 4 + i
-                offset = 128 * rowsum[i]
-                for n in range(n_tokens):
-                    yt[r, n] = sx[n] * scale[r] * np.float32(acc[i * padded + n] - offset)
+            for n in range(n_tokens):
+                for i in range(4):
+                    r = br * 4 + i
+                    y[n, r] = sx[n] * scale[r] * np.float32(acc[i * padded + n] - 128 * rowsum[i])
 
 
 def quantize_tokens(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,12 +114,11 @@ def block_int8_linear(x: torch.Tensor, weight: BlockSparseInt8, bias: torch.Tens
     xq, sx = quantize_tokens(x2)
     xq_t = torch.full((in_features, padded), 128, dtype=torch.uint8)
     xq_t[:, :n_tokens] = xq.t()
-    yt = torch.empty(out_features, n_tokens)
+    y = torch.empty(n_tokens, out_features)
     tasks = 4 * numba.get_num_threads()
     _block_int8_4x1(xq_t.reshape(-1).numpy(), padded, weight.crow.contiguous().numpy(),
                     weight.col.contiguous().numpy(), weight.values.contiguous().reshape(-1).numpy(),
-                    sx.numpy(), weight.scale.contiguous().numpy(), yt.numpy(), tasks)
-    y = yt.t().contiguous()
+                    sx.numpy(), weight.scale.contiguous().numpy(), y.numpy(), tasks)
     if bias is not None:
         y += bias
     return y.reshape(*lead, out_features)

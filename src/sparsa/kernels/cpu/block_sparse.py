@@ -6,10 +6,11 @@ block ``b`` covering output rows ``br*R .. br*R+R`` and input columns ``col[b]*C
 Two loop orders, picked by the token count ``N``:
 
 * **tokens in the vector lanes** (``N >= TOKEN_LANES_MIN``), after the CPU accelerator paper
-  (arXiv 2306.16601): with ``Xᵀ: [K, N]``, block ``b`` adds
-  ``Yᵀ[r0+i, n] += sum_j values[b, i, j] * Xᵀ[k0+j, n]``, the sum over the block's ``C``
-  columns unrolled and the tokens ``n`` in the vector lanes. A block row's output tile
-  ``R x N`` stays in L1 while its blocks stream past; the threads split the block rows.
+  (arXiv 2306.16601): ``X`` is cut into chunks of 16 tokens laid out ``[K, 16]`` (one chunk,
+  K x 64 bytes, stays in L1); block ``b`` adds ``Yᵀ[r0+i, n] += sum_j values[b, i, j] *
+  Xᵀ[k0+j, n]``, the sum over the block's ``C`` columns unrolled and the 16 tokens in one
+  vector. Output tiles of >= 16 rows are written to ``Y`` row-major (no transpose of the
+  output); the threads split the block rows into runs.
 * **weights in the vector lanes** (decode, small ``N``): for each token, each block's
   ``R x C`` values meet ``C`` contiguous activations; no transposes.
 
@@ -28,6 +29,7 @@ from sparsa.formats.block_sparse import BlockSparse
 from sparsa.kernels.dispatch import register_linear_kernel
 
 TOKEN_LANES_MIN = 4  # below this many tokens the weight-lanes order is faster (measured at 90%, 1 thread)
+LANES = 32  # tokens per chunk in the tokens-in-lanes order: one AVX-512 register of fp32
 
 
 @functools.cache
@@ -35,23 +37,40 @@ def compiled(R: int, C: int) -> tuple:
     """The two loop orders compiled for ``R x C`` blocks: with the block sides constants, LLVM
     unrolls the inner loop over a block's columns and vectorizes the loop over tokens (or rows)."""
 
+    group = max(1, 16 // R)  # block rows per output tile: >= 16 rows, whole cache lines of Y per token
+
     @numba.njit(parallel=True, fastmath=True)
-    def tokens_in_lanes(xt, crow, col, values, yt):  # pragma: no cover - compiled
-        """yt[M, N] = W xt for xt [K, N]; one block row per task."""
-        N = xt.shape[1]
-        for br in numba.prange(crow.shape[0] - 1):
-            r0 = br * R
-            for i in range(R):
-                for n in range(N):
-                    yt[r0 + i, n] = 0.0
-            for b in range(crow[br], crow[br + 1]):
-                k0 = col[b] * C
-                for i in range(R):
-                    for n in range(N):
-                        acc = yt[r0 + i, n]
-                        for j in range(C):
-                            acc += values[b, i, j] * xt[k0 + j, n]
-                        yt[r0 + i, n] = acc
+    def tokens_in_lanes(xc, crow, col, values, y, tasks):  # pragma: no cover - compiled
+        """y[N, M] = X Wᵀ for X given as chunks ``xc [N / LANES, K, LANES]`` (tokens padded).
+
+        Each task takes a run of block rows; for every chunk of LANES tokens (one L1-sized slice
+        of X) it accumulates ``group`` block rows in a ``group*R x LANES`` tile and writes the
+        tile out row-major, so each token's outputs land in whole cache lines."""
+        n_tokens, n_block_rows = y.shape[0], crow.shape[0] - 1
+        n_tiles = (n_block_rows + group - 1) // group
+        per_task = (n_tiles + tasks - 1) // tasks
+        for task in numba.prange(tasks):
+            tile = np.empty((group * R, LANES), np.float32)
+            for chunk in range(xc.shape[0]):
+                n0 = chunk * LANES
+                width = min(LANES, n_tokens - n0)
+                for t in range(task * per_task, min(n_tiles, (task + 1) * per_task)):
+                    first = t * group
+                    rows = min(group, n_block_rows - first) * R
+                    tile[:] = 0.0
+                    for br in range(first, first + rows // R):
+                        i0 = (br - first) * R
+                        for b in range(crow[br], crow[br + 1]):
+                            k0 = col[b] * C
+                            for i in range(R):
+                                for n in range(LANES):
+                                    acc = tile[i0 + i, n]
+                                    for j in range(C):
+                                        acc += values[b, i, j] * xc[chunk, k0 + j, n]
+                                    tile[i0 + i, n] = acc
+                    for n in range(width):
+                        for i in range(rows):
+                            y[n0 + n, first * R + i] = tile[i, n]
 
     @numba.njit(parallel=True, fastmath=True)
     def weights_in_lanes(x, crow, col, values, y):  # pragma: no cover - compiled
@@ -99,13 +118,15 @@ def block_sparse_linear(x: torch.Tensor, weight: BlockSparse, bias: torch.Tensor
     x2 = x.detach().reshape(-1, in_features)
     crow, col, values = (a.contiguous().numpy() for a in (weight.crow, weight.col, weight.values))
     tokens_in_lanes, weights_in_lanes = compiled(*weight.block)
-    if x2.shape[0] >= TOKEN_LANES_MIN:
-        xt = x2.t().contiguous()  # [K, N]
-        yt = torch.empty(out_features, x2.shape[0])
-        tokens_in_lanes(xt.numpy(), crow, col, values, yt.numpy())
-        y = yt.t().contiguous()
+    y = torch.empty(x2.shape[0], out_features)
+    n_tokens = x2.shape[0]
+    if n_tokens >= TOKEN_LANES_MIN:
+        chunks = -(-n_tokens // LANES)
+        xc = x2.new_zeros(chunks * LANES, in_features)
+        xc[:n_tokens] = x2
+        xc = xc.view(chunks, LANES, in_features).transpose(1, 2).contiguous()  # [chunks, K, LANES]
+        tokens_in_lanes(xc.numpy(), crow, col, values, y.numpy(), 4 * numba.get_num_threads())
     else:
-        y = torch.empty(x2.shape[0], out_features)
         weights_in_lanes(x2.contiguous().numpy(), crow, col, values, y.numpy())
     if bias is not None:
         y += bias
