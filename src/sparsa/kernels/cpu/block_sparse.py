@@ -29,7 +29,7 @@ from sparsa.formats.block_sparse import BlockSparse
 from sparsa.kernels.dispatch import register_linear_kernel
 
 TOKEN_LANES_MIN = 4  # below this many tokens the weight-lanes order is faster (measured at 90%, 1 thread)
-LANES = 32  # tokens per chunk in the tokens-in-lanes order: one AVX-512 register of fp32
+LANES = 32  # tokens per chunk in the tokens-in-lanes order: two AVX-512 registers of fp32
 
 
 @functools.cache
@@ -41,19 +41,22 @@ def compiled(R: int, C: int) -> tuple:
 
     @numba.njit(parallel=True, fastmath=True)
     def tokens_in_lanes(xc, crow, col, values, y, tasks):  # pragma: no cover - compiled
-        """y[N, M] = X Wᵀ for X given as chunks ``xc [N / LANES, K, LANES]`` (tokens padded).
+        """y[N, M] = X Wᵀ for X given as chunks ``xc [N / lanes, K, lanes]`` (tokens padded).
 
-        Each task takes a run of block rows; for every chunk of LANES tokens (one L1-sized slice
-        of X) it accumulates ``group`` block rows in a ``group*R x LANES`` tile and writes the
+        Each task takes a run of block rows; for every chunk of ``lanes`` tokens (a cache-sized slice
+        of X) it accumulates ``group`` block rows in a ``group*R x lanes`` tile and writes the
         tile out row-major, so each token's outputs land in whole cache lines."""
         n_tokens, n_block_rows = y.shape[0], crow.shape[0] - 1
+        # a constant chunk width lets LLVM unroll the token loop: faster for row blocks (R = 1),
+        # slower for column blocks, where it vectorizes across the block's rows instead
+        lanes = LANES if R == 1 else xc.shape[2]
         n_tiles = (n_block_rows + group - 1) // group
         per_task = (n_tiles + tasks - 1) // tasks
         for task in numba.prange(tasks):
-            tile = np.empty((group * R, LANES), np.float32)
+            tile = np.empty((group * R, lanes), np.float32)
             for chunk in range(xc.shape[0]):
-                n0 = chunk * LANES
-                width = min(LANES, n_tokens - n0)
+                n0 = chunk * lanes
+                width = min(lanes, n_tokens - n0)
                 for t in range(task * per_task, min(n_tiles, (task + 1) * per_task)):
                     first = t * group
                     rows = min(group, n_block_rows - first) * R
@@ -63,7 +66,7 @@ def compiled(R: int, C: int) -> tuple:
                         for b in range(crow[br], crow[br + 1]):
                             k0 = col[b] * C
                             for i in range(R):
-                                for n in range(LANES):
+                                for n in range(lanes):
                                     acc = tile[i0 + i, n]
                                     for j in range(C):
                                         acc += values[b, i, j] * xc[chunk, k0 + j, n]
