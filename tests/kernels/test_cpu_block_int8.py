@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from sparsa.errors import SparsaError
 from sparsa.formats import BlockSparseInt8
 from sparsa.kernels import linear_reference, select_linear_kernel
-from sparsa.kernels.cpu.block_int8 import block_int8_linear, int8_linear_reference, quantize_tokens
+from sparsa.kernels.cpu.block_int8 import block_int8_linear
+from sparsa.kernels.reference import int8_linear_reference, quantize_tokens
 from sparsa.kernels.cpu.vnni import HAS_VNNI, dpbusd16, interleave4
 
 pytestmark = pytest.mark.skipif(not HAS_VNNI, reason="this CPU lacks AVX-512 VNNI")

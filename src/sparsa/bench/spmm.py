@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from sparsa.bench.results import machine, write_results
 from sparsa.formats import BlockSparse, BlockSparseInt8
+from sparsa.formats.block_int8 import int8_row_codes
 from sparsa.kernels.cpu.block_int8 import block_int8_linear
 from sparsa.kernels.cpu.block_sparse import block_sparse_linear
 from sparsa.kernels.cpu.vnni import HAS_VNNI
@@ -53,20 +54,14 @@ def block_weight(out_features: int, in_features: int, block: tuple[int, int], sp
     return torch.randn(out_features, in_features, generator=g) * mask
 
 
-def int8_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row int8: (codes [rows, k] int8, scales [rows, 1] fp32)."""
-    scale = t.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127
-    return torch.round(t / scale).clamp_(-127, 127).to(torch.int8), scale
-
-
 def dense_int8(W: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """Dense int8 peer: per-channel int8 weights, per-token dynamic int8 activations, ``torch._int_mm``."""
-    wq, ws = int8_rows(W)
+    wq, ws = int8_row_codes(W)
     wq_t = wq.t().contiguous()
 
     def run(x):
-        xq, xs = int8_rows(x)
-        return torch._int_mm(xq, wq_t).float() * xs * ws.t()
+        xq, xs = int8_row_codes(x)
+        return torch._int_mm(xq, wq_t).float() * xs[:, None] * ws[None, :]
 
     return run
 
@@ -141,7 +136,7 @@ def run_case(out_features: int, in_features: int, tokens: int, sparsity: float, 
     g = torch.Generator().manual_seed(s.seed)
     W = block_weight(out_features, in_features, (1, 16), sparsity, g)
     x = torch.randn(tokens, in_features, generator=g)
-    entries, times, errors, skipped = peers(W, sparsity, g), {}, {}, {}
+    entries, errors, skipped = peers(W, sparsity, g), {}, {}
     runnable = {}
     for name, entry in entries.items():
         if isinstance(entry, str):

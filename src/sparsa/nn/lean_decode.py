@@ -13,19 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from sparsa.errors import SparsaError
-
-
-def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    """Rotate q [B, Hq, T, d] and k [B, Hkv, T, d] by cos/sin [1, T, d] (rotate-half convention)."""
-    cos, sin = cos[:, None], sin[:, None]
-
-    def rotate_half(t):
-        half = t.shape[-1] // 2
-        return torch.cat([-t[..., half:], t[..., :half]], dim=-1)
-
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
 class LeanLlama:
@@ -70,7 +60,7 @@ class LeanLlama:
             q = attn.q_proj(h).view(B, T, self.heads, self.head_dim).transpose(1, 2)
             k = attn.k_proj(h).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
             v = attn.v_proj(h).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
-            q, k = apply_rotary(q, k, cos, sin)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
             self.k_cache[i, :, :, start:end] = k
             self.v_cache[i, :, :, start:end] = v
             o = F.scaled_dot_product_attention(q, self.k_cache[i, :, :, :end], self.v_cache[i, :, :, :end],

@@ -12,8 +12,8 @@ quantized per token to uint8 on the fly, and the tokens sit in the vector lanes:
 3. ``y[n, r] = sx[n] * scale[r] * (acc[r, n] - 128 * rowsum[r])`` undoes the uint8 offset
    (``rowsum[r]``: the sum of row ``r``'s codes, gathered on the way).
 
-Integer accumulation is exact, so the result equals :func:`int8_linear_reference` up to the
-final fp32 scaling; against fp32 it carries the activation and weight rounding (~1%).
+Integer accumulation is exact, so the result equals ``kernels.reference.int8_linear_reference``
+up to the final fp32 scaling; against fp32 it carries the activation and weight rounding (~1%).
 """
 
 import numba
@@ -22,10 +22,10 @@ import torch
 
 from sparsa.errors import SparsaError
 from sparsa.formats.block_int8 import BlockSparseInt8
-from sparsa.formats.block_sparse import BlockSparse
 from sparsa.kernels.cpu.block_sparse import check_activations
 from sparsa.kernels.cpu.vnni import HAS_VNNI, dpbusd16, interleave4
 from sparsa.kernels.dispatch import register_linear_kernel
+from sparsa.kernels.reference import quantize_tokens
 
 LANES = 16  # int32 lanes of one vpdpbusd
 
@@ -65,24 +65,6 @@ def _block_int8_4x1(xq, padded, crow, col, codes, sx, scale, y, tasks):  # pragm
                 for i in range(4):
                     r = br * 4 + i
                     y[n, r] = sx[n] * scale[r] * np.float32(acc[i * padded + n] - 128 * rowsum[i])
-
-
-def quantize_tokens(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token uint8 with offset 128: (codes [N, K] uint8 in [1, 255], scales [N] fp32 > 0)."""
-    sx = x2.abs().amax(dim=1) / 127
-    sx = torch.where(sx > 0, sx, torch.ones_like(sx))
-    return (torch.round(x2 / sx[:, None]).clamp_(-127, 127) + 128).to(torch.uint8), sx
-
-
-def int8_linear_reference(x: torch.Tensor, weight: BlockSparseInt8, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """What the VNNI kernel computes, in plain torch: quantized tokens x int8 codes, exact integer sums."""
-    x2 = x.detach().reshape(-1, weight.shape[1]).float()
-    xq, sx = quantize_tokens(x2)
-    codes = BlockSparse.to_dense(weight, torch.int64)  # [out, in], the int8 codes
-    acc = (xq.long() - 128) @ codes.t()  # [N, out], exact
-    y = sx[:, None] * weight.scale[None, :] * acc.float()
-    y = y if bias is None else y + bias
-    return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
 def vnni_ready(weight) -> bool:
