@@ -32,3 +32,31 @@ def word_text(n_words: int, seed: int = 0) -> str:
     """``n_words`` random vocabulary words of the tiny tokenizer, space separated."""
     g = torch.Generator().manual_seed(seed)
     return " ".join(f"w{i}" for i in torch.randint(0, 121, (n_words,), generator=g).tolist())
+
+
+def word_sentences(n: int, seed: int = 0) -> list[str]:
+    """``n`` distinct sentences of 6 to 12 tiny-vocabulary words, each ending in a full stop."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(6, 13, (n,), generator=g).tolist()
+    return [f"w{i} " + word_text(length - 1, seed * 100_003 + i) + "." for i, length in enumerate(lengths)]
+
+
+@pytest.fixture
+def tiny_encoder():
+    """A 2-layer random BERT (hidden 32) with a word-level tokenizer ([PAD]=0, [CLS] ... [SEP])."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    from sparsa.nn.encoders import Encoder
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, **{f"w{i}": i + 4 for i in range(121)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                        cls_token="[CLS]", sep_token="[SEP]")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    return Encoder(BertModel(config).eval(), tokenizer, "tiny-bert")

@@ -139,6 +139,15 @@ def test_cli_calibrated_methods_compress_and_report_block_errors(capsys, hf_dir,
     assert manifest["method"]["nsamples"] == 2 and manifest["method"]["seed"] == 0
 
 
+def test_cli_compress_head_compresses_the_output_head_too(capsys, hf_dir, tmp_path):
+    code, out, err = run(capsys, "compress", str(hf_dir), "-o", str(tmp_path / "ck"), "--method", "spqr",
+                         "--nsamples", "2", "--seqlen", "16", "--json", "--quiet", "--head")
+    assert code == 0, err
+    assert last_json(out)["layers"] == 15
+    manifest = json.loads((tmp_path / "ck" / "sparsa.json").read_text())
+    assert "lm_head" in json.dumps(manifest)
+
+
 def test_cli_calibration_too_short_errors_before_compressing(capsys, hf_dir, tmp_path):
     code, _, err = run(capsys, "compress", str(hf_dir), "-o", str(tmp_path / "ck"), "--method", "gptq",
                        "--nsamples", "100000", "--seqlen", "512")

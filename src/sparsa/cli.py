@@ -10,8 +10,10 @@ import logging
 import sys
 import time
 
+from sparsa.cli_bench import add_bench
 from sparsa.errors import SparsaError
 
+HELD_OUT_SENTENCES = 512  # compress --recover: wiki evaluation-split sentences its embeddings are checked on
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}
 
@@ -81,14 +83,22 @@ def cmd_compress(args) -> dict:
     from sparsa.data import calibration_windows, load_corpus, tokenize
     from sparsa.nn.checkpoint import check_writable, save_checkpoint
     from sparsa.nn.models import load_model
+    from sparsa.nn.surgery import all_linears, decoder_linears
 
     config = get_method(args.method).config_cls.from_flags(
         bits=args.bits, group_size=args.group_size, sparsity=args.sparsity, pattern=args.pattern,
-        outlier_threshold=args.outlier_threshold, nsamples=args.nsamples, seqlen=args.seqlen, calib=args.calib,
+        outlier_threshold=args.outlier_threshold, nsamples=args.nsamples, seqlen=args.seqlen,
+        calib=None if args.recover else args.calib,
         percdamp=args.percdamp, act_order=args.act_order, static_groups=args.static_groups,
         simplified_outliers=args.simplified_outliers, stat_bits=args.stat_bits, stat_group_size=args.stat_group_size,
         budget=args.budget)
     check_device(args.device)
+    if args.recover:
+        if args.head:
+            raise SparsaError("--head applies to causal LMs; --recover prunes an encoder, which has no output head")
+        return compress_recovered(args, config)
+    if args.recover_steps is not None or args.recover_lr is not None:
+        raise SparsaError("--recover-steps and --recover-lr apply only with --recover")
     if args.device != "cpu" and not config.needs_calibration:
         raise SparsaError(f"--device {args.device}: --method {args.method} runs on the CPU (no calibration)")
     out = Path(args.output)
@@ -103,7 +113,8 @@ def cmd_compress(args) -> dict:
         windows = calibration_windows(tokenize(lm.tokenizer, corpus.calib), config.nsamples, config.seqlen,
                                       args.seed, source=f"{config.calib} calibration split")
     start = time.perf_counter()
-    summary = compress_(lm.model, config, calibration=windows, device=args.device, progress=not args.quiet)
+    summary = compress_(lm.model, config, calibration=windows, device=args.device, progress=not args.quiet,
+                        filter_fn=all_linears if args.head else decoder_linears)
     manifest = save_checkpoint(lm.model, lm.tokenizer, out, method={**config.to_dict(), "seed": args.seed})
     return {"dir": str(out), "method": config.method, "bits_per_param": manifest["bits_per_param"],
             "bytes": manifest["bytes"], "params": manifest["params"], "layers": summary.layers,
@@ -111,9 +122,60 @@ def cmd_compress(args) -> dict:
             **({"choices": summary.choices} if summary.choices else {})}
 
 
+def compress_recovered(args, config) -> dict:
+    """``compress --recover``: gradual block pruning of a sentence encoder, distilling its dense embeddings."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    import torch
+
+    from sparsa.compress.recover import RecoverConfig
+    from sparsa.compress.recover_encoder import recover_encoder_
+    from sparsa.data.sentences import corpus_sentences
+    from sparsa.evaluate.embeddings import embedding_agreement
+    from sparsa.nn.checkpoint import check_writable, save_checkpoint
+    from sparsa.nn.encoders import check_encoder_spec, embed, load_encoder
+
+    if args.method != "magnitude":
+        raise SparsaError(f"--recover prunes blocks by magnitude while distilling; use --method magnitude, "
+                          f"not {args.method}")
+    if config.parsed_pattern.kind != "block":
+        raise SparsaError(f"--recover needs --pattern block:RxC (e.g. block:1x16), not {config.pattern}")
+    if args.device != "cpu":
+        raise SparsaError(f"--device {args.device}: --recover runs on the CPU")
+    check_encoder_spec(args.model)
+    out = Path(args.output)
+    check_writable(out)
+    recover = RecoverConfig(sparsity=config.sparsity, block=config.parsed_pattern.block, seed=args.seed,
+                            **{k: v for k, v in {"steps": args.recover_steps, "lr": args.recover_lr}.items()
+                               if v is not None})
+    calib, held_out = corpus_sentences(args.calib or "wiki", HELD_OUT_SENTENCES)
+    torch.manual_seed(args.seed)
+    encoder = load_encoder(args.model)
+    if encoder.manifest is not None:
+        raise SparsaError(f"{args.model}: already a sparsa checkpoint; compress a dense model")
+    dense = embed(encoder, held_out)
+    start = time.perf_counter()
+    summary = recover_encoder_(encoder, recover, sentences=calib, progress=not args.quiet)
+    agreement = embedding_agreement(dense, embed(encoder, held_out))
+    manifest = save_checkpoint(encoder.model, encoder.tokenizer, out,
+                               method={**config.to_dict(), "recover": asdict(recover), "seed": args.seed})
+    return {"dir": str(out), "method": config.method, "bits_per_param": manifest["bits_per_param"],
+            "bytes": manifest["bytes"], "params": manifest["params"], "layers": summary.layers,
+            "seconds": round(time.perf_counter() - start, 3),
+            "recover": {"steps": recover.steps, "lr": recover.lr, "final_loss": summary.losses[-1],
+                        "calibration_sentences": len(calib), **agreement.to_dict()}}
+
+
 def compress_table(r: dict) -> str:
-    return (f"wrote {r['dir']}: {r['method']}, {r['layers']} layers, {r['bits_per_param']:.3f} bits/param, "
+    line = (f"wrote {r['dir']}: {r['method']}, {r['layers']} layers, {r['bits_per_param']:.3f} bits/param, "
             f"{r['bytes']:,} bytes for {r['params']:,} params, {r['seconds']:.1f} s")
+    if "recover" not in r:
+        return line
+    a = r["recover"]
+    return (f"{line}\nrecovery {a['steps']} steps: embedding cosine to dense {a['cosine_mean']:.4f} mean, "
+            f"{a['cosine_min']:.4f} min; top-{a['k']} neighbour overlap {a['topk_overlap']:.3f} "
+            f"({a['sentences']} held-out sentences)")
 
 
 def cmd_generate(args) -> dict:
@@ -144,72 +206,6 @@ def cmd_generate(args) -> dict:
 
 def generate_table(r: dict) -> str:
     return f"{r['text']}\n\n[{r['new_tokens']} tokens, {r['tokens_per_s']:.1f} tokens/s]"
-
-
-def cmd_bench_quality(args) -> dict:
-    from sparsa.bench.quality import QualitySettings, run_quality
-
-    check_device(args.device)
-    settings = QualitySettings(model=args.model, nsamples=args.nsamples, calib_seqlen=args.calib_seqlen,
-                               calib=args.calib, seqlen=args.seqlen, windows=args.windows, ppl=args.ppl,
-                               device=args.device, seed=args.seed)
-    only = [r.strip() for r in args.rows.split(",")] if args.rows else None
-    payload = run_quality(settings, only=only, out_dir=args.out, progress=not args.quiet)
-    return {"out": args.out, "rows": payload["rows"]}
-
-
-def cmd_bench_spmm(args) -> dict:
-    from sparsa.bench.spmm import SpmmSettings, run_spmm
-
-    settings = SpmmSettings.quick() if args.quick else SpmmSettings()
-    payload = run_spmm(settings, out_dir=args.out, name="spmm_quick" if args.quick else "spmm",
-                       progress=not args.quiet)
-    return {"out": args.out, "quick": args.quick, "ratios": payload["ratios"],
-            "ms": [{"case": r["case"], **c["ms"]} for r, c in zip(payload["ratios"], payload["cases"])],
-            "skipped": {n: why for c in payload["cases"] for n, why in c["skipped"].items()}}
-
-
-def bench_spmm_table(r: dict) -> str:
-    lines = [f"wrote {r['out']}/{'spmm_quick' if r['quick'] else 'spmm'}.{{json,md,png}}"]
-    for case in r["ratios"]:
-        best = {k: v for k, v in case.items() if k != "case" and k.endswith("/ dense fp32")}
-        lines.append(f"{case['case']:<36} " + "  ".join(f"{k.removesuffix(' / dense fp32')} {v:.2f}x"
-                                                         for k, v in best.items()))
-    lines += [f"not run: {n}: {why}" for n, why in r["skipped"].items()]
-    return "\n".join(lines)
-
-
-def cmd_bench_decode(args) -> dict:
-    from sparsa.bench.decode import DecodeSettings, run_decode
-
-    settings = DecodeSettings.quick() if args.quick else DecodeSettings()
-    payload = run_decode(settings, out_dir=args.out, name="decode_quick" if args.quick else "decode",
-                         progress=not args.quiet)
-    rows = payload["rows"]
-    dense = next((r for r in rows if r["variant"] == "dense fp32" and "skipped" not in r), None)
-    for r in rows:
-        if dense and "skipped" not in r:
-            r["x_dense_fp32"] = {b: r["tokens_per_s"][b] / dense["tokens_per_s"][b] for b in r["tokens_per_s"]}
-    return {"out": args.out, "quick": args.quick, "rows": rows}
-
-
-def bench_decode_table(r: dict) -> str:
-    lines = [f"wrote {r['out']}/{'decode_quick' if r['quick'] else 'decode'}.{{json,md,png}}"]
-    for row in r["rows"]:
-        if "skipped" in row:
-            lines.append(f"{row['variant']:<26} not run: {row['skipped']}")
-            continue
-        speeds = "  ".join(f"batch {b}: {v:.1f} tok/s ({row.get('x_dense_fp32', {}).get(b, float('nan')):.2f}x)"
-                           for b, v in row["tokens_per_s"].items())
-        match = row.get("reference_match")
-        lines.append(f"{row['variant']:<26} {speeds}" + ("" if match is None else f"  match={match['match']}"))
-    return "\n".join(lines)
-
-
-def bench_quality_table(r: dict) -> str:
-    return f"wrote {r['out']}/quality.{{json,md,png}}\n" + "\n".join(
-        f"{row['row']:<20} {row['bits_per_param']:7.3f} bits  "
-        + "  ".join(f"{k} {v:.3f}" for k, v in row["ppl"].items()) for row in r["rows"])
 
 
 def cmd_demo(args) -> dict:
@@ -268,6 +264,14 @@ def add_compress(sub, common) -> None:
     p.add_argument("--stat-bits", type=int, help="spqr: bits of the second-level statistics (default 3)")
     p.add_argument("--stat-group-size", type=int, help="spqr: rows per second-level group (default 16)")
     p.add_argument("--budget", type=float, help="auto: bits/param budget over the compressed layers (default 3.5)")
+    p.add_argument("--recover", action="store_true",
+                   help="sentence encoders (all-minilm-l6-v2): prune blocks gradually while distilling the dense "
+                        "embeddings on calibration sentences (--method magnitude --pattern block:RxC)")
+    p.add_argument("--recover-steps", type=int, help="--recover: optimizer steps (default 300)")
+    p.add_argument("--recover-lr", type=float, help="--recover: AdamW learning rate (default 1e-3)")
+    p.add_argument("--head", action="store_true",
+                   help="also compress the output head (lm_head, untied from the embeddings; calibrated methods "
+                        "see the final norm's outputs)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (calibrated methods)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="cast the dense model first (values keep this dtype)")
     p.add_argument("--seed", type=int, default=0)
@@ -282,34 +286,6 @@ def add_generate(sub, common) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES))
     p.set_defaults(run=cmd_generate, table=generate_table)
-
-
-def add_bench(sub, common) -> None:
-    p = sub.add_parser("bench", parents=[common], help="benchmarks; results under bench/results/")
-    bench = p.add_subparsers(dest="bench", required=True, parser_class=Parser)
-    p = bench.add_parser("quality", parents=[common], help="perplexity vs bits/param of every method")
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
-    p.add_argument("--calib-seqlen", type=int, default=2048, help="tokens per calibration window (default 2048)")
-    p.add_argument("--calib", default="wiki")
-    p.add_argument("--seqlen", type=int, default=2048, help="evaluation window (default 2048)")
-    p.add_argument("--windows", type=int, help="evaluate at most N windows per corpus (default: all)")
-    p.add_argument("--ppl", default="wiki,shakespeare")
-    p.add_argument("--rows", help="comma-separated label fragments, e.g. 'dense,spqr' (default: all rows)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
-    p.set_defaults(run=cmd_bench_quality, table=bench_quality_table)
-    p = bench.add_parser("spmm", parents=[common], help="sparse weight x activations against CPU peers")
-    p.add_argument("--quick", action="store_true",
-                   help="3072x768 at 128 tokens and 1536x576 at 1 and 16 tokens, at 70%% and 90%% (written as spmm_quick)")
-    p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
-    p.set_defaults(run=cmd_bench_spmm, table=bench_spmm_table)
-    p = bench.add_parser("decode", parents=[common], help="greedy decode tokens/s, dense against compressed")
-    p.add_argument("--quick", action="store_true",
-                   help="batch 1, 33 new tokens, dense fp32 and SpQR-3 only (written as decode_quick)")
-    p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
-    p.set_defaults(run=cmd_bench_decode, table=bench_decode_table)
 
 
 def add_demo(sub, common) -> None:
@@ -329,8 +305,9 @@ def build_parser() -> Parser:
     common.add_argument("--quiet", action="store_true", help="no progress bars")
     parser = Parser(prog="sparsa", description="Make models sparse, small and fast.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (add_eval, add_compress, add_generate, add_bench, add_demo):
+    for add in (add_eval, add_compress, add_generate, add_demo):
         add(sub, common)
+    add_bench(sub, common, Parser)
     return parser
 
 

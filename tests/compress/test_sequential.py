@@ -87,3 +87,27 @@ def test_calibration_windows_distinct_seeded_and_bounded():
     with pytest.raises(SparsaError, match="calib: 1000 calibration tokens hold 10 windows of --seqlen 100, "
                                           "fewer than --nsamples 11"):
         calibration_windows(ids, 11, 100, seed=0, source="calib")
+
+
+@pytest.mark.parametrize("config", [SpQRConfig(bits=3, stat_group_size=16, **SMALL), GPTQConfig(bits=4, group_size=32, **SMALL)],
+                         ids=lambda c: c.method)
+def test_compress_with_the_head_unties_it_and_reloads(tiny_llama, tiny_tokenizer, tmp_path, config):
+    from sparsa.nn import all_linears
+
+    embedding = tiny_llama.model.embed_tokens.weight.detach().clone()
+    summary = compress_(tiny_llama, config, calibration=WINDOWS, progress=False, filter_fn=all_linears)
+    assert summary.layers == 15 and isinstance(tiny_llama.lm_head, SparseLinear)
+    assert tiny_llama.config.tie_word_embeddings is False
+    assert torch.equal(tiny_llama.model.embed_tokens.weight, embedding)  # the lookup table stays dense
+    save_checkpoint(tiny_llama, tiny_tokenizer, tmp_path / "ck", method=config.to_dict())
+    loaded, _, _ = load_checkpoint(tmp_path / "ck")
+    assert isinstance(loaded.lm_head, SparseLinear) and torch.equal(loaded.model.embed_tokens.weight, embedding)
+    assert torch.equal(logits(loaded), logits(tiny_llama))
+
+
+def test_compress_auto_refuses_the_head(tiny_llama):
+    from sparsa.compress import AutoConfig
+    from sparsa.nn import all_linears
+
+    with pytest.raises(SparsaError, match="--method auto does not compress the output head"):
+        compress_(tiny_llama, AutoConfig(budget=3.5, **SMALL), calibration=WINDOWS, progress=False, filter_fn=all_linears)

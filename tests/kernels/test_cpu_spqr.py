@@ -1,7 +1,5 @@
 """The numba SpQR kernel against the reference (decode the weight, F.linear)."""
 
-import numba
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -12,7 +10,7 @@ from sparsa.compress.hessian import HessianAccumulator
 from sparsa.compress.spqr import spqr_solve
 from sparsa.formats import SpQR
 from sparsa.kernels import linear, linear_reference, select_linear_kernel
-from sparsa.kernels.cpu.spqr import read_code, spqr_linear
+from sparsa.kernels.cpu.spqr import spqr_linear
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4)}
 
@@ -30,8 +28,8 @@ def spqr_case(draw):
     """Random SpQR parts: code widths and group sizes (byte-aligned rows or not; each combination is
     one compiled kernel, so a handful), outliers, permutation; 0..9 tokens."""
     bits, b1, stat_bits = draw(st.sampled_from([(3, 16, 3), (4, 16, 3), (2, 3, 2), (8, 8, 8), (3, 4, 5)]))
-    b2 = draw(st.sampled_from([1, 2, 4]))
-    out, inp = b2 * draw(st.integers(1, 4)), b1 * draw(st.integers(1, 5))
+    b2 = draw(st.sampled_from([1, 2, 4, 16, 32]))  # 16, 32: the tile shares one stat pair
+    out, inp = b2 * draw(st.integers(1, 64 // b2)), b1 * draw(st.integers(1, 5))
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
     groups = inp // b1
 
@@ -71,20 +69,3 @@ def test_spqr_linear_solver_output_matches_reference_and_dispatches(bits):
     x = torch.randn(2, 5, 96)
     assert select_linear_kernel(fmt, x) is spqr_linear
     torch.testing.assert_close(linear(x, fmt), linear_reference(x, fmt), **TOL[torch.float32])
-
-
-@numba.njit
-def _codes(packed, n, bits):
-    out = np.empty(n, np.int64)
-    for i in range(n):
-        out[i] = read_code(packed, i, bits)
-    return out
-
-
-@settings(max_examples=40, deadline=None)
-@given(st.integers(1, 24), st.integers(0, 60), st.integers(0, 2**16))
-def test_read_code_any_width_reads_what_pack_bits_wrote(bits, n, seed):
-    from sparsa.formats.bitpack import pack_bits
-
-    codes = torch.randint(0, 2**bits, (n,), generator=torch.Generator().manual_seed(seed))
-    assert _codes(pack_bits(codes, bits).numpy(), n, bits).tolist() == codes.tolist()

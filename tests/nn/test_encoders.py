@@ -35,3 +35,52 @@ def test_embed_no_sentences_gives_empty_matrix(minilm):
 def test_load_encoder_directory_without_config_raises(tmp_path):
     with pytest.raises(SparsaError, match="not all-minilm-l6-v2 nor a Hugging Face model directory"):
         load_encoder(str(tmp_path))
+
+
+def recovered_tiny(encoder):
+    from conftest import word_sentences
+    from sparsa.compress.recover import RecoverConfig
+    from sparsa.compress.recover_encoder import recover_encoder_
+
+    config = RecoverConfig(sparsity=0.5, block=(1, 4), steps=3, update_every=1, lr=1e-3, batch_size=4)
+    recover_encoder_(encoder, config, sentences=word_sentences(16), progress=False)
+    return encoder
+
+
+def test_load_encoder_recovered_checkpoint_embeds_identically(tiny_encoder, tmp_path):
+    from conftest import word_sentences
+    from sparsa.nn.checkpoint import save_checkpoint
+    from sparsa.nn.sparse_linear import SparseLinear
+
+    encoder = recovered_tiny(tiny_encoder)
+    manifest = save_checkpoint(encoder.model, encoder.tokenizer, tmp_path / "ck", method={"method": "magnitude"})
+    loaded = load_encoder(str(tmp_path / "ck"))
+    assert manifest["task"] == "encoder" and loaded.manifest == manifest
+    assert type(loaded.model) is type(encoder.model)
+    assert sum(isinstance(m, SparseLinear) for m in loaded.model.modules()) == 12
+    sentences = word_sentences(6, seed=3)
+    assert torch.equal(embed(loaded, sentences), embed(encoder, sentences))
+
+
+def test_load_model_encoder_checkpoint_raises(tiny_encoder, tmp_path):
+    from sparsa.nn.checkpoint import save_checkpoint
+    from sparsa.nn.models import load_model
+
+    save_checkpoint(recovered_tiny(tiny_encoder).model, tiny_encoder.tokenizer, tmp_path / "ck", method={})
+    with pytest.raises(SparsaError, match="a sentence-encoder checkpoint; this command takes a causal LM"):
+        load_model(str(tmp_path / "ck"))
+
+
+def test_check_encoder_spec_causal_models_raise(tiny_llama, tiny_tokenizer, tmp_path):
+    from sparsa.nn.checkpoint import save_checkpoint
+    from sparsa.nn.encoders import check_encoder_spec
+
+    tiny_llama.save_pretrained(tmp_path / "hf")
+    with pytest.raises(SparsaError, match="LlamaForCausalLM is a causal LM, not a sentence encoder"):
+        check_encoder_spec(str(tmp_path / "hf"))
+    save_checkpoint(tiny_llama, tiny_tokenizer, tmp_path / "ck", method={})
+    with pytest.raises(SparsaError, match="a causal-LM checkpoint, not a sentence encoder"):
+        check_encoder_spec(str(tmp_path / "ck"))
+    with pytest.raises(SparsaError, match="MODEL 'smollm2-135m' is not a sentence encoder"):
+        check_encoder_spec("smollm2-135m")
+    check_encoder_spec(MINILM)

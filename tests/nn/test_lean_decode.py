@@ -22,6 +22,26 @@ def test_lean_llama_prefill_then_steps_match_hf_logits(tiny_llama, batch):
     torch.testing.assert_close(torch.cat(got, 1), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_fused_decode_step_matches_the_torch_path(tiny_llama, batch):
+    ids = prompt(batch, 7, seed=3)
+    fused, torch_path = LeanLlama(tiny_llama, batch, 12), LeanLlama(tiny_llama, batch, 12, fused=False)
+    assert fused.fused and not torch_path.fused
+    for lean in (fused, torch_path):
+        lean.forward(ids[:, :4], 0)
+    for t in range(4, 7):
+        torch.testing.assert_close(fused.forward(ids[:, t:t + 1], t), torch_path.forward(ids[:, t:t + 1], t),
+                                   rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused.k_cache, torch_path.k_cache, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fused.v_cache, torch_path.v_cache)
+
+
+def test_lean_llama_bf16_takes_the_torch_path(tiny_llama):
+    lean = LeanLlama(tiny_llama.to(torch.bfloat16), 1, 8)
+    assert not lean.fused
+    assert lean.forward(prompt(1, 3), 0).dtype == torch.bfloat16
+
+
 def test_greedy_decode_matches_hf_generate(tiny_llama):
     ids = prompt(2, 6, seed=1)
     out = greedy_decode(tiny_llama, ids, 10)

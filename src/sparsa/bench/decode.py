@@ -19,6 +19,7 @@ from sparsa.data import calibration_windows, load_corpus, tokenize
 from sparsa.nn.lean_decode import greedy_decode
 from sparsa.nn.models import load_model
 from sparsa.nn.sparse_linear import decoded_weights
+from sparsa.nn.surgery import all_linears, decoder_linears
 
 NEAR_TIE = 1e-3
 VARIANTS = ("dense fp32", "dense bf16", "spqr-3", "quant-4", "bitmap-50%", "block-70%", "torchao int8 weight-only")
@@ -60,7 +61,9 @@ def compressed(model, name: str, s: DecodeSettings, calibration):
               "quant-4": RTNConfig(bits=4, group_size=32),
               "bitmap-50%": MagnitudeConfig(sparsity=0.5),
               "block-70%": MagnitudeConfig(sparsity=0.7, pattern="block:1x16")}[name]
-    compress_(model, config, calibration=calibration if config.needs_calibration else None, progress=False)
+    quantized = name in ("spqr-3", "quant-4")  # these take the output head too; pruning it would wreck the model
+    compress_(model, config, calibration=calibration if config.needs_calibration else None, progress=False,
+              filter_fn=all_linears if quantized else decoder_linears)
     return model
 
 

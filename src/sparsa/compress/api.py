@@ -12,7 +12,7 @@ from sparsa.compress.registry import get_method
 from sparsa.compress.sequential import compress_sequential_
 from sparsa.errors import SparsaError
 from sparsa.nn.sparse_linear import SparseLinear
-from sparsa.nn.surgery import FilterFn, decoder_linears, set_submodule, target_linears
+from sparsa.nn.surgery import FilterFn, decoder_linears, set_submodule, target_linears, untie_compressed_head
 
 
 @dataclass
@@ -53,7 +53,8 @@ def compress_(model: nn.Module, config: MethodConfig, *, calibration: torch.Tens
     Args:
         model: any torch model; changed in place.
         config: a method config (e.g. ``RTNConfig(bits=4, group_size=32)``).
-        filter_fn: ``(module, fqn) -> bool`` picks the layers; default: all linears but the output head.
+        filter_fn: ``(module, fqn) -> bool`` picks the layers; default: all linears but the output head
+            (``all_linears`` takes the head too; a compressed head is untied from the embeddings).
         calibration: [nsamples, seqlen] token ids, for methods that need calibration (gptq, spqr,
             sparsegpt, wanda): they run block by block through ``compress_sequential_``.
         device: where the calibrated methods compute (one block there at a time).
@@ -66,6 +67,7 @@ def compress_(model: nn.Module, config: MethodConfig, *, calibration: torch.Tens
             raise SparsaError(f"--method {config.method} needs calibration windows")
         driver = method.driver or compress_sequential_
         totals = driver(model, config, method, calibration, filter_fn=filter_fn, device=device, progress=progress)
+        untie_compressed_head(model)
         return CompressSummary(method=config.method, bits_per_param=8 * totals["compressed_bytes"] / max(totals["params"], 1),
                                seconds=time.perf_counter() - start, **totals)
     targets = list(target_linears(model, filter_fn))
@@ -79,6 +81,7 @@ def compress_(model: nn.Module, config: MethodConfig, *, calibration: torch.Tens
             compressed += fmt.nbytes
             dense += linear.weight.numel() * linear.weight.element_size()
         set_submodule(model, fqn, replaced[id(linear)])
+    untie_compressed_head(model)
     return CompressSummary(method=config.method, layers=len(replaced), params=params, compressed_bytes=compressed,
                            dense_bytes=dense, bits_per_param=8 * compressed / max(params, 1),
                            seconds=time.perf_counter() - start)

@@ -15,8 +15,9 @@ from tqdm.auto import tqdm
 from sparsa.compress.config import AutoConfig, SparseGPTConfig, SpQRConfig
 from sparsa.compress.registry import get_method, register_method
 from sparsa.compress.sequential import calibrate_block, decoder_layers, finish_block, first_block_inputs
+from sparsa.errors import SparsaError
 from sparsa.nn.sparse_linear import SparseLinear
-from sparsa.nn.surgery import set_submodule
+from sparsa.nn.surgery import output_head, set_submodule
 
 
 def candidates(config: AutoConfig) -> list:
@@ -80,6 +81,8 @@ def allocate(options: list[list[tuple[int, float]]], budget_bytes: float) -> lis
 @torch.no_grad()
 def compress_auto_(model, config: AutoConfig, method, windows, *, filter_fn, device="cpu", progress=True) -> dict:
     """Compress every selected linear with the candidate the budget allocation picks (module docstring)."""
+    if output_head(model, filter_fn) is not None:
+        raise SparsaError("--method auto does not compress the output head; drop --head")
     layers = decoder_layers(model)
     hidden, kwargs = first_block_inputs(model, windows, device)
     cands = candidates(config)

@@ -46,7 +46,7 @@ class RecoverConfig:
     steps: int = 300
     ramp: float = 0.7
     update_every: int = 10
-    lr: float = 5e-5
+    lr: float = 1e-3  # MiniLM, 90% 1x16, 60 steps: held-out cosine 0.22 at 5e-5, 0.33 at 3e-4, 0.40 at 1e-3
     batch_size: int = 16
     seed: int = 0
 
@@ -114,8 +114,8 @@ def recover_prune_(student: nn.Module, teacher: nn.Module, windows: torch.Tensor
         loss.backward()
         optimizer.step()
         apply_masks(layers, masks)
-        summary.losses.append(float(loss))
-        bar.set_postfix(loss=f"{float(loss):.2e}", sparsity=f"{config.sparsity_at(step):.2f}")
+        summary.losses.append(loss.item())
+        bar.set_postfix(loss=f"{summary.losses[-1]:.2e}", sparsity=f"{config.sparsity_at(step):.2f}")
     masks = {fqn: prune_blocks(m.weight.detach(), config.block, config.sparsity) for fqn, m in layers.items()}
     apply_masks(layers, masks)
     student.eval()

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from sparsa.compress.hessian import HessianAccumulator
 from sparsa.errors import SparsaError
 from sparsa.nn.sparse_linear import SparseLinear, decoded_weights
-from sparsa.nn.surgery import FilterFn, set_submodule, target_linears
+from sparsa.nn.surgery import FilterFn, output_head, set_submodule, target_linears
 
 
 class _Captured(Exception):
@@ -98,6 +98,32 @@ def calibrate_block(layer: nn.Module, index: int, hidden: list, kwargs: dict, fi
     return targets, {fqn: acc.H for fqn, acc in stats.items()}, dense_out
 
 
+def record(totals: dict, fmt, linear: nn.Linear) -> None:
+    """Add one compressed linear to the driver's running totals."""
+    totals["layers"] += 1
+    totals["params"] += fmt.numel
+    totals["compressed_bytes"] += fmt.nbytes
+    totals["dense_bytes"] += linear.weight.numel() * linear.weight.element_size()
+
+
+@torch.no_grad()
+def compress_head_(model: nn.Module, config, method, hidden: list, filter_fn: FilterFn, device, totals: dict) -> None:
+    """Compress ``lm_head`` when the filter selects it (``--head``): its Hessian comes from the
+    last block's outputs after the final norm, i.e. exactly what the head sees."""
+    head = output_head(model, filter_fn)
+    if head is None:
+        return
+    norm = model.model.norm.to(device)
+    head.to(device)
+    acc = HessianAccumulator(head.in_features, device, where="lm_head")
+    for h in hidden:
+        acc.add(norm(h))
+    fmt = method.compress_weight(head.weight.data.float(), config, where="lm_head", H=acc.H)
+    model.lm_head = SparseLinear(fmt.to("cpu"), head.bias)
+    norm.to("cpu")
+    record(totals, fmt, head)
+
+
 def finish_block(layer: nn.Module, index: int, hidden: list, kwargs: dict, dense_out: list) -> tuple[list, float]:
     """Run the calibration inputs through the compressed block; return its outputs (the next
     block's inputs) and its relative squared output error against ``dense_out``."""
@@ -134,11 +160,9 @@ def compress_sequential_(model: nn.Module, config, method, windows: torch.Tensor
             fmt = method.compress_weight(linear.weight.data.float(), config, where=f"model.layers.{index}.{fqn}",
                                          H=hessians.pop(fqn))
             set_submodule(layer, fqn, SparseLinear(fmt, linear.bias))
-            totals["layers"] += 1
-            totals["params"] += fmt.numel
-            totals["compressed_bytes"] += fmt.nbytes
-            totals["dense_bytes"] += linear.weight.numel() * linear.weight.element_size()
+            record(totals, fmt, linear)
         hidden, error = finish_block(layer, index, hidden, kwargs, dense_out)
         totals["block_errors"].append(error)
         bar.set_postfix(rel_err=f"{error:.2e}")
+    compress_head_(model, config, method, hidden, filter_fn, device, totals)
     return totals

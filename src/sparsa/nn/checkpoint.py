@@ -2,8 +2,9 @@
 
 Layout of a checkpoint ``DIR``:
     config.json, tokenizer files        as Hugging Face writes them
-    sparsa.json                         manifest: schema, sparsa version, method, per-module
-                                        format + metadata + bytes on disk, bits/param
+    sparsa.json                         manifest: schema, sparsa version, task (``causal-lm``
+                                        or ``encoder``), method, per-module format + metadata
+                                        + bytes on disk, bits/param
     model-0000N-of-0000M.safetensors    every format array as ``<module>.<array>``, dense tensors
     model.safetensors.index.json        tensor name -> shard
 
@@ -32,6 +33,8 @@ SCHEMA_VERSION = 1
 MANIFEST = "sparsa.json"
 INDEX = "model.safetensors.index.json"
 SHARD_BYTES = 2 * 1024**3
+# task -> the transformers auto class that rebuilds the model; manifests without a task are causal LMs
+TASKS = {"causal-lm": "AutoModelForCausalLM", "encoder": "AutoModel"}
 
 
 def is_checkpoint(path: Path) -> bool:
@@ -82,7 +85,8 @@ def save_checkpoint(model: nn.Module, tokenizer, out_dir, *, method: dict,
     """Write ``model`` (with its ``SparseLinear`` layers) and tokenizer as a checkpoint.
 
     Args:
-        model: a Hugging Face model, compressed in place by ``compress_``.
+        model: a Hugging Face model, compressed in place by ``compress_`` (a causal LM, or a bare
+            encoder such as ``BertModel``: the manifest's ``task`` records which).
         tokenizer: its tokenizer (saved beside), or None.
         out_dir: target directory; an existing sparsa checkpoint there is replaced.
         method: the method config as a dict, recorded in the manifest.
@@ -106,6 +110,12 @@ def save_checkpoint(model: nn.Module, tokenizer, out_dir, *, method: dict,
     return manifest
 
 
+def model_task(model: nn.Module) -> str:
+    """``causal-lm`` for models that generate, else ``encoder`` (a bare transformer body)."""
+    can_generate = getattr(model, "can_generate", None)
+    return "causal-lm" if can_generate is not None and can_generate() else "encoder"
+
+
 def build_manifest(model: nn.Module, method: dict, stored: dict) -> dict:
     """Manifest with per-module byte counts measured from the written safetensors headers."""
     formats, params, nbytes = {}, 0, 0
@@ -116,7 +126,8 @@ def build_manifest(model: nn.Module, method: dict, stored: dict) -> dict:
             raise RuntimeError(f"{fqn}: {on_disk} bytes written, format.nbytes says {fmt.nbytes}")
         formats[fqn] = {"format": fmt.format_name, "meta": fmt.meta(), "bytes": on_disk}
         params, nbytes = params + fmt.numel, nbytes + on_disk
-    return {"schema": SCHEMA_VERSION, "sparsa_version": __version__, "method": method, "formats": formats,
+    return {"schema": SCHEMA_VERSION, "sparsa_version": __version__, "task": model_task(model),
+            "method": method, "formats": formats,
             "params": params, "bytes": nbytes, "bits_per_param": 8 * nbytes / max(params, 1)}
 
 
@@ -139,6 +150,9 @@ def read_manifest(directory: Path) -> dict:
     if not isinstance(formats, dict) or not all(
             isinstance(e, dict) and {"format", "meta", "bytes"} <= set(e) for e in formats.values()):
         raise SparsaError(f"{path}: 'formats' must map module -> {{format, meta, bytes}}")
+    manifest.setdefault("task", "causal-lm")
+    if manifest["task"] not in TASKS:
+        raise SparsaError(f"{path}: task {manifest['task']!r} is not one of {', '.join(TASKS)}")
     return manifest
 
 
@@ -206,7 +220,8 @@ def load_checkpoint(directory) -> tuple[nn.Module, object, dict]:
     Raises:
         SparsaError naming the file and tensor at fault, before any compute.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
 
     directory = Path(directory)
     manifest = read_manifest(directory)
@@ -218,7 +233,7 @@ def load_checkpoint(directory) -> tuple[nn.Module, object, dict]:
     except (OSError, ValueError) as err:
         raise SparsaError(f"{directory}: bad config.json or tokenizer ({err})") from None
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = getattr(transformers, TASKS[manifest["task"]]).from_config(config)
     for fqn, fmt in formats.items():
         old = model.get_submodule(fqn) if fqn in dict(model.named_modules()) else None
         if not isinstance(old, nn.Linear) or (old.out_features, old.in_features) != fmt.shape:

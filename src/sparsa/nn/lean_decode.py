@@ -4,7 +4,10 @@
 norms, rotary embedding, MLPs and every projection, dense ``nn.Linear`` or ``SparseLinear``),
 so a compressed model decodes through the dispatched kernels; only the attention's cache
 handling and the loop are ours. Per token it runs the layers' own modules plus one
-``scaled_dot_product_attention`` per layer over the filled part of the cache.
+``scaled_dot_product_attention`` per layer over the filled part of the cache; a single fp32
+token on the CPU takes one compiled call instead (rotary, cache append and attention:
+:func:`sparsa.kernels.cpu.decode_attention.rotary_attention_step`), which the torch path
+(``fused=False``) checks. Norms run as one ``F.rms_norm`` each.
 """
 
 import time
@@ -16,6 +19,12 @@ from torch import nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from sparsa.errors import SparsaError
+from sparsa.kernels.cpu.decode_attention import rotary_attention_step
+
+
+def rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A Llama RMSNorm module's result in one call (fp32 statistics, as the module computes them)."""
+    return F.rms_norm(x.float(), x.shape[-1:], None, norm.variance_epsilon).to(x.dtype) * norm.weight
 
 
 class LeanLlama:
@@ -26,9 +35,11 @@ class LeanLlama:
         batch: sequences decoded together.
         max_len: prompt + generated tokens the cache holds.
         dtype: cache and activation dtype (default: the embedding's).
+        fused: take the compiled single-token attention step where it applies (fp32 on the CPU).
     """
 
-    def __init__(self, model: nn.Module, batch: int, max_len: int, dtype: torch.dtype | None = None):
+    def __init__(self, model: nn.Module, batch: int, max_len: int, dtype: torch.dtype | None = None,
+                 fused: bool = True):
         if getattr(model.config, "model_type", None) != "llama":
             raise SparsaError(f"the lean decoder runs Llama models, got model_type={model.config.model_type!r}")
         cfg, body = model.config, model.model
@@ -41,6 +52,9 @@ class LeanLlama:
         self.k_cache = torch.zeros(shape, dtype=self.dtype, device=device)
         self.v_cache = torch.zeros(shape, dtype=self.dtype, device=device)
         self.batch, self.max_len = batch, max_len
+        self.fused = fused and self.dtype == torch.float32 and device.type == "cpu"
+        self.k_layers = [c.numpy() for c in self.k_cache] if self.fused else []  # per-layer views, made once
+        self.v_layers = [c.numpy() for c in self.v_cache] if self.fused else []
 
     @torch.no_grad()
     def forward(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
@@ -55,19 +69,36 @@ class LeanLlama:
         cos, sin = self.body.rotary_emb(x, positions)
         # prefill: token i sees keys 0 .. start + i; one new token sees the whole filled cache
         mask = None if T == 1 else (torch.arange(end, device=x.device)[None] <= positions[0, :, None])
+        step = self.fused and T == 1
+        if step:
+            cos1, sin1 = cos.reshape(-1).numpy(), sin.reshape(-1).numpy()  # [hd]: one position
         for i, layer in enumerate(self.body.layers):
-            attn, h = layer.self_attn, layer.input_layernorm(x)
-            q = attn.q_proj(h).view(B, T, self.heads, self.head_dim).transpose(1, 2)
-            k = attn.k_proj(h).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = attn.v_proj(h).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            self.k_cache[i, :, :, start:end] = k
-            self.v_cache[i, :, :, start:end] = v
-            o = F.scaled_dot_product_attention(q, self.k_cache[i, :, :, :end], self.v_cache[i, :, :, :end],
-                                               attn_mask=mask, enable_gqa=self.heads != self.kv_heads)
-            x = x + attn.o_proj(o.transpose(1, 2).reshape(B, T, self.heads * self.head_dim))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return self.lm_head(self.body.norm(x))
+            attn, h = layer.self_attn, rms_norm(layer.input_layernorm, x)
+            q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+            if step:
+                o = torch.empty(B, self.heads * self.head_dim)
+                rotary_attention_step(q.reshape(B, -1).numpy(), k.reshape(B, -1).numpy(), v.reshape(B, -1).numpy(),
+                                      cos1, sin1, self.k_layers[i], self.v_layers[i], start, o.numpy())
+                o = o.view(B, 1, -1)
+            else:
+                o = self.attend(i, q, k, v, cos, sin, start, mask)
+            x = x + attn.o_proj(o)
+            x = x + layer.mlp(rms_norm(layer.post_attention_layernorm, x))
+        return self.lm_head(rms_norm(self.body.norm, x))
+
+    def attend(self, i: int, q, k, v, cos, sin, start: int, mask) -> torch.Tensor:
+        """Torch path of layer ``i``'s attention: rotary, cache append, SDPA -> [B, T, heads * hd]."""
+        B, T, _ = q.shape
+        q = q.view(B, T, self.heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        end = start + T
+        self.k_cache[i, :, :, start:end] = k
+        self.v_cache[i, :, :, start:end] = v
+        o = F.scaled_dot_product_attention(q, self.k_cache[i, :, :, :end], self.v_cache[i, :, :, :end],
+                                           attn_mask=mask, enable_gqa=self.heads != self.kv_heads)
+        return o.transpose(1, 2).reshape(B, T, self.heads * self.head_dim)
 
 
 @dataclass
@@ -86,14 +117,16 @@ class Decoded:
         return self.tokens.shape[0] * steps / self.decode_seconds if steps > 0 and self.decode_seconds > 0 else 0.0
 
 
-def greedy_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int, dtype: torch.dtype | None = None) -> Decoded:
+def greedy_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int, dtype: torch.dtype | None = None,
+                  fused: bool = True) -> Decoded:
     """Greedy-decode ``new_tokens`` after ``prompt`` [B, T0] (token ids) with a :class:`LeanLlama`.
 
-    The first token comes from the prefill; each later one from a single-token step.
+    The first token comes from the prefill; each later one from a single-token step
+    (``fused``: see :class:`LeanLlama`).
     """
     if new_tokens < 1:
         raise SparsaError(f"new_tokens={new_tokens} must be at least 1")
-    lean = LeanLlama(model, prompt.shape[0], prompt.shape[1] + new_tokens, dtype)
+    lean = LeanLlama(model, prompt.shape[0], prompt.shape[1] + new_tokens, dtype, fused)
     tokens, gaps = [], []
 
     def pick(logits):

@@ -112,6 +112,8 @@ def load_model(spec: str, *, dtype: torch.dtype | None = None) -> LoadedModel:
         if dtype is not None:
             raise SparsaError(f"{path}: --dtype applies to dense models; a checkpoint runs in its stored dtype")
         model, tokenizer, manifest = load_checkpoint(path)
+        if manifest["task"] != "causal-lm":
+            raise SparsaError(f"{path}: a sentence-encoder checkpoint; this command takes a causal LM")
         return LoadedModel(model, tokenizer, spec, manifest)
     elif not (path / "config.json").is_file():
         raise SparsaError(f"MODEL {spec!r} is not {DEFAULT_MODEL}, a .gguf file, a sparsa checkpoint "

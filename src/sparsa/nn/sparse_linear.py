@@ -31,13 +31,17 @@ class SparseLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         self.decoded: torch.Tensor | None = None  # set only inside ``decoded_weights``
         self.cache_decoded = False
+        self._format: Format | None = None
 
     @property
     def weight_format(self) -> Format:
-        """The format, rebuilt around this module's (possibly moved) buffers."""
-        arrays = {name: getattr(self, name) for name in self.format_cls.ARRAYS}
-        meta = {k: tuple(v) if isinstance(v, list) else v for k, v in self.format_meta.items()}
-        return self.format_cls(**meta, **arrays)
+        """The format around this module's buffers; the same object while the buffers are the same
+        tensors (kernels key their prepared layouts on it), rebuilt when any is replaced or moved."""
+        buffers, fmt = self._buffers, self._format
+        if fmt is None or any(getattr(fmt, name) is not buffers[name] for name in self.format_cls.ARRAYS):
+            meta = {k: tuple(v) if isinstance(v, list) else v for k, v in self.format_meta.items()}
+            fmt = self._format = self.format_cls(**meta, **{name: buffers[name] for name in self.format_cls.ARRAYS})
+        return fmt
 
     def _apply(self, fn, recurse=True):
         """Move buffers with the module but keep their stored dtypes (``model.half()`` must not

@@ -18,6 +18,24 @@ def decoder_linears(module: nn.Module, fqn: str) -> bool:
     return isinstance(module, nn.Linear) and fqn.rpartition(".")[2] not in OUTPUT_HEADS
 
 
+def all_linears(module: nn.Module, fqn: str) -> bool:
+    """Every ``nn.Linear``, the output head included (``--head``)."""
+    return isinstance(module, nn.Linear)
+
+
+def output_head(model: nn.Module, filter_fn: FilterFn) -> nn.Linear | None:
+    """The model's dense output head (``lm_head``) when ``filter_fn`` selects it, else None."""
+    head = getattr(model, "lm_head", None)
+    return head if isinstance(head, nn.Linear) and filter_fn(head, "lm_head") else None
+
+
+def untie_compressed_head(model: nn.Module) -> None:
+    """A compressed ``lm_head`` no longer shares the embedding matrix: record that in the config,
+    so saving and loading keep the two apart."""
+    if isinstance(getattr(model, "lm_head", None), SparseLinear) and hasattr(model, "config"):
+        model.config.tie_word_embeddings = False
+
+
 def target_linears(model: nn.Module, filter_fn: FilterFn = decoder_linears) -> Iterator[tuple[str, nn.Module]]:
     """Yield ``(fqn, module)`` for every module the filter selects, in model order; a module
     reachable under several names is yielded under each (so every alias gets replaced)."""

@@ -1,0 +1,136 @@
+"""``sparsa bench ...``: the benchmark subcommands, each a thin call into :mod:`sparsa.bench`.
+
+Every command writes ``bench/results/<name>.{json,md,png}`` and returns the JSON the CLI
+prints with ``--json`` (a table otherwise).
+"""
+
+
+def cmd_bench_quality(args) -> dict:
+    from sparsa.bench.quality import QualitySettings, run_quality
+    from sparsa.cli import check_device
+
+    check_device(args.device)
+    settings = QualitySettings(model=args.model, nsamples=args.nsamples, calib_seqlen=args.calib_seqlen,
+                               calib=args.calib, seqlen=args.seqlen, windows=args.windows, ppl=args.ppl,
+                               device=args.device, seed=args.seed)
+    only = [r.strip() for r in args.rows.split(",")] if args.rows else None
+    payload = run_quality(settings, only=only, out_dir=args.out, progress=not args.quiet)
+    return {"out": args.out, "rows": payload["rows"]}
+
+
+def cmd_bench_spmm(args) -> dict:
+    from sparsa.bench.spmm import SpmmSettings, run_spmm
+
+    settings = SpmmSettings.quick() if args.quick else SpmmSettings()
+    payload = run_spmm(settings, out_dir=args.out, name="spmm_quick" if args.quick else "spmm",
+                       progress=not args.quiet)
+    return {"out": args.out, "quick": args.quick, "ratios": payload["ratios"],
+            "ms": [{"case": r["case"], **c["ms"]} for r, c in zip(payload["ratios"], payload["cases"])],
+            "skipped": {n: why for c in payload["cases"] for n, why in c["skipped"].items()}}
+
+
+def bench_spmm_table(r: dict) -> str:
+    lines = [f"wrote {r['out']}/{'spmm_quick' if r['quick'] else 'spmm'}.{{json,md,png}}"]
+    for case in r["ratios"]:
+        best = {k: v for k, v in case.items() if k != "case" and k.endswith("/ dense fp32")}
+        lines.append(f"{case['case']:<36} " + "  ".join(f"{k.removesuffix(' / dense fp32')} {v:.2f}x"
+                                                         for k, v in best.items()))
+    lines += [f"not run: {n}: {why}" for n, why in r["skipped"].items()]
+    return "\n".join(lines)
+
+
+def cmd_bench_decode(args) -> dict:
+    from sparsa.bench.decode import DecodeSettings, run_decode
+
+    settings = DecodeSettings.quick() if args.quick else DecodeSettings()
+    payload = run_decode(settings, out_dir=args.out, name="decode_quick" if args.quick else "decode",
+                         progress=not args.quiet)
+    rows = payload["rows"]
+    dense = next((r for r in rows if r["variant"] == "dense fp32" and "skipped" not in r), None)
+    for r in rows:
+        if dense and "skipped" not in r:
+            r["x_dense_fp32"] = {b: r["tokens_per_s"][b] / dense["tokens_per_s"][b] for b in r["tokens_per_s"]}
+    return {"out": args.out, "quick": args.quick, "rows": rows}
+
+
+def bench_decode_table(r: dict) -> str:
+    lines = [f"wrote {r['out']}/{'decode_quick' if r['quick'] else 'decode'}.{{json,md,png}}"]
+    for row in r["rows"]:
+        if "skipped" in row:
+            lines.append(f"{row['variant']:<26} not run: {row['skipped']}")
+            continue
+        speeds = "  ".join(f"batch {b}: {v:.1f} tok/s ({row.get('x_dense_fp32', {}).get(b, float('nan')):.2f}x)"
+                           for b, v in row["tokens_per_s"].items())
+        match = row.get("reference_match")
+        lines.append(f"{row['variant']:<26} {speeds}" + ("" if match is None else f"  match={match['match']}"))
+    return "\n".join(lines)
+
+
+def cmd_bench_encoder(args) -> dict:
+    from dataclasses import replace
+
+    from sparsa.bench.encoder import EncoderSettings, run_encoder
+
+    settings = EncoderSettings.quick() if args.quick else EncoderSettings()
+    if args.recover_steps is not None:
+        settings = replace(settings, recover_steps=args.recover_steps)
+    name = "encoder_quick" if args.quick else "encoder"
+    payload = run_encoder(settings, out_dir=args.out, name=name, quick=args.quick, progress=not args.quiet)
+    return {"out": args.out, "name": name, "goal": payload["goal"],
+            "rows": [{k: r[k] for k in ("variant", "ms", "x_dense", "agreement", "skipped") if k in r}
+                     for r in payload["rows"]]}
+
+
+def bench_encoder_table(r: dict) -> str:
+    lines = [f"wrote {r['out']}/{r['name']}.{{json,md,png}}"]
+    for row in r["rows"]:
+        if "skipped" in row:
+            lines.append(f"{row['variant']:<20} not run: {row['skipped']}")
+            continue
+        a = row["agreement"]
+        lines.append(f"{row['variant']:<20} " + "  ".join(f"batch {b}: {ms:.1f} ms ({row['x_dense'][b]:.2f}x)"
+                                                          for b, ms in row["ms"].items())
+                     + f"  cosine {a['cosine_mean']:.4f} (min {a['cosine_min']:.4f}), top-{a['k']} "
+                       f"overlap {a['topk_overlap']:.3f}")
+    return "\n".join(lines)
+
+
+def bench_quality_table(r: dict) -> str:
+    return f"wrote {r['out']}/quality.{{json,md,png}}\n" + "\n".join(
+        f"{row['row']:<20} {row['bits_per_param']:7.3f} bits  "
+        + "  ".join(f"{k} {v:.3f}" for k, v in row["ppl"].items()) for row in r["rows"])
+
+
+def add_bench(sub, common, parser_class) -> None:
+    """The ``sparsa bench`` subcommands (``parser_class``: the CLI's error-reporting parser)."""
+    p = sub.add_parser("bench", parents=[common], help="benchmarks; results under bench/results/")
+    bench = p.add_subparsers(dest="bench", required=True, parser_class=parser_class)
+    p = bench.add_parser("quality", parents=[common], help="perplexity vs bits/param of every method")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
+    p.add_argument("--calib-seqlen", type=int, default=2048, help="tokens per calibration window (default 2048)")
+    p.add_argument("--calib", default="wiki")
+    p.add_argument("--seqlen", type=int, default=2048, help="evaluation window (default 2048)")
+    p.add_argument("--windows", type=int, help="evaluate at most N windows per corpus (default: all)")
+    p.add_argument("--ppl", default="wiki,shakespeare")
+    p.add_argument("--rows", help="comma-separated label fragments, e.g. 'dense,spqr' (default: all rows)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
+    p.set_defaults(run=cmd_bench_quality, table=bench_quality_table)
+    p = bench.add_parser("spmm", parents=[common], help="sparse weight x activations against CPU peers")
+    p.add_argument("--quick", action="store_true",
+                   help="3072x768 at 128 tokens and 1536x576 at 1 and 16 tokens, at 70%% and 90%% (written as spmm_quick)")
+    p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
+    p.set_defaults(run=cmd_bench_spmm, table=bench_spmm_table)
+    p = bench.add_parser("decode", parents=[common], help="greedy decode tokens/s, dense against compressed")
+    p.add_argument("--quick", action="store_true",
+                   help="batch 1, 33 new tokens, dense fp32 and SpQR-3 only (written as decode_quick)")
+    p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
+    p.set_defaults(run=cmd_bench_decode, table=bench_decode_table)
+    p = bench.add_parser("encoder", parents=[common], help="MiniLM sentence-embedding latency, dense against sparse")
+    p.add_argument("--quick", action="store_true",
+                   help="90%% sparsity only, 60 recovery steps, 3 rounds (written as encoder_quick)")
+    p.add_argument("--recover-steps", type=int, help="recovery steps per sparsity (default 300; quick 60)")
+    p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
+    p.set_defaults(run=cmd_bench_encoder, table=bench_encoder_table)

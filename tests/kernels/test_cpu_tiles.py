@@ -1,0 +1,60 @@
+"""The 16-row tile layout shared by the SpQR CPU kernel, and the per-weight layout cache."""
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparsa.compress import SpQRConfig
+from sparsa.compress.hessian import HessianAccumulator
+from sparsa.compress.spqr import spqr_solve
+from sparsa.kernels import linear_reference
+from sparsa.kernels.cpu.layouts import cached_layout
+from sparsa.kernels.cpu.spqr import spqr_layout, spqr_linear
+from sparsa.kernels.cpu.tiles import LANES, tile_codes
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 5), st.integers(1, 9), st.booleans(), st.integers(0, 2**16))
+def test_tile_codes_put_every_code_where_the_kernel_reads_it(out, groups, group_size, nibbles, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 16 if nibbles else 256, (out, groups * group_size), generator=g)
+    flat = tile_codes(q, group_size, nibbles)
+    steps = -(-group_size // 2) if nibbles else group_size
+    tiles = -(-out // LANES)
+    assert flat.dtype == torch.uint8 and flat.numel() == tiles * groups * steps * LANES
+    t = flat.view(tiles, groups, steps, LANES).long()
+    for r in range(out):
+        for c in range(groups * group_size):
+            grp, k = divmod(c, group_size)
+            byte = t[r // LANES, grp, k // 2 if nibbles else k, r % LANES]
+            got = (byte >> 4 * (k % 2)) & 15 if nibbles else byte
+            assert int(got) == int(q[r, c])
+    padding = t.permute(0, 3, 1, 2).reshape(tiles * LANES, -1)[out:]
+    assert int(padding.abs().sum()) == 0
+
+
+def solved(out=32, inp=48, seed=0):
+    torch.manual_seed(seed)
+    W, X = torch.randn(out, inp), torch.randn(200, inp)
+    acc = HessianAccumulator(inp)
+    acc.add(X)
+    return spqr_solve(W, acc.H, SpQRConfig(bits=3, stat_group_size=16, outlier_threshold=0.1), where="t")[0]
+
+
+def test_layout_is_built_once_and_rebuilt_after_an_in_place_change():
+    fmt, x = solved(), torch.randn(3, 48)
+    first = cached_layout(fmt, spqr_layout)
+    assert cached_layout(fmt, spqr_layout) is first
+    fmt.codes.copy_(torch.roll(fmt.codes, 1))  # e.g. load_state_dict copying new weights into the buffers
+    assert cached_layout(fmt, spqr_layout) is not first
+    torch.testing.assert_close(spqr_linear(x, fmt), linear_reference(x, fmt), rtol=1e-4, atol=1e-4)
+
+
+def test_sparse_linear_keeps_one_format_object_until_a_buffer_is_replaced():
+    from sparsa.nn import SparseLinear
+
+    module = SparseLinear(solved())
+    fmt = module.weight_format
+    assert module.weight_format is fmt
+    module.codes = module.codes.clone()
+    assert module.weight_format is not fmt and module.weight_format.codes is module.codes
