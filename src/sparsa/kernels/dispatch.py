@@ -15,6 +15,7 @@ from sparsa.formats.base import Format
 from sparsa.kernels.reference import linear_reference
 
 LinearKernel = Callable[[torch.Tensor, Format, torch.Tensor | None], torch.Tensor]
+BoundLinear = Callable[[torch.Tensor], torch.Tensor]  # x [..., in] -> [..., out] for one weight
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ class Registered:
 
     kernel: LinearKernel
     accepts: Callable[[Format], bool] | None = None
+    bind: Callable[[Format, torch.Tensor | None], BoundLinear] | None = None
 
 
 # (format name, device type, activation dtype) -> kernel; anything absent runs the reference.
@@ -32,13 +34,15 @@ LINEAR_KERNELS: dict[tuple[str, str, torch.dtype], Registered] = {}
 
 
 def register_linear_kernel(format_name: str, device_type: str, dtypes: tuple[torch.dtype, ...],
-                           accepts: Callable[[Format], bool] | None = None):
+                           accepts: Callable[[Format], bool] | None = None,
+                           bind: Callable[[Format, torch.Tensor | None], BoundLinear] | None = None):
     """Decorator: file a kernel for a format on a device type for the given activation dtypes,
-    optionally only for the weights ``accepts`` approves."""
+    optionally only for the weights ``accepts`` approves, and optionally with ``bind(weight,
+    bias)``, which prepares everything once and returns ``x -> y`` for repeated calls."""
 
     def decorate(fn: LinearKernel) -> LinearKernel:
         for dtype in dtypes:
-            LINEAR_KERNELS[(format_name, device_type, dtype)] = Registered(fn, accepts)
+            LINEAR_KERNELS[(format_name, device_type, dtype)] = Registered(fn, accepts, bind)
         return fn
 
     return decorate
@@ -67,3 +71,15 @@ def linear(x: torch.Tensor, weight: Format, bias: torch.Tensor | None = None) ->
         [..., out] in ``x.dtype``.
     """
     return select_linear_kernel(weight, x)(x, weight, bias)
+
+
+def bind_linear(weight: Format, bias: torch.Tensor | None, example: torch.Tensor) -> BoundLinear:
+    """``x -> linear(x, weight, bias)`` for activations like ``example`` (device, dtype), with the
+    kernel chosen once and, where the kernel offers it, its per-call preparation done once:
+    for loops that call the same weight many times (decoding). The weight must not change
+    while the result is in use."""
+    entry = LINEAR_KERNELS.get((weight.format_name, example.device.type, example.dtype))
+    kernel = select_linear_kernel(weight, example)
+    if entry is not None and entry.bind is not None and kernel is entry.kernel:
+        return entry.bind(weight, bias)
+    return lambda x: kernel(x, weight, bias)

@@ -3,7 +3,9 @@
 :class:`LeanLlama` wraps a Hugging Face ``LlamaForCausalLM`` and reuses its modules (embedding,
 norms, rotary embedding, MLPs and every projection, dense ``nn.Linear`` or ``SparseLinear``),
 so a compressed model decodes through the dispatched kernels; only the attention's cache
-handling and the loop are ours. Per token it runs the layers' own modules plus one
+handling and the loop are ours. Every projection is bound once per decoder (the kernel and
+its layout chosen up front: :meth:`SparseLinear.bound`), and the Llama MLP is spelled out
+over the bound projections. Per token it runs the layers' own modules plus one
 ``scaled_dot_product_attention`` per layer over the filled part of the cache; a single fp32
 token on the CPU takes one compiled call instead (rotary, cache append and attention:
 :func:`sparsa.kernels.cpu.decode_attention.rotary_attention_step`), which the torch path
@@ -12,6 +14,7 @@ token on the CPU takes one compiled call instead (rotary, cache append and atten
 
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +23,17 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from sparsa.errors import SparsaError
 from sparsa.kernels.cpu.decode_attention import rotary_attention_step
+from sparsa.nn.sparse_linear import SparseLinear
+
+
+def bound_linear(module: nn.Module, example: torch.Tensor):
+    """``x -> module(x)`` without the per-call module machinery: a ``SparseLinear``'s bound kernel
+    or, for a dense ``nn.Linear``, ``F.linear`` on its weight."""
+    if isinstance(module, SparseLinear):
+        return module.bound(example)
+    if type(module) is nn.Linear:
+        return partial(F.linear, weight=module.weight, bias=module.bias)
+    return module
 
 
 def rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -55,6 +69,11 @@ class LeanLlama:
         self.fused = fused and self.dtype == torch.float32 and device.type == "cpu"
         self.k_layers = [c.numpy() for c in self.k_cache] if self.fused else []  # per-layer views, made once
         self.v_layers = [c.numpy() for c in self.v_cache] if self.fused else []
+        example = torch.empty(0, dtype=self.dtype, device=device)
+        self.projections = [tuple(bound_linear(m, example) for m in (
+            layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
+            layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)) for layer in body.layers]
+        self.head = bound_linear(model.lm_head, example)
 
     @torch.no_grad()
     def forward(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
@@ -73,8 +92,9 @@ class LeanLlama:
         if step:
             cos1, sin1 = cos.reshape(-1).numpy(), sin.reshape(-1).numpy()  # [hd]: one position
         for i, layer in enumerate(self.body.layers):
-            attn, h = layer.self_attn, rms_norm(layer.input_layernorm, x)
-            q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+            q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj = self.projections[i]
+            h = rms_norm(layer.input_layernorm, x)
+            q, k, v = q_proj(h), k_proj(h), v_proj(h)
             if step:
                 o = torch.empty(B, self.heads * self.head_dim)
                 rotary_attention_step(q.reshape(B, -1).numpy(), k.reshape(B, -1).numpy(), v.reshape(B, -1).numpy(),
@@ -82,9 +102,10 @@ class LeanLlama:
                 o = o.view(B, 1, -1)
             else:
                 o = self.attend(i, q, k, v, cos, sin, start, mask)
-            x = x + attn.o_proj(o)
-            x = x + layer.mlp(rms_norm(layer.post_attention_layernorm, x))
-        return self.lm_head(rms_norm(self.body.norm, x))
+            x = x + o_proj(o)
+            h = rms_norm(layer.post_attention_layernorm, x)
+            x = x + down_proj(layer.mlp.act_fn(gate_proj(h)) * up_proj(h))  # the Llama MLP
+        return self.head(rms_norm(self.body.norm, x))
 
     def attend(self, i: int, q, k, v, cos, sin, start: int, mask) -> torch.Tensor:
         """Torch path of layer ``i``'s attention: rotary, cache append, SDPA -> [B, T, heads * hd]."""

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsa.formats.base import Format
-from sparsa.kernels import linear
+from sparsa.kernels import bind_linear, linear
 
 
 class SparseLinear(nn.Module):
@@ -60,6 +60,12 @@ class SparseLinear(nn.Module):
         if self.decoded is None or self.decoded.dtype != x.dtype or self.decoded.device != x.device:
             self.decoded = self.weight_format.to_dense(x.dtype)
         return F.linear(x, self.decoded, self.bias)
+
+    def bound(self, example: torch.Tensor):
+        """``x -> self(x)`` for many calls with activations like ``example`` (dtype, device): the
+        kernel is chosen and prepared once (``bind_linear``); inside ``decoded_weights`` it is the
+        module itself, the reference. Valid while the weight and the decoding mode stay as they are."""
+        return self if self.cache_decoded else bind_linear(self.weight_format, self.bias, example)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, format={self.format_cls.format_name}"

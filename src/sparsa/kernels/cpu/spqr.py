@@ -4,17 +4,20 @@ Once per weight (:func:`spqr_layout`, cached while the weight is unchanged) the 
 are rearranged for the inner loop: codes in the tile layout of :mod:`sparsa.kernels.cpu.tiles`
 (two per byte up to 4 bits), the second-level codes of every (row, group) statistic as bytes
 in the same tile order, the fp16 (step, minimum) grids widened to fp32, and each outlier as
-its permuted column and its *difference* to the dequantized weight it replaces.
+its permuted column and its *difference* to the dequantized weight it replaces (the code
+under it set nearest the zero-point, so that weight is small and nothing large cancels).
 
-Per call the activations are permuted once (``xp[n, k] = x[n, perm[k]]``) and summed per
-group (``xs[n, g]``). Each thread walks its tiles; for tile ``t`` and group ``g`` one
-:func:`~sparsa.kernels.cpu.tiles.tile_group` step adds, for up to four tokens at a time,
+Per call the activations are permuted once (``xp[n, k] = x[n, perm[k]]``). Each thread
+walks its tiles of 16 rows; per group a step of :mod:`sparsa.kernels.cpu.tiles` adds, for up
+to four tokens at a time, the group's contribution with ``s, z`` decoded in registers:
 
-    acc[n, l] += s[l] * sum_k q[l, k] * xp[n, k] + m[l] * xs[n, g],   m = -s * z
-
-with ``s, z`` decoded from their codes in registers (the step and minimum are one scalar
-pair when β2 is a multiple of 16: the tile's rows share them; otherwise they are decoded
-per lane first). Last, each row adds its outlier corrections ``delta * xp[n, pos]``.
+* VNNI path (AVX-512 VNNI, codes of <= 4 bits, β1 a multiple of 8, β2 of 16): activations
+  split into three int8 parts per token (22 bits against the token's largest magnitude),
+  integer dot products exact in int32, eight groups per step with the sums in registers;
+  its error adds ``max|x| / (2**21 - 1)`` per activation to fp32 rounding;
+* fp32 path (everything else): ``acc += s * sum_k (q - z) * xp`` in fp32; the step and minimum
+  are one scalar pair when β2 is a multiple of 16, else decoded per lane first. Last, the tile adds its outlier corrections ``delta * xp[n, pos]``, 16 rows
+per gather (:func:`~sparsa.kernels.cpu.tiles.ell_slots`).
 Batch > 1 is the same single call: every group's codes are unpacked once per four tokens.
 """
 
@@ -29,10 +32,13 @@ from sparsa.formats.spqr import SpQR
 from sparsa.formats.bitpack import unpack_bits
 from sparsa.kernels.cpu.block_sparse import check_activations
 from sparsa.kernels.cpu.layouts import cached_layout
-from sparsa.kernels.cpu.tiles import LANES, NIBBLE_BITS, tile_codes, tile_group
+from sparsa.kernels.cpu.tiles import (LANES, NIBBLE_BITS, VNNI_COLUMNS, X_LEVELS, X_PARTS, ell_slots, outlier_gather,
+                                      tile_codes, tile_group, tile_group_vnni, vnni_codes)
+from sparsa.kernels.cpu.vnni import HAS_VNNI
 from sparsa.kernels.dispatch import register_linear_kernel
 
 TOKEN_CHUNK = 4  # tokens per tile step: each group's codes are unpacked once for these
+GROUP_BLOCK = 8  # groups per VNNI step: the per-step overhead spread over 8 * 256 weights
 
 
 @dataclass(frozen=True)
@@ -45,10 +51,18 @@ class SpQRLayout:
     scale_stats: np.ndarray  # [T, G, 2] fp32 (step, minimum) per run of β2 rows
     zero_stats: np.ndarray  # [T, G, 2] fp32
     perm: np.ndarray  # [in] int64, permuted column k is original column perm[k]
-    rowptr: np.ndarray  # [out + 1] int64, outliers of row r at rowptr[r] .. rowptr[r + 1]
-    outlier_pos: np.ndarray  # [nnz] int32, permuted column of each outlier
-    outlier_delta: np.ndarray  # [nnz] fp32, stored value minus the dequantized weight
-    steps: int  # 16-byte code loads per group
+    outlier_slots: np.ndarray  # [tiles + 1] int64, tile t's outlier slots (16 lanes each) at slots[t] .. slots[t + 1]
+    outlier_pos: np.ndarray  # [slots * 16] int32, permuted column of each outlier (0 in empty lanes)
+    outlier_delta: np.ndarray  # [slots * 16] fp32, stored value minus the dequantized weight (0 in empty lanes)
+    steps: int  # 16-byte code loads per group (fp32 path)
+    vnni: bool  # codes in the VNNI layout, for :func:`compiled_vnni`
+
+
+def takes_vnni(weight: SpQR) -> bool:
+    """Whether the VNNI path runs this weight here: AVX-512 VNNI, codes of at most 4 bits, groups
+    of a multiple of 8 columns, and second-level runs covering whole 16-row tiles."""
+    return (HAS_VNNI and weight.bits <= NIBBLE_BITS and weight.group_size % VNNI_COLUMNS == 0
+            and weight.stat_group_size % LANES == 0)
 
 
 def stat_tiles(codes: torch.Tensor) -> torch.Tensor:
@@ -72,48 +86,50 @@ def spqr_layout(weight: SpQR) -> SpQRLayout:
     rows, cols, values = weight.outliers()
     pos = position[cols]
     s, z = weight.first_level_stats()
-    q = weight.unpacked_codes()
+    q = weight.unpacked_codes().clone()
     g = pos // weight.group_size
+    # under an outlier the code is free: the one nearest the zero-point leaves |s * (q - z)| <= s / 2
+    # to cancel, so the correction is about the outlier itself, not a difference of large terms
+    q[rows, pos] = torch.round(z[rows, g]).clamp(0, 2**weight.bits - 1).to(torch.uint8)
     dequantized = s[rows, g] * (q[rows, pos].float() - z[rows, g])
+    vnni = takes_vnni(weight)
+    slot_ptr, index = ell_slots(rows, weight.outlier_rowptr().diff(), out_features)
+    ell_pos = torch.zeros(int(slot_ptr[-1]) * LANES, dtype=torch.int32)
+    ell_delta = torch.zeros(int(slot_ptr[-1]) * LANES)
+    ell_pos[index], ell_delta[index] = pos.int(), values.float() - dequantized
     return SpQRLayout(
-        codes=tile_codes(q, weight.group_size, nibbles).numpy(), scale_codes=stat_tiles(scale_codes).numpy(),
+        codes=(vnni_codes(q, weight.group_size) if vnni else tile_codes(q, weight.group_size, nibbles)).numpy(), scale_codes=stat_tiles(scale_codes).numpy(),
         zero_codes=stat_tiles(zero_codes).numpy(), scale_stats=weight.scale_stats.float().numpy(),
-        zero_stats=weight.zero_stats.float().numpy(), perm=perm.numpy(), rowptr=weight.outlier_rowptr().numpy(),
-        outlier_pos=pos.int().numpy(), outlier_delta=(values.float() - dequantized).numpy(),
-        steps=-(-weight.group_size // 2) if nibbles else weight.group_size)
+        zero_stats=weight.zero_stats.float().numpy(), perm=perm.numpy(), outlier_slots=slot_ptr.numpy(),
+        outlier_pos=ell_pos.numpy(), outlier_delta=ell_delta.numpy(),
+        steps=-(-weight.group_size // 2) if nibbles else weight.group_size, vnni=vnni)
 
 
 @functools.cache
 def compiled(group_size: int, steps: int, nibbles: bool):
     """The tile kernel for one group size and code packing (the step unrolls over the group)."""
-    coded_many, coded_one = (tile_group(steps, n, nibbles, "coded") for n in (TOKEN_CHUNK, 1))
-    float_many, float_one = (tile_group(steps, n, nibbles, "float") for n in (TOKEN_CHUNK, 1))
+    coded_many, coded_one = (tile_group(group_size, n, nibbles, "coded") for n in (TOKEN_CHUNK, 1))
+    float_many, float_one = (tile_group(group_size, n, nibbles, "float") for n in (TOKEN_CHUNK, 1))
     chunk = TOKEN_CHUNK
 
     @numba.njit(parallel=True, fastmath=True)
-    def spqr_tiles(x, perm, codes, sc, zc, sstats, zstats, stat_rows, rowptr, pos, delta, y, tasks):  # pragma: no cover
+    def spqr_tiles(x, perm, codes, sc, zc, sstats, zstats, stat_rows, slots, pos, delta, y, tasks):  # pragma: no cover
         """y[N, M] = x W^T for the layout's arrays (``stat_rows`` = β2)."""
         n_tokens, in_features = x.shape
         out_features = y.shape[1]
         groups = sstats.shape[1]
-        width = groups * group_size + 1  # one zero past the last group: an odd group's spare nibble reads it
-        xp = np.zeros(n_tokens * width, np.float32)
-        xs = np.zeros(n_tokens * groups, np.float32)
+        width = groups * group_size
+        xp = np.empty(n_tokens * width, np.float32)
         for n in range(n_tokens):
             for k in range(in_features):
                 xp[n * width + k] = x[n, perm[k]]
-            for g in range(groups):
-                total = np.float32(0.0)
-                for k in range(g * group_size, (g + 1) * group_size):
-                    total += xp[n * width + k]
-                xs[n * groups + g] = total
         tiles = (out_features + LANES - 1) // LANES
         aligned = stat_rows % LANES == 0
         per_task = (tiles + tasks - 1) // tasks
         for task in numba.prange(tasks):
             acc = np.empty(n_tokens * LANES, np.float32)
             s = np.empty(LANES, np.float32)
-            m = np.empty(LANES, np.float32)
+            z = np.empty(LANES, np.float32)
             for t in range(task * per_task, min(tiles, (task + 1) * per_task)):
                 acc[:] = 0.0
                 r0 = t * LANES
@@ -127,41 +143,151 @@ def compiled(group_size: int, steps: int, nibbles: bool):
                         z_step, z_min = np.float32(zstats[run, g, 0]), np.float32(zstats[run, g, 1])
                         n = 0
                         while n + chunk <= n_tokens:
-                            coded_many(acc, n * LANES, codes, code_at, xp, n * width + x_at, width, xs, n * groups + g,
-                                       groups, sc, zc, stat_at, s_step, s_min, z_step, z_min)
+                            coded_many(acc, n * LANES, codes, code_at, xp, n * width + x_at, width,
+                                       sc, zc, stat_at, s_step, s_min, z_step, z_min)
                             n += chunk
                         while n < n_tokens:
-                            coded_one(acc, n * LANES, codes, code_at, xp, n * width + x_at, width, xs, n * groups + g,
-                                      groups, sc, zc, stat_at, s_step, s_min, z_step, z_min)
+                            coded_one(acc, n * LANES, codes, code_at, xp, n * width + x_at, width,
+                                      sc, zc, stat_at, s_step, s_min, z_step, z_min)
                             n += 1
-                    else:  # runs end inside the tile: decode s and m lane by lane
+                    else:  # runs end inside the tile: decode s and z lane by lane
                         for lane in range(LANES):
-                            r = min(r0 + lane, out_features - 1)
-                            run = r // stat_rows
-                            sv = np.float32(sc[stat_at + lane]) * sstats[run, g, 0] + sstats[run, g, 1]
-                            zv = np.float32(zc[stat_at + lane]) * zstats[run, g, 0] + zstats[run, g, 1]
-                            s[lane], m[lane] = sv, -(sv * zv)
+                            run = min(r0 + lane, out_features - 1) // stat_rows
+                            s[lane] = np.float32(sc[stat_at + lane]) * sstats[run, g, 0] + sstats[run, g, 1]
+                            z[lane] = np.float32(zc[stat_at + lane]) * zstats[run, g, 0] + zstats[run, g, 1]
                         n = 0
                         while n + chunk <= n_tokens:
-                            float_many(acc, n * LANES, codes, code_at, xp, n * width + x_at, width, xs,
-                                       n * groups + g, groups, s, m, 0)
+                            float_many(acc, n * LANES, codes, code_at, xp, n * width + x_at, width, s, z, 0)
                             n += chunk
                         while n < n_tokens:
-                            float_one(acc, n * LANES, codes, code_at, xp, n * width + x_at, width, xs,
-                                      n * groups + g, groups, s, m, 0)
+                            float_one(acc, n * LANES, codes, code_at, xp, n * width + x_at, width, s, z, 0)
                             n += 1
+                for n in range(n_tokens):
+                    for c in range(slots[t], slots[t + 1]):
+                        outlier_gather(acc, n * LANES, pos, delta, c * LANES, xp, n * width)
                 for lane in range(min(LANES, out_features - r0)):
-                    r = r0 + lane
                     for n in range(n_tokens):
-                        total = acc[n * LANES + lane]
-                        for o in range(rowptr[r], rowptr[r + 1]):
-                            total += delta[o] * xp[n * width + pos[o]]
-                        y[n, r] = total
+                        y[n, r0 + lane] = acc[n * LANES + lane]
 
     return spqr_tiles
 
 
-@register_linear_kernel("spqr", "cpu", (torch.float32,))
+@functools.cache
+def compiled_vnni(group_size: int):
+    """The VNNI tile kernel: activations split into three int8 parts per token (22 bits against
+    the token's largest magnitude), integer dot products per group, exact in int32; each step
+    covers ``GROUP_BLOCK`` groups with the accumulators in registers."""
+    runs = group_size // VNNI_COLUMNS
+    steps = {(g, n): tile_group_vnni(g, runs, n) for g in (GROUP_BLOCK, 1) for n in (TOKEN_CHUNK, 1)}
+    block_many, block_one, group_many, group_one = (steps[GROUP_BLOCK, TOKEN_CHUNK], steps[GROUP_BLOCK, 1],
+                                                    steps[1, TOKEN_CHUNK], steps[1, 1])
+    chunk, block = TOKEN_CHUNK, GROUP_BLOCK
+
+    @numba.njit(parallel=True, fastmath=True)
+    def spqr_tiles_vnni(x, perm, codes, sc, zc, sstats, zstats, stat_rows, slots, pos, delta, y, tasks):  # pragma: no cover
+        """y[N, M] = x W^T; a token with inf/nan activations gets nan outputs."""
+        n_tokens, in_features = x.shape
+        out_features = y.shape[1]
+        groups = sstats.shape[1]
+        width = groups * group_size
+        grids_s, grids_z = sstats.reshape(-1), zstats.reshape(-1)
+        xp = np.empty(n_tokens * width, np.float32)
+        xq = np.empty(n_tokens * X_PARTS * width, np.int8)  # token n, part p at (n * parts + p) * width
+        xs = np.empty(n_tokens * groups, np.float32)  # group sums / step
+        step = np.ones(n_tokens, np.float32)  # activation step: x ~ xq * step
+        finite = np.ones(n_tokens, np.bool_)
+        for n in range(n_tokens):
+            row = xp[n * width:(n + 1) * width]
+            for k in range(in_features):
+                row[k] = x[n, perm[k]]
+            top = np.float32(0.0)
+            for k in range(in_features):
+                top = max(top, abs(row[k]))
+            finite[n] = top < np.inf
+            if top > 0 and finite[n]:
+                step[n] = top / np.float32(X_LEVELS)
+            inv = np.float32(1.0) / step[n]
+            base = n * X_PARTS * width
+            for k in range(in_features):  # |row[k] * inv| <= X_LEVELS + rounding: no clamp needed past it
+                q = min(max(np.int32(np.floor(row[k] * inv + np.float32(0.5))), -X_LEVELS), X_LEVELS)
+                xq[base + k] = q & 127
+                xq[base + width + k] = (q >> 7) & 127
+                xq[base + 2 * width + k] = q >> 14
+            for g in range(groups):
+                total = np.float32(0.0)
+                for k in range(g * group_size, (g + 1) * group_size):
+                    total += row[k]
+                xs[n * groups + g] = total * inv
+        tiles = (out_features + LANES - 1) // LANES
+        per_task = (tiles + tasks - 1) // tasks
+        for task in numba.prange(tasks):
+            acc = np.empty(n_tokens * LANES, np.float32)
+            for t in range(task * per_task, min(tiles, (task + 1) * per_task)):
+                acc[:] = 0.0
+                r0 = t * LANES
+                grid0 = (r0 // stat_rows) * groups * 2
+                for g in range(groups):  # blocks of GROUP_BLOCK groups, then single groups at the end
+                    tail = groups - groups % block
+                    if g % block and g < tail:
+                        continue
+                    code_at = (t * groups + g) * runs * 4 * LANES
+                    stat_at = (t * groups + g) * LANES
+                    x_at = g * group_size
+                    n = 0
+                    while n + chunk <= n_tokens:
+                        x0, s0 = n * X_PARTS * width + x_at, n * groups + g
+                        if g < tail:
+                            block_many(acc, n * LANES, codes, code_at, xq, x0, width, X_PARTS * width, xs, s0, groups,
+                                       sc, zc, stat_at, grids_s, grids_z, grid0 + 2 * g)
+                        else:
+                            group_many(acc, n * LANES, codes, code_at, xq, x0, width, X_PARTS * width, xs, s0, groups,
+                                       sc, zc, stat_at, grids_s, grids_z, grid0 + 2 * g)
+                        n += chunk
+                    while n < n_tokens:
+                        x0, s0 = n * X_PARTS * width + x_at, n * groups + g
+                        if g < tail:
+                            block_one(acc, n * LANES, codes, code_at, xq, x0, width, X_PARTS * width, xs, s0, groups,
+                                      sc, zc, stat_at, grids_s, grids_z, grid0 + 2 * g)
+                        else:
+                            group_one(acc, n * LANES, codes, code_at, xq, x0, width, X_PARTS * width, xs, s0, groups,
+                                      sc, zc, stat_at, grids_s, grids_z, grid0 + 2 * g)
+                        n += 1
+                for n in range(n_tokens):  # back to activation units, then the outlier corrections
+                    for lane in range(LANES):
+                        acc[n * LANES + lane] *= step[n]
+                    for c in range(slots[t], slots[t + 1]):
+                        outlier_gather(acc, n * LANES, pos, delta, c * LANES, xp, n * width)
+                for lane in range(min(LANES, out_features - r0)):
+                    for n in range(n_tokens):
+                        y[n, r0 + lane] = acc[n * LANES + lane] if finite[n] else np.nan
+
+    return spqr_tiles_vnni
+
+
+def spqr_bind(weight: SpQR, bias: torch.Tensor | None = None):
+    """``x -> Y = X Wᵀ + b`` with the layout and kernel looked up once (see ``bind_linear``)."""
+    lay = cached_layout(weight, spqr_layout)
+    kernel = (compiled_vnni(weight.group_size) if lay.vnni else
+              compiled(weight.group_size, lay.steps, weight.bits <= NIBBLE_BITS))
+    arrays = (lay.perm, lay.codes, lay.scale_codes, lay.zero_codes, lay.scale_stats, lay.zero_stats,
+              weight.stat_group_size, lay.outlier_slots, lay.outlier_pos, lay.outlier_delta)
+    out_features, in_features = weight.shape
+    tasks = 4 * numba.get_num_threads()
+
+    def bound(x: torch.Tensor) -> torch.Tensor:
+        check_activations(x, weight, torch.float32)
+        x2 = x.detach().reshape(-1, in_features).contiguous()
+        y = torch.empty(x2.shape[0], out_features)
+        if x2.shape[0]:
+            kernel(x2.numpy(), *arrays, y.numpy(), tasks)
+        if bias is not None:
+            y += bias
+        return y.view(*x.shape[:-1], out_features)
+
+    return bound
+
+
+@register_linear_kernel("spqr", "cpu", (torch.float32,), bind=spqr_bind)
 def spqr_linear(x: torch.Tensor, weight: SpQR, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``Y = X Wᵀ + b`` for an ``SpQR`` weight and fp32 activations on CPU (no autograd).
 
@@ -173,15 +299,4 @@ def spqr_linear(x: torch.Tensor, weight: SpQR, bias: torch.Tensor | None = None)
         [..., out] fp32.
     """
     check_activations(x, weight, torch.float32)
-    lead, (out_features, in_features) = x.shape[:-1], weight.shape
-    x2 = x.detach().reshape(-1, in_features).contiguous()
-    y = torch.empty(x2.shape[0], out_features)
-    if x2.shape[0]:
-        lay = cached_layout(weight, spqr_layout)
-        kernel = compiled(weight.group_size, lay.steps, weight.bits <= NIBBLE_BITS)
-        kernel(x2.numpy(), lay.perm, lay.codes, lay.scale_codes, lay.zero_codes, lay.scale_stats, lay.zero_stats,
-               weight.stat_group_size, lay.rowptr, lay.outlier_pos, lay.outlier_delta, y.numpy(),
-               4 * numba.get_num_threads())
-    if bias is not None:
-        y += bias
-    return y.reshape(*lead, out_features)
+    return spqr_bind(weight, bias)(x)

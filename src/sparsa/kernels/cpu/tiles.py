@@ -1,24 +1,22 @@
-"""Group-quantized weights in 16-row tiles: the layout and the AVX-512 step the SpQR and Quant
-kernels share (one LLVM IR intrinsic, since numba does not vectorize a 16-lane accumulator).
+"""Group-quantized weights in 16-row tiles: the layouts and the AVX-512 steps of the SpQR CPU
+kernels (LLVM IR intrinsics: numba does not vectorize a 16-lane accumulator).
 
 Layout (:func:`tile_codes`): the rows of ``W: [out, in]`` are cut into tiles of 16, one row per
 fp32 vector lane; each tile's codes are stored group by group, column by column, so one
 16-byte load gives one column's codes for all 16 rows. Codes of at most 4 bits sit two per
 byte (column ``2p`` in the low nibble, ``2p + 1`` in the high one), wider codes one per byte.
-A weight ``w = s * q + m`` with one scale ``s`` and offset ``m`` per (row, group).
+A weight is ``w = s * (q - z)`` with one scale ``s`` and zero-point ``z`` per (row, group).
 
-The step (:func:`tile_group`) adds one group of one tile to the outputs of ``tokens`` tokens::
+Two steps, each one LLVM IR intrinsic per (tile, group or run of groups, up to 4 tokens),
+the codes unpacked and converted in registers once and reused by every token, the dot
+products in registers for the whole group:
 
-    acc[j, l] += s[l] * sum_k q[l, k] * x[j, k]  +  m[l] * xs[j]       (l < 16 lanes, j < tokens)
-
-where ``xs[j]`` is the sum of the group's activations. The codes are unpacked and converted in
-registers once and reused by every token; the dot products stay in registers for the whole
-group, and ``acc`` is read and written once per group. The per-lane ``s, m`` come from
-
-* ``"coded"`` (SpQR): 8-bit second-level codes and the run's (step, minimum) pairs as scalars,
-  ``s = code_s * step_s + min_s``, ``z = code_z * step_z + min_z``, ``m = -s * z``;
-* ``"half"`` (Quant): fp16 ``s`` and ``m`` (passed as their int16 bits, widened exactly);
-* ``"float"``: fp32 ``s`` and ``m`` the caller decoded.
+* :func:`tile_group` (fp32): ``acc[j, l] += s[l] * sum_k (q[l, k] - z[l]) * x[j, k]``, with
+  ``s, z`` from 8-bit second-level codes and the run's (step, minimum) scalars ("coded") or
+  given per lane ("float"); the same (q - z) the reference decodes, so fp32 rounding only;
+* :func:`tile_group_vnni`: the codes in the VNNI layout (:func:`vnni_codes`) meet activations
+  split into three int8 parts (``vpdpbusd``, exact int32 sums per group), then
+  ``acc[j, l] += s[l] * dot + m[l] * xs[j]`` with ``m = -s * z`` and ``xs`` the group's sum.
 
 Intrinsics do no bounds checks: callers keep every access inside the arrays.
 """
@@ -35,8 +33,8 @@ LANES = 16  # rows per tile: one AVX-512 register of fp32
 NIBBLE_BITS = 4  # codes up to this width are stored two per byte
 PREFETCH_BYTES = 1024  # codes are requested this far ahead of the group being read
 
-_F32, _I8, _I16, _I32 = ir.FloatType(), ir.IntType(8), ir.IntType(16), ir.IntType(32)
-_V = {t: ir.VectorType(t, LANES) for t in (_F32, _I8, _I16, _I32, ir.HalfType())}
+_F32, _I8, _I32 = ir.FloatType(), ir.IntType(8), ir.IntType(32)
+_V = {t: ir.VectorType(t, LANES) for t in (_F32, _I8, _I32)}
 
 
 def tile_codes(q: torch.Tensor, group_size: int, nibbles: bool) -> torch.Tensor:
@@ -100,95 +98,251 @@ def _prefetch(context, builder, array_type, array, index):
     builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
 
 
-def _emit(context, builder, sig, args, steps: int, tokens: int, nibbles: bool, stats):
-    """Shared body: group dot products, then ``acc += s * dot + m * xs`` per token."""
-    acc, acc_at, codes, code_at, x, x_at, x_stride, xs, xs_at, xs_stride = args[:10]
+def _emit(context, builder, sig, args, group_size: int, tokens: int, nibbles: bool, stats):
+    """fp32 step: ``dot[j] += (q - z) * x[j, k]`` column by column, then ``acc[j] += s * dot[j]``."""
+    acc, acc_at, codes, code_at, x, x_at, x_stride = args[:7]
     ta = sig.args
+    s, z = stats(context, builder, ta[7:], args[7:])
     x_data = context.make_array(ta[4])(context, builder, x).data
     dots = [ir.Constant(_V[_F32], [0.0] * LANES) for _ in range(tokens)]
     fifteen, four = ir.Constant(_V[_I32], [15] * LANES), ir.Constant(_V[_I32], [4] * LANES)
     _prefetch(context, builder, ta[2], codes, builder.add(code_at, ir.Constant(code_at.type, PREFETCH_BYTES)))
-    for p in range(steps):
+    for p in range(-(-group_size // 2) if nibbles else group_size):
         at = builder.add(code_at, ir.Constant(code_at.type, LANES * p))
         raw = builder.zext(_load16(context, builder, ta[2], codes, at, _I8), _V[_I32])
         if nibbles:
-            columns = [(builder.uitofp(builder.and_(raw, fifteen), _V[_F32]), 2 * p),
-                       (builder.uitofp(builder.lshr(raw, four), _V[_F32]), 2 * p + 1)]
+            columns = [(builder.and_(raw, fifteen), 2 * p), (builder.lshr(raw, four), 2 * p + 1)]
         else:
-            columns = [(builder.uitofp(raw, _V[_F32]), p)]
-        for j in range(tokens):
-            row = builder.add(x_at, builder.mul(x_stride, ir.Constant(x_stride.type, j)))
-            for q, k in columns:
+            columns = [(raw, p)]
+        for q, k in columns[: group_size - (2 * p if nibbles else p)]:  # an odd group's spare nibble is skipped
+            centred = builder.fsub(builder.uitofp(q, _V[_F32]), z)  # exact: the reference's (q - z)
+            for j in range(tokens):
+                row = builder.add(x_at, builder.mul(x_stride, ir.Constant(x_stride.type, j)))
                 xk = builder.load(builder.gep(x_data, [builder.add(row, ir.Constant(row.type, k))]))
-                dots[j] = _fma(builder, q, _splat(builder, xk), dots[j])
-    s, m = stats(context, builder, sig, args[10:])
-    xs_data = context.make_array(ta[7])(context, builder, xs).data
+                dots[j] = _fma(builder, centred, _splat(builder, xk), dots[j])
     acc_data = context.make_array(ta[0])(context, builder, acc).data
     for j in range(tokens):
-        xsj = builder.load(builder.gep(xs_data, [builder.add(xs_at, builder.mul(xs_stride, ir.Constant(xs_stride.type, j)))]))
         ptr = builder.bitcast(builder.gep(acc_data, [builder.add(acc_at, ir.Constant(acc_at.type, LANES * j))]),
                               _V[_F32].as_pointer())
-        total = _fma(builder, m, _splat(builder, xsj), builder.load(ptr, align=4))
-        builder.store(_fma(builder, s, dots[j], total), ptr, align=4)
+        builder.store(_fma(builder, s, dots[j], builder.load(ptr, align=4)), ptr, align=4)
     return context.get_dummy_value()
 
 
-def _coded_stats(context, builder, sig, args):
-    """SpQR: ``s = code_s * step_s + min_s``, ``m = -s * (code_z * step_z + min_z)``."""
+def _coded_stats(context, builder, ta, args):
+    """SpQR: ``s = code_s * step_s + min_s``, ``z = code_z * step_z + min_z``."""
     sc, zc, stat_at, s_step, s_min, z_step, z_min = args
-    ta = sig.args[10:]
     s = _fma(builder, _bytes_to_float(builder, _load16(context, builder, ta[0], sc, stat_at, _I8)),
              _splat(builder, _float(builder, s_step)), _splat(builder, _float(builder, s_min)))
     z = _fma(builder, _bytes_to_float(builder, _load16(context, builder, ta[1], zc, stat_at, _I8)),
              _splat(builder, _float(builder, z_step)), _splat(builder, _float(builder, z_min)))
-    return s, builder.fneg(builder.fmul(s, z))
+    return s, z
 
 
-def _half_stats(context, builder, sig, args):
-    """Quant: fp16 ``s`` and ``m`` stored as int16 bits, widened exactly."""
-    scale, offset, stat_at = args
-    ta = sig.args[10:]
-    return tuple(builder.fpext(builder.bitcast(_load16(context, builder, ta[i], arr, stat_at, _I16), _V[ir.HalfType()]),
-                               _V[_F32]) for i, arr in enumerate((scale, offset)))
-
-
-def _float_stats(context, builder, sig, args):
-    """fp32 ``s`` and ``m`` as given."""
-    scale, offset, stat_at = args
-    ta = sig.args[10:]
-    return tuple(_load16(context, builder, ta[i], arr, stat_at, _F32) for i, arr in enumerate((scale, offset)))
+def _float_stats(context, builder, ta, args):
+    """fp32 ``s`` and ``z`` the caller decoded."""
+    scale, zero, stat_at = args
+    return tuple(_load16(context, builder, ta[i], arr, stat_at, _F32) for i, arr in enumerate((scale, zero)))
 
 
 @functools.cache
-def tile_group(steps: int, tokens: int, nibbles: bool, stats: str):
-    """The step for one tile-group, specialised: ``steps`` code loads per group, ``tokens`` tokens
-    per call, nibble or byte codes, and the statistics kind ("coded", "half" or "float").
+def tile_group(group_size: int, tokens: int, nibbles: bool, stats: str):
+    """The fp32 step for one tile-group, specialised: ``group_size`` columns (``ceil(group_size /
+    2)`` code loads with nibbles, ``group_size`` without), ``tokens`` tokens per call, nibble or
+    byte codes, and the statistics kind ("coded" or "float").
 
     Call (all indices are element offsets into 1-D arrays)::
 
-        step(acc, acc_at, codes, code_at, x, x_at, x_stride, xs, xs_at, xs_stride, *stats)
+        step(acc, acc_at, codes, code_at, x, x_at, x_stride, *stats)
 
-    ``acc`` fp32 (token ``j`` at ``acc_at + 16 j``), ``codes`` uint8 (the group's block of
-    ``steps * 16`` bytes), ``x`` fp32 (token ``j``'s group at ``x_at + j * x_stride``), ``xs`` fp32
-    group sums (token ``j`` at ``xs_at + j * xs_stride``); ``*stats`` is ``sc, zc, stat_at,
-    s_step, s_min, z_step, z_min`` ("coded": uint8 codes) or ``scale, offset, stat_at`` ("half":
-    int16, "float": fp32), the 16 lanes at ``stat_at``.
+    ``acc`` fp32 (token ``j`` at ``acc_at + 16 j``), ``codes`` uint8 (the group's block of 16-byte
+    loads), ``x`` fp32 (token ``j``'s group at ``x_at + j * x_stride``); ``*stats``
+    is ``sc, zc, stat_at, s_step, s_min, z_step, z_min`` ("coded": uint8 codes, the 16 lanes at
+    ``stat_at``) or ``scale, zero, stat_at`` ("float": fp32 lanes).
     """
-    build = {"coded": _coded_stats, "half": _half_stats, "float": _float_stats}[stats]
+    build = {"coded": _coded_stats, "float": _float_stats}[stats]
 
     def codegen(context, builder, sig, args):
-        return _emit(context, builder, sig, args, steps, tokens, nibbles, build)
+        return _emit(context, builder, sig, args, group_size, tokens, nibbles, build)
 
     if stats == "coded":
         @intrinsic
-        def step(typingctx, acc, acc_at, codes, code_at, x, x_at, x_stride, xs, xs_at, xs_stride,
-                 sc, zc, stat_at, s_step, s_min, z_step, z_min):
-            return types.void(acc, acc_at, codes, code_at, x, x_at, x_stride, xs, xs_at, xs_stride,
-                              sc, zc, stat_at, s_step, s_min, z_step, z_min), codegen
+        def step(typingctx, acc, acc_at, codes, code_at, x, x_at, x_stride, sc, zc, stat_at, s_step, s_min, z_step,
+                 z_min):
+            return types.void(acc, acc_at, codes, code_at, x, x_at, x_stride, sc, zc, stat_at, s_step, s_min, z_step,
+                              z_min), codegen
     else:
         @intrinsic
-        def step(typingctx, acc, acc_at, codes, code_at, x, x_at, x_stride, xs, xs_at, xs_stride,
-                 scale, offset, stat_at):
-            return types.void(acc, acc_at, codes, code_at, x, x_at, x_stride, xs, xs_at, xs_stride,
-                              scale, offset, stat_at), codegen
+        def step(typingctx, acc, acc_at, codes, code_at, x, x_at, x_stride, scale, zero, stat_at):
+            return types.void(acc, acc_at, codes, code_at, x, x_at, x_stride, scale, zero, stat_at), codegen
     return step
+
+
+# -- the VNNI variant: integer dot products on activations split into three int8 parts --------
+X_PARTS = 3  # xq = p2 * 2**14 + p1 * 2**7 + p0, p0 and p1 in [0, 128), p2 in [-128, 128)
+X_LEVELS = 2**21 - 1  # |xq| <= X_LEVELS: 22-bit activations, exact int32 sums per group
+VNNI_COLUMNS = 8  # columns per 64-byte load: 4 low nibbles + 4 high nibbles per row
+
+
+def vnni_codes(q: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Codes ``q: [out, G * group_size]`` (< 16, ``group_size % 8 == 0``) in the VNNI tile layout.
+
+    Per tile, group and run of 8 columns, 16 rows x 4 bytes: byte ``j`` of row ``l`` holds
+    column ``j`` (low nibble) and column ``4 + j`` (high nibble) of the run, so one mask gives
+    ``vpdpbusd`` four codes per row for columns 0-3 and a shift and mask four for 4-7.
+
+    Returns:
+        [ceil(out / 16) * G * (group_size / 8) * 64] uint8; rows past ``out`` are 0.
+    """
+    out_features, width = q.shape
+    tiles = -(-out_features // LANES)
+    q = torch.cat([q.to(torch.uint8), q.new_zeros(tiles * LANES - out_features, width, dtype=torch.uint8)])
+    q = q.reshape(tiles, LANES, width // VNNI_COLUMNS, 2, 4)  # [tile, row, run, half, j]
+    packed = q[:, :, :, 0] | (q[:, :, :, 1] << 4)  # [tile, row, run, j]
+    return packed.permute(0, 2, 1, 3).contiguous().reshape(-1)  # runs are group-major: group g = runs g*gs/8..
+
+
+def _dpbusd(builder, acc, unsigned, signed):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V[_I32], [_V[_I32]] * 3),
+                                        "llvm.x86.avx512.vpdpbusd.512")
+    return builder.call(fn, [acc, unsigned, signed])
+
+
+def _group_stats(context, builder, ta, args, g: int):
+    """Per-lane ``s, m`` of group ``g`` of the call, from byte codes and the run's fp32 grids."""
+    sc, zc, stat_at, sstats, zstats, grid_at = args
+    at = builder.add(stat_at, ir.Constant(stat_at.type, LANES * g))
+    pair = builder.add(grid_at, ir.Constant(grid_at.type, 2 * g))
+    one = ir.Constant(pair.type, 1)
+
+    def grid(array_type, array, index):
+        data = context.make_array(array_type)(context, builder, array).data
+        return _splat(builder, builder.load(builder.gep(data, [index])))
+
+    s = _fma(builder, _bytes_to_float(builder, _load16(context, builder, ta[0], sc, at, _I8)),
+             grid(ta[3], sstats, pair), grid(ta[3], sstats, builder.add(pair, one)))
+    z = _fma(builder, _bytes_to_float(builder, _load16(context, builder, ta[1], zc, at, _I8)),
+             grid(ta[4], zstats, pair), grid(ta[4], zstats, builder.add(pair, one)))
+    return s, builder.fneg(builder.fmul(s, z))
+
+
+def _emit_vnni(context, builder, sig, args, groups: int, runs: int, tokens: int):
+    """For ``groups`` consecutive groups: ``acc[j] += s * float(sum_k q[k] xq[j, k]) + m * xs[j]``,
+    the accumulators in registers from the first group to the last."""
+    acc, acc_at, codes, code_at, xq, xq_at, part_stride, token_stride, xs, xs_at, xs_stride = args[:11]
+    ta = sig.args
+    xq_data = context.make_array(ta[4])(context, builder, xq).data
+    xs_data = context.make_array(ta[8])(context, builder, xs).data
+    acc_data = context.make_array(ta[0])(context, builder, acc).data
+    zero = ir.Constant(_V[_I32], [0] * LANES)
+    mask = ir.Constant(_V[_I32], [0x0F0F0F0F] * LANES)
+    four, seven, fourteen = (ir.Constant(_V[_I32], [v] * LANES) for v in (4, 7, 14))
+
+    def const(value, like):
+        return ir.Constant(like.type, value)
+
+    def x_word(index):  # four int8 activations as one int32, broadcast to the 16 lanes
+        word = builder.load(builder.bitcast(builder.gep(xq_data, [index]), _I32.as_pointer()), align=1)
+        vec = builder.insert_element(ir.Constant(_V[_I32], ir.Undefined), word, ir.Constant(_I32, 0))
+        return builder.shuffle_vector(vec, ir.Constant(_V[_I32], ir.Undefined), ir.Constant(_V[_I32], [0] * LANES))
+
+    pointers = [builder.bitcast(builder.gep(acc_data, [builder.add(acc_at, const(LANES * j, acc_at))]),
+                                _V[_F32].as_pointer()) for j in range(tokens)]
+    totals = [builder.load(ptr, align=4) for ptr in pointers]
+    token_base = [builder.add(xq_at, builder.mul(token_stride, const(j, token_stride))) for j in range(tokens)]
+    for g in range(groups):
+        _prefetch(context, builder, ta[2], codes, builder.add(code_at, const(PREFETCH_BYTES + 4 * LANES * runs * g, code_at)))
+        sums = [[zero] * X_PARTS for _ in range(tokens)]
+        for run in range(runs):
+            at = builder.add(code_at, const(4 * LANES * (runs * g + run), code_at))
+            packed = _load16(context, builder, ta[2], codes, at, _I32)
+            low = builder.and_(packed, mask)
+            high = builder.and_(builder.lshr(packed, four), mask)
+            for j in range(tokens):
+                for part in range(X_PARTS):
+                    base = builder.add(builder.add(token_base[j], builder.mul(part_stride, const(part, part_stride))),
+                                       const(VNNI_COLUMNS * (runs * g + run), xq_at))
+                    sums[j][part] = _dpbusd(builder, sums[j][part], low, x_word(base))
+                    sums[j][part] = _dpbusd(builder, sums[j][part], high, x_word(builder.add(base, const(4, base))))
+        s, m = _group_stats(context, builder, ta[11:], args[11:], g)
+        for j in range(tokens):
+            p0, p1, p2 = sums[j]
+            dot = builder.sitofp(builder.add(builder.add(builder.shl(p2, fourteen), builder.shl(p1, seven)), p0), _V[_F32])
+            index = builder.add(builder.add(xs_at, builder.mul(xs_stride, const(j, xs_stride))), const(g, xs_at))
+            totals[j] = _fma(builder, s, dot, _fma(builder, m, _splat(builder, builder.load(builder.gep(xs_data, [index]))),
+                                                   totals[j]))
+    for ptr, total in zip(pointers, totals, strict=True):
+        builder.store(total, ptr, align=4)
+    return context.get_dummy_value()
+
+
+@functools.cache
+def tile_group_vnni(groups: int, runs: int, tokens: int):
+    """The VNNI step over ``groups`` consecutive groups of one tile: ``runs`` 64-byte code loads per
+    group (``group_size / 8``), ``tokens`` tokens per call.
+
+    Call (element offsets into 1-D arrays)::
+
+        step(acc, acc_at, codes, code_at, xq, xq_at, part_stride, token_stride, xs, xs_at, xs_stride,
+             sc, zc, stat_at, sstats, zstats, grid_at)
+
+    ``xq`` int8: part ``p`` of token ``j``'s first group at ``xq_at + j * token_stride + p *
+    part_stride``; ``xs`` holds the group sums divided by the token's activation step, so ``acc``
+    gathers ``y / step``; ``sc, zc`` the second-level codes (16 lanes per group from ``stat_at``)
+    and ``sstats, zstats`` the flat fp32 (step, minimum) grids, the first group's pair at
+    ``grid_at``; the rest as in :func:`tile_group`.
+    """
+
+    def codegen(context, builder, sig, args):
+        return _emit_vnni(context, builder, sig, args, groups, runs, tokens)
+
+    @intrinsic
+    def step(typingctx, acc, acc_at, codes, code_at, xq, xq_at, part_stride, token_stride, xs, xs_at, xs_stride,
+             sc, zc, stat_at, sstats, zstats, grid_at):
+        return types.void(acc, acc_at, codes, code_at, xq, xq_at, part_stride, token_stride, xs, xs_at, xs_stride,
+                          sc, zc, stat_at, sstats, zstats, grid_at), codegen
+
+    return step
+
+
+# -- outliers: per tile, slots of 16 lanes (one per row), gathered and added in one vector step ----
+def ell_slots(rows: torch.Tensor, counts: torch.Tensor, out_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each of a CSR matrix's entries goes in the tile-slot layout.
+
+    Tile ``t`` gets as many 16-lane slots as its longest row has entries; row ``r``'s ``i``-th
+    entry sits in lane ``r % 16`` of slot ``slot_ptr[t] + i`` (unused lanes stay empty).
+
+    Args:
+        rows: [nnz] int64 row of each entry, row-major order; counts: [out] entries per row.
+    Returns:
+        (slot_ptr [tiles + 1] int64, index [nnz] int64: each entry's element offset, slot * 16 + lane).
+    """
+    tiles = -(-out_features // LANES)
+    padded = torch.cat([counts, counts.new_zeros(tiles * LANES - out_features)]).view(tiles, LANES)
+    slot_ptr = torch.cat([counts.new_zeros(1), padded.amax(dim=1).cumsum(0)]).long()
+    rowptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    rank = torch.arange(rows.numel()) - rowptr[rows]
+    return slot_ptr, (slot_ptr[rows // LANES] + rank) * LANES + rows % LANES
+
+
+@intrinsic
+def outlier_gather(typingctx, acc, acc_at, pos, delta, at, x, x_at):
+    """``acc[acc_at + l] += delta[at + l] * x[x_at + pos[at + l]]`` for the 16 lanes ``l`` (one
+    AVX-512 gather; ``pos`` int32, ``delta`` and ``x`` fp32)."""
+
+    def codegen(context, builder, sig, args):
+        acc_a, acc_i, pos_a, delta_a, at_i, x_a, x_i = args
+        ta = sig.args
+        index = _load16(context, builder, ta[2], pos_a, at_i, _I32)
+        weights = _load16(context, builder, ta[3], delta_a, at_i, _F32)
+        x_data = context.make_array(ta[5])(context, builder, x_a).data
+        base = builder.bitcast(builder.gep(x_data, [x_i]), _I8.as_pointer())
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_V[_F32], [_V[_F32], _I8.as_pointer(), _V[_I32], ir.VectorType(ir.IntType(1), LANES), _I32]),
+            "llvm.x86.avx512.mask.gather.dps.512")
+        gathered = builder.call(fn, [ir.Constant(_V[_F32], [0.0] * LANES), base, index,
+                                     ir.Constant(ir.VectorType(ir.IntType(1), LANES), [1] * LANES), ir.Constant(_I32, 4)])
+        ptr = _pointer(context, builder, ta[0], acc_a, acc_i, _V[_F32])
+        builder.store(_fma(builder, weights, gathered, builder.load(ptr, align=4)), ptr, align=4)
+        return context.get_dummy_value()
+
+    return types.void(acc, acc_at, pos, delta, at, x, x_at), codegen
