@@ -36,6 +36,27 @@ def test_fused_decode_step_matches_the_torch_path(tiny_llama, batch):
     torch.testing.assert_close(fused.v_cache, torch_path.v_cache)
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_compiled_layer_step_matches_the_module_path(tiny_llama, batch):
+    from sparsa.compress import SpQRConfig
+    from sparsa.kernels.cpu.vnni import HAS_VNNI
+
+    windows = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(0))
+    compress_(tiny_llama, SpQRConfig(bits=3, stat_group_size=16, nsamples=4, seqlen=32), calibration=windows,
+              progress=False)
+    ids = prompt(batch, 8, seed=5)
+    compiled, modules = LeanLlama(tiny_llama, batch, 12), LeanLlama(tiny_llama, batch, 12, fused=False)
+    assert compiled.compiled_layers == HAS_VNNI and not modules.compiled_layers
+    for lean in (compiled, modules):
+        lean.forward(ids[:, :5], 0)
+    for t in range(5, 8):
+        torch.testing.assert_close(compiled.forward(ids[:, t:t + 1], t), modules.forward(ids[:, t:t + 1], t),
+                                   rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(compiled.k_cache, modules.k_cache, rtol=1e-4, atol=1e-4)
+    with decoded_weights(tiny_llama):  # reference mode: the modules decode their weights, no compiled step
+        assert not LeanLlama(tiny_llama, batch, 12).compiled_layers
+
+
 def test_lean_llama_bf16_takes_the_torch_path(tiny_llama):
     lean = LeanLlama(tiny_llama.to(torch.bfloat16), 1, 8)
     assert not lean.fused

@@ -46,23 +46,24 @@ class SpQRLayout:
     """An SpQR weight arranged for :func:`compiled` (numpy views, shapes in the field comments)."""
 
     codes: np.ndarray  # [tiles * G * steps * 16] uint8, tile layout
-    scale_codes: np.ndarray  # [tiles * G * 16] uint8, second-level codes in tile order
-    zero_codes: np.ndarray  # [tiles * G * 16] uint8
+    scale_codes: np.ndarray  # fp32 path: [tiles * G * 16] uint8, second-level codes in tile order (VNNI: empty)
+    zero_codes: np.ndarray  # fp32 path: [tiles * G * 16] uint8 (VNNI: empty)
+    stat_codes: np.ndarray  # VNNI path: [tiles * G * 16] uint8, scale code | zero code << 4 (fp32: empty)
     scale_stats: np.ndarray  # [T, G, 2] fp32 (step, minimum) per run of β2 rows
     zero_stats: np.ndarray  # [T, G, 2] fp32
     perm: np.ndarray  # [in] int64, permuted column k is original column perm[k]
     outlier_slots: np.ndarray  # [tiles + 1] int64, tile t's outlier slots (16 lanes each) at slots[t] .. slots[t + 1]
-    outlier_pos: np.ndarray  # [slots * 16] int32, permuted column of each outlier (0 in empty lanes)
+    outlier_pos: np.ndarray  # [slots * 16] int16 (int32 past 32768 inputs), permuted column (0 in empty lanes)
     outlier_delta: np.ndarray  # [slots * 16] fp32, stored value minus the dequantized weight (0 in empty lanes)
     steps: int  # 16-byte code loads per group (fp32 path)
     vnni: bool  # codes in the VNNI layout, for :func:`compiled_vnni`
 
 
 def takes_vnni(weight: SpQR) -> bool:
-    """Whether the VNNI path runs this weight here: AVX-512 VNNI, codes of at most 4 bits, groups
-    of a multiple of 8 columns, and second-level runs covering whole 16-row tiles."""
-    return (HAS_VNNI and weight.bits <= NIBBLE_BITS and weight.group_size % VNNI_COLUMNS == 0
-            and weight.stat_group_size % LANES == 0)
+    """Whether the VNNI path runs this weight here: AVX-512 VNNI, codes and second-level codes of
+    at most 4 bits, groups of a multiple of 8 columns, second-level runs covering whole tiles."""
+    return (HAS_VNNI and weight.bits <= NIBBLE_BITS and weight.stat_bits <= NIBBLE_BITS
+            and weight.group_size % VNNI_COLUMNS == 0 and weight.stat_group_size % LANES == 0)
 
 
 def stat_tiles(codes: torch.Tensor) -> torch.Tensor:
@@ -93,13 +94,15 @@ def spqr_layout(weight: SpQR) -> SpQRLayout:
     q[rows, pos] = torch.round(z[rows, g]).clamp(0, 2**weight.bits - 1).to(torch.uint8)
     dequantized = s[rows, g] * (q[rows, pos].float() - z[rows, g])
     vnni = takes_vnni(weight)
+    none = np.zeros(0, np.uint8)
     slot_ptr, index = ell_slots(rows, weight.outlier_rowptr().diff(), out_features)
-    ell_pos = torch.zeros(int(slot_ptr[-1]) * LANES, dtype=torch.int32)
+    ell_pos = torch.zeros(int(slot_ptr[-1]) * LANES, dtype=torch.int16 if in_features <= 2**15 else torch.int32)
     ell_delta = torch.zeros(int(slot_ptr[-1]) * LANES)
-    ell_pos[index], ell_delta[index] = pos.int(), values.float() - dequantized
+    ell_pos[index], ell_delta[index] = pos.to(ell_pos.dtype), values.float() - dequantized
     return SpQRLayout(
-        codes=(vnni_codes(q, weight.group_size) if vnni else tile_codes(q, weight.group_size, nibbles)).numpy(), scale_codes=stat_tiles(scale_codes).numpy(),
-        zero_codes=stat_tiles(zero_codes).numpy(), scale_stats=weight.scale_stats.float().numpy(),
+        codes=(vnni_codes(q, weight.group_size) if vnni else tile_codes(q, weight.group_size, nibbles)).numpy(), scale_codes=none if vnni else stat_tiles(scale_codes).numpy(),
+        zero_codes=none if vnni else stat_tiles(zero_codes).numpy(),
+        stat_codes=stat_tiles(scale_codes | (zero_codes << 4)).numpy() if vnni else none, scale_stats=weight.scale_stats.float().numpy(),
         zero_stats=weight.zero_stats.float().numpy(), perm=perm.numpy(), outlier_slots=slot_ptr.numpy(),
         outlier_pos=ell_pos.numpy(), outlier_delta=ell_delta.numpy(),
         steps=-(-weight.group_size // 2) if nibbles else weight.group_size, vnni=vnni)
@@ -174,41 +177,44 @@ def compiled(group_size: int, steps: int, nibbles: bool):
 
 @functools.cache
 def compiled_vnni(group_size: int):
-    """The VNNI tile kernel: activations split into three int8 parts per token (22 bits against
-    the token's largest magnitude), integer dot products per group, exact in int32; each step
-    covers ``GROUP_BLOCK`` groups with the accumulators in registers."""
+    """The VNNI kernels: activations split into three int8 parts per token (22 bits against the
+    token's largest magnitude), integer dot products per group, exact in int32; each step covers
+    ``GROUP_BLOCK`` groups with the accumulators in registers.
+
+    Returns ``(single, stacked)``: ``single(x, perm, codes, stat_codes, sstats, zstats, stat_rows,
+    slots, pos, delta, y, tasks)`` for one weight, and ``stacked(x, a, b, c, ya, yb, yc, count,
+    tasks)`` for two or three weights taking the same input (q, k, v; gate, up), one parallel
+    region for all their tiles; an operand is ``(perm, codes, stat_codes, sstats, zstats,
+    stat_rows, slots, pos, delta, out_features)``."""
     runs = group_size // VNNI_COLUMNS
     steps = {(g, n): tile_group_vnni(g, runs, n) for g in (GROUP_BLOCK, 1) for n in (TOKEN_CHUNK, 1)}
     block_many, block_one, group_many, group_one = (steps[GROUP_BLOCK, TOKEN_CHUNK], steps[GROUP_BLOCK, 1],
                                                     steps[1, TOKEN_CHUNK], steps[1, 1])
     chunk, block = TOKEN_CHUNK, GROUP_BLOCK
 
-    @numba.njit(parallel=True, fastmath=True)
-    def spqr_tiles_vnni(x, perm, codes, sc, zc, sstats, zstats, stat_rows, slots, pos, delta, y, tasks):  # pragma: no cover
-        """y[N, M] = x W^T; a token with inf/nan activations gets nan outputs."""
+    @numba.njit(fastmath=True)
+    def scales(x, step, finite):  # pragma: no cover - compiled
+        """Each token's activation step (largest magnitude / X_LEVELS) and whether it is finite."""
+        for n in range(x.shape[0]):
+            top = np.float32(0.0)
+            for k in range(x.shape[1]):
+                top = max(top, abs(x[n, k]))
+            finite[n] = top < np.inf
+            step[n] = top / np.float32(X_LEVELS) if top > 0 and finite[n] else np.float32(1.0)
+
+    @numba.njit(fastmath=True)
+    def quantize(x, perm, step, xp, xq, xs):  # pragma: no cover - compiled
+        """Permuted activations ``xp``, their three int8 parts ``xq`` and group sums / step ``xs``."""
         n_tokens, in_features = x.shape
-        out_features = y.shape[1]
-        groups = sstats.shape[1]
+        groups = xs.shape[0] // n_tokens
         width = groups * group_size
-        grids_s, grids_z = sstats.reshape(-1), zstats.reshape(-1)
-        xp = np.empty(n_tokens * width, np.float32)
-        xq = np.empty(n_tokens * X_PARTS * width, np.int8)  # token n, part p at (n * parts + p) * width
-        xs = np.empty(n_tokens * groups, np.float32)  # group sums / step
-        step = np.ones(n_tokens, np.float32)  # activation step: x ~ xq * step
-        finite = np.ones(n_tokens, np.bool_)
         for n in range(n_tokens):
+            inv = np.float32(1.0) / step[n]
             row = xp[n * width:(n + 1) * width]
+            base = n * X_PARTS * width
             for k in range(in_features):
                 row[k] = x[n, perm[k]]
-            top = np.float32(0.0)
             for k in range(in_features):
-                top = max(top, abs(row[k]))
-            finite[n] = top < np.inf
-            if top > 0 and finite[n]:
-                step[n] = top / np.float32(X_LEVELS)
-            inv = np.float32(1.0) / step[n]
-            base = n * X_PARTS * width
-            for k in range(in_features):  # |row[k] * inv| <= X_LEVELS + rounding: no clamp needed past it
                 q = min(max(np.int32(np.floor(row[k] * inv + np.float32(0.5))), -X_LEVELS), X_LEVELS)
                 xq[base + k] = q & 127
                 xq[base + width + k] = (q >> 7) & 127
@@ -218,59 +224,121 @@ def compiled_vnni(group_size: int):
                 for k in range(g * group_size, (g + 1) * group_size):
                     total += row[k]
                 xs[n * groups + g] = total * inv
-        tiles = (out_features + LANES - 1) // LANES
+
+    @numba.njit(fastmath=True)
+    def tile(t, codes, stat_codes, grids_s, grids_z, stat_rows, slots, pos, delta, xp, xq, xs, step, finite, y,
+             acc):  # pragma: no cover - compiled
+        """Rows ``16 t .. 16 t + 16`` of ``y`` for every token."""
+        n_tokens, out_features = y.shape
+        groups = xs.shape[0] // n_tokens
+        width = groups * group_size
+        acc[:] = 0.0
+        r0 = t * LANES
+        grid0 = (r0 // stat_rows) * groups * 2
+        tail = groups - groups % block
+        for g in range(groups):  # blocks of GROUP_BLOCK groups, then single groups at the end
+            if g % block and g < tail:
+                continue
+            code_at = (t * groups + g) * runs * 4 * LANES
+            stat_at = (t * groups + g) * LANES
+            n = 0
+            while n + chunk <= n_tokens:
+                x0, s0 = n * X_PARTS * width + g * group_size, n * groups + g
+                if g < tail:
+                    block_many(acc, n * LANES, codes, code_at, xq, x0, width, X_PARTS * width, xs, s0, groups,
+                               stat_codes, stat_at, grids_s, grids_z, grid0 + 2 * g)
+                else:
+                    group_many(acc, n * LANES, codes, code_at, xq, x0, width, X_PARTS * width, xs, s0, groups,
+                               stat_codes, stat_at, grids_s, grids_z, grid0 + 2 * g)
+                n += chunk
+            while n < n_tokens:
+                x0, s0 = n * X_PARTS * width + g * group_size, n * groups + g
+                if g < tail:
+                    block_one(acc, n * LANES, codes, code_at, xq, x0, width, X_PARTS * width, xs, s0, groups,
+                              stat_codes, stat_at, grids_s, grids_z, grid0 + 2 * g)
+                else:
+                    group_one(acc, n * LANES, codes, code_at, xq, x0, width, X_PARTS * width, xs, s0, groups,
+                              stat_codes, stat_at, grids_s, grids_z, grid0 + 2 * g)
+                n += 1
+        for n in range(n_tokens):  # back to activation units, then the outlier corrections
+            for lane in range(LANES):
+                acc[n * LANES + lane] *= step[n]
+            for c in range(slots[t], slots[t + 1]):
+                outlier_gather(acc, n * LANES, pos, delta, c * LANES, xp, n * width)
+        for lane in range(min(LANES, out_features - r0)):
+            for n in range(n_tokens):
+                y[n, r0 + lane] = acc[n * LANES + lane] if finite[n] else np.nan
+
+    @numba.njit(parallel=True, fastmath=True)
+    def single(x, perm, codes, stat_codes, sstats, zstats, stat_rows, slots, pos, delta, y, tasks):  # pragma: no cover
+        """y[N, M] = x W^T; a token with inf/nan activations gets nan outputs."""
+        n_tokens, groups = x.shape[0], sstats.shape[1]
+        step, finite = np.empty(n_tokens, np.float32), np.empty(n_tokens, np.bool_)
+        scales(x, step, finite)
+        xp = np.empty(n_tokens * groups * group_size, np.float32)
+        xq = np.empty(n_tokens * X_PARTS * groups * group_size, np.int8)  # token n, part p at (n * parts + p) * width
+        xs = np.empty(n_tokens * groups, np.float32)
+        quantize(x, perm, step, xp, xq, xs)
+        tiles = (y.shape[1] + LANES - 1) // LANES
         per_task = (tiles + tasks - 1) // tasks
+        grids_s, grids_z = sstats.reshape(-1), zstats.reshape(-1)
         for task in numba.prange(tasks):
             acc = np.empty(n_tokens * LANES, np.float32)
             for t in range(task * per_task, min(tiles, (task + 1) * per_task)):
-                acc[:] = 0.0
-                r0 = t * LANES
-                grid0 = (r0 // stat_rows) * groups * 2
-                for g in range(groups):  # blocks of GROUP_BLOCK groups, then single groups at the end
-                    tail = groups - groups % block
-                    if g % block and g < tail:
-                        continue
-                    code_at = (t * groups + g) * runs * 4 * LANES
-                    stat_at = (t * groups + g) * LANES
-                    x_at = g * group_size
-                    n = 0
-                    while n + chunk <= n_tokens:
-                        x0, s0 = n * X_PARTS * width + x_at, n * groups + g
-                        if g < tail:
-                            block_many(acc, n * LANES, codes, code_at, xq, x0, width, X_PARTS * width, xs, s0, groups,
-                                       sc, zc, stat_at, grids_s, grids_z, grid0 + 2 * g)
-                        else:
-                            group_many(acc, n * LANES, codes, code_at, xq, x0, width, X_PARTS * width, xs, s0, groups,
-                                       sc, zc, stat_at, grids_s, grids_z, grid0 + 2 * g)
-                        n += chunk
-                    while n < n_tokens:
-                        x0, s0 = n * X_PARTS * width + x_at, n * groups + g
-                        if g < tail:
-                            block_one(acc, n * LANES, codes, code_at, xq, x0, width, X_PARTS * width, xs, s0, groups,
-                                      sc, zc, stat_at, grids_s, grids_z, grid0 + 2 * g)
-                        else:
-                            group_one(acc, n * LANES, codes, code_at, xq, x0, width, X_PARTS * width, xs, s0, groups,
-                                      sc, zc, stat_at, grids_s, grids_z, grid0 + 2 * g)
-                        n += 1
-                for n in range(n_tokens):  # back to activation units, then the outlier corrections
-                    for lane in range(LANES):
-                        acc[n * LANES + lane] *= step[n]
-                    for c in range(slots[t], slots[t + 1]):
-                        outlier_gather(acc, n * LANES, pos, delta, c * LANES, xp, n * width)
-                for lane in range(min(LANES, out_features - r0)):
-                    for n in range(n_tokens):
-                        y[n, r0 + lane] = acc[n * LANES + lane] if finite[n] else np.nan
+                tile(t, codes, stat_codes, grids_s, grids_z, stat_rows, slots, pos, delta, xp, xq, xs, step, finite,
+                     y, acc)
 
-    return spqr_tiles_vnni
+    @numba.njit(parallel=True, fastmath=True)
+    def stacked(x, a, b, c, ya, yb, yc, count, tasks):  # pragma: no cover - compiled
+        """``ya, yb, yc = x Wa^T, x Wb^T, x Wc^T`` for the first ``count`` (2 or 3) operands, in one
+        parallel region over all their tiles (same input, same group count; an unused operand
+        and output may repeat a used one)."""
+        n_tokens = x.shape[0]
+        groups = a[3].shape[1]
+        width = groups * group_size
+        step, finite = np.empty(n_tokens, np.float32), np.empty(n_tokens, np.bool_)
+        scales(x, step, finite)
+        xp = np.empty((3, n_tokens * width), np.float32)
+        xq = np.empty((3, n_tokens * X_PARTS * width), np.int8)
+        xs = np.empty((3, n_tokens * groups), np.float32)
+        quantize(x, a[0], step, xp[0], xq[0], xs[0])
+        quantize(x, b[0], step, xp[1], xq[1], xs[1])
+        if count > 2:
+            quantize(x, c[0], step, xp[2], xq[2], xs[2])
+        # the parallel loop takes arrays, not tuples of them: unpack
+        codes_a, stat_a, grid_sa, grid_za, rows_a, slots_a, pos_a, delta_a = (
+            a[1], a[2], a[3].reshape(-1), a[4].reshape(-1), a[5], a[6], a[7], a[8])
+        codes_b, stat_b, grid_sb, grid_zb, rows_b, slots_b, pos_b, delta_b = (
+            b[1], b[2], b[3].reshape(-1), b[4].reshape(-1), b[5], b[6], b[7], b[8])
+        codes_c, stat_c, grid_sc, grid_zc, rows_c, slots_c, pos_c, delta_c = (
+            c[1], c[2], c[3].reshape(-1), c[4].reshape(-1), c[5], c[6], c[7], c[8])
+        tiles_a, tiles_b = (a[9] + LANES - 1) // LANES, (b[9] + LANES - 1) // LANES
+        total = tiles_a + tiles_b + ((c[9] + LANES - 1) // LANES if count > 2 else 0)
+        per_task = (total + tasks - 1) // tasks
+        for task in numba.prange(tasks):
+            acc = np.empty(n_tokens * LANES, np.float32)
+            for gt in range(task * per_task, min(total, (task + 1) * per_task)):
+                if gt < tiles_a:
+                    tile(gt, codes_a, stat_a, grid_sa, grid_za, rows_a, slots_a, pos_a, delta_a, xp[0], xq[0], xs[0],
+                         step, finite, ya, acc)
+                elif gt < tiles_a + tiles_b:
+                    tile(gt - tiles_a, codes_b, stat_b, grid_sb, grid_zb, rows_b, slots_b, pos_b, delta_b, xp[1], xq[1],
+                         xs[1], step, finite, yb, acc)
+                else:
+                    tile(gt - tiles_a - tiles_b, codes_c, stat_c, grid_sc, grid_zc, rows_c, slots_c, pos_c, delta_c,
+                         xp[2], xq[2], xs[2], step, finite, yc, acc)
+
+    return single, stacked
 
 
 def spqr_bind(weight: SpQR, bias: torch.Tensor | None = None):
     """``x -> Y = X Wᵀ + b`` with the layout and kernel looked up once (see ``bind_linear``)."""
     lay = cached_layout(weight, spqr_layout)
-    kernel = (compiled_vnni(weight.group_size) if lay.vnni else
+    kernel = (compiled_vnni(weight.group_size)[0] if lay.vnni else
               compiled(weight.group_size, lay.steps, weight.bits <= NIBBLE_BITS))
-    arrays = (lay.perm, lay.codes, lay.scale_codes, lay.zero_codes, lay.scale_stats, lay.zero_stats,
-              weight.stat_group_size, lay.outlier_slots, lay.outlier_pos, lay.outlier_delta)
+    codes = (lay.stat_codes,) if lay.vnni else (lay.scale_codes, lay.zero_codes)
+    arrays = (lay.perm, lay.codes, *codes, lay.scale_stats, lay.zero_stats, weight.stat_group_size,
+              lay.outlier_slots, lay.outlier_pos, lay.outlier_delta)
     out_features, in_features = weight.shape
     tasks = 4 * numba.get_num_threads()
 

@@ -34,7 +34,7 @@ NIBBLE_BITS = 4  # codes up to this width are stored two per byte
 PREFETCH_BYTES = 1024  # codes are requested this far ahead of the group being read
 
 _F32, _I8, _I32 = ir.FloatType(), ir.IntType(8), ir.IntType(32)
-_V = {t: ir.VectorType(t, LANES) for t in (_F32, _I8, _I32)}
+_V = {t: ir.VectorType(t, LANES) for t in (_F32, _I8, ir.IntType(16), _I32)}
 
 
 def tile_codes(q: torch.Tensor, group_size: int, nibbles: bool) -> torch.Tensor:
@@ -208,8 +208,9 @@ def _dpbusd(builder, acc, unsigned, signed):
 
 
 def _group_stats(context, builder, ta, args, g: int):
-    """Per-lane ``s, m`` of group ``g`` of the call, from byte codes and the run's fp32 grids."""
-    sc, zc, stat_at, sstats, zstats, grid_at = args
+    """Per-lane ``s, m`` of group ``g`` of the call, from the packed code byte (scale code in the
+    low nibble, zero code in the high one) and the run's fp32 grids."""
+    stat_codes, stat_at, sstats, zstats, grid_at = args
     at = builder.add(stat_at, ir.Constant(stat_at.type, LANES * g))
     pair = builder.add(grid_at, ir.Constant(grid_at.type, 2 * g))
     one = ir.Constant(pair.type, 1)
@@ -218,10 +219,11 @@ def _group_stats(context, builder, ta, args, g: int):
         data = context.make_array(array_type)(context, builder, array).data
         return _splat(builder, builder.load(builder.gep(data, [index])))
 
-    s = _fma(builder, _bytes_to_float(builder, _load16(context, builder, ta[0], sc, at, _I8)),
-             grid(ta[3], sstats, pair), grid(ta[3], sstats, builder.add(pair, one)))
-    z = _fma(builder, _bytes_to_float(builder, _load16(context, builder, ta[1], zc, at, _I8)),
-             grid(ta[4], zstats, pair), grid(ta[4], zstats, builder.add(pair, one)))
+    packed = builder.zext(_load16(context, builder, ta[0], stat_codes, at, _I8), _V[_I32])
+    scale_code = builder.uitofp(builder.and_(packed, ir.Constant(_V[_I32], [15] * LANES)), _V[_F32])
+    zero_code = builder.uitofp(builder.lshr(packed, ir.Constant(_V[_I32], [4] * LANES)), _V[_F32])
+    s = _fma(builder, scale_code, grid(ta[2], sstats, pair), grid(ta[2], sstats, builder.add(pair, one)))
+    z = _fma(builder, zero_code, grid(ta[3], zstats, pair), grid(ta[3], zstats, builder.add(pair, one)))
     return s, builder.fneg(builder.fmul(s, z))
 
 
@@ -283,11 +285,12 @@ def tile_group_vnni(groups: int, runs: int, tokens: int):
     Call (element offsets into 1-D arrays)::
 
         step(acc, acc_at, codes, code_at, xq, xq_at, part_stride, token_stride, xs, xs_at, xs_stride,
-             sc, zc, stat_at, sstats, zstats, grid_at)
+             stat_codes, stat_at, sstats, zstats, grid_at)
 
     ``xq`` int8: part ``p`` of token ``j``'s first group at ``xq_at + j * token_stride + p *
     part_stride``; ``xs`` holds the group sums divided by the token's activation step, so ``acc``
-    gathers ``y / step``; ``sc, zc`` the second-level codes (16 lanes per group from ``stat_at``)
+    gathers ``y / step``; ``stat_codes`` the second-level codes, scale | zero << 4 (16 lanes per group
+    from ``stat_at``)
     and ``sstats, zstats`` the flat fp32 (step, minimum) grids, the first group's pair at
     ``grid_at``; the rest as in :func:`tile_group`.
     """
@@ -297,9 +300,9 @@ def tile_group_vnni(groups: int, runs: int, tokens: int):
 
     @intrinsic
     def step(typingctx, acc, acc_at, codes, code_at, xq, xq_at, part_stride, token_stride, xs, xs_at, xs_stride,
-             sc, zc, stat_at, sstats, zstats, grid_at):
+             stat_codes, stat_at, sstats, zstats, grid_at):
         return types.void(acc, acc_at, codes, code_at, xq, xq_at, part_stride, token_stride, xs, xs_at, xs_stride,
-                          sc, zc, stat_at, sstats, zstats, grid_at), codegen
+                          stat_codes, stat_at, sstats, zstats, grid_at), codegen
 
     return step
 
@@ -327,12 +330,14 @@ def ell_slots(rows: torch.Tensor, counts: torch.Tensor, out_features: int) -> tu
 @intrinsic
 def outlier_gather(typingctx, acc, acc_at, pos, delta, at, x, x_at):
     """``acc[acc_at + l] += delta[at + l] * x[x_at + pos[at + l]]`` for the 16 lanes ``l`` (one
-    AVX-512 gather; ``pos`` int32, ``delta`` and ``x`` fp32)."""
+    AVX-512 gather; ``pos`` int16 or int32, ``delta`` and ``x`` fp32)."""
 
     def codegen(context, builder, sig, args):
         acc_a, acc_i, pos_a, delta_a, at_i, x_a, x_i = args
         ta = sig.args
-        index = _load16(context, builder, ta[2], pos_a, at_i, _I32)
+        width = ta[2].dtype.bitwidth  # int16 (<= 32768 inputs) or int32 positions
+        index = _load16(context, builder, ta[2], pos_a, at_i, ir.IntType(width))
+        index = builder.sext(index, _V[_I32]) if width < 32 else index
         weights = _load16(context, builder, ta[3], delta_a, at_i, _F32)
         x_data = context.make_array(ta[5])(context, builder, x_a).data
         base = builder.bitcast(builder.gep(x_data, [x_i]), _I8.as_pointer())
