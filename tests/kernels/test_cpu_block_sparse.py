@@ -90,3 +90,18 @@ def test_block_sparse_linear_bf16_values_raise():
     fmt = BlockSparse.from_dense(torch.randn(16, 16).bfloat16(), block=(1, 16))
     with pytest.raises(SparsaError, match="needs fp32 block values, got torch.bfloat16"):
         block_sparse_linear(torch.randn(2, 16), fmt)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 70), st.integers(1, 40), st.integers(0, 2**16))
+def test_to_token_chunks_transposes_and_zero_pads(n_tokens, in_features, seed):
+    import numpy as np
+
+    from sparsa.kernels.cpu.block_sparse import LANES, to_token_chunks
+
+    x = torch.randn(n_tokens, in_features, generator=torch.Generator().manual_seed(seed))
+    chunks = -(-n_tokens // LANES)
+    xc = np.full((chunks, in_features, LANES), np.nan, np.float32)
+    to_token_chunks(x.numpy(), xc)
+    padded = torch.cat([x, x.new_zeros(chunks * LANES - n_tokens, in_features)])
+    assert torch.equal(torch.from_numpy(xc), padded.view(chunks, LANES, in_features).transpose(1, 2))

@@ -26,6 +26,7 @@ import torch
 
 from sparsa.errors import SparsaError
 from sparsa.formats.block_sparse import BlockSparse
+from sparsa.kernels.cpu.transpose import transpose16
 from sparsa.kernels.dispatch import register_linear_kernel
 
 TOKEN_LANES_MIN = 4  # below this many tokens the weight-lanes order is faster (measured at 90%, 1 thread)
@@ -71,9 +72,13 @@ def compiled(R: int, C: int) -> tuple:
                                     for j in range(C):
                                         acc += values[b, i, j] * xc[chunk, k0 + j, n]
                                     tile[i0 + i, n] = acc
-                    for n in range(width):
-                        for i in range(rows):
-                            y[n0 + n, first * R + i] = tile[i, n]
+                    if rows == 16 and width == lanes:  # whole 16 x 16 blocks: transposed in registers
+                        for half in range(0, lanes, 16):
+                            transpose16(tile, half, lanes, y, (n0 + half) * y.shape[1] + first * R, y.shape[1])
+                    else:
+                        for n in range(width):
+                            for i in range(rows):
+                                y[n0 + n, first * R + i] = tile[i, n]
 
     @numba.njit(parallel=True, fastmath=True)
     def weights_in_lanes(x, crow, col, values, y):  # pragma: no cover - compiled
@@ -93,6 +98,26 @@ def compiled(R: int, C: int) -> tuple:
                         y[n, r0 + i] += acc
 
     return tokens_in_lanes, weights_in_lanes
+
+
+@numba.njit(parallel=True, fastmath=True)
+def to_token_chunks(x, xc):  # pragma: no cover - compiled
+    """``xc[c, k, n] = x[c * lanes + n, k]`` (0 past the last token): ``x [N, K]`` in the chunked,
+    transposed layout of the tokens-in-lanes order; whole 16 x 16 blocks go through registers."""
+    n_tokens, in_features = x.shape
+    chunks, lanes = xc.shape[0], xc.shape[2]
+    blocks = in_features // 16
+    for job in numba.prange(chunks * (blocks + 1)):
+        c, kb = job // (blocks + 1), job % (blocks + 1)
+        k0, k1 = kb * 16, min(in_features, kb * 16 + 16)
+        for half in range(0, lanes, 16):
+            n0 = c * lanes + half
+            if kb < blocks and n0 + 16 <= n_tokens:
+                transpose16(x, n0 * in_features + k0, in_features, xc, (c * in_features + k0) * lanes + half, lanes)
+            else:
+                for n in range(16):
+                    for k in range(k0, k1):
+                        xc[c, k, half + n] = x[n0 + n, k] if n0 + n < n_tokens else 0.0
 
 
 def check_activations(x: torch.Tensor, weight, dtype: torch.dtype) -> None:
@@ -124,11 +149,9 @@ def block_sparse_linear(x: torch.Tensor, weight: BlockSparse, bias: torch.Tensor
     y = torch.empty(x2.shape[0], out_features)
     n_tokens = x2.shape[0]
     if n_tokens >= TOKEN_LANES_MIN:
-        chunks = -(-n_tokens // LANES)
-        xc = x2.new_zeros(chunks * LANES, in_features)
-        xc[:n_tokens] = x2
-        xc = xc.view(chunks, LANES, in_features).transpose(1, 2).contiguous()  # [chunks, K, LANES]
-        tokens_in_lanes(xc.numpy(), crow, col, values, y.numpy(), 4 * numba.get_num_threads())
+        xc = np.empty((-(-n_tokens // LANES), in_features, LANES), np.float32)
+        to_token_chunks(x2.contiguous().numpy(), xc)
+        tokens_in_lanes(xc, crow, col, values, y.numpy(), 4 * numba.get_num_threads())
     else:
         weights_in_lanes(x2.contiguous().numpy(), crow, col, values, y.numpy())
     if bias is not None:
