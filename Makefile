@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 ARCHIVES := $(VENV)/share/sparsa/archives
 STAMP  := $(VENV)/.sparsa-installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench peers clean
 
 install: $(STAMP)
 
@@ -29,6 +29,12 @@ test: $(STAMP)
 DEVICE ?= cpu
 bench: $(STAMP)
 	$(BIN)/sparsa bench quality --device $(DEVICE)
+
+# Optional benchmark peers, kept out of the default venv: with torchao installed, transformers
+# imports it (and its warnings) on every model load. `sparsa bench decode` then times torchao's
+# int8 weight-only path; without it the row says torchao is not installed.
+peers: $(STAMP)
+	$(BIN)/pip install --quiet --no-deps torchao==0.18.0
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -58,3 +58,21 @@ def test_sparse_linear_keeps_one_format_object_until_a_buffer_is_replaced():
     assert module.weight_format is fmt
     module.codes = module.codes.clone()
     assert module.weight_format is not fmt and module.weight_format.codes is module.codes
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 3), st.integers(0, 2**16))
+def test_vnni3_codes_put_every_code_where_the_kernel_reads_it(out, pairs, seed):
+    from sparsa.kernels.cpu.tiles import vnni3_codes
+
+    q = torch.randint(0, 8, (out, 32 * pairs), generator=torch.Generator().manual_seed(seed))
+    tiles = -(-out // LANES)
+    blocks = vnni3_codes(q).view(tiles, pairs, 3, LANES, 4).long()  # [tile, pair, block, row, byte]
+    for r in range(out):
+        for c in range(32 * pairs):
+            pair, rest = divmod(c, 32)
+            group, column = divmod(rest, 16)
+            field, byte = divmod(column, 4)
+            low = (blocks[r // LANES, pair, group, r % LANES, byte] >> 2 * field) & 3
+            high = (blocks[r // LANES, pair, 2, r % LANES, byte] >> 4 * group + field) & 1
+            assert int(low | high << 2) == int(q[r, c])

@@ -14,7 +14,6 @@ token on the CPU takes one compiled call instead (rotary, cache append and atten
 
 import time
 from dataclasses import dataclass
-from functools import partial
 
 import numba
 import numpy as np
@@ -25,7 +24,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from sparsa.errors import SparsaError
 from sparsa.kernels.cpu.decode_attention import rotary_attention_step
-from sparsa.kernels.cpu.llama_step import compiled_step, stack_operands
+from sparsa.kernels.cpu.llama_step import compiled_step, layout_of, stack_operands
 from sparsa.nn.sparse_linear import SparseLinear
 
 
@@ -35,7 +34,8 @@ def bound_linear(module: nn.Module, example: torch.Tensor):
     if isinstance(module, SparseLinear):
         return module.bound(example)
     if type(module) is nn.Linear:
-        return partial(F.linear, weight=module.weight, bias=module.bias)
+        weight, bias = module.weight, module.bias
+        return lambda x: F.linear(x, weight, bias)  # positional: weight subclasses (torchao) dispatch on them
     return module
 
 
@@ -54,7 +54,8 @@ def compile_layers(lean: "LeanLlama", body: nn.Module) -> bool:
     operands = stack_operands([[m.weight_format for m in layer] for layer in modules])
     if operands is None:
         return False
-    lean.operands, lean.step = operands, compiled_step(flat[0].weight_format.group_size)
+    lean.operands, lean.step = operands, compiled_step(flat[0].weight_format.group_size,
+                                                       bool(layout_of(flat[0].weight_format).three_bit))
     lean.norm_in = torch.stack([l.input_layernorm.weight.detach().float() for l in body.layers]).numpy()
     lean.norm_post = torch.stack([l.post_attention_layernorm.weight.detach().float() for l in body.layers]).numpy()
     lean.norm_final = body.norm.weight.detach().float().numpy()

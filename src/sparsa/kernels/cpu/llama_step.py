@@ -27,6 +27,11 @@ from sparsa.kernels.cpu.layouts import cached_layout
 from sparsa.kernels.cpu.spqr import compiled_vnni, spqr_layout, takes_vnni
 
 
+def layout_of(weight: SpQR):
+    """The weight's cached kernel layout (:func:`sparsa.kernels.cpu.spqr.spqr_layout`)."""
+    return cached_layout(weight, spqr_layout)
+
+
 def spqr_operand(weight: SpQR) -> tuple:
     """The arrays the VNNI kernel reads for ``weight``, as one tuple (for a typed list)."""
     lay = cached_layout(weight, spqr_layout)
@@ -40,7 +45,9 @@ def stack_operands(weights: list[list[SpQR]]) -> List | None:
     flat = [w for layer in weights for w in layer]
     if not flat or not all(isinstance(w, SpQR) and takes_vnni(w) for w in flat):
         return None
-    if len({w.group_size for w in flat}) != 1 or len({w.shape[1] <= 2**15 for w in flat}) != 1:
+    layouts = [cached_layout(w, spqr_layout) for w in flat]
+    if (len({w.group_size for w in flat}) != 1 or len({w.shape[1] <= 2**15 for w in flat}) != 1
+            or len({lay.three_bit for lay in layouts}) != 1):
         return None  # one kernel, one position dtype
     operands = List()
     for w in flat:
@@ -62,9 +69,9 @@ def rms_norm_rows(x, weight, eps, out):  # pragma: no cover - compiled
 
 
 @functools.cache
-def compiled_step(group_size: int):
-    """The step for SpQR weights of ``group_size`` columns per group."""
-    spqr, stacked = compiled_vnni(group_size)
+def compiled_step(group_size: int, three_bit: bool):
+    """The step for SpQR weights of ``group_size`` columns per group (in the 3-bit layout or not)."""
+    spqr, stacked = compiled_vnni(group_size, three_bit)
 
     @numba.njit
     def product(h, operand, tasks):  # pragma: no cover - compiled

@@ -32,8 +32,9 @@ from sparsa.formats.spqr import SpQR
 from sparsa.formats.bitpack import unpack_bits
 from sparsa.kernels.cpu.block_sparse import check_activations
 from sparsa.kernels.cpu.layouts import cached_layout
-from sparsa.kernels.cpu.tiles import (LANES, NIBBLE_BITS, VNNI_COLUMNS, X_LEVELS, X_PARTS, ell_slots, outlier_gather,
-                                      tile_codes, tile_group, tile_group_vnni, vnni_codes)
+from sparsa.kernels.cpu.tiles import (LANES, NIBBLE_BITS, THREE_BIT_GROUP, THREE_BIT_PAIR_BYTES, VNNI_COLUMNS, X_LEVELS,
+                                      X_PARTS, ell_slots, outlier_gather, tile_codes, tile_group, tile_group_vnni,
+                                      vnni3_codes, vnni_codes)
 from sparsa.kernels.cpu.vnni import HAS_VNNI
 from sparsa.kernels.dispatch import register_linear_kernel
 
@@ -56,7 +57,8 @@ class SpQRLayout:
     outlier_pos: np.ndarray  # [slots * 16] int16 (int32 past 32768 inputs), permuted column (0 in empty lanes)
     outlier_delta: np.ndarray  # [slots * 16] fp32, stored value minus the dequantized weight (0 in empty lanes)
     steps: int  # 16-byte code loads per group (fp32 path)
-    vnni: bool  # codes in the VNNI layout, for :func:`compiled_vnni`
+    vnni: bool  # codes in a VNNI layout, for :func:`compiled_vnni`
+    three_bit: bool  # that layout is the 3-bit one (3-bit codes, groups of 16 in pairs)
 
 
 def takes_vnni(weight: SpQR) -> bool:
@@ -94,18 +96,20 @@ def spqr_layout(weight: SpQR) -> SpQRLayout:
     q[rows, pos] = torch.round(z[rows, g]).clamp(0, 2**weight.bits - 1).to(torch.uint8)
     dequantized = s[rows, g] * (q[rows, pos].float() - z[rows, g])
     vnni = takes_vnni(weight)
+    three_bit = vnni and weight.bits == 3 and weight.group_size == THREE_BIT_GROUP and weight.groups % 2 == 0
     none = np.zeros(0, np.uint8)
     slot_ptr, index = ell_slots(rows, weight.outlier_rowptr().diff(), out_features)
     ell_pos = torch.zeros(int(slot_ptr[-1]) * LANES, dtype=torch.int16 if in_features <= 2**15 else torch.int32)
     ell_delta = torch.zeros(int(slot_ptr[-1]) * LANES)
     ell_pos[index], ell_delta[index] = pos.to(ell_pos.dtype), values.float() - dequantized
     return SpQRLayout(
-        codes=(vnni_codes(q, weight.group_size) if vnni else tile_codes(q, weight.group_size, nibbles)).numpy(), scale_codes=none if vnni else stat_tiles(scale_codes).numpy(),
+        codes=(vnni3_codes(q) if three_bit else vnni_codes(q, weight.group_size) if vnni else
+               tile_codes(q, weight.group_size, nibbles)).numpy(), scale_codes=none if vnni else stat_tiles(scale_codes).numpy(),
         zero_codes=none if vnni else stat_tiles(zero_codes).numpy(),
         stat_codes=stat_tiles(scale_codes | (zero_codes << 4)).numpy() if vnni else none, scale_stats=weight.scale_stats.float().numpy(),
         zero_stats=weight.zero_stats.float().numpy(), perm=perm.numpy(), outlier_slots=slot_ptr.numpy(),
         outlier_pos=ell_pos.numpy(), outlier_delta=ell_delta.numpy(),
-        steps=-(-weight.group_size // 2) if nibbles else weight.group_size, vnni=vnni)
+        steps=-(-weight.group_size // 2) if nibbles else weight.group_size, vnni=vnni, three_bit=three_bit)
 
 
 @functools.cache
@@ -176,7 +180,7 @@ def compiled(group_size: int, steps: int, nibbles: bool):
 
 
 @functools.cache
-def compiled_vnni(group_size: int):
+def compiled_vnni(group_size: int, three_bit: bool = False):
     """The VNNI kernels: activations split into three int8 parts per token (22 bits against the
     token's largest magnitude), integer dot products per group, exact in int32; each step covers
     ``GROUP_BLOCK`` groups with the accumulators in registers.
@@ -187,9 +191,11 @@ def compiled_vnni(group_size: int):
     region for all their tiles; an operand is ``(perm, codes, stat_codes, sstats, zstats,
     stat_rows, slots, pos, delta, out_features)``."""
     runs = group_size // VNNI_COLUMNS
-    steps = {(g, n): tile_group_vnni(g, runs, n) for g in (GROUP_BLOCK, 1) for n in (TOKEN_CHUNK, 1)}
+    step_groups = 2 if three_bit else 1  # the 3-bit layout stores groups in pairs
+    group_bytes = THREE_BIT_PAIR_BYTES // 2 if three_bit else runs * 4 * LANES
+    steps = {(g, n): tile_group_vnni(g, runs, n, three_bit) for g in (GROUP_BLOCK, step_groups) for n in (TOKEN_CHUNK, 1)}
     block_many, block_one, group_many, group_one = (steps[GROUP_BLOCK, TOKEN_CHUNK], steps[GROUP_BLOCK, 1],
-                                                    steps[1, TOKEN_CHUNK], steps[1, 1])
+                                                    steps[step_groups, TOKEN_CHUNK], steps[step_groups, 1])
     chunk, block = TOKEN_CHUNK, GROUP_BLOCK
 
     @numba.njit(fastmath=True)
@@ -236,10 +242,10 @@ def compiled_vnni(group_size: int):
         r0 = t * LANES
         grid0 = (r0 // stat_rows) * groups * 2
         tail = groups - groups % block
-        for g in range(groups):  # blocks of GROUP_BLOCK groups, then single groups at the end
-            if g % block and g < tail:
+        for g in range(groups):  # blocks of GROUP_BLOCK groups, then the rest one step (1 or 2 groups) at a time
+            if (g % block and g < tail) or (g >= tail and (g - tail) % step_groups):
                 continue
-            code_at = (t * groups + g) * runs * 4 * LANES
+            code_at = (t * groups + g) * group_bytes
             stat_at = (t * groups + g) * LANES
             n = 0
             while n + chunk <= n_tokens:
@@ -334,7 +340,7 @@ def compiled_vnni(group_size: int):
 def spqr_bind(weight: SpQR, bias: torch.Tensor | None = None):
     """``x -> Y = X Wᵀ + b`` with the layout and kernel looked up once (see ``bind_linear``)."""
     lay = cached_layout(weight, spqr_layout)
-    kernel = (compiled_vnni(weight.group_size)[0] if lay.vnni else
+    kernel = (compiled_vnni(weight.group_size, lay.three_bit)[0] if lay.vnni else
               compiled(weight.group_size, lay.steps, weight.bits <= NIBBLE_BITS))
     codes = (lay.stat_codes,) if lay.vnni else (lay.scale_codes, lay.zero_codes)
     arrays = (lay.perm, lay.codes, *codes, lay.scale_stats, lay.zero_stats, weight.stat_group_size,

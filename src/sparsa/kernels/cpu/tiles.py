@@ -5,15 +5,17 @@ Layout (:func:`tile_codes`): the rows of ``W: [out, in]`` are cut into tiles of 
 fp32 vector lane; each tile's codes are stored group by group, column by column, so one
 16-byte load gives one column's codes for all 16 rows. Codes of at most 4 bits sit two per
 byte (column ``2p`` in the low nibble, ``2p + 1`` in the high one), wider codes one per byte.
-A weight is ``w = s * (q - z)`` with one scale ``s`` and zero-point ``z`` per (row, group).
+A weight is ``w = s * (q - z)`` (SpQR) or ``q * s + m`` (Quant), one ``s`` and ``z`` or ``m``
+per (row, group).
 
 Two steps, each one LLVM IR intrinsic per (tile, group or run of groups, up to 4 tokens),
 the codes unpacked and converted in registers once and reused by every token, the dot
 products in registers for the whole group:
 
-* :func:`tile_group` (fp32): ``acc[j, l] += s[l] * sum_k (q[l, k] - z[l]) * x[j, k]``, with
+* :func:`tile_group` (fp32): SpQR ``acc[j, l] += s[l] * sum_k (q[l, k] - z[l]) * x[j, k]``, with
   ``s, z`` from 8-bit second-level codes and the run's (step, minimum) scalars ("coded") or
-  given per lane ("float"); the same (q - z) the reference decodes, so fp32 rounding only;
+  given per lane ("float"); Quant ``acc[j, l] += sum_k (q[l, k] * s[l] + m[l]) * x[j, k]`` from
+  fp16 lanes ("half"); each weight as the reference decodes it, so fp32 rounding only;
 * :func:`tile_group_vnni`: the codes in the VNNI layout (:func:`vnni_codes`) meet activations
   split into three int8 parts (``vpdpbusd``, exact int32 sums per group), then
   ``acc[j, l] += s[l] * dot + m[l] * xs[j]`` with ``m = -s * z`` and ``xs`` the group's sum.
@@ -99,10 +101,11 @@ def _prefetch(context, builder, array_type, array, index):
 
 
 def _emit(context, builder, sig, args, group_size: int, tokens: int, nibbles: bool, stats):
-    """fp32 step: ``dot[j] += (q - z) * x[j, k]`` column by column, then ``acc[j] += s * dot[j]``."""
+    """fp32 step: ``dot[j] += w(q) * x[j, k]`` column by column, ``w`` from the statistics kind,
+    then ``acc[j] += dot[j]`` scaled as the kind says."""
     acc, acc_at, codes, code_at, x, x_at, x_stride = args[:7]
     ta = sig.args
-    s, z = stats(context, builder, ta[7:], args[7:])
+    weight, scale = stats(context, builder, ta[7:], args[7:])
     x_data = context.make_array(ta[4])(context, builder, x).data
     dots = [ir.Constant(_V[_F32], [0.0] * LANES) for _ in range(tokens)]
     fifteen, four = ir.Constant(_V[_I32], [15] * LANES), ir.Constant(_V[_I32], [4] * LANES)
@@ -115,40 +118,53 @@ def _emit(context, builder, sig, args, group_size: int, tokens: int, nibbles: bo
         else:
             columns = [(raw, p)]
         for q, k in columns[: group_size - (2 * p if nibbles else p)]:  # an odd group's spare nibble is skipped
-            centred = builder.fsub(builder.uitofp(q, _V[_F32]), z)  # exact: the reference's (q - z)
+            w = weight(builder.uitofp(q, _V[_F32]))
             for j in range(tokens):
                 row = builder.add(x_at, builder.mul(x_stride, ir.Constant(x_stride.type, j)))
                 xk = builder.load(builder.gep(x_data, [builder.add(row, ir.Constant(row.type, k))]))
-                dots[j] = _fma(builder, centred, _splat(builder, xk), dots[j])
+                dots[j] = _fma(builder, w, _splat(builder, xk), dots[j])
     acc_data = context.make_array(ta[0])(context, builder, acc).data
     for j in range(tokens):
         ptr = builder.bitcast(builder.gep(acc_data, [builder.add(acc_at, ir.Constant(acc_at.type, LANES * j))]),
                               _V[_F32].as_pointer())
-        builder.store(_fma(builder, s, dots[j], builder.load(ptr, align=4)), ptr, align=4)
+        old = builder.load(ptr, align=4)
+        builder.store(builder.fadd(old, dots[j]) if scale is None else _fma(builder, scale, dots[j], old), ptr, align=4)
     return context.get_dummy_value()
 
 
 def _coded_stats(context, builder, ta, args):
-    """SpQR: ``s = code_s * step_s + min_s``, ``z = code_z * step_z + min_z``."""
+    """SpQR: ``s = code_s * step_s + min_s``, ``z = code_z * step_z + min_z``; ``w = q - z``, scaled by ``s``
+    at the end (the reference's ``s * (q - z)``, so fp32 rounding only)."""
     sc, zc, stat_at, s_step, s_min, z_step, z_min = args
     s = _fma(builder, _bytes_to_float(builder, _load16(context, builder, ta[0], sc, stat_at, _I8)),
              _splat(builder, _float(builder, s_step)), _splat(builder, _float(builder, s_min)))
     z = _fma(builder, _bytes_to_float(builder, _load16(context, builder, ta[1], zc, stat_at, _I8)),
              _splat(builder, _float(builder, z_step)), _splat(builder, _float(builder, z_min)))
-    return s, z
+    return (lambda q: builder.fsub(q, z)), s
 
 
 def _float_stats(context, builder, ta, args):
-    """fp32 ``s`` and ``z`` the caller decoded."""
+    """fp32 ``s`` and ``z`` the caller decoded; as "coded"."""
     scale, zero, stat_at = args
-    return tuple(_load16(context, builder, ta[i], arr, stat_at, _F32) for i, arr in enumerate((scale, zero)))
+    s, z = (_load16(context, builder, ta[i], arr, stat_at, _F32) for i, arr in enumerate((scale, zero)))
+    return (lambda q: builder.fsub(q, z)), s
+
+
+def _half_stats(context, builder, ta, args):
+    """Quant: fp16 scale ``s`` and minimum ``m`` (their int16 bits, widened exactly); ``w = q * s + m``
+    per weight, as the reference decodes it."""
+    scale, minimum, stat_at = args
+    s, m = (builder.fpext(builder.bitcast(_load16(context, builder, ta[i], arr, stat_at, ir.IntType(16)),
+                                          ir.VectorType(ir.HalfType(), LANES)), _V[_F32])
+            for i, arr in enumerate((scale, minimum)))
+    return (lambda q: _fma(builder, q, s, m)), None
 
 
 @functools.cache
 def tile_group(group_size: int, tokens: int, nibbles: bool, stats: str):
     """The fp32 step for one tile-group, specialised: ``group_size`` columns (``ceil(group_size /
     2)`` code loads with nibbles, ``group_size`` without), ``tokens`` tokens per call, nibble or
-    byte codes, and the statistics kind ("coded" or "float").
+    byte codes, and the statistics kind ("coded", "float" or "half").
 
     Call (all indices are element offsets into 1-D arrays)::
 
@@ -157,9 +173,10 @@ def tile_group(group_size: int, tokens: int, nibbles: bool, stats: str):
     ``acc`` fp32 (token ``j`` at ``acc_at + 16 j``), ``codes`` uint8 (the group's block of 16-byte
     loads), ``x`` fp32 (token ``j``'s group at ``x_at + j * x_stride``); ``*stats``
     is ``sc, zc, stat_at, s_step, s_min, z_step, z_min`` ("coded": uint8 codes, the 16 lanes at
-    ``stat_at``) or ``scale, zero, stat_at`` ("float": fp32 lanes).
+    ``stat_at``), ``scale, zero, stat_at`` ("float": fp32 lanes) or ``scale, minimum, stat_at``
+    ("half": the int16 bits of fp16 lanes).
     """
-    build = {"coded": _coded_stats, "float": _float_stats}[stats]
+    build = {"coded": _coded_stats, "float": _float_stats, "half": _half_stats}[stats]
 
     def codegen(context, builder, sig, args):
         return _emit(context, builder, sig, args, group_size, tokens, nibbles, build)
@@ -201,6 +218,35 @@ def vnni_codes(q: torch.Tensor, group_size: int) -> torch.Tensor:
     return packed.permute(0, 2, 1, 3).contiguous().reshape(-1)  # runs are group-major: group g = runs g*gs/8..
 
 
+THREE_BIT_GROUP = 16  # the 3-bit VNNI layout takes groups of 16 columns, two at a time
+THREE_BIT_PAIR_BYTES = 192  # per tile and pair of groups: 2 x 64 bytes of 2-bit fields, 64 of high bits
+
+
+def vnni3_codes(q: torch.Tensor) -> torch.Tensor:
+    """3-bit codes ``q: [out, G * 16]`` (< 8, G even) in the 3-bit VNNI tile layout, 96 bytes per
+    tile and group instead of the nibbles' 128.
+
+    Per tile and pair of groups: for each group, 16 rows x 4 bytes whose byte ``j`` holds the low
+    two bits of the group's columns ``j``, ``4 + j``, ``8 + j``, ``12 + j`` (bits 0-1, 2-3, 4-5,
+    6-7); then 16 rows x 4 bytes whose byte ``j`` holds the high bits of those four columns, the
+    first group's in bits 0-3 and the second's in bits 4-7. A mask (and a shift) then gives
+    ``vpdpbusd`` four codes per row.
+
+    Returns:
+        [ceil(out / 16) * (G / 2) * 192] uint8; rows past ``out`` are 0.
+    """
+    out_features, width = q.shape
+    tiles, pairs = -(-out_features // LANES), width // (2 * THREE_BIT_GROUP)
+    q = torch.cat([q.to(torch.uint8), q.new_zeros(tiles * LANES - out_features, width, dtype=torch.uint8)])
+    q = q.reshape(tiles, LANES, pairs, 2, 4, 4)  # [tile, row, pair, group, field f, j]: column 4 f + j
+    fields = torch.arange(4, dtype=torch.uint8)
+    low = ((q & 3) << (2 * fields)[:, None]).sum(dim=4, dtype=torch.uint8)  # [tile, row, pair, group, j]
+    high = (((q >> 2) & 1) << fields[:, None]).sum(dim=4, dtype=torch.uint8)  # bits 0-3 per group
+    high = high[:, :, :, 0] | (high[:, :, :, 1] << 4)  # [tile, row, pair, j]
+    blocks = torch.cat([low[:, :, :, 0], low[:, :, :, 1], high], dim=3)  # [tile, row, pair, 12]
+    return blocks.reshape(tiles, LANES, pairs, 3, 4).permute(0, 2, 3, 1, 4).contiguous().reshape(-1)
+
+
 def _dpbusd(builder, acc, unsigned, signed):
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V[_I32], [_V[_I32]] * 3),
                                         "llvm.x86.avx512.vpdpbusd.512")
@@ -227,7 +273,7 @@ def _group_stats(context, builder, ta, args, g: int):
     return s, builder.fneg(builder.fmul(s, z))
 
 
-def _emit_vnni(context, builder, sig, args, groups: int, runs: int, tokens: int):
+def _emit_vnni(context, builder, sig, args, groups: int, runs: int, tokens: int, three_bit: bool):
     """For ``groups`` consecutive groups: ``acc[j] += s * float(sum_k q[k] xq[j, k]) + m * xs[j]``,
     the accumulators in registers from the first group to the last."""
     acc, acc_at, codes, code_at, xq, xq_at, part_stride, token_stride, xs, xs_at, xs_stride = args[:11]
@@ -237,6 +283,7 @@ def _emit_vnni(context, builder, sig, args, groups: int, runs: int, tokens: int)
     acc_data = context.make_array(ta[0])(context, builder, acc).data
     zero = ir.Constant(_V[_I32], [0] * LANES)
     mask = ir.Constant(_V[_I32], [0x0F0F0F0F] * LANES)
+    mask3, bit2 = ir.Constant(_V[_I32], [0x03030303] * LANES), ir.Constant(_V[_I32], [0x04040404] * LANES)
     four, seven, fourteen = (ir.Constant(_V[_I32], [v] * LANES) for v in (4, 7, 14))
 
     def const(value, like):
@@ -252,19 +299,35 @@ def _emit_vnni(context, builder, sig, args, groups: int, runs: int, tokens: int)
     totals = [builder.load(ptr, align=4) for ptr in pointers]
     token_base = [builder.add(xq_at, builder.mul(token_stride, const(j, token_stride))) for j in range(tokens)]
     for g in range(groups):
-        _prefetch(context, builder, ta[2], codes, builder.add(code_at, const(PREFETCH_BYTES + 4 * LANES * runs * g, code_at)))
+        group_bytes = THREE_BIT_PAIR_BYTES // 2 if three_bit else 4 * LANES * runs
+        _prefetch(context, builder, ta[2], codes, builder.add(code_at, const(PREFETCH_BYTES + group_bytes * g, code_at)))
         sums = [[zero] * X_PARTS for _ in range(tokens)]
-        for run in range(runs):
-            at = builder.add(code_at, const(4 * LANES * (runs * g + run), code_at))
-            packed = _load16(context, builder, ta[2], codes, at, _I32)
-            low = builder.and_(packed, mask)
-            high = builder.and_(builder.lshr(packed, four), mask)
+        if three_bit:  # group g is half of a pair: its 2-bit fields, plus the pair's high bits
+            pair_at = THREE_BIT_PAIR_BYTES * (g // 2)
+            fields = _load16(context, builder, ta[2], codes, builder.add(code_at, const(pair_at + 4 * LANES * (g % 2), code_at)), _I32)
+            high = _load16(context, builder, ta[2], codes, builder.add(code_at, const(pair_at + 8 * LANES, code_at)), _I32)
+            if g % 2:
+                high = builder.lshr(high, four)
+            unpacked = []
+            for f in range(4):  # field f: the 4 columns 4 f .. 4 f + 3 of the group
+                low2 = builder.and_(builder.lshr(fields, ir.Constant(_V[_I32], [2 * f] * LANES)), mask3)
+                shift = 2 - f
+                bit = (builder.shl(high, ir.Constant(_V[_I32], [shift] * LANES)) if shift > 0 else
+                       builder.lshr(high, ir.Constant(_V[_I32], [-shift] * LANES)) if shift < 0 else high)
+                unpacked.append(builder.or_(low2, builder.and_(bit, bit2)))
+            run_codes = [(unpacked[0], unpacked[1]), (unpacked[2], unpacked[3])]
+        else:
+            run_codes = []
+            for run in range(runs):
+                packed = _load16(context, builder, ta[2], codes, builder.add(code_at, const(4 * LANES * (runs * g + run), code_at)), _I32)
+                run_codes.append((builder.and_(packed, mask), builder.and_(builder.lshr(packed, four), mask)))
+        for run, (low, high_codes) in enumerate(run_codes):
             for j in range(tokens):
                 for part in range(X_PARTS):
                     base = builder.add(builder.add(token_base[j], builder.mul(part_stride, const(part, part_stride))),
                                        const(VNNI_COLUMNS * (runs * g + run), xq_at))
                     sums[j][part] = _dpbusd(builder, sums[j][part], low, x_word(base))
-                    sums[j][part] = _dpbusd(builder, sums[j][part], high, x_word(builder.add(base, const(4, base))))
+                    sums[j][part] = _dpbusd(builder, sums[j][part], high_codes, x_word(builder.add(base, const(4, base))))
         s, m = _group_stats(context, builder, ta[11:], args[11:], g)
         for j in range(tokens):
             p0, p1, p2 = sums[j]
@@ -278,9 +341,10 @@ def _emit_vnni(context, builder, sig, args, groups: int, runs: int, tokens: int)
 
 
 @functools.cache
-def tile_group_vnni(groups: int, runs: int, tokens: int):
+def tile_group_vnni(groups: int, runs: int, tokens: int, three_bit: bool = False):
     """The VNNI step over ``groups`` consecutive groups of one tile: ``runs`` 64-byte code loads per
-    group (``group_size / 8``), ``tokens`` tokens per call.
+    group (``group_size / 8``) in the nibble layout, or, ``three_bit``, the pairs of 16-column
+    groups of :func:`vnni3_codes` (``groups`` even, ``code_at`` at a pair), ``tokens`` tokens per call.
 
     Call (element offsets into 1-D arrays)::
 
@@ -296,7 +360,7 @@ def tile_group_vnni(groups: int, runs: int, tokens: int):
     """
 
     def codegen(context, builder, sig, args):
-        return _emit_vnni(context, builder, sig, args, groups, runs, tokens)
+        return _emit_vnni(context, builder, sig, args, groups, runs, tokens, three_bit)
 
     @intrinsic
     def step(typingctx, acc, acc_at, codes, code_at, xq, xq_at, part_stride, token_stride, xs, xs_at, xs_stride,

@@ -1,0 +1,129 @@
+"""Quant ``Y = X Wᵀ + b`` on CPU: 16-row tiles dequantized in AVX-512 registers, never the whole W.
+
+Once per weight (:func:`quant_layout`, cached while the weight is unchanged) the codes go into
+the tile layout of :mod:`sparsa.kernels.cpu.tiles` (two per byte up to 4 bits; the short last
+group, when ``group_size`` does not divide ``in``, padded with zero codes) and the fp16 scale
+and minimum of every (row, group) into the same tile order, kept as fp16 (their int16 bits:
+numba has no fp16) and widened in registers. Per group one "half" step adds, for up to four
+tokens at a time, ``sum_k (q * s + m) * x`` (each weight exactly as ``Quant.to_dense`` forms it);
+activations past ``in`` are zero, so the padding adds nothing. Batch > 1 is one call.
+"""
+
+import functools
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import torch
+
+from sparsa.formats.quant import Quant, group_count, pad_groups
+from sparsa.kernels.cpu.block_sparse import check_activations
+from sparsa.kernels.cpu.layouts import cached_layout
+from sparsa.kernels.cpu.spqr import TOKEN_CHUNK
+from sparsa.kernels.cpu.tiles import LANES, NIBBLE_BITS, tile_codes, tile_group
+from sparsa.kernels.dispatch import register_linear_kernel
+
+
+@dataclass(frozen=True)
+class QuantLayout:
+    """A Quant weight arranged for :func:`compiled` (numpy views)."""
+
+    codes: np.ndarray  # [tiles * G * loads * 16] uint8, tile layout over G * group_size columns
+    scale: np.ndarray  # [tiles * G * 16] int16, fp16 bits, tile order
+    minimum: np.ndarray  # [tiles * G * 16] int16, fp16 bits, tile order
+
+
+def half_tiles(stat: torch.Tensor) -> np.ndarray:
+    """[out, G] fp16 -> [tiles * G * 16] int16 (the fp16 bits), tile order; rows past ``out`` are 0."""
+    out_features, groups = stat.shape
+    tiles = -(-out_features // LANES)
+    bits = torch.cat([stat.view(torch.int16), stat.new_zeros(tiles * LANES - out_features, groups).view(torch.int16)])
+    return bits.reshape(tiles, LANES, groups).transpose(1, 2).contiguous().reshape(-1).numpy()
+
+
+def quant_layout(weight: Quant) -> QuantLayout:
+    """Rearrange ``weight`` for the kernel (once per weight)."""
+    q = pad_groups(weight.unpacked_codes(), weight.group_size)  # [out, G, g], short group padded
+    q = q.reshape(weight.shape[0], -1)
+    q[:, weight.shape[1]:] = 0  # padded columns meet zero activations; zero codes keep it obvious
+    return QuantLayout(codes=tile_codes(q, weight.group_size, weight.bits <= NIBBLE_BITS).numpy(),
+                       scale=half_tiles(weight.scale), minimum=half_tiles(weight.minimum))
+
+
+@functools.cache
+def compiled(group_size: int, nibbles: bool):
+    """The tile kernel for one group size and code packing."""
+    many, one = (tile_group(group_size, n, nibbles, "half") for n in (TOKEN_CHUNK, 1))
+    loads = -(-group_size // 2) if nibbles else group_size
+    chunk = TOKEN_CHUNK
+
+    @numba.njit(parallel=True, fastmath=True)
+    def quant_tiles(x, codes, scale, minimum, groups, y, tasks):  # pragma: no cover - compiled
+        """y[N, M] = x W^T (``groups`` = G)."""
+        n_tokens, in_features = x.shape
+        out_features = y.shape[1]
+        width = groups * group_size
+        xp = np.zeros(n_tokens * width, np.float32)
+        for n in range(n_tokens):
+            for k in range(in_features):
+                xp[n * width + k] = x[n, k]
+        tiles = (out_features + LANES - 1) // LANES
+        per_task = (tiles + tasks - 1) // tasks
+        for task in numba.prange(tasks):
+            acc = np.empty(n_tokens * LANES, np.float32)
+            for t in range(task * per_task, min(tiles, (task + 1) * per_task)):
+                acc[:] = 0.0
+                for g in range(groups):
+                    code_at = (t * groups + g) * loads * LANES
+                    stat_at = (t * groups + g) * LANES
+                    n = 0
+                    while n + chunk <= n_tokens:
+                        many(acc, n * LANES, codes, code_at, xp, n * width + g * group_size, width, scale, minimum,
+                             stat_at)
+                        n += chunk
+                    while n < n_tokens:
+                        one(acc, n * LANES, codes, code_at, xp, n * width + g * group_size, width, scale, minimum,
+                            stat_at)
+                        n += 1
+                r0 = t * LANES
+                for lane in range(min(LANES, out_features - r0)):
+                    for n in range(n_tokens):
+                        y[n, r0 + lane] = acc[n * LANES + lane]
+
+    return quant_tiles
+
+
+def quant_bind(weight: Quant, bias: torch.Tensor | None = None):
+    """``x -> Y = X Wᵀ + b`` with the layout and kernel looked up once (see ``bind_linear``)."""
+    lay = cached_layout(weight, quant_layout)
+    kernel = compiled(weight.group_size, weight.bits <= NIBBLE_BITS)
+    groups = group_count(weight.shape[1], weight.group_size)
+    out_features, in_features = weight.shape
+    tasks = 4 * numba.get_num_threads()
+
+    def bound(x: torch.Tensor) -> torch.Tensor:
+        check_activations(x, weight, torch.float32)
+        x2 = x.detach().reshape(-1, in_features).contiguous()
+        y = torch.empty(x2.shape[0], out_features)
+        if x2.shape[0]:
+            kernel(x2.numpy(), lay.codes, lay.scale, lay.minimum, groups, y.numpy(), tasks)
+        if bias is not None:
+            y += bias
+        return y.view(*x.shape[:-1], out_features)
+
+    return bound
+
+
+@register_linear_kernel("quant", "cpu", (torch.float32,), bind=quant_bind)
+def quant_linear(x: torch.Tensor, weight: Quant, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``Y = X Wᵀ + b`` for a ``Quant`` weight and fp32 activations on CPU (no autograd).
+
+    Args:
+        x: [..., in] fp32.
+        weight: Quant W [out, in].
+        bias: [out] or None.
+    Returns:
+        [..., out] fp32.
+    """
+    check_activations(x, weight, torch.float32)
+    return quant_bind(weight, bias)(x)
