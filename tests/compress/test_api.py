@@ -73,7 +73,8 @@ def test_compress_rtn_tiny_lm_outputs_equal_decoded_reference():
     model = TinyLM()
     x = torch.randn(2, 3, 16)
     compress_(model, RTNConfig(bits=3, group_size=8), progress=False)
-    assert torch.equal(model(x), reference_forward(model, x))
+    # the Quant CPU kernel sums in its own order: the decoded reference to fp32 rounding
+    torch.testing.assert_close(model(x), reference_forward(model, x), rtol=1e-5, atol=1e-5)
 
 
 def test_compress_rtn_keeps_bias_values():

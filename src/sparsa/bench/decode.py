@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from sparsa.bench.results import machine, write_results
+from sparsa.bench.results import batch_bars, machine, write_results
 from sparsa.compress import MagnitudeConfig, RTNConfig, SpQRConfig, compress_
 from sparsa.data import calibration_windows, load_corpus, tokenize
 from sparsa.nn.lean_decode import greedy_decode
@@ -131,26 +131,7 @@ def markdown(payload: dict) -> str:
 
 def figure(payload: dict):
     """Tokens/s per variant and batch (log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in payload["rows"] if "skipped" not in r]
-    batches = [str(b) for b in payload["settings"]["batches"]]
-    fig, ax = plt.subplots(figsize=(1.6 * max(len(rows), 2) + 2, 4))
-    width = 0.8 / len(batches)
-    for j, b in enumerate(batches):
-        ax.bar([i + j * width for i in range(len(rows))], [r["tokens_per_s"][b] for r in rows], width,
-               label=f"batch {b}")
-    ax.set_xticks([i + width * (len(batches) - 1) / 2 for i in range(len(rows))], [r["variant"] for r in rows],
-                  rotation=20, fontsize=8)
-    ax.set_yscale("log")
-    ax.set_ylabel("tokens / s")
-    ax.legend(fontsize=8)
-    ax.set_title(f"{payload['settings']['model']}: greedy decode")
-    fig.tight_layout()
-    return fig
+    return batch_bars(payload, "tokens_per_s", "tokens / s", f"{payload['settings']['model']}: greedy decode")
 
 
 def run_decode(s: DecodeSettings, *, out_dir="bench/results", name: str = "decode", progress: bool = True) -> dict:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sparsa.bench.results import machine, write_results
+from sparsa.bench.results import batch_bars, machine, write_results
 from sparsa.bench.spmm import time_call
 from sparsa.compress.recover import RecoverConfig
 from sparsa.compress.recover_encoder import recover_encoder_
@@ -189,26 +189,9 @@ def markdown(payload: dict) -> str:
 
 
 def figure(payload: dict):
-    """ms per batch for every variant that ran."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in payload["rows"] if "skipped" not in r]
-    batches = [str(b) for b in payload["settings"]["batches"]]
-    fig, ax = plt.subplots(figsize=(1.6 * max(len(rows), 2) + 2, 4))
-    width = 0.8 / len(batches)
-    for j, b in enumerate(batches):
-        ax.bar([i + j * width for i in range(len(rows))], [r["ms"][b] for r in rows], width, label=f"batch {b}")
-    ax.set_xticks([i + width * (len(batches) - 1) / 2 for i in range(len(rows))], [r["variant"] for r in rows],
-                  rotation=20, fontsize=8)
-    ax.set_yscale("log")
-    ax.set_ylabel(f"ms per batch ({payload['settings']['seqlen']} tokens each)")
-    ax.legend(fontsize=8)
-    ax.set_title(f"{payload['settings']['model']}: sentence embeddings")
-    fig.tight_layout()
-    return fig
+    """ms per batch for every variant that ran (log scale)."""
+    return batch_bars(payload, "ms", f"ms per batch ({payload['settings']['seqlen']} tokens each)",
+                      f"{payload['settings']['model']}: sentence embeddings")
 
 
 def run_encoder(s: EncoderSettings, *, out_dir="bench/results", name: str = "encoder", quick: bool = False,

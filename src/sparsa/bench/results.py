@@ -38,3 +38,26 @@ def write_results(out_dir, name: str, payload: dict, markdown: str, figure=None)
         figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
         tmp.replace(paths[-1])
     return paths
+
+
+def batch_bars(payload: dict, key: str, ylabel: str, title: str):
+    """Log-scale bars of ``row[key][batch]`` for every row that ran, one bar per batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in payload["rows"] if "skipped" not in r]
+    batches = [str(b) for b in payload["settings"]["batches"]]
+    fig, ax = plt.subplots(figsize=(1.6 * max(len(rows), 2) + 2, 4))
+    width = 0.8 / len(batches)
+    for j, b in enumerate(batches):
+        ax.bar([i + j * width for i in range(len(rows))], [r[key][b] for r in rows], width, label=f"batch {b}")
+    ax.set_xticks([i + width * (len(batches) - 1) / 2 for i in range(len(rows))], [r["variant"] for r in rows],
+                  rotation=20, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

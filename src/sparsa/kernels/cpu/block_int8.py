@@ -22,7 +22,7 @@ import torch
 
 from sparsa.errors import SparsaError
 from sparsa.formats.block_int8 import BlockSparseInt8
-from sparsa.kernels.cpu.block_sparse import check_activations
+from sparsa.kernels.cpu.calls import check_activations
 from sparsa.kernels.cpu.vnni import HAS_VNNI, dpbusd16, interleave4
 from sparsa.kernels.dispatch import register_linear_kernel
 from sparsa.kernels.reference import quantize_tokens

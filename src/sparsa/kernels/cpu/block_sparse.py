@@ -26,6 +26,7 @@ import torch
 
 from sparsa.errors import SparsaError
 from sparsa.formats.block_sparse import BlockSparse
+from sparsa.kernels.cpu.calls import check_activations
 from sparsa.kernels.cpu.transpose import transpose16
 from sparsa.kernels.dispatch import register_linear_kernel
 
@@ -118,14 +119,6 @@ def to_token_chunks(x, xc):  # pragma: no cover - compiled
                 for n in range(16):
                     for k in range(k0, k1):
                         xc[c, k, half + n] = x[n0 + n, k] if n0 + n < n_tokens else 0.0
-
-
-def check_activations(x: torch.Tensor, weight, dtype: torch.dtype) -> None:
-    """Raise unless ``x: [..., in]`` matches the weight's input size and the kernel's dtype."""
-    if x.shape[-1] != weight.shape[1]:
-        raise SparsaError(f"activations [..., {x.shape[-1]}] do not match a {weight.shape[0]}x{weight.shape[1]} weight")
-    if x.dtype != dtype:
-        raise SparsaError(f"the {weight.format_name} CPU kernel takes {dtype} activations, got {x.dtype}")
 
 
 @register_linear_kernel("block", "cpu", (torch.float32,), accepts=lambda w: w.values.dtype == torch.float32)

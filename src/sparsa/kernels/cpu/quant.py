@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from sparsa.formats.quant import Quant, group_count, pad_groups
-from sparsa.kernels.cpu.block_sparse import check_activations
+from sparsa.kernels.cpu.calls import check_activations, rows_call
 from sparsa.kernels.cpu.layouts import cached_layout
 from sparsa.kernels.cpu.spqr import TOKEN_CHUNK
 from sparsa.kernels.cpu.tiles import LANES, NIBBLE_BITS, tile_codes, tile_group
@@ -97,21 +97,8 @@ def quant_bind(weight: Quant, bias: torch.Tensor | None = None):
     """``x -> Y = X Wᵀ + b`` with the layout and kernel looked up once (see ``bind_linear``)."""
     lay = cached_layout(weight, quant_layout)
     kernel = compiled(weight.group_size, weight.bits <= NIBBLE_BITS)
-    groups = group_count(weight.shape[1], weight.group_size)
-    out_features, in_features = weight.shape
-    tasks = 4 * numba.get_num_threads()
-
-    def bound(x: torch.Tensor) -> torch.Tensor:
-        check_activations(x, weight, torch.float32)
-        x2 = x.detach().reshape(-1, in_features).contiguous()
-        y = torch.empty(x2.shape[0], out_features)
-        if x2.shape[0]:
-            kernel(x2.numpy(), lay.codes, lay.scale, lay.minimum, groups, y.numpy(), tasks)
-        if bias is not None:
-            y += bias
-        return y.view(*x.shape[:-1], out_features)
-
-    return bound
+    groups, tasks = group_count(weight.shape[1], weight.group_size), 4 * numba.get_num_threads()
+    return rows_call(weight, bias, lambda x2, y: kernel(x2, lay.codes, lay.scale, lay.minimum, groups, y, tasks))
 
 
 @register_linear_kernel("quant", "cpu", (torch.float32,), bind=quant_bind)

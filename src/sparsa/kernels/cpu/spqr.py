@@ -30,7 +30,7 @@ import torch
 
 from sparsa.formats.spqr import SpQR
 from sparsa.formats.bitpack import unpack_bits
-from sparsa.kernels.cpu.block_sparse import check_activations
+from sparsa.kernels.cpu.calls import check_activations, rows_call
 from sparsa.kernels.cpu.layouts import cached_layout
 from sparsa.kernels.cpu.tiles import (LANES, NIBBLE_BITS, THREE_BIT_GROUP, THREE_BIT_PAIR_BYTES, VNNI_COLUMNS, X_LEVELS,
                                       X_PARTS, ell_slots, outlier_gather, tile_codes, tile_group, tile_group_vnni,
@@ -345,20 +345,8 @@ def spqr_bind(weight: SpQR, bias: torch.Tensor | None = None):
     codes = (lay.stat_codes,) if lay.vnni else (lay.scale_codes, lay.zero_codes)
     arrays = (lay.perm, lay.codes, *codes, lay.scale_stats, lay.zero_stats, weight.stat_group_size,
               lay.outlier_slots, lay.outlier_pos, lay.outlier_delta)
-    out_features, in_features = weight.shape
     tasks = 4 * numba.get_num_threads()
-
-    def bound(x: torch.Tensor) -> torch.Tensor:
-        check_activations(x, weight, torch.float32)
-        x2 = x.detach().reshape(-1, in_features).contiguous()
-        y = torch.empty(x2.shape[0], out_features)
-        if x2.shape[0]:
-            kernel(x2.numpy(), *arrays, y.numpy(), tasks)
-        if bias is not None:
-            y += bias
-        return y.view(*x.shape[:-1], out_features)
-
-    return bound
+    return rows_call(weight, bias, lambda x2, y: kernel(x2, *arrays, y, tasks))
 
 
 @register_linear_kernel("spqr", "cpu", (torch.float32,), bind=spqr_bind)

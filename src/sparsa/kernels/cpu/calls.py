@@ -1,0 +1,34 @@
+"""What every CPU kernel's Python entry shares: checking the activations, shaping the call."""
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from sparsa.errors import SparsaError
+
+
+def check_activations(x: torch.Tensor, weight, dtype: torch.dtype) -> None:
+    """Raise unless ``x: [..., in]`` matches the weight's input size and the kernel's dtype."""
+    if x.shape[-1] != weight.shape[1]:
+        raise SparsaError(f"activations [..., {x.shape[-1]}] do not match a {weight.shape[0]}x{weight.shape[1]} weight")
+    if x.dtype != dtype:
+        raise SparsaError(f"the {weight.format_name} CPU kernel takes {dtype} activations, got {x.dtype}")
+
+
+def rows_call(weight, bias: torch.Tensor | None, run: Callable[[np.ndarray, np.ndarray], None]):
+    """``x -> Y = X Wᵀ + b`` around ``run(x2, y)``, which fills ``y [N, out]`` from ``x2 [N, in]``
+    (fp32, contiguous numpy views; not called for N = 0)."""
+    out_features, in_features = weight.shape
+
+    def bound(x: torch.Tensor) -> torch.Tensor:
+        check_activations(x, weight, torch.float32)
+        x2 = x.detach().reshape(-1, in_features).contiguous()
+        y = torch.empty(x2.shape[0], out_features)
+        if x2.shape[0]:
+            run(x2.numpy(), y.numpy())
+        if bias is not None:
+            y += bias
+        return y.view(*x.shape[:-1], out_features)
+
+    return bound
