@@ -20,7 +20,7 @@ from numba.extending import intrinsic
 
 from sparsa.errors import SparsaError
 from sparsa.formats.bitmap import Bitmap
-from sparsa.kernels.cpu.calls import rows_call
+from sparsa.kernels.cpu.calls import rows_call, zero_padded_rows
 from sparsa.kernels.cpu.layouts import cached_layout
 from sparsa.kernels.dispatch import register_linear_kernel
 
@@ -77,13 +77,10 @@ def bitmap_layout(weight: Bitmap) -> BitmapLayout:
 @numba.njit(parallel=True, fastmath=True)
 def bitmap_rows(x, words, rowptr, values, y, tasks):  # pragma: no cover - compiled
     """y[N, M] = x W^T from the layout and the kept values."""
-    n_tokens, in_features = x.shape
+    n_tokens = x.shape[0]
     out_features, n_words = words.shape
     width = n_words * WORD
-    xp = np.zeros(n_tokens * width, np.float32)
-    for n in range(n_tokens):
-        for k in range(in_features):
-            xp[n * width + k] = x[n, k]
+    xp = zero_padded_rows(x, width)
     per_task = (out_features + tasks - 1) // tasks
     for task in numba.prange(tasks):
         acc = np.empty(WORD, np.float32)

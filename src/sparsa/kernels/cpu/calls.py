@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 
+import numba
 import numpy as np
 import torch
 
@@ -32,3 +33,14 @@ def rows_call(weight, bias: torch.Tensor | None, run: Callable[[np.ndarray, np.n
         return y.view(*x.shape[:-1], out_features)
 
     return bound
+
+
+@numba.njit(cache=True)
+def zero_padded_rows(x, width):  # pragma: no cover - compiled
+    """``x [N, K]`` as one flat fp32 array of N rows of ``width >= K`` (zeros past K)."""
+    n_tokens, in_features = x.shape
+    out = np.zeros(n_tokens * width, np.float32)
+    for n in range(n_tokens):
+        for k in range(in_features):
+            out[n * width + k] = x[n, k]
+    return out

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from sparsa.formats.quant import Quant, group_count, pad_groups
-from sparsa.kernels.cpu.calls import check_activations, rows_call
+from sparsa.kernels.cpu.calls import check_activations, rows_call, zero_padded_rows
 from sparsa.kernels.cpu.layouts import cached_layout
 from sparsa.kernels.cpu.spqr import TOKEN_CHUNK
 from sparsa.kernels.cpu.tiles import LANES, NIBBLE_BITS, tile_codes, tile_group
@@ -60,13 +60,10 @@ def compiled(group_size: int, nibbles: bool):
     @numba.njit(parallel=True, fastmath=True)
     def quant_tiles(x, codes, scale, minimum, groups, y, tasks):  # pragma: no cover - compiled
         """y[N, M] = x W^T (``groups`` = G)."""
-        n_tokens, in_features = x.shape
+        n_tokens = x.shape[0]
         out_features = y.shape[1]
         width = groups * group_size
-        xp = np.zeros(n_tokens * width, np.float32)
-        for n in range(n_tokens):
-            for k in range(in_features):
-                xp[n * width + k] = x[n, k]
+        xp = zero_padded_rows(x, width)
         tiles = (out_features + LANES - 1) // LANES
         per_task = (tiles + tasks - 1) // tasks
         for task in numba.prange(tasks):
