@@ -190,18 +190,26 @@ def cmd_generate(args) -> dict:
     lm = load_model(args.model, dtype=torch_dtype(args.dtype))
     lm.model.to(args.device)
     ids = lm.tokenizer(args.prompt, return_tensors="pt").input_ids.to(args.device)
-    start = time.perf_counter()
+    timing = {}
     if lm.model.config.model_type == "llama":  # the lean loop: static cache, the dispatched kernels
-        new_ids = greedy_decode(lm.model, ids, args.max_new_tokens).tokens[0]
+        start = time.perf_counter()
+        greedy_decode(lm.model, ids[:, :2], 2)  # compiles the kernels (once per process), untimed
+        timing["warmup_s"] = round(time.perf_counter() - start, 3)
+        out = greedy_decode(lm.model, ids, args.max_new_tokens)
+        new_ids, seconds = out.tokens[0], out.prefill_seconds + out.decode_seconds
+        timing["prefill_s"] = round(out.prefill_seconds, 4)
+        if args.max_new_tokens > 1:
+            timing["decode_tokens_per_s"] = out.tokens_per_s
     else:
+        start = time.perf_counter()
         with torch.no_grad():
             new_ids = lm.model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=False)[0, ids.shape[1]:]
-    seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start
     eos = lm.tokenizer.eos_token_id
     ends = (new_ids == eos).nonzero() if eos is not None else new_ids.new_zeros(0, 1)
     text_ids = new_ids[: int(ends[0])] if ends.numel() else new_ids  # the text stops at end-of-sequence
     return {"text": lm.tokenizer.decode(text_ids, skip_special_tokens=True),
-            "new_tokens": len(new_ids), "tokens_per_s": len(new_ids) / seconds}
+            "new_tokens": len(new_ids), "tokens_per_s": len(new_ids) / seconds, **timing}
 
 
 def generate_table(r: dict) -> str:
