@@ -46,7 +46,7 @@ GROUP_BLOCK = 8  # groups per VNNI step: the per-step overhead spread over 8 * 2
 class SpQRLayout:
     """An SpQR weight arranged for :func:`compiled` (numpy views, shapes in the field comments)."""
 
-    codes: np.ndarray  # [tiles * G * steps * 16] uint8, tile layout
+    codes: np.ndarray  # tile layout (fp32 path: [tiles * G * loads * 16] uint8), VNNI or 3-bit VNNI layout
     scale_codes: np.ndarray  # fp32 path: [tiles * G * 16] uint8, second-level codes in tile order (VNNI: empty)
     zero_codes: np.ndarray  # fp32 path: [tiles * G * 16] uint8 (VNNI: empty)
     stat_codes: np.ndarray  # VNNI path: [tiles * G * 16] uint8, scale code | zero code << 4 (fp32: empty)
@@ -56,7 +56,6 @@ class SpQRLayout:
     outlier_slots: np.ndarray  # [tiles + 1] int64, tile t's outlier slots (16 lanes each) at slots[t] .. slots[t + 1]
     outlier_pos: np.ndarray  # [slots * 16] int16 (int32 past 32768 inputs), permuted column (0 in empty lanes)
     outlier_delta: np.ndarray  # [slots * 16] fp32, stored value minus the dequantized weight (0 in empty lanes)
-    steps: int  # 16-byte code loads per group (fp32 path)
     vnni: bool  # codes in a VNNI layout, for :func:`compiled_vnni`
     three_bit: bool  # that layout is the 3-bit one (3-bit codes, groups of 16 in pairs)
 
@@ -109,15 +108,15 @@ def spqr_layout(weight: SpQR) -> SpQRLayout:
         stat_codes=stat_tiles(scale_codes | (zero_codes << 4)).numpy() if vnni else none, scale_stats=weight.scale_stats.float().numpy(),
         zero_stats=weight.zero_stats.float().numpy(), perm=perm.numpy(), outlier_slots=slot_ptr.numpy(),
         outlier_pos=ell_pos.numpy(), outlier_delta=ell_delta.numpy(),
-        steps=-(-weight.group_size // 2) if nibbles else weight.group_size, vnni=vnni, three_bit=three_bit)
+        vnni=vnni, three_bit=three_bit)
 
 
 @functools.cache
-def compiled(group_size: int, steps: int, nibbles: bool):
+def compiled(group_size: int, nibbles: bool):
     """The tile kernel for one group size and code packing (the step unrolls over the group)."""
     coded_many, coded_one = (tile_group(group_size, n, nibbles, "coded") for n in (TOKEN_CHUNK, 1))
     float_many, float_one = (tile_group(group_size, n, nibbles, "float") for n in (TOKEN_CHUNK, 1))
-    chunk = TOKEN_CHUNK
+    chunk, loads = TOKEN_CHUNK, (-(-group_size // 2) if nibbles else group_size)  # 16-byte code loads per group
 
     @numba.njit(parallel=True, fastmath=True)
     def spqr_tiles(x, perm, codes, sc, zc, sstats, zstats, stat_rows, slots, pos, delta, y, tasks):  # pragma: no cover
@@ -141,7 +140,7 @@ def compiled(group_size: int, steps: int, nibbles: bool):
                 acc[:] = 0.0
                 r0 = t * LANES
                 for g in range(groups):
-                    code_at = (t * groups + g) * steps * LANES
+                    code_at = (t * groups + g) * loads * LANES
                     stat_at = (t * groups + g) * LANES
                     x_at = g * group_size
                     if aligned:  # the tile's 16 rows share one (step, minimum) pair per statistic
@@ -341,7 +340,7 @@ def spqr_bind(weight: SpQR, bias: torch.Tensor | None = None):
     """``x -> Y = X Wᵀ + b`` with the layout and kernel looked up once (see ``bind_linear``)."""
     lay = cached_layout(weight, spqr_layout)
     kernel = (compiled_vnni(weight.group_size, lay.three_bit)[0] if lay.vnni else
-              compiled(weight.group_size, lay.steps, weight.bits <= NIBBLE_BITS))
+              compiled(weight.group_size, weight.bits <= NIBBLE_BITS))
     codes = (lay.stat_codes,) if lay.vnni else (lay.scale_codes, lay.zero_codes)
     arrays = (lay.perm, lay.codes, *codes, lay.scale_stats, lay.zero_stats, weight.stat_group_size,
               lay.outlier_slots, lay.outlier_pos, lay.outlier_delta)
