@@ -16,7 +16,7 @@ TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5)}
 @st.composite
 def block_case(draw):
     """A random BSR weight (some block rows empty), activations with 0..24 tokens, maybe a bias."""
-    r, c = draw(st.sampled_from([(1, 16), (16, 1), (4, 1), (1, 1), (2, 3), (8, 8)]))
+    r, c = draw(st.sampled_from([(1, 16), (16, 1), (32, 1), (4, 1), (1, 1), (1, 3), (2, 3), (8, 8)]))
     rows, cols = draw(st.integers(1, 6)), draw(st.integers(1, 6))
     density = draw(st.sampled_from([0.0, 0.1, 0.5, 1.0]))
     seed = draw(st.integers(0, 2**16))
@@ -51,6 +51,22 @@ def test_block_sparse_linear_both_loop_orders_match_reference(tokens, block):
     y = block_sparse_linear(x, fmt)
     torch.testing.assert_close(y, x @ W.T, **TOL[torch.float32])
     assert torch.equal(y[:, block[0]:2 * block[0]], torch.zeros(tokens, block[0]))  # the empty block row
+
+
+@pytest.mark.parametrize("tokens", [TOKEN_LANES_MIN, 16, 17, 40])
+@pytest.mark.parametrize("block", [(1, 16), (1, 5), (16, 1), (32, 1)], ids=str)
+def test_block_sparse_register_steps_match_reference_on_ragged_tiles(tokens, block):
+    """Row blocks over 37 rows (a last tile of 5 rows), column blocks of 16 and 32 rows; token
+    counts that end on, just past and inside a 16-token chunk; empty block rows; a bias."""
+    r, c = block
+    rows = 37 if r == 1 else 96
+    g = torch.Generator().manual_seed(tokens * 100 + r)
+    keep = torch.rand(rows // r, 80 // c, generator=g) < 0.3
+    keep[::7] = False
+    W = torch.randn(rows, 80 // c * c, generator=g) * keep.repeat_interleave(r, 0).repeat_interleave(c, 1)
+    fmt = BlockSparse.from_dense(W, block=block)
+    x, bias = torch.randn(tokens, W.shape[1], generator=g), torch.randn(rows, generator=g)
+    torch.testing.assert_close(block_sparse_linear(x, fmt, bias), x @ W.T + bias, **TOL[torch.float32])
 
 
 def test_block_sparse_linear_leading_dims_and_strided_input_match_reference():

@@ -6,11 +6,12 @@ block ``b`` covering output rows ``br*R .. br*R+R`` and input columns ``col[b]*C
 Two loop orders, picked by the token count ``N``:
 
 * **tokens in the vector lanes** (``N >= TOKEN_LANES_MIN``), after the CPU accelerator paper
-  (arXiv 2306.16601): ``X`` is cut into chunks of 16 tokens laid out ``[K, 16]`` (one chunk,
-  K x 64 bytes, stays in L1); block ``b`` adds ``Yᵀ[r0+i, n] += sum_j values[b, i, j] *
-  Xᵀ[k0+j, n]``, the sum over the block's ``C`` columns unrolled and the 16 tokens in one
-  vector. Output tiles of >= 16 rows are written to ``Y`` row-major (no transpose of the
-  output); the threads split the block rows into runs.
+  (arXiv 2306.16601): ``X`` is cut into chunks of 16 tokens laid out ``[K, 16]`` (one 64-byte
+  line per input column); the threads split the rows into runs and walk every chunk.
+  ``1 x C`` blocks accumulate a 16-row x 16-token tile in registers (:mod:`block_steps`) and
+  write it to ``Y`` through a register transpose; ``16m x 1`` blocks keep 16 rows in the lanes,
+  broadcast each token's activation and store each token's 16 outputs straight into ``Y``;
+  other shapes run a plain loop nest over a tile in memory.
 * **weights in the vector lanes** (decode, small ``N``): for each token, each block's
   ``R x C`` values meet ``C`` contiguous activations; no transposes.
 
@@ -26,61 +27,27 @@ import torch
 
 from sparsa.errors import SparsaError
 from sparsa.formats.block_sparse import BlockSparse
+from sparsa.kernels.cpu import block_steps
 from sparsa.kernels.cpu.calls import check_activations
 from sparsa.kernels.cpu.transpose import transpose16
 from sparsa.kernels.dispatch import register_linear_kernel
 
 TOKEN_LANES_MIN = 4  # below this many tokens the weight-lanes order is faster (measured at 90%, 1 thread)
-LANES = 32  # tokens per chunk in the tokens-in-lanes order: two AVX-512 registers of fp32
+LANES = block_steps.LANES  # tokens per activation chunk: one AVX-512 register of fp32
+TASKS_PER_THREAD = 4  # runs of rows per thread, so uneven rows even out
 
 
 @functools.cache
 def compiled(R: int, C: int) -> tuple:
-    """The two loop orders compiled for ``R x C`` blocks: with the block sides constants, LLVM
-    unrolls the inner loop over a block's columns and vectorizes the loop over tokens (or rows)."""
-
-    group = max(1, 16 // R)  # block rows per output tile: >= 16 rows, whole cache lines of Y per token
-
-    @numba.njit(parallel=True, fastmath=True)
-    def tokens_in_lanes(xc, crow, col, values, y, tasks):  # pragma: no cover - compiled
-        """y[N, M] = X Wᵀ for X given as chunks ``xc [N / lanes, K, lanes]`` (tokens padded).
-
-        Each task takes a run of block rows; for every chunk of ``lanes`` tokens (a cache-sized slice
-        of X) it accumulates ``group`` block rows in a ``group*R x lanes`` tile and writes the
-        tile out row-major, so each token's outputs land in whole cache lines."""
-        n_tokens, n_block_rows = y.shape[0], crow.shape[0] - 1
-        # a constant chunk width lets LLVM unroll the token loop: faster for row blocks (R = 1),
-        # slower for column blocks, where it vectorizes across the block's rows instead
-        lanes = LANES if R == 1 else xc.shape[2]
-        n_tiles = (n_block_rows + group - 1) // group
-        per_task = (n_tiles + tasks - 1) // tasks
-        for task in numba.prange(tasks):
-            tile = np.empty((group * R, lanes), np.float32)
-            for chunk in range(xc.shape[0]):
-                n0 = chunk * lanes
-                width = min(lanes, n_tokens - n0)
-                for t in range(task * per_task, min(n_tiles, (task + 1) * per_task)):
-                    first = t * group
-                    rows = min(group, n_block_rows - first) * R
-                    tile[:] = 0.0
-                    for br in range(first, first + rows // R):
-                        i0 = (br - first) * R
-                        for b in range(crow[br], crow[br + 1]):
-                            k0 = col[b] * C
-                            for i in range(R):
-                                for n in range(lanes):
-                                    acc = tile[i0 + i, n]
-                                    for j in range(C):
-                                        acc += values[b, i, j] * xc[chunk, k0 + j, n]
-                                    tile[i0 + i, n] = acc
-                    if rows == 16 and width == lanes:  # whole 16 x 16 blocks: transposed in registers
-                        for half in range(0, lanes, 16):
-                            transpose16(tile, half, lanes, y, (n0 + half) * y.shape[1] + first * R, y.shape[1])
-                    else:
-                        for n in range(width):
-                            for i in range(rows):
-                                y[n0 + n, first * R + i] = tile[i, n]
-
+    """The two loop orders compiled for ``R x C`` blocks: ``1 x C`` and ``16m x 1`` blocks take the
+    register-blocked steps of :mod:`block_steps`; other shapes a loop nest that LLVM unrolls over
+    the block's sides (constants here) and vectorizes over tokens or rows."""
+    if R == 1:
+        tokens_in_lanes = _row_blocks(C)
+    elif C == 1 and R % LANES == 0:
+        tokens_in_lanes = _column_blocks(R)
+    else:
+        tokens_in_lanes = _any_blocks(R, C)
     @numba.njit(parallel=True, fastmath=True)
     def weights_in_lanes(x, crow, col, values, y):  # pragma: no cover - compiled
         """y[N, M] = x Wᵀ for x [N, K]; one block row per task, every token inside it."""
@@ -99,6 +66,104 @@ def compiled(R: int, C: int) -> tuple:
                         y[n, r0 + i] += acc
 
     return tokens_in_lanes, weights_in_lanes
+
+
+def _row_blocks(C: int):
+    """Tokens in lanes for ``1 x C`` blocks: 16-row tiles, one :func:`block_steps.row_block_step`
+    per row and chunk, each tile written to ``Y`` through a 16 x 16 register transpose."""
+    step = block_steps.row_block_step(C)
+
+    @numba.njit(parallel=True, fastmath=True)
+    def tokens_in_lanes(xc, crow, col, values, y, tiles):  # pragma: no cover - compiled
+        """y[N, M] = X Wᵀ for X as chunks ``xc [N / 16, K, 16]``; ``tiles [tasks, 16, 16]`` scratch
+        (64-byte aligned), one per task."""
+        n_tokens, out_features = y.shape
+        in_features, tasks = xc.shape[1], tiles.shape[0]
+        n_tiles = (out_features + LANES - 1) // LANES
+        per_task = (n_tiles + tasks - 1) // tasks
+        for task in numba.prange(tasks):
+            tile = tiles[task]
+            for chunk in range(xc.shape[0]):
+                n0 = chunk * LANES
+                width = min(LANES, n_tokens - n0)
+                for t in range(task * per_task, min(n_tiles, (task + 1) * per_task)):
+                    r0 = t * LANES
+                    rows = min(LANES, out_features - r0)
+                    for i in range(rows):
+                        step(tile, i * LANES, xc, chunk * in_features * LANES, values, col, crow[r0 + i], crow[r0 + i + 1])
+                    if rows == LANES and width == LANES:
+                        transpose16(tile, 0, LANES, y, n0 * out_features + r0, out_features)
+                    else:
+                        for n in range(width):
+                            for i in range(rows):
+                                y[n0 + n, r0 + i] = tile[i, n]
+
+    return tokens_in_lanes
+
+
+def _column_blocks(R: int):
+    """Rows in lanes for ``R x 1`` blocks (``R`` a multiple of 16): one
+    :func:`block_steps.column_block_step` per 16-row slice of a block row and chunk, storing
+    straight into ``Y``."""
+    step = block_steps.column_block_step
+
+    @numba.njit(parallel=True, fastmath=True)
+    def tokens_in_lanes(xc, crow, col, values, y, tiles):  # pragma: no cover - compiled
+        """y[N, M] = X Wᵀ for X as chunks ``xc [N / 16, K, 16]``; ``tiles`` only gives the task count."""
+        n_tokens, out_features = y.shape
+        in_features, tasks = xc.shape[1], tiles.shape[0]
+        n_jobs = (crow.shape[0] - 1) * (R // LANES)
+        per_task = (n_jobs + tasks - 1) // tasks
+        for task in numba.prange(tasks):
+            for chunk in range(xc.shape[0]):
+                n0 = chunk * LANES
+                width = min(LANES, n_tokens - n0)
+                for job in range(task * per_task, min(n_jobs, (task + 1) * per_task)):
+                    br, part = job // (R // LANES), job % (R // LANES)
+                    step(y, n0 * out_features + br * R + part * LANES, out_features, width,
+                         xc, chunk * in_features * LANES, values, part * LANES, R, col, crow[br], crow[br + 1])
+
+    return tokens_in_lanes
+
+
+def _any_blocks(R: int, C: int):
+    """Tokens in lanes for any ``R x C``: tiles of ``group * R >= 16`` rows accumulated in memory."""
+    group = max(1, LANES // R)  # block rows per output tile: >= 16 rows, whole cache lines of Y per token
+
+    @numba.njit(parallel=True, fastmath=True)
+    def tokens_in_lanes(xc, crow, col, values, y, tiles):  # pragma: no cover - compiled
+        """y[N, M] = X Wᵀ for X as chunks ``xc [N / 16, K, 16]``; ``tiles`` only gives the task count.
+
+        Each task takes a run of block rows; for every chunk of 16 tokens it accumulates ``group``
+        block rows in a ``group*R x 16`` tile and writes the tile out row-major."""
+        n_tokens, n_block_rows = y.shape[0], crow.shape[0] - 1
+        tasks = tiles.shape[0]
+        n_tiles = (n_block_rows + group - 1) // group
+        per_task = (n_tiles + tasks - 1) // tasks
+        for task in numba.prange(tasks):
+            tile = np.empty((group * R, LANES), np.float32)
+            for chunk in range(xc.shape[0]):
+                n0 = chunk * LANES
+                width = min(LANES, n_tokens - n0)
+                for t in range(task * per_task, min(n_tiles, (task + 1) * per_task)):
+                    first = t * group
+                    rows = min(group, n_block_rows - first) * R
+                    tile[:] = 0.0
+                    for br in range(first, first + rows // R):
+                        i0 = (br - first) * R
+                        for b in range(crow[br], crow[br + 1]):
+                            k0 = col[b] * C
+                            for i in range(R):
+                                for n in range(LANES):
+                                    acc = tile[i0 + i, n]
+                                    for j in range(C):
+                                        acc += values[b, i, j] * xc[chunk, k0 + j, n]
+                                    tile[i0 + i, n] = acc
+                    for n in range(width):
+                        for i in range(rows):
+                            y[n0 + n, first * R + i] = tile[i, n]
+
+    return tokens_in_lanes
 
 
 @numba.njit(parallel=True, fastmath=True)
@@ -142,9 +207,12 @@ def block_sparse_linear(x: torch.Tensor, weight: BlockSparse, bias: torch.Tensor
     y = torch.empty(x2.shape[0], out_features)
     n_tokens = x2.shape[0]
     if n_tokens >= TOKEN_LANES_MIN:
-        xc = np.empty((-(-n_tokens // LANES), in_features, LANES), np.float32)
+        # torch allocates 64-byte aligned: every 16-token vector of the chunks is one cache line
+        # (numpy's 16-byte alignment split each load across two lines: a 1.5x slower kernel)
+        xc = torch.empty(-(-n_tokens // LANES), in_features, LANES).numpy()
         to_token_chunks(x2.contiguous().numpy(), xc)
-        tokens_in_lanes(xc, crow, col, values, y.numpy(), 4 * numba.get_num_threads())
+        tiles = torch.empty(TASKS_PER_THREAD * numba.get_num_threads(), LANES, LANES).numpy()
+        tokens_in_lanes(xc, crow, col, values, y.numpy(), tiles)
     else:
         weights_in_lanes(x2.contiguous().numpy(), crow, col, values, y.numpy())
     if bias is not None:

@@ -1,0 +1,113 @@
+"""The AVX-512 inner loops of the fp32 block-sparse kernel (LLVM IR intrinsics: numba keeps a
+vectorized accumulator in memory and chains every FMA of a block on it, which left the
+kernel latency-bound at half its load throughput).
+
+Both steps read activations as 16-token chunks ``xc [K, 16]`` (one 64-byte line per input
+column, from :func:`sparsa.kernels.cpu.block_sparse.to_token_chunks`) and loop over one block
+row's blocks ``b0 .. b1`` with the accumulators in registers:
+
+* :func:`row_block_step` (``1 x C`` blocks): tokens in the lanes. Block ``b`` adds
+  ``values[b, j] * xc[col[b] * C + j, :]`` for its ``C`` columns, the FMAs spread over up to
+  four partial sums so consecutive ones do not wait on each other (FMA latency 4 cycles, two
+  per cycle); one 16-token row of the output tile at the end.
+* :func:`column_block_step` (``16 x 1`` slices of ``R x 1`` blocks): rows in the lanes. Block
+  ``b``'s 16 values (one vector) meet each of the 16 tokens' activation at column ``col[b]``,
+  broadcast: 17 loads per 16 FMAs, 16 independent accumulators, and each token's 16 outputs
+  are one contiguous store into ``Y``, no transpose.
+
+Intrinsics do no bounds checks: callers keep every access inside the arrays.
+"""
+
+import functools
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from sparsa.kernels.cpu.tiles import _F32, _V, _fma, _splat
+
+LANES = 16  # tokens per activation chunk, and rows per column-block step
+PARTIALS = 4  # independent accumulators per row in the row-block step
+_I64 = ir.IntType(64)
+_ZERO = ir.Constant(_V[_F32], [0.0] * LANES)
+
+
+def _data(context, builder, array_type, array):
+    return context.make_array(array_type)(context, builder, array).data
+
+
+def _wide(builder, value):
+    """An integer argument as i64 (numba passes int16/int32 array elements and intp indices)."""
+    return builder.sext(value, _I64) if value.type.width < 64 else value
+
+
+def _vector_at(builder, data, index):
+    """``&data[index]`` as a pointer to 16 fp32."""
+    return builder.bitcast(builder.gep(data, [index]), _V[_F32].as_pointer())
+
+
+@functools.cache
+def row_block_step(C: int):
+    """The step for ``1 x C`` blocks, compiled per ``C``:
+    ``tile(tile, tile_at, xc, x_at, values, col, b0, b1)`` sets
+    ``tile[tile_at + l] = sum_{b0 <= b < b1} sum_{j < C} values[b * C + j] * xc[x_at + (col[b] * C + j) * 16 + l]``
+    for the 16 lanes ``l``."""
+    partials = min(PARTIALS, C)
+
+    @intrinsic
+    def step(typingctx, tile, tile_at, xc, x_at, values, col, b0, b1):
+        def codegen(context, builder, sig, args):
+            tile_a, tile_i, xc_a, x_i, values_a, col_a, b0_i, b1_i = args
+            ta = sig.args
+            tile_d, xc_d = _data(context, builder, ta[0], tile_a), _data(context, builder, ta[2], xc_a)
+            values_d, col_d = _data(context, builder, ta[4], values_a), _data(context, builder, ta[5], col_a)
+            accs = [cgutils.alloca_once_value(builder, _ZERO) for _ in range(partials)]
+            with cgutils.for_range(builder, _wide(builder, b1_i), start=_wide(builder, b0_i)) as loop:
+                b = loop.index
+                column = _wide(builder, builder.load(builder.gep(col_d, [b])))
+                base = builder.add(_wide(builder, x_i), builder.mul(column, _I64(C * LANES)))
+                for j in range(C):
+                    w = builder.load(builder.gep(values_d, [builder.add(builder.mul(b, _I64(C)), _I64(j))]))
+                    x = builder.load(_vector_at(builder, xc_d, builder.add(base, _I64(j * LANES))), align=4)
+                    acc = accs[j % partials]
+                    builder.store(_fma(builder, _splat(builder, w), x, builder.load(acc)), acc)
+            total = builder.load(accs[0])
+            for acc in accs[1:]:
+                total = builder.fadd(total, builder.load(acc))
+            builder.store(total, _vector_at(builder, tile_d, _wide(builder, tile_i)), align=4)
+            return context.get_dummy_value()
+
+        return types.void(tile, tile_at, xc, x_at, values, col, b0, b1), codegen
+
+    return step
+
+
+@intrinsic
+def column_block_step(typingctx, y, y_at, y_stride, count, xc, x_at, values, value_at, value_stride, col, b0, b1):
+    """For tokens ``i < count`` (at most 16) sets ``y[y_at + i * y_stride + r] = sum_{b0 <= b < b1}
+    values[b * value_stride + value_at + r] * xc[x_at + col[b] * 16 + i]`` for the 16 rows ``r``."""
+
+    def codegen(context, builder, sig, args):
+        y_a, y_i, y_s, count_i, xc_a, x_i, values_a, v_i, v_s, col_a, b0_i, b1_i = args
+        ta = sig.args
+        y_d, xc_d = _data(context, builder, ta[0], y_a), _data(context, builder, ta[4], xc_a)
+        values_d, col_d = _data(context, builder, ta[6], values_a), _data(context, builder, ta[9], col_a)
+        accs = [cgutils.alloca_once_value(builder, _ZERO) for _ in range(LANES)]
+        v_at, v_stride = _wide(builder, v_i), _wide(builder, v_s)
+        with cgutils.for_range(builder, _wide(builder, b1_i), start=_wide(builder, b0_i)) as loop:
+            b = loop.index
+            column = _wide(builder, builder.load(builder.gep(col_d, [b])))
+            base = builder.add(_wide(builder, x_i), builder.mul(column, _I64(LANES)))
+            w = builder.load(_vector_at(builder, values_d, builder.add(builder.mul(b, v_stride), v_at)), align=4)
+            for i, acc in enumerate(accs):
+                x = builder.load(builder.gep(xc_d, [builder.add(base, _I64(i))]))
+                builder.store(_fma(builder, w, _splat(builder, x), builder.load(acc)), acc)
+        y_at_, y_stride_, count_ = (_wide(builder, a) for a in (y_i, y_s, count_i))
+        for i, acc in enumerate(accs):
+            with builder.if_then(builder.icmp_signed("<", _I64(i), count_)):
+                at = builder.add(y_at_, builder.mul(y_stride_, _I64(i)))
+                builder.store(builder.load(acc), _vector_at(builder, y_d, at), align=4)
+        return context.get_dummy_value()
+
+    return types.void(y, y_at, y_stride, count, xc, x_at, values, value_at, value_stride, col, b0, b1), codegen
