@@ -1,53 +1,52 @@
-"""The VNNI int8 4x1 kernel against its integer twin and the fp32 reference; the IR intrinsics."""
+"""The VNNI int8 4x1 kernel against its integer twin and the fp32 reference; its group layout."""
 
-import numba
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparsa.errors import SparsaError
-from sparsa.formats import BlockSparseInt8
+from sparsa.formats import BlockSparse, BlockSparseInt8
 from sparsa.kernels import linear_reference, select_linear_kernel
-from sparsa.kernels.cpu.block_int8 import block_int8_linear
+from sparsa.kernels.cpu.block_int8 import block_int8_linear, int8_layout, quantize_chunks
 from sparsa.kernels.reference import int8_linear_reference, quantize_tokens
-from sparsa.kernels.cpu.vnni import HAS_VNNI, dpbusd16, interleave4
+from sparsa.kernels.cpu.vnni import HAS_VNNI
 
 pytestmark = pytest.mark.skipif(not HAS_VNNI, reason="this CPU lacks AVX-512 VNNI")
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5)}
 
 
-@numba.njit
-def _interleave(dst, src, i0, i1, i2, i3):
-    interleave4(dst, 0, src, i0, i1, i2, i3)
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 30), st.sampled_from([0.0, 0.2, 0.7, 1.0]), st.integers(0, 2**16))
+def test_int8_layout_groups_rebuild_the_codes_and_row_offsets(block_rows, in_features, density, seed):
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.rand(block_rows, in_features, generator=g) < density
+    W = torch.randn(4 * block_rows, in_features, generator=g) * keep.repeat_interleave(4, 0)
+    fmt = BlockSparseInt8.from_dense(W, block=(4, 1))
+    layout = int8_layout(fmt)
+    codes = layout.group_codes.view(torch.int8).view(-1, 4, 4)  # [group, row, column slot]
+    rebuilt = torch.zeros(fmt.shape, dtype=torch.int64)
+    for br in range(block_rows):
+        for grp in range(int(layout.group_ptr[br]), int(layout.group_ptr[br + 1])):
+            for t in range(4):  # padding slots hold zero codes, so adding them changes nothing
+                rebuilt[4 * br:4 * br + 4, int(layout.group_col[4 * grp + t])] += codes[grp, :, t].long()
+    dense_codes = BlockSparse.to_dense(fmt, torch.int64)
+    assert torch.equal(rebuilt, dense_codes)
+    assert torch.equal(layout.offset.long(), 128 * dense_codes.sum(1))
+    assert layout.group_ptr.diff().tolist() == [-(-int(n) // 4) for n in fmt.crow.diff()]
 
 
-@numba.njit
-def _dpbusd(acc, x, w):
-    dpbusd16(acc, 0, x, 0, w)
-
-
-@settings(max_examples=30, deadline=None)
-@given(st.lists(st.integers(0, 48), min_size=4, max_size=4), st.integers(0, 2**16))
-def test_interleave4_any_rows_lays_bytes_as_4_byte_lanes(starts, seed):
-    src = np.random.default_rng(seed).integers(0, 256, 64, dtype=np.uint8)
-    dst = np.zeros(64, np.uint8)
-    _interleave(dst, src, *starts)
-    expected = np.stack([src[s:s + 16] for s in starts], axis=1).reshape(-1)  # dst[4n + t] = src[s_t + n]
-    assert np.array_equal(dst, expected)
-
-
-@settings(max_examples=30, deadline=None)
-@given(st.integers(0, 2**16))
-def test_dpbusd16_random_bytes_add_uint8_by_int8_dot_products(seed):
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, 64, dtype=np.uint8)
-    w = rng.integers(-128, 128, 4, dtype=np.int8)
-    acc = rng.integers(-2**20, 2**20, 16, dtype=np.int32)
-    expected = acc + x.reshape(16, 4).astype(np.int32) @ w.astype(np.int32)
-    _dpbusd(acc, x, np.int32(w.view(np.int32)[0]))
-    assert np.array_equal(acc, expected)
+@pytest.mark.parametrize("tokens", [1, 16, 17, 64, 65, 130])
+@pytest.mark.parametrize("out_features", [36, 64])
+def test_block_int8_linear_chunks_and_ragged_tiles_equal_integer_twin(tokens, out_features):
+    """Chunks of 16..64 tokens with ragged ends, a last tile of 4 rows (36), empty block rows."""
+    g = torch.Generator().manual_seed(tokens + out_features)
+    keep = torch.rand(out_features // 4, 50, generator=g) < 0.25
+    keep[::3] = False
+    W = torch.randn(out_features, 50, generator=g) * keep.repeat_interleave(4, 0)
+    fmt = BlockSparseInt8.from_dense(W, block=(4, 1))
+    x, bias = torch.randn(tokens, 50, generator=g), torch.randn(out_features, generator=g)
+    torch.testing.assert_close(block_int8_linear(x, fmt, bias), int8_linear_reference(x, fmt, bias), **TOL[torch.float32])
 
 
 @st.composite
@@ -81,6 +80,24 @@ def test_block_int8_linear_bert_shape_within_two_percent_of_fp32():
     assert y.shape == (2, 37, 768)
     assert float((y - expected).norm() / expected.norm()) < 2e-2
     torch.testing.assert_close(y, int8_linear_reference(x, fmt), **TOL[torch.float32])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 70), st.integers(1, 40), st.sampled_from([16, 32, 64]), st.integers(0, 2**16))
+def test_quantize_chunks_equals_quantize_tokens_bit_for_bit(n_tokens, in_features, width, seed):
+    """Halves (ties to even), zero tokens, and the padding past the last token."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-254, 255, (n_tokens, in_features), generator=g) / 2 * torch.rand(n_tokens, 1, generator=g)
+    if n_tokens:
+        x[0] = 0.0
+    chunks = max(1, -(-n_tokens // width))
+    xc, sx = torch.empty(chunks, in_features, width, dtype=torch.uint8), torch.empty(chunks * width)
+    quantize_chunks(x.numpy(), xc.numpy(), sx.numpy())
+    codes, scale = quantize_tokens(x)
+    padded = torch.full((chunks * width, in_features), 128, dtype=torch.uint8)
+    padded[:n_tokens] = codes
+    assert torch.equal(xc, padded.view(chunks, width, in_features).transpose(1, 2))
+    assert torch.equal(sx[:n_tokens], scale) and not sx[n_tokens:].any()
 
 
 def test_quantize_tokens_codes_offset_by_128_and_zero_rows_get_unit_scale():

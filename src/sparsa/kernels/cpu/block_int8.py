@@ -1,20 +1,25 @@
-"""int8 4x1-block sparse ``Y = X Wᵀ + b`` with AVX-512 VNNI (numba + two IR intrinsics).
+"""int8 4x1-block sparse ``Y = X Wᵀ + b`` with AVX-512 VNNI (numba + an IR intrinsic).
 
-After the CPU accelerator paper's VNNI kernel (arXiv 2306.16601): the weight is
-``BlockSparseInt8`` with 4x1 blocks (four output rows x one input column), the activations are
-quantized per token to uint8 on the fly, and the tokens sit in the vector lanes:
+After the CPU accelerator paper's VNNI kernel (arXiv 2306.16601; ITREX's "4x1": four output
+rows x one input column): the weight is ``BlockSparseInt8`` with 4x1 blocks, the activations
+are quantized per token to uint8 on the fly, and the tokens sit in the vector lanes:
 
-1. ``xq[k, n] = round(x[n, k] / sx[n]) + 128`` (uint8, ``sx[n] = max_k |x[n, k]| / 127``), laid
-   out ``[in, Np]`` with the token count padded to ``Np``, a multiple of 16;
-2. a block row's blocks are taken four at a time (the last group padded with zero weights);
-   the four activation rows they name are interleaved into 4-byte lanes, and each of the four
-   output rows adds one ``vpdpbusd`` per 16 tokens (its four int8 weights broadcast);
-3. ``y[n, r] = sx[n] * scale[r] * (acc[r, n] - 128 * rowsum[r])`` undoes the uint8 offset
-   (``rowsum[r]``: the sum of row ``r``'s codes, gathered on the way).
+1. ``xq[n, k] = round(x[n, k] / sx[n]) + 128`` (uint8, ``sx[n] = max_k |x[n, k]| / 127``), laid
+   out in chunks of ``16 * vectors`` tokens, ``[K, 16 * vectors]`` per chunk (padded with 128);
+2. once per weight (:func:`int8_layout`), each block row's blocks are taken four at a time
+   (the last group padded with zero codes): the group's four columns, and for each of the four
+   output rows its four codes packed in one int32;
+3. :func:`sparsa.kernels.cpu.vnni.int8_block_row_step` runs one block row over one chunk with
+   the int32 sums in registers and writes ``sx[n] * scale[r] * (acc - 128 * rowsum[r])`` into a
+   16-row tile, which a register transpose stores into ``Y``.
 
 Integer accumulation is exact, so the result equals ``kernels.reference.int8_linear_reference``
-up to the final fp32 scaling; against fp32 it carries the activation and weight rounding (~1%).
+up to fp32 rounding of the final scaling; against fp32 it carries the activation and weight
+rounding (~1%).
 """
+
+import functools
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -22,49 +27,110 @@ import torch
 
 from sparsa.errors import SparsaError
 from sparsa.formats.block_int8 import BlockSparseInt8
-from sparsa.kernels.cpu.calls import check_activations
-from sparsa.kernels.cpu.vnni import HAS_VNNI, dpbusd16, interleave4
+from sparsa.kernels.cpu.calls import check_activations, task_span
+from sparsa.kernels.cpu.layouts import cached_layout
+from sparsa.kernels.cpu.transpose import store_tile
+from sparsa.kernels.cpu.vnni import HAS_VNNI, LANES, ROWS, int8_block_row_step
 from sparsa.kernels.dispatch import register_linear_kernel
-from sparsa.kernels.reference import quantize_tokens
 
-LANES = 16  # int32 lanes of one vpdpbusd
+MAX_VECTORS = 4  # token vectors per chunk: 64 tokens, 16 int32 accumulators in registers
+TASKS_PER_THREAD = 4  # runs of rows per thread, so uneven rows even out
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _block_int8_4x1(xq, padded, crow, col, codes, sx, scale, y, tasks):  # pragma: no cover - compiled
-    """y[N, M] from xq [K * padded] uint8 (row k at k * padded), codes [nnzb * 4] int8."""
-    n_tokens, n_block_rows = y.shape[0], crow.shape[0] - 1
-    per_task = (n_block_rows + tasks - 1) // tasks
-    for task in numba.prange(tasks):
-        lanes = np.empty(4 * padded, np.uint8)
-        acc = np.empty(4 * padded, np.int32)
-        for br in range(task * per_task, min(n_block_rows, (task + 1) * per_task)):
-            acc[:] = 0
-            first, end = crow[br], crow[br + 1]
-            rowsum = np.zeros(4, np.int64)
-            for g in range(first, end, 4):
-                full = end - g >= 4
-                last = end - 1
-                k0, k1 = col[g], col[min(g + 1, last)]
-                k2, k3 = col[min(g + 2, last)], col[min(g + 3, last)]
-                for c in range(0, padded, 16):
-                    interleave4(lanes, 4 * c, xq, k0 * padded + c, k1 * padded + c, k2 * padded + c, k3 * padded + c)
-                for i in range(4):
-                    at = g * 4 + i
-                    packed = np.int64(codes[at]) & 0xFF
-                    rowsum[i] += codes[at]
-                    for u in range(1, 4):
-                        if full or g + u < end:
-                            packed |= (np.int64(codes[at + 4 * u]) & 0xFF) << (8 * u)
-                            rowsum[i] += codes[at + 4 * u]
-                    if packed != 0:
-                        w = np.int32(packed)
-                        for c in range(0, padded, 16):
-                            dpbusd16(acc, i * padded + c, lanes, 4 * c, w)
-            for n in range(n_tokens):
-                for i in range(4):
-                    r = br * 4 + i
-                    y[n, r] = sx[n] * scale[r] * np.float32(acc[i * padded + n] - 128 * rowsum[i])
+@dataclass(frozen=True)
+class Int8Layout:
+    """A 4x1 ``BlockSparseInt8`` in the order the VNNI step reads it (G groups of four blocks).
+
+    Attributes:
+        group_ptr: [out / 4 + 1] int32, block row ``br`` owns groups ``group_ptr[br] .. [br+1]``.
+        group_col: [G * 4] int32, the four input columns of each group (0 for padding).
+        group_codes: [G * 4] int32, for each group and output row the four int8 codes (byte t
+            for the group's column t; 0 for padding).
+        offset: [out] int32, ``128 * sum`` of each row's codes.
+    """
+
+    group_ptr: torch.Tensor
+    group_col: torch.Tensor
+    group_codes: torch.Tensor
+    offset: torch.Tensor
+
+
+def int8_layout(weight: BlockSparseInt8) -> Int8Layout:
+    """Group the blocks of each block row four at a time (see :class:`Int8Layout`)."""
+    crow, col = weight.crow.long(), weight.col.long()
+    counts = crow.diff()
+    group_ptr = torch.cat([counts.new_zeros(1), ((counts + ROWS - 1) // ROWS).cumsum(0)])
+    n_groups = int(group_ptr[-1])
+    block_row = torch.repeat_interleave(torch.arange(counts.numel()), counts)
+    position = torch.arange(col.numel()) - crow[block_row]
+    slot = group_ptr[block_row] * ROWS + position  # group * 4 + (position % 4)
+    group_col = torch.zeros(n_groups * ROWS, dtype=torch.int32)
+    group_col[slot] = col.to(torch.int32)
+    codes = torch.zeros(n_groups, ROWS, ROWS, dtype=torch.uint8)  # [group, row, column slot]
+    codes[slot // ROWS, :, slot % ROWS] = weight.values.reshape(-1, ROWS).view(torch.uint8)
+    row_sums = torch.zeros(weight.shape[0], dtype=torch.int64)
+    row_sums.view(-1, ROWS).index_add_(0, block_row, weight.values.reshape(-1, ROWS).long())
+    return Int8Layout(group_ptr.to(torch.int32), group_col, codes.view(torch.int32).reshape(-1),
+                      (128 * row_sums).to(torch.int32))
+
+
+@numba.njit(parallel=True)
+def quantize_chunks(x, xc, sx):  # pragma: no cover - compiled; no fastmath: it must equal the reference bit for bit
+    """``kernels.reference.quantize_tokens`` fused with the chunk layout: ``x [N, K]`` fp32 ->
+    ``xc[c, k, n] = round(x[c * width + n, k] / sx) + 128`` (128 past the last token) and
+    ``sx [chunks * width]`` (0 past the last token)."""
+    n_tokens, in_features = x.shape
+    chunks, width = xc.shape[0], xc.shape[2]
+    for n in numba.prange(chunks * width):
+        if n < n_tokens:
+            peak = np.float32(0.0)
+            for k in range(in_features):
+                peak = max(peak, abs(x[n, k]))
+            step = peak / np.float32(127.0)
+            sx[n] = step if step > 0 else np.float32(1.0)
+        else:
+            sx[n] = np.float32(0.0)
+    blocks = (in_features + LANES - 1) // LANES
+    for job in numba.prange(chunks * blocks):
+        c, k0 = job // blocks, (job % blocks) * LANES
+        for n in range(width):
+            token = c * width + n
+            for k in range(k0, min(in_features, k0 + LANES)):
+                if token < n_tokens:
+                    code = np.round(x[token, k] / sx[token])
+                    xc[c, k, n] = np.uint8(min(max(code, np.float32(-127.0)), np.float32(127.0)) + np.float32(128.0))
+                else:
+                    xc[c, k, n] = 128
+
+
+@functools.cache
+def compiled(vectors: int):
+    """The kernel for chunks of ``16 * vectors`` tokens (once per process)."""
+    step, width = int8_block_row_step(vectors), LANES * vectors
+
+    @numba.njit(parallel=True, fastmath=True)
+    def run(xc, sx, group_ptr, group_col, group_codes, scale, offset, y, tiles):  # pragma: no cover - compiled
+        """y[N, M] from ``xc [chunks, K, width]`` uint8 and ``sx [chunks * width]``; ``tiles
+        [tasks, vectors * 256]`` fp32 scratch, one per task."""
+        n_tokens, out_features = y.shape
+        in_features, tasks = xc.shape[1], tiles.shape[0]
+        n_tiles = (out_features + LANES - 1) // LANES
+        for task in numba.prange(tasks):
+            tile = tiles[task]
+            for chunk in range(xc.shape[0]):
+                n0 = chunk * width
+                for t in task_span(task, tasks, n_tiles):
+                    r0 = t * LANES
+                    rows = min(LANES, out_features - r0)
+                    for q in range(rows // ROWS):
+                        br = r0 // ROWS + q
+                        step(tile, LANES * ROWS * q, xc, chunk * in_features * width, group_col, group_codes,
+                             group_ptr[br], group_ptr[br + 1], sx, n0, scale, offset, r0 + ROWS * q)
+                    for v in range(vectors):
+                        nv = n0 + LANES * v
+                        store_tile(tile, LANES * LANES * v, y, nv, r0, max(0, min(LANES, n_tokens - nv)), rows)
+
+    return run
 
 
 def vnni_ready(weight) -> bool:
@@ -89,18 +155,23 @@ def block_int8_linear(x: torch.Tensor, weight: BlockSparseInt8, bias: torch.Tens
     if not HAS_VNNI:
         raise SparsaError("the int8 block kernel needs AVX-512 VNNI, which this CPU lacks; "
                           "sparsa.kernels.linear runs the reference instead")
+    layout = cached_layout(weight, int8_layout)
     lead, (out_features, in_features) = x.shape[:-1], weight.shape
     x2 = x.detach().reshape(-1, in_features)
     n_tokens = x2.shape[0]
-    padded = max(LANES, -(-n_tokens // LANES) * LANES)
-    xq, sx = quantize_tokens(x2)
-    xq_t = torch.full((in_features, padded), 128, dtype=torch.uint8)
-    xq_t[:, :n_tokens] = xq.t()
     y = torch.empty(n_tokens, out_features)
-    tasks = 4 * numba.get_num_threads()
-    _block_int8_4x1(xq_t.reshape(-1).numpy(), padded, weight.crow.contiguous().numpy(),
-                    weight.col.contiguous().numpy(), weight.values.contiguous().reshape(-1).numpy(),
-                    sx.numpy(), weight.scale.contiguous().numpy(), y.numpy(), tasks)
+    if n_tokens == 0:
+        return (y if bias is None else y + bias).reshape(*lead, out_features)
+    vectors = min(MAX_VECTORS, -(-n_tokens // LANES))
+    width = LANES * vectors
+    chunks = -(-n_tokens // width)
+    xc = torch.empty(chunks, in_features, width, dtype=torch.uint8)  # 64-byte aligned
+    sx = torch.empty(chunks * width)
+    quantize_chunks(x2.contiguous().numpy(), xc.numpy(), sx.numpy())
+    tiles = torch.empty(TASKS_PER_THREAD * numba.get_num_threads(), vectors * LANES * LANES)
+    compiled(vectors)(xc.numpy(), sx.numpy(), layout.group_ptr.numpy(), layout.group_col.numpy(),
+                      layout.group_codes.numpy(), weight.scale.contiguous().numpy(), layout.offset.numpy(),
+                      y.numpy(), tiles.numpy())
     if bias is not None:
         y += bias
     return y.reshape(*lead, out_features)

@@ -28,8 +28,8 @@ import torch
 from sparsa.errors import SparsaError
 from sparsa.formats.block_sparse import BlockSparse
 from sparsa.kernels.cpu import block_steps
-from sparsa.kernels.cpu.calls import check_activations
-from sparsa.kernels.cpu.transpose import transpose16
+from sparsa.kernels.cpu.calls import check_activations, task_span
+from sparsa.kernels.cpu.transpose import store_tile, transpose16
 from sparsa.kernels.dispatch import register_linear_kernel
 
 TOKEN_LANES_MIN = 4  # below this many tokens the weight-lanes order is faster (measured at 90%, 1 thread)
@@ -75,28 +75,22 @@ def _row_blocks(C: int):
 
     @numba.njit(parallel=True, fastmath=True)
     def tokens_in_lanes(xc, crow, col, values, y, tiles):  # pragma: no cover - compiled
-        """y[N, M] = X Wᵀ for X as chunks ``xc [N / 16, K, 16]``; ``tiles [tasks, 16, 16]`` scratch
+        """y[N, M] = X Wᵀ for X as chunks ``xc [N / 16, K, 16]``; ``tiles [tasks, 256]`` scratch
         (64-byte aligned), one per task."""
         n_tokens, out_features = y.shape
         in_features, tasks = xc.shape[1], tiles.shape[0]
         n_tiles = (out_features + LANES - 1) // LANES
-        per_task = (n_tiles + tasks - 1) // tasks
         for task in numba.prange(tasks):
             tile = tiles[task]
             for chunk in range(xc.shape[0]):
                 n0 = chunk * LANES
                 width = min(LANES, n_tokens - n0)
-                for t in range(task * per_task, min(n_tiles, (task + 1) * per_task)):
+                for t in task_span(task, tasks, n_tiles):
                     r0 = t * LANES
                     rows = min(LANES, out_features - r0)
                     for i in range(rows):
                         step(tile, i * LANES, xc, chunk * in_features * LANES, values, col, crow[r0 + i], crow[r0 + i + 1])
-                    if rows == LANES and width == LANES:
-                        transpose16(tile, 0, LANES, y, n0 * out_features + r0, out_features)
-                    else:
-                        for n in range(width):
-                            for i in range(rows):
-                                y[n0 + n, r0 + i] = tile[i, n]
+                    store_tile(tile, 0, y, n0, r0, width, rows)
 
     return tokens_in_lanes
 
@@ -113,12 +107,11 @@ def _column_blocks(R: int):
         n_tokens, out_features = y.shape
         in_features, tasks = xc.shape[1], tiles.shape[0]
         n_jobs = (crow.shape[0] - 1) * (R // LANES)
-        per_task = (n_jobs + tasks - 1) // tasks
         for task in numba.prange(tasks):
             for chunk in range(xc.shape[0]):
                 n0 = chunk * LANES
                 width = min(LANES, n_tokens - n0)
-                for job in range(task * per_task, min(n_jobs, (task + 1) * per_task)):
+                for job in task_span(task, tasks, n_jobs):
                     br, part = job // (R // LANES), job % (R // LANES)
                     step(y, n0 * out_features + br * R + part * LANES, out_features, width,
                          xc, chunk * in_features * LANES, values, part * LANES, R, col, crow[br], crow[br + 1])
@@ -139,13 +132,12 @@ def _any_blocks(R: int, C: int):
         n_tokens, n_block_rows = y.shape[0], crow.shape[0] - 1
         tasks = tiles.shape[0]
         n_tiles = (n_block_rows + group - 1) // group
-        per_task = (n_tiles + tasks - 1) // tasks
         for task in numba.prange(tasks):
             tile = np.empty((group * R, LANES), np.float32)
             for chunk in range(xc.shape[0]):
                 n0 = chunk * LANES
                 width = min(LANES, n_tokens - n0)
-                for t in range(task * per_task, min(n_tiles, (task + 1) * per_task)):
+                for t in task_span(task, tasks, n_tiles):
                     first = t * group
                     rows = min(group, n_block_rows - first) * R
                     tile[:] = 0.0
@@ -211,7 +203,7 @@ def block_sparse_linear(x: torch.Tensor, weight: BlockSparse, bias: torch.Tensor
         # (numpy's 16-byte alignment split each load across two lines: a 1.5x slower kernel)
         xc = torch.empty(-(-n_tokens // LANES), in_features, LANES).numpy()
         to_token_chunks(x2.contiguous().numpy(), xc)
-        tiles = torch.empty(TASKS_PER_THREAD * numba.get_num_threads(), LANES, LANES).numpy()
+        tiles = torch.empty(TASKS_PER_THREAD * numba.get_num_threads(), LANES * LANES).numpy()
         tokens_in_lanes(xc, crow, col, values, y.numpy(), tiles)
     else:
         weights_in_lanes(x2.contiguous().numpy(), crow, col, values, y.numpy())

@@ -44,3 +44,10 @@ def zero_padded_rows(x, width):  # pragma: no cover - compiled
         for k in range(in_features):
             out[n * width + k] = x[n, k]
     return out
+
+
+@numba.njit(inline="always")
+def task_span(task, tasks, count):  # pragma: no cover - compiled
+    """The ``range`` of ``count`` jobs that task ``task`` of ``tasks`` takes: equal runs, the last one short."""
+    per_task = (count + tasks - 1) // tasks
+    return range(task * per_task, min(count, (task + 1) * per_task))

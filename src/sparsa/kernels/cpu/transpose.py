@@ -3,9 +3,11 @@
 Kernels that keep tokens in the vector lanes finish with a ``[rows, tokens]`` tile that must
 land in ``Y: [tokens, out]`` row-major. :func:`transpose16` loads 16 rows of 16 floats,
 transposes them with four rounds of two-source shuffles (2x2 blocks of 8, 4, 2, then 1
-elements swap across row pairs) and stores 16 rows of 16 floats.
+elements swap across row pairs) and stores 16 rows of 16 floats; :func:`store_tile` does
+that for a whole tile and falls back to element stores at a ragged edge.
 """
 
+import numba
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
@@ -50,3 +52,15 @@ def transpose16(typingctx, src, src_at, src_stride, dst, dst_at, dst_stride):
         return context.get_dummy_value()
 
     return types.void(src, src_at, src_stride, dst, dst_at, dst_stride), codegen
+
+
+@numba.njit(inline="always")
+def store_tile(tile, tile_at, y, n0, r0, tokens, rows):  # pragma: no cover - compiled
+    """``y[n0 + n, r0 + i] = tile[tile_at + 16 * i + n]`` for ``n < tokens``, ``i < rows`` (both <= 16):
+    a ``[16 rows, 16 tokens]`` tile (flat fp32) into ``y [N, M]``, through registers when whole."""
+    if rows == N and tokens == N:
+        transpose16(tile, tile_at, N, y, n0 * y.shape[1] + r0, y.shape[1])
+    else:
+        for n in range(tokens):
+            for i in range(rows):
+                y[n0 + n, r0 + i] = tile[tile_at + N * i + n]
