@@ -110,14 +110,12 @@ def test_block_sparse_linear_bf16_values_raise():
 
 @settings(max_examples=30, deadline=None)
 @given(st.integers(1, 70), st.integers(1, 40), st.integers(0, 2**16))
-def test_to_token_chunks_transposes_and_zero_pads(n_tokens, in_features, seed):
-    import numpy as np
-
-    from sparsa.kernels.cpu.block_sparse import LANES, to_token_chunks
+def test_load_chunk_transposes_and_zero_pads(n_tokens, in_features, seed):
+    from sparsa.kernels.cpu.block_sparse import LANES, load_chunk
 
     x = torch.randn(n_tokens, in_features, generator=torch.Generator().manual_seed(seed))
-    chunks = -(-n_tokens // LANES)
-    xc = np.full((chunks, in_features, LANES), np.nan, np.float32)
-    to_token_chunks(x.numpy(), xc)
-    padded = torch.cat([x, x.new_zeros(chunks * LANES - n_tokens, in_features)])
-    assert torch.equal(torch.from_numpy(xc), padded.view(chunks, LANES, in_features).transpose(1, 2))
+    padded = torch.cat([x, x.new_zeros(LANES, in_features)])
+    for n0 in range(0, n_tokens, LANES):
+        xc = torch.full((in_features, LANES), float("nan"))
+        load_chunk(x.numpy(), n0, xc.numpy())
+        assert torch.equal(xc, padded[n0:n0 + LANES].t())

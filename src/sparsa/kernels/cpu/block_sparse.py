@@ -6,8 +6,10 @@ block ``b`` covering output rows ``br*R .. br*R+R`` and input columns ``col[b]*C
 Two loop orders, picked by the token count ``N``:
 
 * **tokens in the vector lanes** (``N >= TOKEN_LANES_MIN``), after the CPU accelerator paper
-  (arXiv 2306.16601): ``X`` is cut into chunks of 16 tokens laid out ``[K, 16]`` (one 64-byte
-  line per input column); the threads split the rows into runs and walk every chunk.
+  (arXiv 2306.16601): ``X`` is cut into chunks of 16 tokens, each copied by the task that
+  uses it into ``[K, 16]`` (one 64-byte line per input column); the threads split the chunks
+  (and the rows only when chunks are few), so each core reads its own tokens and the shared,
+  read-only weight.
   ``1 x C`` blocks accumulate a 16-row x 16-token tile in registers (:mod:`block_steps`) and
   write it to ``Y`` through a register transpose; ``16m x 1`` blocks keep 16 rows in the lanes,
   broadcast each token's activation and store each token's 16 outputs straight into ``Y``;
@@ -20,6 +22,8 @@ accumulate in fp32, so they agree with the dense reference to fp32 rounding.
 """
 
 import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -34,20 +38,159 @@ from sparsa.kernels.dispatch import register_linear_kernel
 
 TOKEN_LANES_MIN = 4  # below this many tokens the weight-lanes order is faster (measured at 90%, 1 thread)
 LANES = block_steps.LANES  # tokens per activation chunk: one AVX-512 register of fp32
-TASKS_PER_THREAD = 4  # runs of rows per thread, so uneven rows even out
+TASKS_PER_THREAD = 4  # jobs per thread, so uneven rows even out
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """The two loop orders for one block shape, and the tile scratch the first one needs per task.
+
+    ``tokens_in_lanes(x, crow, col, values, y, chunk_buffers, tiles, row_parts)``: ``x [N, K]``,
+    ``chunk_buffers [tasks, K, 16]`` and ``tiles [tasks, tile_rows * 16]`` fp32 scratch (64-byte
+    aligned), the rows cut into ``row_parts`` runs. ``weights_in_lanes(x, crow, col, values, y)``."""
+
+    tokens_in_lanes: Callable
+    weights_in_lanes: Callable
+    tile_rows: int
 
 
 @functools.cache
-def compiled(R: int, C: int) -> tuple:
-    """The two loop orders compiled for ``R x C`` blocks: ``1 x C`` and ``16m x 1`` blocks take the
-    register-blocked steps of :mod:`block_steps`; other shapes a loop nest that LLVM unrolls over
-    the block's sides (constants here) and vectorizes over tokens or rows."""
+def compiled(R: int, C: int) -> Compiled:
+    """The loop orders compiled for ``R x C`` blocks (once per process): ``1 x C`` and ``16m x 1``
+    blocks take the register-blocked steps of :mod:`block_steps`; other shapes a loop nest that
+    LLVM unrolls over the block's sides (constants here)."""
     if R == 1:
-        tokens_in_lanes = _row_blocks(C)
+        rows, units, tile_rows = _row_blocks(C), _tile_units(1), LANES
     elif C == 1 and R % LANES == 0:
-        tokens_in_lanes = _column_blocks(R)
+        rows, units, tile_rows = _column_blocks(R), _slice_units(R // LANES), LANES
     else:
-        tokens_in_lanes = _any_blocks(R, C)
+        group = max(1, LANES // R)  # block rows per output tile: >= 16 rows, whole cache lines of Y per token
+        rows, units, tile_rows = _any_blocks(R, C, group), _tile_units(group), max(LANES, group * R)
+    return Compiled(_chunk_driver(rows, units), _weights_in_lanes(R, C), tile_rows)
+
+
+@numba.njit(inline="always")
+def load_chunk(x, n0, xc):  # pragma: no cover - compiled
+    """``xc[k, n] = x[n0 + n, k]`` for ``n < 16`` (0 past the last token): one 16-token chunk of
+    ``x [N, K]`` as ``[K, 16]``, whole 16 x 16 blocks through registers."""
+    n_tokens, in_features = x.shape
+    width = min(LANES, n_tokens - n0)
+    for k0 in range(0, in_features, LANES):
+        if width == LANES and k0 + LANES <= in_features:
+            transpose16(x, n0 * in_features + k0, in_features, xc, k0 * LANES, LANES)
+        else:
+            for n in range(LANES):
+                for k in range(k0, min(in_features, k0 + LANES)):
+                    xc[k, n] = x[n0 + n, k] if n < width else 0.0
+
+
+def _chunk_driver(rows_of_chunk, units_of):
+    """The tokens-in-lanes order: jobs are (16-token chunk, run of row units); each task copies
+    its chunk into a private ``[K, 16]`` buffer (in its own cache, never another core's) and
+    calls ``rows_of_chunk`` for the run. Chunks are split first, rows only when there are fewer
+    chunks than jobs wanted, so each core reads the weight, shared and read-only, and its own
+    tokens."""
+
+    @numba.njit(parallel=True, fastmath=True)
+    def tokens_in_lanes(x, crow, col, values, y, chunk_buffers, tiles, row_parts):  # pragma: no cover - compiled
+        n_tokens, tasks = x.shape[0], tiles.shape[0]
+        n_units = units_of(crow.shape[0] - 1)
+        per_part = (n_units + row_parts - 1) // row_parts
+        jobs = (n_tokens + LANES - 1) // LANES * row_parts
+        for task in numba.prange(tasks):
+            xc, tile, loaded = chunk_buffers[task], tiles[task], -1
+            for job in task_span(task, tasks, jobs):
+                chunk, part = job // row_parts, job % row_parts
+                if chunk != loaded:
+                    load_chunk(x, chunk * LANES, xc)
+                    loaded = chunk
+                n0 = chunk * LANES
+                rows_of_chunk(xc, crow, col, values, y, tile, n0, min(LANES, n_tokens - n0),
+                              part * per_part, min(n_units, (part + 1) * per_part))
+
+    return tokens_in_lanes
+
+
+def _tile_units(group: int):
+    @numba.njit(inline="always")
+    def units(n_block_rows):  # pragma: no cover - compiled
+        """Output tiles of ``group`` block rows."""
+        return (n_block_rows + group - 1) // group
+
+    return units
+
+
+def _slice_units(parts: int):
+    @numba.njit(inline="always")
+    def units(n_block_rows):  # pragma: no cover - compiled
+        """16-row slices of the block rows."""
+        return n_block_rows * parts
+
+    return units
+
+
+def _row_blocks(C: int):
+    """``1 x C`` blocks: 16-row tiles, one :func:`block_steps.row_block_step` per row, each tile
+    written to ``Y`` through a 16 x 16 register transpose."""
+    step = block_steps.row_block_step(C)
+
+    @numba.njit(inline="always")
+    def rows_of_chunk(xc, crow, col, values, y, tile, n0, width, u0, u1):  # pragma: no cover - compiled
+        out_features = y.shape[1]
+        for t in range(u0, u1):
+            r0 = t * LANES
+            rows = min(LANES, out_features - r0)
+            for i in range(rows):
+                step(tile, i * LANES, xc, 0, values, col, crow[r0 + i], crow[r0 + i + 1])
+            store_tile(tile, 0, y, n0, r0, width, rows)
+
+    return rows_of_chunk
+
+
+def _column_blocks(R: int):
+    """``R x 1`` blocks (``R`` a multiple of 16): one :func:`block_steps.column_block_step` per
+    16-row slice of a block row, storing straight into ``Y``."""
+    step, parts = block_steps.column_block_step, R // LANES
+
+    @numba.njit(inline="always")
+    def rows_of_chunk(xc, crow, col, values, y, tile, n0, width, u0, u1):  # pragma: no cover - compiled
+        out_features = y.shape[1]
+        for u in range(u0, u1):
+            br, part = u // parts, u % parts
+            step(y, n0 * out_features + br * R + part * LANES, out_features, width,
+                 xc, 0, values, part * LANES, R, col, crow[br], crow[br + 1])
+
+    return rows_of_chunk
+
+
+def _any_blocks(R: int, C: int, group: int):
+    """Any ``R x C``: tiles of ``group`` block rows accumulated in memory, block by block."""
+
+    @numba.njit(inline="always")
+    def rows_of_chunk(xc, crow, col, values, y, tile, n0, width, u0, u1):  # pragma: no cover - compiled
+        n_block_rows = crow.shape[0] - 1
+        for t in range(u0, u1):
+            first = t * group
+            rows = min(group, n_block_rows - first) * R
+            tile[: rows * LANES] = 0.0
+            for br in range(first, first + rows // R):
+                i0 = (br - first) * R
+                for b in range(crow[br], crow[br + 1]):
+                    k0 = col[b] * C
+                    for i in range(R):
+                        for n in range(LANES):
+                            acc = tile[(i0 + i) * LANES + n]
+                            for j in range(C):
+                                acc += values[b, i, j] * xc[k0 + j, n]
+                            tile[(i0 + i) * LANES + n] = acc
+            for n in range(width):
+                for i in range(rows):
+                    y[n0 + n, first * R + i] = tile[i * LANES + n]
+
+    return rows_of_chunk
+
+
+def _weights_in_lanes(R: int, C: int):
     @numba.njit(parallel=True, fastmath=True)
     def weights_in_lanes(x, crow, col, values, y):  # pragma: no cover - compiled
         """y[N, M] = x Wᵀ for x [N, K]; one block row per task, every token inside it."""
@@ -65,117 +208,7 @@ def compiled(R: int, C: int) -> tuple:
                             acc += values[b, i, j] * x[n, k0 + j]
                         y[n, r0 + i] += acc
 
-    return tokens_in_lanes, weights_in_lanes
-
-
-def _row_blocks(C: int):
-    """Tokens in lanes for ``1 x C`` blocks: 16-row tiles, one :func:`block_steps.row_block_step`
-    per row and chunk, each tile written to ``Y`` through a 16 x 16 register transpose."""
-    step = block_steps.row_block_step(C)
-
-    @numba.njit(parallel=True, fastmath=True)
-    def tokens_in_lanes(xc, crow, col, values, y, tiles):  # pragma: no cover - compiled
-        """y[N, M] = X Wᵀ for X as chunks ``xc [N / 16, K, 16]``; ``tiles [tasks, 256]`` scratch
-        (64-byte aligned), one per task."""
-        n_tokens, out_features = y.shape
-        in_features, tasks = xc.shape[1], tiles.shape[0]
-        n_tiles = (out_features + LANES - 1) // LANES
-        for task in numba.prange(tasks):
-            tile = tiles[task]
-            for chunk in range(xc.shape[0]):
-                n0 = chunk * LANES
-                width = min(LANES, n_tokens - n0)
-                for t in task_span(task, tasks, n_tiles):
-                    r0 = t * LANES
-                    rows = min(LANES, out_features - r0)
-                    for i in range(rows):
-                        step(tile, i * LANES, xc, chunk * in_features * LANES, values, col, crow[r0 + i], crow[r0 + i + 1])
-                    store_tile(tile, 0, y, n0, r0, width, rows)
-
-    return tokens_in_lanes
-
-
-def _column_blocks(R: int):
-    """Rows in lanes for ``R x 1`` blocks (``R`` a multiple of 16): one
-    :func:`block_steps.column_block_step` per 16-row slice of a block row and chunk, storing
-    straight into ``Y``."""
-    step = block_steps.column_block_step
-
-    @numba.njit(parallel=True, fastmath=True)
-    def tokens_in_lanes(xc, crow, col, values, y, tiles):  # pragma: no cover - compiled
-        """y[N, M] = X Wᵀ for X as chunks ``xc [N / 16, K, 16]``; ``tiles`` only gives the task count."""
-        n_tokens, out_features = y.shape
-        in_features, tasks = xc.shape[1], tiles.shape[0]
-        n_jobs = (crow.shape[0] - 1) * (R // LANES)
-        for task in numba.prange(tasks):
-            for chunk in range(xc.shape[0]):
-                n0 = chunk * LANES
-                width = min(LANES, n_tokens - n0)
-                for job in task_span(task, tasks, n_jobs):
-                    br, part = job // (R // LANES), job % (R // LANES)
-                    step(y, n0 * out_features + br * R + part * LANES, out_features, width,
-                         xc, chunk * in_features * LANES, values, part * LANES, R, col, crow[br], crow[br + 1])
-
-    return tokens_in_lanes
-
-
-def _any_blocks(R: int, C: int):
-    """Tokens in lanes for any ``R x C``: tiles of ``group * R >= 16`` rows accumulated in memory."""
-    group = max(1, LANES // R)  # block rows per output tile: >= 16 rows, whole cache lines of Y per token
-
-    @numba.njit(parallel=True, fastmath=True)
-    def tokens_in_lanes(xc, crow, col, values, y, tiles):  # pragma: no cover - compiled
-        """y[N, M] = X Wᵀ for X as chunks ``xc [N / 16, K, 16]``; ``tiles`` only gives the task count.
-
-        Each task takes a run of block rows; for every chunk of 16 tokens it accumulates ``group``
-        block rows in a ``group*R x 16`` tile and writes the tile out row-major."""
-        n_tokens, n_block_rows = y.shape[0], crow.shape[0] - 1
-        tasks = tiles.shape[0]
-        n_tiles = (n_block_rows + group - 1) // group
-        for task in numba.prange(tasks):
-            tile = np.empty((group * R, LANES), np.float32)
-            for chunk in range(xc.shape[0]):
-                n0 = chunk * LANES
-                width = min(LANES, n_tokens - n0)
-                for t in task_span(task, tasks, n_tiles):
-                    first = t * group
-                    rows = min(group, n_block_rows - first) * R
-                    tile[:] = 0.0
-                    for br in range(first, first + rows // R):
-                        i0 = (br - first) * R
-                        for b in range(crow[br], crow[br + 1]):
-                            k0 = col[b] * C
-                            for i in range(R):
-                                for n in range(LANES):
-                                    acc = tile[i0 + i, n]
-                                    for j in range(C):
-                                        acc += values[b, i, j] * xc[chunk, k0 + j, n]
-                                    tile[i0 + i, n] = acc
-                    for n in range(width):
-                        for i in range(rows):
-                            y[n0 + n, first * R + i] = tile[i, n]
-
-    return tokens_in_lanes
-
-
-@numba.njit(parallel=True, fastmath=True)
-def to_token_chunks(x, xc):  # pragma: no cover - compiled
-    """``xc[c, k, n] = x[c * lanes + n, k]`` (0 past the last token): ``x [N, K]`` in the chunked,
-    transposed layout of the tokens-in-lanes order; whole 16 x 16 blocks go through registers."""
-    n_tokens, in_features = x.shape
-    chunks, lanes = xc.shape[0], xc.shape[2]
-    blocks = in_features // 16
-    for job in numba.prange(chunks * (blocks + 1)):
-        c, kb = job // (blocks + 1), job % (blocks + 1)
-        k0, k1 = kb * 16, min(in_features, kb * 16 + 16)
-        for half in range(0, lanes, 16):
-            n0 = c * lanes + half
-            if kb < blocks and n0 + 16 <= n_tokens:
-                transpose16(x, n0 * in_features + k0, in_features, xc, (c * in_features + k0) * lanes + half, lanes)
-            else:
-                for n in range(16):
-                    for k in range(k0, k1):
-                        xc[c, k, half + n] = x[n0 + n, k] if n0 + n < n_tokens else 0.0
+    return weights_in_lanes
 
 
 @register_linear_kernel("block", "cpu", (torch.float32,), accepts=lambda w: w.values.dtype == torch.float32)
@@ -195,18 +228,19 @@ def block_sparse_linear(x: torch.Tensor, weight: BlockSparse, bias: torch.Tensor
     lead, (out_features, in_features) = x.shape[:-1], weight.shape
     x2 = x.detach().reshape(-1, in_features)
     crow, col, values = (a.contiguous().numpy() for a in (weight.crow, weight.col, weight.values))
-    tokens_in_lanes, weights_in_lanes = compiled(*weight.block)
+    kernels = compiled(*weight.block)
     y = torch.empty(x2.shape[0], out_features)
     n_tokens = x2.shape[0]
     if n_tokens >= TOKEN_LANES_MIN:
-        # torch allocates 64-byte aligned: every 16-token vector of the chunks is one cache line
+        tasks = TASKS_PER_THREAD * numba.get_num_threads()
+        # torch allocates 64-byte aligned: every 16-token vector of a chunk is one cache line
         # (numpy's 16-byte alignment split each load across two lines: a 1.5x slower kernel)
-        xc = torch.empty(-(-n_tokens // LANES), in_features, LANES).numpy()
-        to_token_chunks(x2.contiguous().numpy(), xc)
-        tiles = torch.empty(TASKS_PER_THREAD * numba.get_num_threads(), LANES * LANES).numpy()
-        tokens_in_lanes(xc, crow, col, values, y.numpy(), tiles)
+        chunk_buffers = torch.empty(tasks, in_features, LANES).numpy()
+        tiles = torch.empty(tasks, kernels.tile_rows * LANES).numpy()
+        row_parts = -(-tasks // -(-n_tokens // LANES))  # split rows only when chunks are too few
+        kernels.tokens_in_lanes(x2.contiguous().numpy(), crow, col, values, y.numpy(), chunk_buffers, tiles, row_parts)
     else:
-        weights_in_lanes(x2.contiguous().numpy(), crow, col, values, y.numpy())
+        kernels.weights_in_lanes(x2.contiguous().numpy(), crow, col, values, y.numpy())
     if bias is not None:
         y += bias
     return y.reshape(*lead, out_features)

@@ -3,7 +3,7 @@ vectorized accumulator in memory and chains every FMA of a block on it, which le
 kernel latency-bound at half its load throughput).
 
 Both steps read activations as 16-token chunks ``xc [K, 16]`` (one 64-byte line per input
-column, from :func:`sparsa.kernels.cpu.block_sparse.to_token_chunks`) and loop over one block
+column, from :func:`sparsa.kernels.cpu.block_sparse.load_chunk`) and loop over one block
 row's blocks ``b0 .. b1`` with the accumulators in registers:
 
 * :func:`row_block_step` (``1 x C`` blocks): tokens in the lanes. Block ``b`` adds
