@@ -85,7 +85,7 @@ def test_block_int8_linear_bert_shape_within_two_percent_of_fp32():
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 70), st.integers(1, 40), st.sampled_from([16, 32, 64]), st.integers(0, 2**16))
 def test_quantize_chunks_equals_quantize_tokens_bit_for_bit(n_tokens, in_features, width, seed):
-    """Halves (ties to even), zero tokens, and the padding past the last token."""
+    """Halves (ties to even), a zero token, ragged 16-column slices, the padding past the last token."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(-254, 255, (n_tokens, in_features), generator=g) / 2 * torch.rand(n_tokens, 1, generator=g)
     if n_tokens:

@@ -4,12 +4,13 @@ After the CPU accelerator paper's VNNI kernel (arXiv 2306.16601; ITREX's "4x1": 
 rows x one input column): the weight is ``BlockSparseInt8`` with 4x1 blocks, the activations
 are quantized per token to uint8 on the fly, and the tokens sit in the vector lanes:
 
-1. ``xq[n, k] = round(x[n, k] / sx[n]) + 128`` (uint8, ``sx[n] = max_k |x[n, k]| / 127``), laid
-   out in chunks of ``16 * vectors`` tokens, ``[K, 16 * vectors]`` per chunk (padded with 128);
+1. ``xq[n, k] = round(x[n, k] / sx[n]) + 128`` (uint8, ``sx[n] = max_k |x[n, k]| / 127``), in
+   chunks of ``16 * vectors`` tokens, ``[K, 16 * vectors]`` per chunk (padded with 128);
 2. once per weight (:func:`int8_layout`), each block row's blocks are taken four at a time
    (the last group padded with zero codes): the group's four columns, and for each of the four
    output rows its four codes packed in one int32;
-3. :func:`sparsa.kernels.cpu.vnni.int8_block_row_step` runs one block row over one chunk with
+3. :func:`sparsa.kernels.cpu.vnni.int8_block_row_step` runs one block row over one chunk (the
+   tasks split the chunks first, the rows only when chunks are few) with
    the int32 sums in registers and writes ``sx[n] * scale[r] * (acc - 128 * rowsum[r])`` into a
    16-row tile, which a register transpose stores into ``Y``.
 
@@ -29,7 +30,7 @@ from sparsa.errors import SparsaError
 from sparsa.formats.block_int8 import BlockSparseInt8
 from sparsa.kernels.cpu.calls import check_activations, task_span
 from sparsa.kernels.cpu.layouts import cached_layout
-from sparsa.kernels.cpu.transpose import store_tile
+from sparsa.kernels.cpu.transpose import store_tile, transpose16
 from sparsa.kernels.cpu.vnni import HAS_VNNI, LANES, ROWS, int8_block_row_step
 from sparsa.kernels.dispatch import register_linear_kernel
 
@@ -74,33 +75,48 @@ def int8_layout(weight: BlockSparseInt8) -> Int8Layout:
                       (128 * row_sums).to(torch.int32))
 
 
+@numba.njit(fastmath=True)
+def _peak(row):  # pragma: no cover - compiled
+    """max |row| (fastmath only reorders the max, which is exact in any order)."""
+    peak = np.float32(0.0)
+    for value in row:
+        peak = max(peak, abs(value))
+    return peak
+
+
 @numba.njit(parallel=True)
 def quantize_chunks(x, xc, sx):  # pragma: no cover - compiled; no fastmath: it must equal the reference bit for bit
-    """``kernels.reference.quantize_tokens`` fused with the chunk layout: ``x [N, K]`` fp32 ->
-    ``xc[c, k, n] = round(x[c * width + n, k] / sx) + 128`` (128 past the last token) and
-    ``sx [chunks * width]`` (0 past the last token)."""
+    """``kernels.reference.quantize_tokens`` in the kernel's chunk layout: ``x [N, K]`` fp32 ->
+    ``xc[c, k, n] = round(x[c * width + n, k] / sx[c * width + n]) + 128`` (``xc [chunks, K,
+    width]`` uint8, 128 past the last token) and ``sx [chunks * width]`` (0 past the last token).
+    Each job moves a 16-column slice of a chunk through a 16 x 16 register transpose, then
+    quantizes it with contiguous (vectorized, exact) divisions."""
     n_tokens, in_features = x.shape
     chunks, width = xc.shape[0], xc.shape[2]
     for n in numba.prange(chunks * width):
-        if n < n_tokens:
-            peak = np.float32(0.0)
-            for k in range(in_features):
-                peak = max(peak, abs(x[n, k]))
-            step = peak / np.float32(127.0)
-            sx[n] = step if step > 0 else np.float32(1.0)
-        else:
-            sx[n] = np.float32(0.0)
+        step = _peak(x[n]) / np.float32(127.0) if n < n_tokens else np.float32(0.0)
+        sx[n] = step if step > 0 or n >= n_tokens else np.float32(1.0)
     blocks = (in_features + LANES - 1) // LANES
     for job in numba.prange(chunks * blocks):
         c, k0 = job // blocks, (job % blocks) * LANES
-        for n in range(width):
-            token = c * width + n
-            for k in range(k0, min(in_features, k0 + LANES)):
-                if token < n_tokens:
-                    code = np.round(x[token, k] / sx[token])
-                    xc[c, k, n] = np.uint8(min(max(code, np.float32(-127.0)), np.float32(127.0)) + np.float32(128.0))
+        columns = min(LANES, in_features - k0)
+        tmp = np.empty((LANES, width), np.float32)  # [column, token]
+        for v in range(0, width, LANES):
+            n0 = c * width + v
+            if columns == LANES and n0 + LANES <= n_tokens:
+                transpose16(x, n0 * in_features + k0, in_features, tmp, v, width)
+            else:
+                for n in range(LANES):
+                    for k in range(LANES):
+                        tmp[k, v + n] = x[n0 + n, k0 + k] if n0 + n < n_tokens and k < columns else np.float32(0.0)
+        scale = sx[c * width:(c + 1) * width]
+        for k in range(columns):
+            for n in range(width):
+                if c * width + n < n_tokens:
+                    code = np.round(tmp[k, n] / scale[n])
+                    xc[c, k0 + k, n] = np.uint8(min(max(code, np.float32(-127.0)), np.float32(127.0)) + np.float32(128.0))
                 else:
-                    xc[c, k, n] = 128
+                    xc[c, k0 + k, n] = 128
 
 
 @functools.cache
@@ -108,18 +124,22 @@ def compiled(vectors: int):
     """The kernel for chunks of ``16 * vectors`` tokens (once per process)."""
     step, width = int8_block_row_step(vectors), LANES * vectors
 
-    @numba.njit(parallel=True, fastmath=True)
-    def run(xc, sx, group_ptr, group_col, group_codes, scale, offset, y, tiles):  # pragma: no cover - compiled
-        """y[N, M] from ``xc [chunks, K, width]`` uint8 and ``sx [chunks * width]``; ``tiles
-        [tasks, vectors * 256]`` fp32 scratch, one per task."""
+    @numba.njit(parallel=True)
+    def run(xc, sx, group_ptr, group_col, group_codes, scale, offset, y, tiles, row_parts):  # pragma: no cover - compiled
+        """y[N, M] from :func:`quantize_chunks`' ``xc [chunks, K, width]`` and ``sx``. Jobs are
+        (chunk, run of 16-row tiles), chunks split first, so a core reads few chunks and the
+        shared weight; ``tiles [tasks, vectors * 256]`` fp32 scratch."""
         n_tokens, out_features = y.shape
         in_features, tasks = xc.shape[1], tiles.shape[0]
         n_tiles = (out_features + LANES - 1) // LANES
+        per_part = (n_tiles + row_parts - 1) // row_parts
+        jobs = (n_tokens + width - 1) // width * row_parts
         for task in numba.prange(tasks):
             tile = tiles[task]
-            for chunk in range(xc.shape[0]):
+            for job in task_span(task, tasks, jobs):
+                chunk, part = job // row_parts, job % row_parts
                 n0 = chunk * width
-                for t in task_span(task, tasks, n_tiles):
+                for t in range(part * per_part, min(n_tiles, (part + 1) * per_part)):
                     r0 = t * LANES
                     rows = min(LANES, out_features - r0)
                     for q in range(rows // ROWS):
@@ -163,15 +183,15 @@ def block_int8_linear(x: torch.Tensor, weight: BlockSparseInt8, bias: torch.Tens
     if n_tokens == 0:
         return (y if bias is None else y + bias).reshape(*lead, out_features)
     vectors = min(MAX_VECTORS, -(-n_tokens // LANES))
-    width = LANES * vectors
+    width, tasks = LANES * vectors, TASKS_PER_THREAD * numba.get_num_threads()
     chunks = -(-n_tokens // width)
     xc = torch.empty(chunks, in_features, width, dtype=torch.uint8)  # 64-byte aligned
-    sx = torch.empty(chunks * width)
+    sx, tiles = torch.empty(chunks * width), torch.empty(tasks, vectors * LANES * LANES)
     quantize_chunks(x2.contiguous().numpy(), xc.numpy(), sx.numpy())
-    tiles = torch.empty(TASKS_PER_THREAD * numba.get_num_threads(), vectors * LANES * LANES)
+    row_parts = -(-tasks // chunks)  # split rows only when chunks are too few
     compiled(vectors)(xc.numpy(), sx.numpy(), layout.group_ptr.numpy(), layout.group_col.numpy(),
                       layout.group_codes.numpy(), weight.scale.contiguous().numpy(), layout.offset.numpy(),
-                      y.numpy(), tiles.numpy())
+                      y.numpy(), tiles.numpy(), row_parts)
     if bias is not None:
         y += bias
     return y.reshape(*lead, out_features)
