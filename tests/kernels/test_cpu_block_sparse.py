@@ -116,6 +116,6 @@ def test_load_chunk_transposes_and_zero_pads(n_tokens, in_features, seed):
     x = torch.randn(n_tokens, in_features, generator=torch.Generator().manual_seed(seed))
     padded = torch.cat([x, x.new_zeros(LANES, in_features)])
     for n0 in range(0, n_tokens, LANES):
-        xc = torch.full((in_features, LANES), float("nan"))
-        load_chunk(x.numpy(), n0, xc.numpy())
+        xc, pad = torch.full((in_features, LANES), float("nan")), torch.full((LANES, in_features), float("nan"))
+        load_chunk(x.numpy(), n0, xc.numpy(), pad.numpy())
         assert torch.equal(xc, padded[n0:n0 + LANES].t())

@@ -45,9 +45,9 @@ TASKS_PER_THREAD = 4  # jobs per thread, so uneven rows even out
 class Compiled:
     """The two loop orders for one block shape, and the tile scratch the first one needs per task.
 
-    ``tokens_in_lanes(x, crow, col, values, y, chunk_buffers, tiles, row_parts)``: ``x [N, K]``,
-    ``chunk_buffers [tasks, K, 16]`` and ``tiles [tasks, tile_rows * 16]`` fp32 scratch (64-byte
-    aligned), the rows cut into ``row_parts`` runs. ``weights_in_lanes(x, crow, col, values, y)``."""
+    ``tokens_in_lanes(x, crow, col, values, y, chunk_buffers, pads, tiles, row_parts)``: ``x [N,
+    K]``; ``chunk_buffers [tasks, K, 16]``, ``pads [tasks, 16, K]`` and ``tiles [tasks, tile_rows *
+    16]`` fp32 scratch (64-byte aligned); the rows cut into ``row_parts`` runs. ``weights_in_lanes(x, crow, col, values, y)``."""
 
     tokens_in_lanes: Callable
     weights_in_lanes: Callable
@@ -70,18 +70,23 @@ def compiled(R: int, C: int) -> Compiled:
 
 
 @numba.njit(inline="always")
-def load_chunk(x, n0, xc):  # pragma: no cover - compiled
+def load_chunk(x, n0, xc, pad):  # pragma: no cover - compiled
     """``xc[k, n] = x[n0 + n, k]`` for ``n < 16`` (0 past the last token): one 16-token chunk of
-    ``x [N, K]`` as ``[K, 16]``, whole 16 x 16 blocks through registers."""
+    ``x [N, K]`` as ``[K, 16]``, whole 16 x 16 blocks through registers. A chunk of fewer than
+    16 tokens is first copied into the zero-padded rows of ``pad [16, K]``."""
     n_tokens, in_features = x.shape
     width = min(LANES, n_tokens - n0)
-    for k0 in range(0, in_features, LANES):
-        if width == LANES and k0 + LANES <= in_features:
-            transpose16(x, n0 * in_features + k0, in_features, xc, k0 * LANES, LANES)
-        else:
-            for n in range(LANES):
-                for k in range(k0, min(in_features, k0 + LANES)):
-                    xc[k, n] = x[n0 + n, k] if n < width else 0.0
+    src, at = x, n0 * in_features
+    if width < LANES:
+        pad[:width] = x[n0:n0 + width]
+        pad[width:] = 0.0
+        src, at = pad, 0
+    whole = in_features - in_features % LANES
+    for k0 in range(0, whole, LANES):
+        transpose16(src, at + k0, in_features, xc, k0 * LANES, LANES)
+    for k in range(whole, in_features):
+        for n in range(LANES):
+            xc[k, n] = x[n0 + n, k] if n < width else 0.0
 
 
 def _chunk_driver(rows_of_chunk, units_of):
@@ -92,7 +97,7 @@ def _chunk_driver(rows_of_chunk, units_of):
     tokens."""
 
     @numba.njit(parallel=True, fastmath=True)
-    def tokens_in_lanes(x, crow, col, values, y, chunk_buffers, tiles, row_parts):  # pragma: no cover - compiled
+    def tokens_in_lanes(x, crow, col, values, y, chunk_buffers, pads, tiles, row_parts):  # pragma: no cover - compiled
         n_tokens, tasks = x.shape[0], tiles.shape[0]
         n_units = units_of(crow.shape[0] - 1)
         per_part = (n_units + row_parts - 1) // row_parts
@@ -102,7 +107,7 @@ def _chunk_driver(rows_of_chunk, units_of):
             for job in task_span(task, tasks, jobs):
                 chunk, part = job // row_parts, job % row_parts
                 if chunk != loaded:
-                    load_chunk(x, chunk * LANES, xc)
+                    load_chunk(x, chunk * LANES, xc, pads[task])
                     loaded = chunk
                 n0 = chunk * LANES
                 rows_of_chunk(xc, crow, col, values, y, tile, n0, min(LANES, n_tokens - n0),
@@ -236,9 +241,11 @@ def block_sparse_linear(x: torch.Tensor, weight: BlockSparse, bias: torch.Tensor
         # torch allocates 64-byte aligned: every 16-token vector of a chunk is one cache line
         # (numpy's 16-byte alignment split each load across two lines: a 1.5x slower kernel)
         chunk_buffers = torch.empty(tasks, in_features, LANES).numpy()
+        pads = torch.empty(tasks, LANES, in_features).numpy()
         tiles = torch.empty(tasks, kernels.tile_rows * LANES).numpy()
         row_parts = -(-tasks // -(-n_tokens // LANES))  # split rows only when chunks are too few
-        kernels.tokens_in_lanes(x2.contiguous().numpy(), crow, col, values, y.numpy(), chunk_buffers, tiles, row_parts)
+        kernels.tokens_in_lanes(x2.contiguous().numpy(), crow, col, values, y.numpy(), chunk_buffers, pads, tiles,
+                                row_parts)
     else:
         kernels.weights_in_lanes(x2.contiguous().numpy(), crow, col, values, y.numpy())
     if bias is not None:
