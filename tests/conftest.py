@@ -1,7 +1,17 @@
-"""Shared fixtures: a tiny random Llama with a word-level tokenizer, and paths to real artefacts."""
+"""Shared fixtures: a tiny random Llama with a word-level tokenizer, and paths to real artefacts.
 
-import pytest
-import torch
+Without a CUDA device the Triton kernels run under the interpreter on the CPU: the variable
+must be set before any kernel module is imported (``triton.jit`` reads it at decoration).
+"""
+
+import os
+import shutil
+
+if shutil.which("nvidia-smi") is None:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture
