@@ -95,6 +95,29 @@ def bench_encoder_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_bench_gpu(args) -> dict:
+    from sparsa.bench.gpu import GpuSettings, run_gpu
+
+    settings = GpuSettings.quick() if args.quick else GpuSettings()
+    name = "gpu_quick" if args.quick else "gpu"
+    payload = run_gpu(settings, out_dir=args.out, name=name, progress=not args.quiet)
+    if "skipped" in payload:
+        return {"skipped": payload["skipped"]}
+    return {"out": args.out, "name": name, "ratios": payload["ratios"],
+            "skipped": {n: why for c in payload["cases"] for n, why in c["skipped"].items()}}
+
+
+def bench_gpu_table(r: dict) -> str:
+    if "skipped" in r and isinstance(r["skipped"], str):
+        return f"skipped: {r['skipped']}"
+    lines = [f"wrote {r['out']}/{r['name']}.{{json,md,png}}"]
+    for case in r["ratios"]:
+        lines.append(f"{case['case']:<40} " + "  ".join(f"over {k.split(' / ')[1]} {v:.2f}x"
+                                                        for k, v in case.items() if k != "case"))
+    lines += [f"not run: {n}: {why}" for n, why in r["skipped"].items()]
+    return "\n".join(lines)
+
+
 def bench_quality_table(r: dict) -> str:
     return f"wrote {r['out']}/quality.{{json,md,png}}\n" + "\n".join(
         f"{row['row']:<20} {row['bits_per_param']:7.3f} bits  "
@@ -123,6 +146,10 @@ def add_bench(sub, common, parser_class) -> None:
                    help="3072x768 at 128 tokens and 1536x576 at 1 and 16 tokens, at 70%% and 90%% (written as spmm_quick)")
     p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
     p.set_defaults(run=cmd_bench_spmm, table=bench_spmm_table)
+    p = bench.add_parser("gpu", parents=[common], help="Triton kernels against cuBLAS, torch BSR and 2:4 (CUDA)")
+    p.add_argument("--quick", action="store_true", help="4096x4096 at 1 and 128 tokens, 90%% (written as gpu_quick)")
+    p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
+    p.set_defaults(run=cmd_bench_gpu, table=bench_gpu_table)
     p = bench.add_parser("decode", parents=[common], help="greedy decode tokens/s, dense against compressed")
     p.add_argument("--quick", action="store_true",
                    help="batch 1, 33 new tokens, dense fp32 and SpQR-3 only (written as decode_quick)")

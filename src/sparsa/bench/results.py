@@ -61,3 +61,18 @@ def batch_bars(payload: dict, key: str, ylabel: str, title: str):
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def case_table(cases: list[dict], base: str, digits: int = 3) -> list[str]:
+    """Markdown lines: one row per case (``out``, ``in``, ``tokens``, ``sparsity``, ``ms``), each
+    peer's ms and ``base ms / peer ms``, then the peers that could not run and why."""
+    names = list(dict.fromkeys(n for c in cases for n in c["ms"]))
+    lines = ["| out x in | tokens | sparsity | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+    for c in cases:
+        ref = c["ms"].get(base)
+        cells = [f"{c['ms'][n]:.{digits}f} ({ref / c['ms'][n]:.2f}x)" if n in c["ms"] and ref else "n/a" for n in names]
+        lines.append(f"| {c['out']}x{c['in']} | {c['tokens']} | {c['sparsity']:.0%} | " + " | ".join(cells) + " |")
+    skipped = {n: r for c in cases for n, r in c["skipped"].items()}
+    if skipped:
+        lines += ["", "Could not run here:", ""] + [f"- {n}: {r}" for n, r in skipped.items()]
+    return lines

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from sparsa.bench.results import machine, write_results
+from sparsa.bench.results import case_table, machine, write_results
 from sparsa.formats import BlockSparse, BlockSparseInt8
 from sparsa.formats.block_int8 import int8_row_codes
 from sparsa.kernels.cpu.block_int8 import block_int8_linear
@@ -178,16 +178,7 @@ def markdown(payload: dict) -> str:
              "16x1-block weight, ours int8 on a 4x1-block weight, torch BSR on a 16x16-block weight: MKL takes square "
              "blocks only) of equal sparsity. int8 peers quantize activations per token on the fly, inside the timing. "
              "Times in ms; `x` columns: dense fp32 ms / peer ms.", ""]
-    names = list(dict.fromkeys(n for c in payload["cases"] for n in c["ms"]))
-    lines += ["| out x in | tokens | sparsity | " + " | ".join(names) + " |",
-              "|---|---|---|" + "---|" * len(names)]
-    for c in payload["cases"]:
-        dense = c["ms"].get("dense fp32")
-        cells = [f"{c['ms'][n]:.3f} ({dense / c['ms'][n]:.2f}x)" if n in c["ms"] and dense else "n/a" for n in names]
-        lines.append(f"| {c['out']}x{c['in']} | {c['tokens']} | {c['sparsity']:.0%} | " + " | ".join(cells) + " |")
-    skipped = {n: r for c in payload["cases"] for n, r in c["skipped"].items()}
-    if skipped:
-        lines += ["", "Could not run here:", ""] + [f"- {n}: {r}" for n, r in skipped.items()]
+    lines += case_table(payload["cases"], "dense fp32")
     return "\n".join(lines) + "\n"
 
 
