@@ -1,8 +1,6 @@
 """The Triton block-sparse kernel against the reference: under ``TRITON_INTERPRET=1`` on the CPU
 (fp32, fp16), on the GPU where there is one (fp16, bf16 too)."""
 
-import os
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -12,24 +10,11 @@ from sparsa.errors import SparsaError
 from sparsa.formats import BlockSparse
 from sparsa.kernels import select_linear_kernel
 from sparsa.kernels.dispatch import LINEAR_KERNELS
-from sparsa.kernels.triton.block_sparse import block_sparse_linear_triton, tokens_per_program
+from sparsa.kernels.triton.block_sparse import block_sparse_linear_triton
+from sparsa.kernels.triton.calls import tokens_per_program
+from triton_cases import CUDA, DEVICE, DTYPES, expected, needs_triton, tolerance
 
-CUDA = torch.cuda.is_available()
-DEVICE = "cuda" if CUDA else "cpu"
-pytestmark = pytest.mark.skipif(not CUDA and os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="needs a CUDA device or TRITON_INTERPRET=1")
-DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if CUDA else [])  # the interpreter gets bf16 wrong
-
-
-def expected(x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """fp32 products of the operands as the kernel sees them (weight cast to the activation dtype)."""
-    y = x.float() @ W.to(x.dtype).float().T
-    return (y if bias is None else y + bias.float()).to(x.dtype)
-
-
-def tolerance(dtype: torch.dtype) -> dict:
-    return {torch.float32: dict(rtol=1e-5, atol=1e-4), torch.float16: dict(rtol=2e-3, atol=2e-2),
-            torch.bfloat16: dict(rtol=1.6e-2, atol=1e-1)}[dtype]
+pytestmark = needs_triton
 
 
 @st.composite

@@ -22,9 +22,9 @@ import triton.language as tl
 from sparsa.errors import SparsaError
 from sparsa.formats.block_sparse import BlockSparse
 from sparsa.kernels.dispatch import register_linear_kernel
+from sparsa.kernels.triton.calls import token_rows, tokens_per_program
 
 SIDES = (16, 32, 64)  # block sides the kernel takes
-MAX_BLOCK_N = 64  # tokens per program
 
 
 @triton.jit
@@ -57,11 +57,6 @@ def takes(weight: BlockSparse) -> bool:
     return weight.block[0] in SIDES and weight.block[1] in SIDES
 
 
-def tokens_per_program(n_tokens: int) -> int:
-    """``BLOCK_N``: the smallest power of two >= the token count, from 16 up to :data:`MAX_BLOCK_N`."""
-    return min(MAX_BLOCK_N, max(16, triton.next_power_of_2(max(1, n_tokens))))
-
-
 @register_linear_kernel("block", "cuda", (torch.float16, torch.bfloat16), accepts=takes)
 def block_sparse_linear_triton(x: torch.Tensor, weight: BlockSparse, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``Y = X Wᵀ + b`` for a ``BlockSparse`` weight with 16/32/64-sided blocks (no autograd).
@@ -73,19 +68,12 @@ def block_sparse_linear_triton(x: torch.Tensor, weight: BlockSparse, bias: torch
     Returns:
         [..., out] in ``x.dtype``.
     """
-    out_features, in_features = weight.shape
-    if x.shape[-1] != in_features:
-        raise SparsaError(f"activations [..., {x.shape[-1]}] do not match a {out_features}x{in_features} weight")
+    x2, y = token_rows(x, weight, "block")
     if not takes(weight):
         raise SparsaError(f"the Triton block kernel takes blocks with sides in {SIDES}, "
                           f"got {weight.block[0]}x{weight.block[1]}")
-    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise SparsaError(f"the Triton block kernel takes fp16/bf16/fp32 activations, got {x.dtype}")
-    x2 = x.detach().reshape(-1, in_features).contiguous()
-    n_tokens = x2.shape[0]
-    y = torch.empty(n_tokens, out_features, dtype=x.dtype, device=x.device)
+    (n_tokens, out_features), R, C = y.shape, *weight.block
     if n_tokens:
-        R, C = weight.block
         block_n = tokens_per_program(n_tokens)
         grid = (out_features // R, triton.cdiv(n_tokens, block_n))
         _block_sparse_kernel[grid](x2, weight.crow, weight.col, weight.values, y if bias is None else bias, y,

@@ -1,0 +1,26 @@
+"""What every Triton kernel's Python entry shares: checking the activations, shaping the call."""
+
+import torch
+import triton
+
+from sparsa.errors import SparsaError
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # fp32: exact products, for the interpreter tests
+MAX_BLOCK_N = 64  # tokens per program
+
+
+def token_rows(x: torch.Tensor, weight, kernel: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check ``x: [..., in]`` against the weight; return ``x2 [N, in]`` (contiguous) and an empty
+    ``y [N, out]`` in ``x.dtype`` on ``x``'s device."""
+    out_features, in_features = weight.shape
+    if x.shape[-1] != in_features:
+        raise SparsaError(f"activations [..., {x.shape[-1]}] do not match a {out_features}x{in_features} weight")
+    if x.dtype not in DTYPES:
+        raise SparsaError(f"the Triton {kernel} kernel takes fp16/bf16/fp32 activations, got {x.dtype}")
+    x2 = x.detach().reshape(-1, in_features).contiguous()
+    return x2, torch.empty(x2.shape[0], out_features, dtype=x.dtype, device=x.device)
+
+
+def tokens_per_program(n_tokens: int) -> int:
+    """``BLOCK_N``: the smallest power of two >= the token count, from 16 up to :data:`MAX_BLOCK_N`."""
+    return min(MAX_BLOCK_N, max(16, triton.next_power_of_2(max(1, n_tokens))))

@@ -1,0 +1,83 @@
+"""Group-quantized ``Y = X Wᵀ + b`` on the GPU (Triton), reading ``Quant``'s own packed codes.
+
+``Quant`` keeps every ``bits``-bit code of ``W [out, in]`` end to end in one little-endian bit
+stream, row-major (:mod:`sparsa.formats.bitpack`), and an fp16 scale and minimum per (row,
+group). One program computes a tile of ``BLOCK_M`` outputs for ``BLOCK_N`` tokens, walking the
+inputs ``BLOCK_K`` at a time:
+
+    bit = (row * in + k) * bits                          # where code (row, k) starts
+    q = ((byte[bit >> 3] | byte[bit >> 3 + 1] << 8) >> (bit & 7)) & (2^bits - 1)
+    w = q * scale[row, k // group_size] + minimum[row, k // group_size]    # fp32, as the reference
+    acc[BLOCK_N, BLOCK_M] += x[:, k] @ w(k)ᵀ             # in the activations' dtype, fp32 sums
+
+so the dense weight never exists in memory and the bytes read per weight are ``bits / 8`` plus
+the group statistics. One kernel serves every token count: ``BLOCK_N`` is 16 up to 16 tokens
+(the decode case) and grows to 64 beyond.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from sparsa.formats.quant import Quant
+from sparsa.kernels.dispatch import register_linear_kernel
+from sparsa.kernels.triton.calls import token_rows, tokens_per_program
+
+BLOCK_M, BLOCK_K = 64, 64  # outputs and inputs per step of a program
+
+
+@triton.jit
+def _quant_kernel(x_ptr, codes_ptr, scale_ptr, minimum_ptr, bias_ptr, y_ptr, n_tokens, out_features, in_features,
+                  n_bytes, n_groups, group_size, stride_x, stride_y, BITS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                  IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    tile_m, tile_n = tl.program_id(0), tl.program_id(1)
+    rows = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    tokens = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok, token_ok = rows < out_features, tokens < n_tokens
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for k0 in range(0, in_features, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = k < in_features
+        x = tl.load(x_ptr + tokens[:, None].to(tl.int64) * stride_x + k[None, :],
+                    mask=token_ok[:, None] & k_ok[None, :], other=0.0)
+        ok = row_ok[:, None] & k_ok[None, :]
+        bit = (rows[:, None].to(tl.int64) * in_features + k[None, :]) * BITS
+        byte = bit >> 3
+        low = tl.load(codes_ptr + byte, mask=ok, other=0).to(tl.int32)
+        high = tl.load(codes_ptr + byte + 1, mask=ok & (byte + 1 < n_bytes), other=0).to(tl.int32)
+        q = ((low | (high << 8)) >> (bit & 7).to(tl.int32)) & ((1 << BITS) - 1)
+        stat = rows[:, None].to(tl.int64) * n_groups + k[None, :] // group_size
+        scale = tl.load(scale_ptr + stat, mask=ok, other=0.0).to(tl.float32)
+        minimum = tl.load(minimum_ptr + stat, mask=ok, other=0.0).to(tl.float32)
+        w = (q.to(tl.float32) * scale + minimum).to(x.dtype)  # [BLOCK_M, BLOCK_K]
+        if IEEE:
+            acc += tl.dot(x, tl.trans(w), input_precision="ieee")
+        else:
+            acc += tl.dot(x, tl.trans(w))
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + tokens[:, None].to(tl.int64) * stride_y + rows[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=token_ok[:, None] & row_ok[None, :])
+
+
+@register_linear_kernel("quant", "cuda", (torch.float16, torch.bfloat16))
+def quant_linear_triton(x: torch.Tensor, weight: Quant, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``Y = X Wᵀ + b`` for a ``Quant`` weight (2..8 bits, any group size; no autograd).
+
+    Args:
+        x: [..., in] fp16/bf16 on the weight's device (fp32 too: exact fp32 products, for tests).
+        weight: Quant W [out, in].
+        bias: [out] or None.
+    Returns:
+        [..., out] in ``x.dtype``.
+    """
+    x2, y = token_rows(x, weight, "quant")
+    (n_tokens, out_features), in_features = y.shape, x2.shape[1]
+    if n_tokens:
+        block_n = tokens_per_program(n_tokens)
+        grid = (triton.cdiv(out_features, BLOCK_M), triton.cdiv(n_tokens, block_n))
+        _quant_kernel[grid](x2, weight.codes, weight.scale, weight.minimum, y if bias is None else bias, y,
+                            n_tokens, out_features, in_features, weight.codes.numel(), weight.scale.shape[1],
+                            weight.group_size, x2.stride(0), y.stride(0), BITS=weight.bits, HAS_BIAS=bias is not None,
+                            IEEE=x.dtype == torch.float32, BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=BLOCK_K)
+    return y.reshape(*x.shape[:-1], out_features)
