@@ -8,7 +8,7 @@ from sparsa.compress import SpQRConfig
 from sparsa.compress.hessian import HessianAccumulator
 from sparsa.compress.spqr import spqr_solve
 from sparsa.kernels import linear_reference
-from sparsa.kernels.cpu.layouts import cached_layout
+from sparsa.kernels.layouts import cached_layout
 from sparsa.kernels.cpu.spqr import spqr_layout, spqr_linear
 from sparsa.kernels.cpu.tiles import LANES, tile_codes
 

@@ -21,7 +21,7 @@ from numba.extending import intrinsic
 from sparsa.errors import SparsaError
 from sparsa.formats.bitmap import Bitmap
 from sparsa.kernels.cpu.calls import rows_call, zero_padded_rows
-from sparsa.kernels.cpu.layouts import cached_layout
+from sparsa.kernels.layouts import cached_layout
 from sparsa.kernels.dispatch import register_linear_kernel
 
 WORD = 16  # columns per mask word: one AVX-512 register of fp32

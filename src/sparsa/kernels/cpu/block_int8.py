@@ -29,7 +29,7 @@ import torch
 from sparsa.errors import SparsaError
 from sparsa.formats.block_int8 import BlockSparseInt8
 from sparsa.kernels.cpu.calls import check_activations, task_span
-from sparsa.kernels.cpu.layouts import cached_layout
+from sparsa.kernels.layouts import cached_layout
 from sparsa.kernels.cpu.transpose import store_tile, transpose16
 from sparsa.kernels.cpu.vnni import HAS_VNNI, LANES, ROWS, int8_block_row_step
 from sparsa.kernels.dispatch import register_linear_kernel

@@ -23,7 +23,7 @@ from numba.typed import List
 
 from sparsa.formats.spqr import SpQR
 from sparsa.kernels.cpu.decode_attention import rotary_attention_step
-from sparsa.kernels.cpu.layouts import cached_layout
+from sparsa.kernels.layouts import cached_layout
 from sparsa.kernels.cpu.spqr import compiled_vnni, spqr_layout, takes_vnni
 
 

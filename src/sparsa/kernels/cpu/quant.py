@@ -18,7 +18,7 @@ import torch
 
 from sparsa.formats.quant import Quant, group_count, pad_groups
 from sparsa.kernels.cpu.calls import check_activations, rows_call, zero_padded_rows
-from sparsa.kernels.cpu.layouts import cached_layout
+from sparsa.kernels.layouts import cached_layout
 from sparsa.kernels.cpu.spqr import TOKEN_CHUNK
 from sparsa.kernels.cpu.tiles import LANES, NIBBLE_BITS, tile_codes, tile_group
 from sparsa.kernels.dispatch import register_linear_kernel

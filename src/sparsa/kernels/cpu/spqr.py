@@ -31,7 +31,7 @@ import torch
 from sparsa.formats.spqr import SpQR
 from sparsa.formats.bitpack import unpack_bits
 from sparsa.kernels.cpu.calls import check_activations, rows_call
-from sparsa.kernels.cpu.layouts import cached_layout
+from sparsa.kernels.layouts import cached_layout
 from sparsa.kernels.cpu.tiles import (LANES, NIBBLE_BITS, THREE_BIT_GROUP, THREE_BIT_PAIR_BYTES, VNNI_COLUMNS, X_LEVELS,
                                       X_PARTS, ell_slots, outlier_gather, tile_codes, tile_group, tile_group_vnni,
                                       vnni3_codes, vnni_codes)

@@ -23,6 +23,7 @@ from sparsa.errors import SparsaError
 from sparsa.formats.block_sparse import BlockSparse
 from sparsa.kernels.dispatch import register_linear_kernel
 from sparsa.kernels.triton.calls import token_rows, tokens_per_program
+from sparsa.kernels.triton.steps import dot_rows
 
 SIDES = (16, 32, 64)  # block sides the kernel takes
 
@@ -41,10 +42,7 @@ def _block_sparse_kernel(x_ptr, crow_ptr, col_ptr, values_ptr, bias_ptr, y_ptr, 
         k0 = tl.load(col_ptr + b).to(tl.int64) * C
         x = tl.load(x_ptr + tokens[:, None].to(tl.int64) * stride_x + k0 + cols[None, :], mask=in_range, other=0.0)
         w = tl.load(values_ptr + b * (R * C) + rows[:, None] * C + cols[None, :]).to(x.dtype)  # b: int64
-        if IEEE:
-            acc += tl.dot(x, tl.trans(w), input_precision="ieee")
-        else:
-            acc += tl.dot(x, tl.trans(w))
+        acc = dot_rows(acc, x, w, IEEE)
     outputs = block_row * R + rows
     if HAS_BIAS:
         acc += tl.load(bias_ptr + outputs).to(tl.float32)[None, :]

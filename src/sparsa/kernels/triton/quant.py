@@ -22,6 +22,7 @@ import triton.language as tl
 from sparsa.formats.quant import Quant
 from sparsa.kernels.dispatch import register_linear_kernel
 from sparsa.kernels.triton.calls import token_rows, tokens_per_program
+from sparsa.kernels.triton.steps import dot_rows, packed_codes
 
 BLOCK_M, BLOCK_K = 64, 64  # outputs and inputs per step of a program
 
@@ -41,19 +42,12 @@ def _quant_kernel(x_ptr, codes_ptr, scale_ptr, minimum_ptr, bias_ptr, y_ptr, n_t
         x = tl.load(x_ptr + tokens[:, None].to(tl.int64) * stride_x + k[None, :],
                     mask=token_ok[:, None] & k_ok[None, :], other=0.0)
         ok = row_ok[:, None] & k_ok[None, :]
-        bit = (rows[:, None].to(tl.int64) * in_features + k[None, :]) * BITS
-        byte = bit >> 3
-        low = tl.load(codes_ptr + byte, mask=ok, other=0).to(tl.int32)
-        high = tl.load(codes_ptr + byte + 1, mask=ok & (byte + 1 < n_bytes), other=0).to(tl.int32)
-        q = ((low | (high << 8)) >> (bit & 7).to(tl.int32)) & ((1 << BITS) - 1)
+        q = packed_codes(codes_ptr, rows[:, None].to(tl.int64) * in_features + k[None, :], n_bytes, ok, BITS)
         stat = rows[:, None].to(tl.int64) * n_groups + k[None, :] // group_size
         scale = tl.load(scale_ptr + stat, mask=ok, other=0.0).to(tl.float32)
         minimum = tl.load(minimum_ptr + stat, mask=ok, other=0.0).to(tl.float32)
         w = (q.to(tl.float32) * scale + minimum).to(x.dtype)  # [BLOCK_M, BLOCK_K]
-        if IEEE:
-            acc += tl.dot(x, tl.trans(w), input_precision="ieee")
-        else:
-            acc += tl.dot(x, tl.trans(w))
+        acc = dot_rows(acc, x, w, IEEE)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + tokens[:, None].to(tl.int64) * stride_y + rows[None, :], acc.to(y_ptr.dtype.element_ty),

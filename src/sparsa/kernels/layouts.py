@@ -1,6 +1,6 @@
 """Kernel layouts, built once per weight and reused while the weight's tensors are unchanged.
 
-A CPU kernel may rearrange a format's arrays into the order its inner loop reads (see
+A kernel (CPU or GPU) may rearrange a format's arrays into the order its inner loop reads (see
 :mod:`sparsa.kernels.cpu.tiles`). The layout is kept beside the format object (weakly: it goes
 with the object) and rebuilt when any of the format's tensors is replaced or modified in
 place (torch's version counter), so a kernel never reads a stale copy.
