@@ -19,9 +19,10 @@ pytestmark = needs_triton
 
 @st.composite
 def block_case(draw):
-    """A random BSR weight with 16..64-sided blocks (some block rows empty), 0..70 tokens, maybe a bias."""
-    r, c = draw(st.sampled_from([16, 32, 64])), draw(st.sampled_from([16, 32, 64]))
-    rows, cols = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    """A random BSR weight with 16..64-sided blocks or 1 x 16..128 stripes (some block rows empty),
+    0..70 tokens, maybe a bias."""
+    r, c = draw(st.sampled_from([(r, c) for r in (16, 32, 64) for c in (16, 32, 64)] + [(1, 16), (1, 32), (1, 128)]))
+    rows, cols = draw(st.integers(1, 40 if r == 1 else 3)), draw(st.integers(1, 3))
     density = draw(st.sampled_from([0.0, 0.3, 1.0]))
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
     keep = torch.rand(rows, cols, generator=g) < density
@@ -65,7 +66,7 @@ def test_tokens_per_program_powers_of_two_from_16_to_64():
 
 def test_triton_block_sparse_refuses_small_blocks_and_wrong_width():
     with pytest.raises(SparsaError, match="takes blocks with sides in"):
-        block_sparse_linear_triton(torch.zeros(2, 16), BlockSparse.from_dense(torch.randn(16, 16), block=(1, 16)))
+        block_sparse_linear_triton(torch.zeros(2, 16), BlockSparse.from_dense(torch.randn(16, 16), block=(2, 8)))
     with pytest.raises(SparsaError, match=r"activations \[\.\.\., 8\] do not match a 16x16 weight"):
         block_sparse_linear_triton(torch.zeros(2, 8), BlockSparse.from_dense(torch.randn(16, 16), block=(16, 16)))
 
@@ -75,7 +76,8 @@ def test_dispatch_files_the_triton_kernel_for_cuda_fp16_and_bf16_and_16_sided_bl
     for dtype in (torch.float16, torch.bfloat16):
         entry = LINEAR_KERNELS[("block", "cuda", dtype)]
         assert entry.kernel is block_sparse_linear_triton and entry.accepts(fmt)
-        assert not entry.accepts(BlockSparse.from_dense(torch.randn(32, 32), block=(1, 16)))
+        assert entry.accepts(BlockSparse.from_dense(torch.randn(32, 32), block=(1, 16)))
+        assert not entry.accepts(BlockSparse.from_dense(torch.randn(32, 32), block=(16, 1)))
     assert ("block", "cuda", torch.float32) not in LINEAR_KERNELS
     if CUDA:
         assert select_linear_kernel(fmt.to("cuda"), torch.zeros(1, 32, dtype=torch.float16, device="cuda")) \

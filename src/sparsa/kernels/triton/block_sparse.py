@@ -1,4 +1,5 @@
-"""Block-sparse ``Y = X Wᵀ + b`` on the GPU (Triton), for square-ish blocks of 16..64 sides.
+"""Block-sparse ``Y = X Wᵀ + b`` on the GPU (Triton), for blocks with sides of 16..64 and for
+``1 x C`` stripes.
 
 The weight is BSR (``BlockSparse``, the same arrays the CPU kernel reads, moved to the device
 with the model: the block index is built once, at load time). One program computes one block
@@ -12,7 +13,11 @@ row of ``R`` outputs for a tile of ``BLOCK_N`` tokens:
 
 so the work and the weight bytes read both fall with the kept blocks, and a 90% sparse weight
 reads a tenth of the dense one. ``tl.dot`` needs every side >= 16, so ``R``, ``C`` and
-``BLOCK_N`` are powers of two from 16 (``accepts``); other block shapes take the reference.
+``BLOCK_N`` are powers of two from 16.
+
+Stripes (``1 x C``, ``C`` in :data:`STRIPES`) share no columns between rows, so there is no
+product for tensor cores: one program per output row and token tile sums ``x[:, stripe] *
+values[b]`` over the row's stripes in fp32. Other block shapes take the reference (``takes``).
 """
 
 import torch
@@ -25,7 +30,8 @@ from sparsa.kernels.dispatch import register_linear_kernel
 from sparsa.kernels.triton.calls import token_rows, tokens_per_program
 from sparsa.kernels.triton.steps import dot_rows
 
-SIDES = (16, 32, 64)  # block sides the kernel takes
+SIDES = (16, 32, 64)  # block sides the tensor-core kernel takes
+STRIPES = (16, 32, 64, 128)  # stripe widths (1 x C blocks) the stripe kernel takes
 
 
 @triton.jit
@@ -50,14 +56,37 @@ def _block_sparse_kernel(x_ptr, crow_ptr, col_ptr, values_ptr, bias_ptr, y_ptr, 
              mask=in_range)
 
 
+@triton.jit
+def _stripe_kernel(x_ptr, crow_ptr, col_ptr, values_ptr, bias_ptr, y_ptr, n_tokens, stride_x, stride_y,
+                   HAS_BIAS: tl.constexpr, C: tl.constexpr, BLOCK_N: tl.constexpr):
+    row, tile = tl.program_id(0), tl.program_id(1)
+    tokens = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, C)
+    token_ok = tokens < n_tokens
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    start, end = tl.load(crow_ptr + row).to(tl.int64), tl.load(crow_ptr + row + 1).to(tl.int64)
+    for b in range(start, end):
+        k0 = tl.load(col_ptr + b).to(tl.int64) * C
+        x = tl.load(x_ptr + tokens[:, None].to(tl.int64) * stride_x + k0 + cols[None, :], mask=token_ok[:, None],
+                    other=0.0)
+        w = tl.load(values_ptr + b * C + cols).to(x.dtype).to(tl.float32)  # rounded as the activations
+        acc += tl.sum(x.to(tl.float32) * w[None, :], axis=1)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + row).to(tl.float32)
+    tl.store(y_ptr + tokens.to(tl.int64) * stride_y + row, acc.to(y_ptr.dtype.element_ty), mask=token_ok)
+
+
 def takes(weight: BlockSparse) -> bool:
-    """Whether the kernel runs this weight: both block sides in :data:`SIDES`."""
-    return weight.block[0] in SIDES and weight.block[1] in SIDES
+    """Whether a kernel here runs this weight: both block sides in :data:`SIDES`, or a ``1 x C``
+    stripe with ``C`` in :data:`STRIPES`."""
+    R, C = weight.block
+    return (R in SIDES and C in SIDES) or (R == 1 and C in STRIPES)
 
 
 @register_linear_kernel("block", "cuda", (torch.float16, torch.bfloat16), accepts=takes)
 def block_sparse_linear_triton(x: torch.Tensor, weight: BlockSparse, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``Y = X Wᵀ + b`` for a ``BlockSparse`` weight with 16/32/64-sided blocks (no autograd).
+    """``Y = X Wᵀ + b`` for a ``BlockSparse`` weight with 16/32/64-sided blocks or 1 x 16..128
+    stripes (no autograd).
 
     Args:
         x: [..., in] fp16/bf16 on the weight's device (fp32 too: exact fp32 products, for tests).
@@ -68,13 +97,17 @@ def block_sparse_linear_triton(x: torch.Tensor, weight: BlockSparse, bias: torch
     """
     x2, y = token_rows(x, weight, "block")
     if not takes(weight):
-        raise SparsaError(f"the Triton block kernel takes blocks with sides in {SIDES}, "
-                          f"got {weight.block[0]}x{weight.block[1]}")
+        raise SparsaError(f"the Triton block kernel takes blocks with sides in {SIDES} or 1xC stripes with C "
+                          f"in {STRIPES}, got {weight.block[0]}x{weight.block[1]}")
     (n_tokens, out_features), R, C = y.shape, *weight.block
     if n_tokens:
         block_n = tokens_per_program(n_tokens)
         grid = (out_features // R, triton.cdiv(n_tokens, block_n))
-        _block_sparse_kernel[grid](x2, weight.crow, weight.col, weight.values, y if bias is None else bias, y,
-                                   n_tokens, x2.stride(0), y.stride(0), HAS_BIAS=bias is not None,
-                                   IEEE=x.dtype == torch.float32, R=R, C=C, BLOCK_N=block_n)
+        operands = (x2, weight.crow, weight.col, weight.values, y if bias is None else bias, y, n_tokens, x2.stride(0),
+                    y.stride(0))
+        if R == 1:
+            _stripe_kernel[grid](*operands, HAS_BIAS=bias is not None, C=C, BLOCK_N=block_n)
+        else:
+            _block_sparse_kernel[grid](*operands, HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32, R=R, C=C,
+                                       BLOCK_N=block_n)
     return y.reshape(*x.shape[:-1], out_features)
