@@ -12,7 +12,7 @@ from sparsa.kernels import select_linear_kernel
 from sparsa.kernels.dispatch import LINEAR_KERNELS
 from sparsa.kernels.triton.block_sparse import block_sparse_linear_triton
 from sparsa.kernels.triton.calls import tokens_per_program
-from triton_cases import CUDA, DEVICE, DTYPES, expected, needs_triton, tolerance
+from triton_cases import CUDA, DEVICE, DTYPES, check_kernel, expected, needs_triton, tolerance
 
 pytestmark = needs_triton
 
@@ -36,12 +36,7 @@ def block_case(draw):
 @given(block_case())
 def test_triton_block_sparse_random_blocks_match_reference(case):
     W, block, x, bias, dtype = case
-    fmt = BlockSparse.from_dense(W, block=block).to(DEVICE)
-    x = x.to(DEVICE, dtype)
-    bias = None if bias is None else bias.to(DEVICE, dtype)
-    y = block_sparse_linear_triton(x, fmt, bias)
-    assert y.shape == (x.shape[0], W.shape[0]) and y.dtype == dtype
-    torch.testing.assert_close(y.cpu().float(), expected(x, W.to(DEVICE), bias).cpu().float(), **tolerance(dtype))
+    check_kernel(block_sparse_linear_triton, BlockSparse.from_dense(W, block=block), W, x, bias, dtype)
 
 
 @pytest.mark.parametrize("tokens", [1, 16, 17, 65, 130])

@@ -10,7 +10,7 @@ from sparsa.errors import SparsaError
 from sparsa.formats.quant import Quant
 from sparsa.kernels.dispatch import LINEAR_KERNELS
 from sparsa.kernels.triton.quant import quant_linear_triton
-from triton_cases import DEVICE, DTYPES, expected, needs_triton, tolerance
+from triton_cases import DTYPES, check_kernel, needs_triton
 
 pytestmark = needs_triton
 
@@ -32,24 +32,16 @@ def quant_case(draw):
 @given(quant_case())
 def test_triton_quant_random_weights_match_decoded_weight(case):
     fmt, x, bias, dtype = case
-    W = fmt.to_dense()
-    fmt, x = fmt.to(DEVICE), x.to(DEVICE, dtype)
-    bias = None if bias is None else bias.to(DEVICE, dtype)
-    y = quant_linear_triton(x, fmt, bias)
-    assert y.shape == (x.shape[0], W.shape[0]) and y.dtype == dtype
-    torch.testing.assert_close(y.cpu().float(), expected(x, W.to(DEVICE), bias).cpu().float(), **tolerance(dtype))
+    check_kernel(quant_linear_triton, fmt, fmt.to_dense(), x, bias, dtype)
 
 
 @pytest.mark.parametrize("tokens", [1, 16, 17, 130])
 def test_triton_quant_3_bit_token_tiles_and_leading_dims(tokens):
     g = torch.Generator().manual_seed(tokens)
     fmt = Quant.from_dense(torch.randn(100, 96, generator=g), bits=3, group_size=32)
-    x = torch.randn(2, tokens, 96, generator=g).to(DEVICE, torch.float16)
-    y = quant_linear_triton(x, fmt.to(DEVICE))
+    y = check_kernel(quant_linear_triton, fmt, fmt.to_dense(), torch.randn(2, tokens, 96, generator=g), None,
+                     torch.float16)
     assert y.shape == (2, tokens, 100)
-    torch.testing.assert_close(y.reshape(-1, 100).cpu().float(),
-                               expected(x.reshape(-1, 96), fmt.to_dense().to(DEVICE), None).cpu().float(),
-                               **tolerance(torch.float16))
 
 
 def test_triton_quant_filed_for_cuda_half_and_refuses_wrong_width():

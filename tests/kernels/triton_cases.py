@@ -21,3 +21,14 @@ def expected(x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None) -> tor
 def tolerance(dtype: torch.dtype) -> dict:
     return {torch.float32: dict(rtol=1e-5, atol=1e-4), torch.float16: dict(rtol=2e-3, atol=2e-2),
             torch.bfloat16: dict(rtol=1.6e-2, atol=1e-1)}[dtype]
+
+
+def check_kernel(kernel, fmt, W: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
+    """Run ``kernel`` on the device in ``dtype`` and compare with :func:`expected` on ``W`` (the
+    decoded weight, fp32 on the CPU)."""
+    x = x.to(DEVICE, dtype)
+    bias = None if bias is None else bias.to(DEVICE, dtype)
+    y = kernel(x, fmt.to(DEVICE), bias)
+    assert y.shape == (*x.shape[:-1], W.shape[0]) and y.dtype == dtype
+    torch.testing.assert_close(y.cpu().float(), expected(x, W.to(DEVICE), bias).cpu().float(), **tolerance(dtype))
+    return y

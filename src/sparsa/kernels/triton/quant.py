@@ -22,7 +22,7 @@ import triton.language as tl
 from sparsa.formats.quant import Quant
 from sparsa.kernels.dispatch import register_linear_kernel
 from sparsa.kernels.triton.calls import token_rows, tokens_per_program
-from sparsa.kernels.triton.steps import dot_rows, packed_codes
+from sparsa.kernels.triton.steps import dot_rows, load_tokens, packed_codes, store_outputs
 
 BLOCK_M, BLOCK_K = 64, 64  # outputs and inputs per step of a program
 
@@ -39,8 +39,7 @@ def _quant_kernel(x_ptr, codes_ptr, scale_ptr, minimum_ptr, bias_ptr, y_ptr, n_t
     for k0 in range(0, in_features, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         k_ok = k < in_features
-        x = tl.load(x_ptr + tokens[:, None].to(tl.int64) * stride_x + k[None, :],
-                    mask=token_ok[:, None] & k_ok[None, :], other=0.0)
+        x = load_tokens(x_ptr, tokens, k, token_ok, k_ok, stride_x)
         ok = row_ok[:, None] & k_ok[None, :]
         q = packed_codes(codes_ptr, rows[:, None].to(tl.int64) * in_features + k[None, :], n_bytes, ok, BITS)
         stat = rows[:, None].to(tl.int64) * n_groups + k[None, :] // group_size
@@ -48,10 +47,7 @@ def _quant_kernel(x_ptr, codes_ptr, scale_ptr, minimum_ptr, bias_ptr, y_ptr, n_t
         minimum = tl.load(minimum_ptr + stat, mask=ok, other=0.0).to(tl.float32)
         w = (q.to(tl.float32) * scale + minimum).to(x.dtype)  # [BLOCK_M, BLOCK_K]
         acc = dot_rows(acc, x, w, IEEE)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + tokens[:, None].to(tl.int64) * stride_y + rows[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=token_ok[:, None] & row_ok[None, :])
+    store_outputs(y_ptr, acc, bias_ptr, tokens, rows, token_ok, row_ok, stride_y, HAS_BIAS)
 
 
 @register_linear_kernel("quant", "cuda", (torch.float16, torch.bfloat16))

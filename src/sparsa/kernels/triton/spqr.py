@@ -28,7 +28,7 @@ from sparsa.formats.spqr import SpQR
 from sparsa.kernels.dispatch import register_linear_kernel
 from sparsa.kernels.layouts import cached_layout
 from sparsa.kernels.triton.calls import token_rows, tokens_per_program
-from sparsa.kernels.triton.steps import dot_rows, packed_codes
+from sparsa.kernels.triton.steps import dot_rows, load_tokens, packed_codes
 
 BLOCK_M, BLOCK_K = 64, 64  # outputs and permuted inputs per step of a program
 
@@ -93,8 +93,7 @@ def _spqr_kernel(x_ptr, perm_ptr, codes_ptr, scale_codes_ptr, zero_codes_ptr, sc
         k = k0 + tl.arange(0, BLOCK_K)
         k_ok = k < in_features
         source = tl.load(perm_ptr + k, mask=k_ok, other=0)
-        x = tl.load(x_ptr + tokens[:, None].to(tl.int64) * stride_x + source[None, :],
-                    mask=token_ok[:, None] & k_ok[None, :], other=0.0)
+        x = load_tokens(x_ptr, tokens, source, token_ok, k_ok, stride_x)
         ok = row_ok[:, None] & k_ok[None, :]
         q = packed_codes(codes_ptr, rows[:, None].to(tl.int64) * in_features + k[None, :], n_bytes, ok, BITS)
         groups = k[None, :] // group_size

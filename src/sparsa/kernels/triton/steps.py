@@ -22,3 +22,19 @@ def dot_rows(acc, x, w, IEEE: tl.constexpr):
     if IEEE:
         return acc + tl.dot(x, tl.trans(w), input_precision="ieee")
     return acc + tl.dot(x, tl.trans(w))
+
+
+@triton.jit
+def load_tokens(x_ptr, tokens, columns, token_ok, column_ok, stride_x):
+    """``x[tokens, columns]`` [BLOCK_N, BLOCK_K] in the activations' dtype, 0 outside."""
+    return tl.load(x_ptr + tokens[:, None].to(tl.int64) * stride_x + columns[None, :],
+                   mask=token_ok[:, None] & column_ok[None, :], other=0.0)
+
+
+@triton.jit
+def store_outputs(y_ptr, acc, bias_ptr, tokens, rows, token_ok, row_ok, stride_y, HAS_BIAS: tl.constexpr):
+    """``y[tokens, rows] = acc + bias[rows]`` (acc [BLOCK_N, BLOCK_M] fp32), cast to ``y``'s dtype."""
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + tokens[:, None].to(tl.int64) * stride_y + rows[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=token_ok[:, None] & row_ok[None, :])
