@@ -103,7 +103,7 @@ def cmd_bench_gpu(args) -> dict:
     payload = run_gpu(settings, out_dir=args.out, name=name, progress=not args.quiet)
     if "skipped" in payload:
         return {"skipped": payload["skipped"]}
-    return {"out": args.out, "name": name, "ratios": payload["ratios"],
+    return {"out": args.out, "name": name, "ratios": payload["ratios"], "decode": payload.get("decode"),
             "skipped": {n: why for c in payload["cases"] for n, why in c["skipped"].items()}}
 
 
@@ -114,6 +114,8 @@ def bench_gpu_table(r: dict) -> str:
     for case in r["ratios"]:
         lines.append(f"{case['case']:<40} " + "  ".join(f"over {k.split(' / ')[1]} {v:.2f}x"
                                                         for k, v in case.items() if k != "case"))
+    lines += [f"decode {row['variant']:<12} {row['tokens_per_s']:.1f} tok/s ({row.get('x_dense', float('nan')):.2f}x)"
+              for row in r["decode"] or []]
     lines += [f"not run: {n}: {why}" for n, why in r["skipped"].items()]
     return "\n".join(lines)
 

@@ -9,9 +9,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparsa.bench.gpu import DENSE, NO_CUDA, OURS, GpuSettings, run_gpu, two_four
+from sparsa.bench.gpu_decode import VARIANTS, DecodeShape, run_decode_variants
 from sparsa.cli import main
+from sparsa.formats import SpQR
+from sparsa.kernels.triton.block_sparse import block_sparse_linear_triton
+from sparsa.kernels.triton.spqr import spqr_linear_triton
 
-TINY = GpuSettings(shapes=((64, 96),), tokens=(1, 17), sparsities=(0.5,), block=16)
+TINY = GpuSettings(shapes=((64, 96),), tokens=(1, 17), sparsities=(0.5,), block=16,
+                   decode=DecodeShape(hidden=64, ffn=128, heads=4, layers=2, new_tokens=3))
+
+
+def triton_kernels(x, fmt):
+    """The Triton kernel of each format, called directly (the dispatch files them for CUDA only)."""
+    return (spqr_linear_triton if isinstance(fmt, SpQR) else block_sparse_linear_triton)(x, fmt)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the skip is for machines without CUDA")
@@ -29,7 +39,8 @@ def test_run_gpu_tiny_cases_check_every_peer_and_write_results(tmp_path):
         calls.append(fn)
         return float(len(calls))
 
-    payload = run_gpu(TINY, out_dir=tmp_path, name="gpu", device="cpu", timer=count_calls, progress=False)
+    payload = run_gpu(TINY, out_dir=tmp_path, name="gpu", device="cpu", timer=count_calls, apply=triton_kernels,
+                      progress=False)
     assert {p.name for p in tmp_path.iterdir()} == {"gpu.json", "gpu.md", "gpu.png"}
     assert [(c["tokens"], c["sparsity"]) for c in payload["cases"]] == [(1, 0.5), (17, 0.5)]
     for case in payload["cases"]:
@@ -39,7 +50,15 @@ def test_run_gpu_tiny_cases_check_every_peer_and_write_results(tmp_path):
     assert len(calls) == sum(len(c["ms"]) for c in payload["cases"])
     md = (tmp_path / "gpu.md").read_text()
     assert f"| 64x96 | 17 | 50% | " in md and OURS in md
+    assert [r["variant"] for r in payload["decode"]] == list(VARIANTS)  # each checked against its dense twin
+    assert all(r["tokens_per_s"] > 0 and r["rel_error"] < 1e-2 for r in payload["decode"])
+    assert "| SpQR 3-bit | " in md
     assert json.loads((tmp_path / "gpu.json").read_text())["settings"]["block"] == 16
+
+
+def test_decode_refuses_a_variant_whose_projections_are_off():
+    with pytest.raises(AssertionError, match="SpQR 3-bit differs from its dense twin"):
+        run_decode_variants(TINY.decode, "cpu", variants=("SpQR 3-bit",), apply=lambda x, f: triton_kernels(x, f) * 1.05)
 
 
 @settings(max_examples=30, deadline=None)

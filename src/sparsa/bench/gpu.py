@@ -7,6 +7,9 @@ ours (:mod:`sparsa.kernels.triton.block_sparse`). Each peer's output is checked 
 on its own weight first; a peer that cannot run says why. Times: median of
 ``triton.testing.do_bench`` (CUDA events, L2 flushed between calls) in ms.
 
+Then, end to end, decode tokens/s of a Llama-style stack at 7B shapes with random weights:
+dense fp16 against SpQR 3-bit and 32x32 blocks at 50% and 70% (:mod:`sparsa.bench.gpu_decode`).
+
 Without a CUDA device nothing is timed: the command says so and exits 0.
 """
 
@@ -18,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from sparsa.bench.gpu_decode import DecodeShape, run_decode_variants
 from sparsa.bench.results import case_table, machine, write_results
 from sparsa.bench.spmm import block_weight
 from sparsa.formats import BlockSparse
@@ -30,18 +34,21 @@ Timer = Callable[[Callable[[], object]], float]  # fn -> ms per call
 
 @dataclass(frozen=True)
 class GpuSettings:
-    """Shapes (out, in), token counts, sparsities, the block side, and the timing budget."""
+    """Shapes (out, in), token counts, sparsities, the block side, the timing budget, and the
+    end-to-end decode's stack (``decode``; None skips it)."""
 
     shapes: tuple[tuple[int, int], ...] = ((4096, 4096), (11008, 4096), (4096, 11008))
     tokens: tuple[int, ...] = (1, 16, 128, 2048)
     sparsities: tuple[float, ...] = (0.7, 0.9)
     block: int = 32
     rep_ms: int = 100
+    decode: DecodeShape | None = DecodeShape()
     seed: int = 0
 
     @classmethod
     def quick(cls) -> "GpuSettings":
-        return cls(shapes=((4096, 4096),), tokens=(1, 128), sparsities=(0.9,), rep_ms=25)
+        return cls(shapes=((4096, 4096),), tokens=(1, 128), sparsities=(0.9,), rep_ms=25,
+                   decode=DecodeShape(layers=4, new_tokens=16))
 
 
 def cuda_timer(rep_ms: int) -> Timer:
@@ -116,6 +123,13 @@ def markdown(payload: dict) -> str:
              "(50%, whatever the row's sparsity). Times: ms, median of triton.testing.do_bench; "
              "`x`: dense ms / peer ms.", ""]
     lines += case_table(payload["cases"], DENSE, digits=4)
+    if payload.get("decode"):
+        d = payload["settings"]["decode"]
+        lines += ["", f"## Decode, batch 1: {d['layers']} layers, hidden {d['hidden']}, MLP {d['ffn']}, {d['heads']} "
+                  f"heads, {d['new_tokens']} tokens (random weights, one set shared by all layers)", "",
+                  "| variant | tokens/s | x dense fp16 |", "|---|---|---|"]
+        lines += [f"| {r['variant']} | {r['tokens_per_s']:.1f} | {r.get('x_dense', float('nan')):.2f}x |"
+                  for r in payload["decode"]]
     return "\n".join(lines) + "\n"
 
 
@@ -144,9 +158,11 @@ def figure(payload: dict):
 
 
 def run_gpu(s: GpuSettings, *, out_dir="bench/results", name: str = "gpu", device: str = "cuda",
-            timer: Timer | None = None, progress: bool = True) -> dict:
-    """Time every case on ``device`` and write ``<name>.{json,md,png}``; without CUDA (and no
-    other ``device`` asked for) return ``{"skipped": ...}`` and write nothing."""
+            timer: Timer | None = None, apply: Callable | None = None, progress: bool = True) -> dict:
+    """Time every case and the decode on ``device`` and write ``<name>.{json,md,png}``; without
+    CUDA (and no other ``device`` asked for) return ``{"skipped": ...}`` and write nothing.
+    ``timer`` and ``apply`` (format kernel for the decode) replace the CUDA timing and the
+    dispatch, for tests on the CPU."""
     if device == "cuda" and not torch.cuda.is_available():
         return {"skipped": NO_CUDA}
     timer = timer or cuda_timer(s.rep_ms)
@@ -157,6 +173,9 @@ def run_gpu(s: GpuSettings, *, out_dir="bench/results", name: str = "gpu", devic
                "ratios": [{"case": f"{c['out']}x{c['in']} tokens={c['tokens']} sparsity={c['sparsity']:.0%}",
                            **{f"{OURS} / {p}": c["ms"][p] / c["ms"][OURS] for p in c["ms"]
                               if p != OURS and OURS in c["ms"]}} for c in cases]}
+    if s.decode is not None:
+        payload["decode"] = run_decode_variants(s.decode, device, seed=s.seed,
+                                                **({} if apply is None else {"apply": apply}))
     write_results(out_dir, name, payload, markdown(payload), figure(payload))
     return payload
 
