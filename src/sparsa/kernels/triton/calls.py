@@ -24,3 +24,10 @@ def token_rows(x: torch.Tensor, weight, kernel: str) -> tuple[torch.Tensor, torc
 def tokens_per_program(n_tokens: int) -> int:
     """``BLOCK_N``: the smallest power of two >= the token count, from 16 up to :data:`MAX_BLOCK_N`."""
     return min(MAX_BLOCK_N, max(16, triton.next_power_of_2(max(1, n_tokens))))
+
+
+def rows_per_program(n_tokens: int) -> int:
+    """``BLOCK_M`` of the dequantizing kernels: 16 output rows per program up to 16 tokens, so a
+    4096-row decode step launches 256 programs rather than 64 (an H100 has 132 SMs); 64 beyond,
+    where the token tiles multiply the programs. A starting point, not yet tuned on a GPU."""
+    return 16 if n_tokens <= 16 else 64

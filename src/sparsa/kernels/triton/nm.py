@@ -15,10 +15,10 @@ import triton.language as tl
 from sparsa.formats.bitpack import index_bits
 from sparsa.formats.nm import NM
 from sparsa.kernels.dispatch import register_linear_kernel
-from sparsa.kernels.triton.calls import token_rows, tokens_per_program
+from sparsa.kernels.triton.calls import rows_per_program, token_rows, tokens_per_program
 from sparsa.kernels.triton.steps import dot_rows, load_tokens, packed_codes, store_outputs
 
-BLOCK_M, BLOCK_K = 64, 64  # outputs and inputs per step of a program
+BLOCK_K = 64  # inputs per step of a program (outputs: calls.rows_per_program)
 
 
 @triton.jit
@@ -61,10 +61,10 @@ def nm_linear_triton(x: torch.Tensor, weight: NM, bias: torch.Tensor | None = No
     x2, y = token_rows(x, weight, "nm")
     (n_tokens, out_features), in_features = y.shape, x2.shape[1]
     if n_tokens:
-        block_n = tokens_per_program(n_tokens)
-        grid = (triton.cdiv(out_features, BLOCK_M), triton.cdiv(n_tokens, block_n))
+        block_m, block_n = rows_per_program(n_tokens), tokens_per_program(n_tokens)
+        grid = (triton.cdiv(out_features, block_m), triton.cdiv(n_tokens, block_n))
         _nm_kernel[grid](x2, weight.values, weight.index, y if bias is None else bias, y, n_tokens, out_features,
                          in_features, weight.index.numel(), x2.stride(0), y.stride(0), N=weight.n, M=weight.m,
                          INDEX_BITS=index_bits(weight.m), HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32,
-                         BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=BLOCK_K)
+                         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=BLOCK_K)
     return y.reshape(*x.shape[:-1], out_features)

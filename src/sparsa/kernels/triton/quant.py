@@ -21,10 +21,10 @@ import triton.language as tl
 
 from sparsa.formats.quant import Quant
 from sparsa.kernels.dispatch import register_linear_kernel
-from sparsa.kernels.triton.calls import token_rows, tokens_per_program
+from sparsa.kernels.triton.calls import rows_per_program, token_rows, tokens_per_program
 from sparsa.kernels.triton.steps import dot_rows, load_tokens, packed_codes, store_outputs
 
-BLOCK_M, BLOCK_K = 64, 64  # outputs and inputs per step of a program
+BLOCK_K = 64  # inputs per step of a program (outputs: calls.rows_per_program)
 
 
 @triton.jit
@@ -64,10 +64,10 @@ def quant_linear_triton(x: torch.Tensor, weight: Quant, bias: torch.Tensor | Non
     x2, y = token_rows(x, weight, "quant")
     (n_tokens, out_features), in_features = y.shape, x2.shape[1]
     if n_tokens:
-        block_n = tokens_per_program(n_tokens)
-        grid = (triton.cdiv(out_features, BLOCK_M), triton.cdiv(n_tokens, block_n))
+        block_m, block_n = rows_per_program(n_tokens), tokens_per_program(n_tokens)
+        grid = (triton.cdiv(out_features, block_m), triton.cdiv(n_tokens, block_n))
         _quant_kernel[grid](x2, weight.codes, weight.scale, weight.minimum, y if bias is None else bias, y,
                             n_tokens, out_features, in_features, weight.codes.numel(), weight.scale.shape[1],
                             weight.group_size, x2.stride(0), y.stride(0), BITS=weight.bits, HAS_BIAS=bias is not None,
-                            IEEE=x.dtype == torch.float32, BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=BLOCK_K)
+                            IEEE=x.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=BLOCK_K)
     return y.reshape(*x.shape[:-1], out_features)

@@ -27,10 +27,10 @@ from sparsa.formats.bitpack import pack_bits
 from sparsa.formats.spqr import SpQR
 from sparsa.kernels.dispatch import register_linear_kernel
 from sparsa.kernels.layouts import cached_layout
-from sparsa.kernels.triton.calls import token_rows, tokens_per_program
+from sparsa.kernels.triton.calls import rows_per_program, token_rows, tokens_per_program
 from sparsa.kernels.triton.steps import dot_rows, load_tokens, packed_codes
 
-BLOCK_M, BLOCK_K = 64, 64  # outputs and permuted inputs per step of a program
+BLOCK_K = 64  # permuted inputs per step of a program (outputs: calls.rows_per_program)
 
 
 @dataclass(frozen=True)
@@ -140,13 +140,13 @@ def spqr_linear_triton(x: torch.Tensor, weight: SpQR, bias: torch.Tensor | None 
     if n_tokens:
         layout = cached_layout(weight, spqr_gpu_layout)
         sums = torch.empty(n_tokens, out_features, dtype=torch.float32, device=x.device)
-        block_n = tokens_per_program(n_tokens)
+        block_m, block_n = rows_per_program(n_tokens), tokens_per_program(n_tokens)
         tiles_n = triton.cdiv(n_tokens, block_n)
-        _spqr_kernel[(triton.cdiv(out_features, BLOCK_M), tiles_n)](
+        _spqr_kernel[(triton.cdiv(out_features, block_m), tiles_n)](
             x2, layout.perm, layout.codes, weight.scale_codes, weight.zero_codes, weight.scale_stats,
             weight.zero_stats, sums, n_tokens, out_features, in_features, weight.codes.numel(),
             weight.scale_codes.numel(), weight.groups, weight.group_size, weight.stat_group_size, x2.stride(0),
-            BITS=weight.bits, STAT_BITS=weight.stat_bits, IEEE=x.dtype == torch.float32, BLOCK_M=BLOCK_M,
+            BITS=weight.bits, STAT_BITS=weight.stat_bits, IEEE=x.dtype == torch.float32, BLOCK_M=block_m,
             BLOCK_N=block_n, BLOCK_K=BLOCK_K)
         _outlier_kernel[(out_features, tiles_n)](
             x2, sums, layout.outlier_ptr, layout.outlier_col, layout.outlier_delta, y if bias is None else bias, y,
