@@ -5,7 +5,9 @@ its group (:mod:`sparsa.formats.nm`). One program computes ``BLOCK_M`` outputs x
 tokens, ``BLOCK_K`` inputs at a time: the weight tile is rebuilt in registers, each input
 ``k`` taking the value of the slot of its group whose position is ``k % M`` (0 if none), and
 meets the activations in ``tl.dot`` with fp32 sums. The weight bytes read are the kept values
-and ``log2 M`` bits per slot, so 2:4 reads about half of dense plus 1/8 byte per weight.
+and ``log2 M`` bits per slot, so 2:4 reads about half of dense plus 1/8 byte per weight. On
+CUDA, 2:4 goes to whichever of this kernel and torch's semi-structured path measured faster
+for its token count (:mod:`sparsa.kernels.triton.two_four`).
 """
 
 import torch
@@ -17,6 +19,7 @@ from sparsa.formats.nm import NM
 from sparsa.kernels.dispatch import register_linear_kernel
 from sparsa.kernels.triton.calls import rows_per_program, token_rows, tokens_per_program
 from sparsa.kernels.triton.steps import dot_rows, load_tokens, packed_codes, store_outputs
+from sparsa.kernels.triton.two_four import routed_linear
 
 BLOCK_K = 64  # inputs per step of a program (outputs: calls.rows_per_program)
 
@@ -60,11 +63,18 @@ def nm_linear_triton(x: torch.Tensor, weight: NM, bias: torch.Tensor | None = No
     """
     x2, y = token_rows(x, weight, "nm")
     (n_tokens, out_features), in_features = y.shape, x2.shape[1]
-    if n_tokens:
+
+    def ours() -> torch.Tensor:
         block_m, block_n = rows_per_program(n_tokens), tokens_per_program(n_tokens)
         grid = (triton.cdiv(out_features, block_m), triton.cdiv(n_tokens, block_n))
         _nm_kernel[grid](x2, weight.values, weight.index, y if bias is None else bias, y, n_tokens, out_features,
                          in_features, weight.index.numel(), x2.stride(0), y.stride(0), N=weight.n, M=weight.m,
                          INDEX_BITS=index_bits(weight.m), HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32,
                          BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=BLOCK_K)
-    return y.reshape(*x.shape[:-1], out_features)
+        return y
+
+    if n_tokens == 0:
+        return y.reshape(*x.shape[:-1], out_features)
+    if x.is_cuda and (weight.n, weight.m) == (2, 4) and x.dtype != torch.float32:
+        return routed_linear(x2, weight, bias, ours).reshape(*x.shape[:-1], out_features)
+    return ours().reshape(*x.shape[:-1], out_features)
