@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from sparsa.formats.nm import NM
+from sparsa.kernels.layouts import cached_layout
 from sparsa.kernels.triton import two_four
 
 
@@ -36,4 +37,4 @@ def test_routed_linear_runs_ours_where_torch_cannot_take_the_weight():
 
     y = two_four.routed_linear(x2, weight, None, ours, timer=lambda run: pytest.fail("nothing to time"))
     assert calls == [1] and y.shape == (5, 32)
-    assert two_four._ROUTES[weight][("semi", torch.float16)] is None  # torch's copy refused once, not retried
+    assert cached_layout(weight, two_four.new_routes)[("semi", torch.float16)] is None  # refused once, not retried

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from sparsa.bench.gpu_decode import DecodeShape, run_decode_variants
 from sparsa.bench.results import case_table, machine, write_results
 from sparsa.bench.spmm import block_weight
+from sparsa.compress.magnitude import prune_nm
 from sparsa.formats import BlockSparse
 from sparsa.kernels.triton.block_sparse import block_sparse_linear_triton
 
@@ -59,10 +60,8 @@ def cuda_timer(rep_ms: int) -> Timer:
 
 
 def two_four(W: torch.Tensor) -> torch.Tensor:
-    """``W`` with the two smallest |w| of every 4 consecutive inputs zeroed (2:4)."""
-    groups = W.reshape(W.shape[0], -1, 4)
-    keep = groups.abs().argsort(dim=-1)[..., 2:]
-    return torch.zeros_like(groups).scatter(-1, keep, groups.gather(-1, keep)).reshape(W.shape)
+    """``W`` with the two smallest |w| of every 4 consecutive inputs zeroed (2:4, magnitude pruning's mask)."""
+    return W * prune_nm(W, 2, 4)
 
 
 def peers(W: torch.Tensor, block: int) -> dict[str, tuple[torch.Tensor, Callable] | str]:

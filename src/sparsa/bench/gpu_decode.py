@@ -6,7 +6,7 @@ every projection a ``Y = X Wᵀ`` through :func:`sparsa.kernels.linear` on its f
 
 * dense fp16 (``F.linear``, cuBLAS);
 * SpQR 3-bit, β1 = β2 = 16, 1% outliers (random codes, statistics and permutation);
-* BlockSparse with 32x32 blocks at 50% and 70%.
+* BlockSparse with 32x32 blocks at 50% and 70% (:data:`VARIANTS`).
 
 All layers share one set of random matrices per variant (building 7B of random SpQR codes
 would take longer than the benchmark); one layer's weights exceed a GPU's L2 (90 MB for SpQR-3
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from sparsa.bench.spmm import block_weight
 from sparsa.formats import BlockSparse, SpQR
 from sparsa.kernels import linear
 
@@ -60,25 +61,25 @@ def random_spqr(out_features: int, in_features: int, g: torch.Generator) -> SpQR
         stat_bits=3, stat_group_size=16)
 
 
-def random_blocks(out_features: int, in_features: int, sparsity: float, g: torch.Generator) -> BlockSparse:
-    """32x32 blocks, ``sparsity`` of them removed at random, weights ~0.02, fp16."""
-    keep = torch.rand(out_features // 32, in_features // 32, generator=g) >= sparsity
-    W = torch.randn(out_features, in_features, generator=g) * 0.02
-    return BlockSparse.from_dense((W * keep.repeat_interleave(32, 0).repeat_interleave(32, 1)).half(), block=(32, 32))
+def random_dense(out_features: int, in_features: int, g: torch.Generator) -> torch.Tensor:
+    """Dense fp16 weights ~0.02."""
+    return (torch.randn(out_features, in_features, generator=g) * 0.02).half()
+
+
+def random_blocks(sparsity: float) -> Callable[[int, int, torch.Generator], BlockSparse]:
+    """A builder of fp16 32x32-block weights (~0.02) with exactly ``sparsity`` of their blocks removed."""
+    return lambda out_features, in_features, g: BlockSparse.from_dense(
+        (block_weight(out_features, in_features, (32, 32), sparsity, g) * 0.02).half(), block=(32, 32))
+
+
+VARIANTS: dict[str, Callable[[int, int, torch.Generator], object]] = {
+    "dense fp16": random_dense, "SpQR 3-bit": random_spqr, "block 50%": random_blocks(0.5),
+    "block 70%": random_blocks(0.7)}
 
 
 def variant_weights(name: str, shape: DecodeShape, device: str, g: torch.Generator) -> dict[str, object]:
     """projection -> dense fp16 tensor or format, on ``device``."""
-    weights = {}
-    for p in PROJECTIONS:
-        out_features, in_features = shape.matrix(p)
-        if name == "dense fp16":
-            weights[p] = (torch.randn(out_features, in_features, generator=g) * 0.02).half().to(device)
-        elif name == "SpQR 3-bit":
-            weights[p] = random_spqr(out_features, in_features, g).to(device)
-        else:
-            weights[p] = random_blocks(out_features, in_features, float(name.split()[1].rstrip("%")) / 100, g).to(device)
-    return weights
+    return {p: VARIANTS[name](*shape.matrix(p), g).to(device) for p in PROJECTIONS}
 
 
 def projections(weights: dict[str, object], apply: Callable = linear) -> dict[str, Linear]:
@@ -88,13 +89,12 @@ def projections(weights: dict[str, object], apply: Callable = linear) -> dict[st
             for p, w in weights.items()}
 
 
-def decode(run: dict[str, Linear], shape: DecodeShape, tokens: int, device: str, seed: int = 0) -> torch.Tensor:
-    """Decode ``tokens`` steps from random inputs; returns the last hidden state [hidden] fp32."""
+def decode(run: dict[str, Linear], shape: DecodeShape, tokens: int, device: str, seed: int = 0) -> None:
+    """Decode ``tokens`` steps, each from a random input, through every layer and the KV cache."""
     g = torch.Generator(device=device).manual_seed(seed)
     head_dim = shape.hidden // shape.heads
     cache_k = [torch.empty(1, shape.heads, 0, head_dim, dtype=torch.float16, device=device) for _ in range(shape.layers)]
     cache_v = list(cache_k)
-    h = torch.empty(1, shape.hidden, dtype=torch.float16, device=device)
     for _ in range(tokens):
         h = torch.randn(1, shape.hidden, generator=g, device=device).half()
         for layer in range(shape.layers):
@@ -106,7 +106,6 @@ def decode(run: dict[str, Linear], shape: DecodeShape, tokens: int, device: str,
             h = h + run["o"](attention.reshape(1, shape.hidden))
             x = F.rms_norm(h, (shape.hidden,))
             h = h + run["down"](F.silu(run["gate"](x)) * run["up"](x))
-    return h[0].float()
 
 
 def tokens_per_second(run: dict[str, Linear], shape: DecodeShape, device: str) -> float:
@@ -119,9 +118,6 @@ def tokens_per_second(run: dict[str, Linear], shape: DecodeShape, device: str) -
     if device == "cuda":
         torch.cuda.synchronize()
     return shape.new_tokens / (time.perf_counter() - start)
-
-
-VARIANTS = ("dense fp16", "SpQR 3-bit", "block 50%", "block 70%")
 
 
 def run_decode_variants(shape: DecodeShape, device: str, *, variants=VARIANTS, apply: Callable = linear,

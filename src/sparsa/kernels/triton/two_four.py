@@ -8,7 +8,6 @@ per dtype. Where torch's path cannot take the weight (shape, GPU, dtype), ours r
 checkpoint keeps its ``NM`` format either way.
 """
 
-import weakref
 from collections.abc import Callable
 
 import torch
@@ -16,9 +15,16 @@ import torch.nn.functional as F
 import triton
 
 from sparsa.formats.nm import NM
+from sparsa.kernels.layouts import cached_layout
 
 Run = Callable[[], torch.Tensor]
-_ROUTES: "weakref.WeakKeyDictionary[NM, dict]" = weakref.WeakKeyDictionary()
+
+
+def new_routes(weight: NM) -> dict:
+    """A weight's routing record, kept as its cached layout (so it is dropped, semi-structured
+    copy included, when the weight's tensors change): ("semi", dtype) -> torch's copy or None,
+    (dtype, token bucket) -> "ours" or "torch"."""
+    return {}
 
 
 def cuda_ms(run: Run, repeats: int = 5) -> float:
@@ -62,7 +68,7 @@ def routed_linear(x2: torch.Tensor, weight: NM, bias: torch.Tensor | None, ours:
                   timer: Callable[[Run], float] = cuda_ms) -> torch.Tensor:
     """``x2 [N, in] -> [N, out]`` for a 2:4 weight on CUDA by the path measured faster for this
     (dtype, token bucket); ``ours()`` runs the Triton kernel."""
-    routes = _ROUTES.setdefault(weight, {})
+    routes = cached_layout(weight, new_routes)
     semi = semi_structured(weight, x2.dtype, routes)
     if semi is None:
         return ours()
