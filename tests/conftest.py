@@ -10,6 +10,8 @@ import shutil
 if shutil.which("nvidia-smi") is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import json  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -70,3 +72,29 @@ def tiny_encoder():
                         num_attention_heads=4, max_position_embeddings=64, hidden_dropout_prob=0.0,
                         attention_probs_dropout_prob=0.0)
     return Encoder(BertModel(config).eval(), tokenizer, "tiny-bert")
+
+
+def run_cli(capsys, *argv):
+    """Run ``sparsa argv`` in-process; return (exit code, stdout, stderr)."""
+    from sparsa.cli import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def last_json(out: str) -> dict:
+    """The JSON object on the last line of a command's stdout."""
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def hf_dir(tiny_llama, tiny_tokenizer, tmp_path):
+    """The tiny Llama saved as a Hugging Face model directory."""
+    path = tmp_path / "tiny-hf"
+    tiny_llama.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path

@@ -6,31 +6,9 @@ import sys
 
 import pytest
 
-from sparsa.cli import demo_table, main
-from conftest import word_text
-
-
-def run(capsys, *argv):
-    """Run ``sparsa argv`` in-process; return (exit code, stdout, stderr)."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def last_json(out: str) -> dict:
-    return json.loads(out.strip().splitlines()[-1])
-
-
-@pytest.fixture
-def hf_dir(tiny_llama, tiny_tokenizer, tmp_path):
-    """The tiny Llama saved as a Hugging Face model directory."""
-    path = tmp_path / "tiny-hf"
-    tiny_llama.save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
+from sparsa.cli import demo_table
+from conftest import last_json, word_text
+from conftest import run_cli as run
 
 
 @pytest.fixture

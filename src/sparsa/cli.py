@@ -10,6 +10,7 @@ import logging
 import sys
 import time
 
+from sparsa.cli_attention import add_attention
 from sparsa.cli_bench import add_bench
 from sparsa.errors import SparsaError
 
@@ -43,6 +44,20 @@ def check_device(device: str) -> None:
         raise SparsaError(f"--device {device}: no CUDA device is available")
 
 
+def use_attention(model, args) -> dict:
+    """``--attention anchor``: AnchorAttention for every prefill of ``model``; returns what to report."""
+    if args.attention != "anchor":
+        if args.theta is not None:
+            raise SparsaError("--theta applies only with --attention anchor")
+        return {}
+    from sparsa.attention.config import AnchorConfig
+    from sparsa.attention.hf import use_anchor_attention_
+
+    config = AnchorConfig() if args.theta is None else AnchorConfig(theta=args.theta)
+    use_anchor_attention_(model, config)
+    return {"attention": {"implementation": "anchor", **config.to_dict()}}
+
+
 def emit(result: dict, as_json: bool, table) -> None:
     """Print ``result`` as one JSON line, or as the human table ``table(result)`` returns."""
     print(json.dumps(result) if as_json else table(result))
@@ -58,13 +73,14 @@ def cmd_eval(args) -> dict:
     texts = load_texts(args.ppl, args.text_file)
     lm = load_model(args.model, dtype=torch_dtype(args.dtype))
     lm.model.to(args.device)
+    attention = use_attention(lm.model, args)
     results = perplexities(lm.model, lm.tokenizer, texts, seqlen=args.seqlen, max_windows=args.windows,
                            device=args.device, progress=not args.quiet)
     params, nbytes = linear_footprint(lm.model)
     return {"model": args.model, "ppl": {k: r.ppl for k, r in results.items()},
             "bits_per_param": 8 * nbytes / params, "bytes": nbytes, "params": params, "seqlen": args.seqlen,
             "windows": {k: r.windows for k, r in results.items()},
-            "seconds": {k: round(r.seconds, 3) for k, r in results.items()}}
+            "seconds": {k: round(r.seconds, 3) for k, r in results.items()}, **attention}
 
 
 def eval_table(r: dict) -> str:
@@ -189,9 +205,10 @@ def cmd_generate(args) -> dict:
         raise SparsaError(f"--max-new-tokens {args.max_new_tokens} must be at least 1")
     lm = load_model(args.model, dtype=torch_dtype(args.dtype))
     lm.model.to(args.device)
+    attention = use_attention(lm.model, args)
     ids = lm.tokenizer(args.prompt, return_tensors="pt").input_ids.to(args.device)
     timing = {}
-    if lm.model.config.model_type == "llama":  # the lean loop: static cache, the dispatched kernels
+    if lm.model.config.model_type == "llama" and not attention:  # the lean loop: static cache, the dispatched kernels
         start = time.perf_counter()
         greedy_decode(lm.model, ids[:, :2], 2)  # compiles the kernels (once per process), untimed
         timing["warmup_s"] = round(time.perf_counter() - start, 3)
@@ -209,7 +226,7 @@ def cmd_generate(args) -> dict:
     ends = (new_ids == eos).nonzero() if eos is not None else new_ids.new_zeros(0, 1)
     text_ids = new_ids[: int(ends[0])] if ends.numel() else new_ids  # the text stops at end-of-sequence
     return {"text": lm.tokenizer.decode(text_ids, skip_special_tokens=True),
-            "new_tokens": len(new_ids), "tokens_per_s": len(new_ids) / seconds, **timing}
+            "new_tokens": len(new_ids), "tokens_per_s": len(new_ids) / seconds, **timing, **attention}
 
 
 def generate_table(r: dict) -> str:
@@ -235,6 +252,12 @@ def demo_table(r: dict) -> str:
 
 
 # -- parser ----------------------------------------------------------------------------------
+def add_attention_flags(p) -> None:
+    p.add_argument("--attention", choices=("sdpa", "anchor"), default="sdpa",
+                   help="prefill attention: sdpa (dense, default) or anchor (AnchorAttention; decode stays dense)")
+    p.add_argument("--theta", type=float, help="--attention anchor: threshold in natural-log units (default 8)")
+
+
 def add_eval(sub, common) -> None:
     p = sub.add_parser("eval", parents=[common], help="perplexity and size of a model")
     p.add_argument("model", help="smollm2-135m, a .gguf file, a Hugging Face dir or a sparsa checkpoint")
@@ -244,6 +267,7 @@ def add_eval(sub, common) -> None:
     p.add_argument("--windows", type=int, help="evaluate at most N windows (default: all)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="dtype for dense models (default float32)")
+    add_attention_flags(p)
     p.set_defaults(run=cmd_eval, table=eval_table)
 
 
@@ -293,6 +317,7 @@ def add_generate(sub, common) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES))
+    add_attention_flags(p)
     p.set_defaults(run=cmd_generate, table=generate_table)
 
 
@@ -316,6 +341,7 @@ def build_parser() -> Parser:
     for add in (add_eval, add_compress, add_generate, add_demo):
         add(sub, common)
     add_bench(sub, common, Parser)
+    add_attention(sub, common, Parser)
     return parser
 
 

@@ -1,0 +1,110 @@
+"""``sparsa attention ...``: AnchorAttention on a model's real attention, and its kernel benchmark."""
+
+from sparsa.errors import SparsaError
+
+SWEEP_THETAS = (2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0)
+
+
+def attention_config(args):
+    from sparsa.attention.config import AnchorConfig
+
+    return AnchorConfig(theta=args.theta, block_m=args.block_m, step=args.step, init=args.init)
+
+
+def cmd_attention_eval(args) -> dict:
+    from dataclasses import replace
+
+    from sparsa.attention.evaluate import evaluate_attention
+    from sparsa.bench.attention_sweep import write_sweep
+    from sparsa.cli import check_device
+    from sparsa.data import load_corpus, read_text_file, tokenize
+    from sparsa.nn.models import load_model
+
+    check_device(args.device)
+    config = attention_config(args)
+    text = read_text_file(args.text_file) if args.text_file else load_corpus("wiki").eval
+    source = args.text_file or "wiki evaluation split"
+    lm = load_model(args.model)
+    limit = getattr(lm.model.config, "max_position_embeddings", None)
+    if limit and args.seqlen > limit:
+        raise SparsaError(f"--seqlen {args.seqlen} exceeds the model's context of {limit} tokens")
+    if args.seqlen < 2:
+        raise SparsaError(f"--seqlen {args.seqlen} must be at least 2")
+    ids = tokenize(lm.tokenizer, text)
+    if ids.numel() < args.seqlen:
+        raise SparsaError(f"{source}: {ids.numel()} tokens, fewer than --seqlen {args.seqlen}")
+    lm.model.to(args.device)
+    ids = ids[: args.seqlen][None].to(args.device)
+    thetas = sorted(set(SWEEP_THETAS) | {config.theta}) if args.sweep else [config.theta]
+    reports = evaluate_attention(lm.model, ids, [replace(config, theta=t) for t in thetas],
+                                 baselines=not args.no_baselines, progress=not args.quiet)
+    report = reports[thetas.index(config.theta)]
+    result = {"model": args.model, "text": source, **report.to_dict()}
+    if not args.layers:
+        del result["layers"]
+    if args.sweep:
+        result["sweep"] = write_sweep(reports, args.out, model=args.model, device=args.device)
+    return result
+
+
+def attention_eval_table(r: dict) -> str:
+    lines = [f"{r['model']}: {r['seqlen']} tokens of {r['text']}, theta {r['theta']:g} "
+             f"(selection {r['selection_seconds']:.1f} s)",
+             f"{'selector':<16}{'recall':>9}{'density':>9}{'rel_err':>9}{'|dO|<1e-2':>11}"]
+    for name, m in r["overall"].items():
+        err = "".join(f"{m[k]:>{w}.4f}" if k in m else f"{'-':>{w}}" for k, w in (("rel_err", 9), ("close_share", 11)))
+        lines.append(f"{name:<16}{m['recall']:>9.4f}{m['density']:>9.4f}{err}")
+    if "sweep" in r:
+        lines.append(f"sweep: wrote {r['sweep']['files']}")
+    return "\n".join(lines)
+
+
+def cmd_attention_bench(args) -> dict:
+    from sparsa.bench.attention import AttentionBenchSettings, run_attention_bench
+
+    settings = AttentionBenchSettings.quick() if args.quick else AttentionBenchSettings()
+    name = "attention_quick" if args.quick else "attention"
+    payload = run_attention_bench(settings, out_dir=args.out, name=name, progress=not args.quiet)
+    if "skipped" in payload:
+        return {"skipped": payload["skipped"]}
+    return {"out": args.out, "name": name, "rows": payload["rows"]}
+
+
+def attention_bench_table(r: dict) -> str:
+    if "skipped" in r:
+        return f"skipped: {r['skipped']}"
+    lines = [f"wrote {r['out']}/{r['name']}.{{json,md,png}}"]
+    for row in r["rows"]:
+        lines.append(f"{row['seqlen']:>7} tokens  sdpa {row['sdpa_ms']:.2f} ms  anchor {row['anchor_ms']:.2f} ms "
+                     f"(selection {row['selection_ms']:.2f} ms)  {row['speedup']:.2f}x  density {row['density']:.3f}")
+    return "\n".join(lines)
+
+
+def add_attention(sub, common, parser_class) -> None:
+    """The ``sparsa attention`` subcommands (``parser_class``: the CLI's error-reporting parser)."""
+    from sparsa.attention.config import AnchorConfig
+
+    d = AnchorConfig()
+    p = sub.add_parser("attention", parents=[common], help="AnchorAttention: stripe-sparse long-context prefill")
+    cmds = p.add_subparsers(dest="attention", required=True, parser_class=parser_class)
+    p = cmds.add_parser("eval", parents=[common],
+                        help="recall, density and output error on the model's real attention, against baselines")
+    p.add_argument("model", help="smollm2-135m, a .gguf file, a Hugging Face dir or a sparsa checkpoint")
+    p.add_argument("--seqlen", type=int, default=4096, help="tokens of text (default 4096)")
+    p.add_argument("--theta", type=float, default=d.theta, help=f"threshold, natural-log units (default {d.theta:g})")
+    p.add_argument("--block-m", type=int, default=d.block_m, help=f"query rows per tile (default {d.block_m})")
+    p.add_argument("--step", type=int, default=d.step, help=f"tiles per stripe group (default {d.step})")
+    p.add_argument("--init", type=int, default=d.init, help=f"initial keys always attended (default {d.init})")
+    p.add_argument("--text-file", help="a UTF-8 text file instead of the wiki evaluation split")
+    p.add_argument("--no-baselines", action="store_true", help="skip the baselines and the oracle (faster)")
+    p.add_argument("--layers", action="store_true", help="include per-layer metrics in the output")
+    p.add_argument("--sweep", action="store_true",
+                   help=f"also theta in {', '.join(f'{t:g}' for t in SWEEP_THETAS)}: writes "
+                        "attention_sweep.{json,md,png} (recall against density) under --out")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", default="bench/results", help="where --sweep writes (default bench/results)")
+    p.set_defaults(run=cmd_attention_eval, table=attention_eval_table)
+    p = cmds.add_parser("bench", parents=[common], help="kernel latency against SDPA, 8k to 128k tokens (CUDA)")
+    p.add_argument("--quick", action="store_true", help="8k and 32k only (written as attention_quick)")
+    p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
+    p.set_defaults(run=cmd_attention_bench, table=attention_bench_table)
