@@ -2,13 +2,13 @@
 
 from sparsa.errors import SparsaError
 
-SWEEP_THETAS = (2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0)
+SWEEP_THETAS = (4.0, 6.0, 8.0, 10.0, 12.0, 16.0)
 
 
 def attention_config(args):
     from sparsa.attention.config import AnchorConfig
 
-    return AnchorConfig(theta=args.theta, block_m=args.block_m, step=args.step, init=args.init)
+    return AnchorConfig(theta=args.theta, block_m=args.block_m, step=args.step, init=args.init, window=args.window)
 
 
 def cmd_attention_eval(args) -> dict:
@@ -95,6 +95,8 @@ def add_attention(sub, common, parser_class) -> None:
     p.add_argument("--block-m", type=int, default=d.block_m, help=f"query rows per tile (default {d.block_m})")
     p.add_argument("--step", type=int, default=d.step, help=f"tiles per stripe group (default {d.step})")
     p.add_argument("--init", type=int, default=d.init, help=f"initial keys always attended (default {d.init})")
+    p.add_argument("--window", type=int, default=d.window,
+                   help=f"keys before each group always attended (default {d.window})")
     p.add_argument("--text-file", help="a UTF-8 text file instead of the wiki evaluation split")
     p.add_argument("--no-baselines", action="store_true", help="skip the baselines and the oracle (faster)")
     p.add_argument("--layers", action="store_true", help="include per-layer metrics in the output")

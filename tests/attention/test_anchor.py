@@ -11,7 +11,7 @@ from sparsa.attention.config import AnchorConfig
 from sparsa.errors import SparsaError
 from sparsa.kernels.reference_attention import anchors_reference, stripe_attention_reference
 
-CONFIG = dict(block_m=8, step=2, init=8, backend="torch")
+CONFIG = dict(block_m=8, step=2, init=8, window=0, backend="torch")
 
 
 def qkv(batch, hq, hkv, n, d=16, seed=0):
@@ -34,13 +34,14 @@ def test_anchor_theta_inf_equals_dense_causal(n, ratio):
 
 
 @pytest.mark.parametrize("n", [64, 75, 11])
-def test_anchor_theta_minus_inf_equals_init_plus_local(n):
+@pytest.mark.parametrize("window", [0, 12])
+def test_anchor_theta_minus_inf_equals_init_plus_local(n, window):
     q, k, v = qkv(2, 4, 2, n)
-    config = AnchorConfig(theta=-math.inf, **CONFIG)
+    config = AnchorConfig(theta=-math.inf, **{**CONFIG, "window": window})
     r = anchor_attention(q, k, v, config)
     assert r.index.nnz == 0
-    regions = config.regions
-    mask = regions.dense_mask(n)
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    mask = (j <= i) & ((j < 8) | (j >= (i // 16 * 16 - window)))  # init 8, groups of 16 rows
     scores = (q @ k.repeat_interleave(2, 1).transpose(-1, -2)) / 4
     ref = scores.masked_fill(~mask, -math.inf).softmax(-1) @ v.repeat_interleave(2, 1)
     torch.testing.assert_close(r.o, ref, rtol=1e-5, atol=1e-5)

@@ -7,7 +7,7 @@ import torch
 from sparsa.attention.config import AnchorConfig
 from sparsa.attention.evaluate import BASELINES, evaluate_attention
 
-SMALL = dict(block_m=4, step=2, init=4, backend="torch")
+SMALL = dict(block_m=4, step=2, init=4, window=0, backend="torch")
 
 
 def test_evaluate_attention_reports_every_layer_and_selector(tiny_llama):

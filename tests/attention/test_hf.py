@@ -10,7 +10,7 @@ from sparsa.attention.config import AnchorConfig
 from sparsa.attention.hf import ANCHOR, use_anchor_attention_
 from sparsa.errors import SparsaError
 
-SMALL = dict(block_m=4, step=1, init=2, backend="torch")
+SMALL = dict(block_m=4, step=1, init=2, window=0, backend="torch")
 
 
 def ids(n=40, seed=0):

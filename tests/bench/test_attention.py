@@ -15,7 +15,7 @@ needs_triton = pytest.mark.skipif(not torch.cuda.is_available() and os.environ.g
                                   reason="needs a CUDA device or TRITON_INTERPRET=1")
 
 TINY = AttentionBenchSettings(seqlens=(200,), q_heads=4, kv_heads=2, head_dim=16, heavy=0.1,
-                              config=AnchorConfig(block_m=16, step=2, init=16), dtype="float32")
+                              config=AnchorConfig(block_m=16, step=2, init=16, window=0), dtype="float32")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the skip is for machines without CUDA")

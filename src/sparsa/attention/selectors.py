@@ -1,9 +1,9 @@
 """Stripe selectors compared with AnchorAttention on the same regions and the same gather kernel.
 
 Each selector scores every stripe key of every group ([B, Hq, groups, N] fp32, higher is more
-important); :func:`top_share` keeps the best keys of each group so that all selectors can be
-compared at the density AnchorAttention reached. The dense region (initial tokens + the group's
-own rows) is shared by all of them, so ``streaming`` (no stripes) is the floor.
+important); :func:`matched_index` keeps the best keys of each group so that all selectors can be
+compared at the density AnchorAttention reached. The dense region (initial tokens, the window
+before the group and the group's own rows) is shared by all of them, so ``streaming`` (no stripes) is the floor.
 
 * ``anchor``: :func:`sparsa.attention.anchor.pooled_scores` (pooled query minus pooled anchor).
 * ``vertical_slash`` (MInference-style): the softmax of the last ``last`` queries gives column
@@ -90,10 +90,3 @@ def matched_index(scores: torch.Tensor, regions: StripeRegions, pairs: int) -> S
             hi = mid
     best = min((lo, hi), key=lambda s: abs(int((keep_counts(s) * rows).sum()) * B * Hq - pairs))
     return StripeIndex.from_mask((rank < keep_counts(best)[:, None]) & candidates)
-
-
-def stripe_share(index: StripeIndex, regions: StripeRegions, n: int) -> float:
-    """Kept stripe keys over all stripe candidates, summed over rows of the index."""
-    per_group = regions.stripe_candidates(n).sum(dim=1)  # [groups]
-    total = int(per_group.sum()) * index.batch * index.heads
-    return index.nnz / total if total else 0.0

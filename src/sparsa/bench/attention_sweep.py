@@ -16,7 +16,8 @@ def sweep_payload(reports, *, model: str, device: str) -> dict:
 def sweep_markdown(payload: dict) -> str:
     names = [n for n in SELECTORS if n in payload["rows"][0]]
     lines = [f"# AnchorAttention sweep: {payload['model']}, {payload['seqlen']} tokens",
-             "", f"{payload['machine']['date']}, {payload['machine']['cpu']}, torch {payload['machine']['torch']}",
+             "", f"{payload['machine']['date']}, {payload['machine']['cpu']} ({payload['machine']['cores']} cores), "
+                 f"device {payload['machine']['device']}, torch {payload['machine']['torch']}",
              "", "Recall (share of the dense softmax mass kept) at each theta's density; the baselines are "
                  "matched to AnchorAttention's density, the oracle keeps each row's largest probabilities.", "",
              "| theta | density | " + " | ".join(f"{n} recall" for n in names) + " | anchor rel_err |",

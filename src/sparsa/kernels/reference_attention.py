@@ -83,12 +83,3 @@ def stripe_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         p = torch.exp(logits - lse[:, :, rows, None])
         o[:, :, rows] = (p @ v[:, :, : rows.stop].float()).to(q.dtype)
     return o, lse
-
-
-def kept_mask(regions: StripeRegions, index: StripeIndex | None, n: int, g: int) -> torch.Tensor:
-    """[B, Hq, rows, rows_end] bool: the (query, key) pairs group ``g`` computes (metrics use it)."""
-    r0, r1 = g * regions.group, min((g + 1) * regions.group, n)
-    dense = regions.dense_mask(n)[r0:r1, :r1]
-    if index is None:
-        return dense[None, None]
-    return dense[None, None] | index.to_mask(n)[:, :, g, None, :r1].to(dense.device)
