@@ -59,12 +59,12 @@ def test_cli_attention_bad_input_one_line_error(capsys, hf_dir, words, short, ar
 
 @pytest.fixture
 def long_hf_dir(tiny_tokenizer, tmp_path):
-    """A tiny random Llama with a 1024-token context: room for stripes past the default window."""
+    """A tiny random Llama with a 2048-token context: room for stripes past the default window."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024))
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048))
     path = tmp_path / "long-hf"
     model.save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
@@ -74,7 +74,7 @@ def long_hf_dir(tiny_tokenizer, tmp_path):
 def test_cli_eval_attention_anchor_reports_it_and_theta_inf_matches_dense(capsys, long_hf_dir, tmp_path):
     words = tmp_path / "many.txt"
     words.write_text(word_text(1100))
-    args = ["eval", str(long_hf_dir), "--text-file", str(words), "--seqlen", "512", "--json", "--quiet"]
+    args = ["eval", str(long_hf_dir), "--text-file", str(words), "--seqlen", "1024", "--json", "--quiet"]
     dense = last_json(run(capsys, *args)[1])
     code, out, _ = run(capsys, *args, "--attention", "anchor", "--theta", "inf")
     r = last_json(out)

@@ -255,7 +255,7 @@ def demo_table(r: dict) -> str:
 def add_attention_flags(p) -> None:
     p.add_argument("--attention", choices=("sdpa", "anchor"), default="sdpa",
                    help="prefill attention: sdpa (dense, default) or anchor (AnchorAttention; decode stays dense)")
-    p.add_argument("--theta", type=float, help="--attention anchor: threshold in natural-log units (default 9)")
+    p.add_argument("--theta", type=float, help="--attention anchor: threshold in natural-log units (default 7)")
 
 
 def add_eval(sub, common) -> None:

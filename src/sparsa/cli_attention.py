@@ -2,7 +2,7 @@
 
 from sparsa.errors import SparsaError
 
-SWEEP_THETAS = (4.0, 6.0, 8.0, 10.0, 12.0, 16.0)
+SWEEP_THETAS = (3.0, 5.0, 7.0, 9.0, 12.0, 16.0)
 
 
 def attention_config(args):

@@ -17,7 +17,7 @@ from sparsa.attention import selectors
 from sparsa.attention.anchor import identify_reference
 from sparsa.attention.capture import LayerQKV, captured_qkv
 from sparsa.attention.config import AnchorConfig
-from sparsa.attention.metrics import AttentionMetrics, kept_pairs, measure
+from sparsa.attention.metrics import AttentionMetrics, measure
 from sparsa.kernels.reference_attention import anchors_reference, check_qkv
 
 BASELINES = ("vertical_slash", "flex_blocks", "streaming")
@@ -68,14 +68,14 @@ def score_layer(qkv: LayerQKV, config: AnchorConfig, report: AttentionReport, ba
     """AnchorAttention's selection on one layer (the reference; timed), the baselines at its
     density, and the metrics of all of them (outputs from masked dense attention)."""
     q, k, v, scale = qkv.q, qkv.k, qkv.v, qkv.scale
-    B, Hq, _, N, _ = check_qkv(q, k, v)
+    N = check_qkv(q, k, v)[3]
     regions = config.regions
     start = time.perf_counter()
     index = identify_reference(q, k, anchors_reference(q, k, regions, scale), regions, config.theta, scale)
     report.selection_seconds += time.perf_counter() - start
     indices = {"anchor": index}
     if baselines:
-        pairs = kept_pairs(regions, index, B, Hq, N) - kept_pairs(regions, None, B, Hq, N)
+        pairs = regions.stripe_pairs(index, N)
         indices["vertical_slash"] = selectors.matched_index(
             selectors.vertical_slash_scores(q, k, regions, scale), regions, pairs)
         indices["flex_blocks"] = selectors.matched_index(
