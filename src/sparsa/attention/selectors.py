@@ -30,7 +30,7 @@ def vertical_slash_scores(q: torch.Tensor, k: torch.Tensor, regions: StripeRegio
     B, Hq, N, _ = q.shape
     last = min(last, N)
     rows = torch.arange(N - last, N, device=q.device)
-    logits = q[:, :, -last:].float() @ kv_heads(k, Hq)[:, :, :].float().transpose(-1, -2) * scale  # [B,Hq,last,N]
+    logits = q[:, :, -last:].float() @ kv_heads(k, Hq).float().transpose(-1, -2) * scale  # [B,Hq,last,N]
     keys = torch.arange(N, device=q.device)
     logits = logits.masked_fill(keys[None, :] > rows[:, None], -math.inf)
     p = logits.softmax(dim=-1)

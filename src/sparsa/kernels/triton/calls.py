@@ -31,3 +31,9 @@ def rows_per_program(n_tokens: int) -> int:
     4096-row decode step launches 256 programs rather than 64 (an H100 has 132 SMs); 64 beyond,
     where the token tiles multiply the programs. A starting point, not yet tuned on a GPU."""
     return 16 if n_tokens <= 16 else 64
+
+
+def dequant_grid(n_tokens: int, out_features: int) -> tuple[tuple[int, int], int, int]:
+    """(grid, BLOCK_M, BLOCK_N) of the dequantizing kernels: row tiles x token tiles."""
+    block_m, block_n = rows_per_program(n_tokens), tokens_per_program(n_tokens)
+    return (triton.cdiv(out_features, block_m), triton.cdiv(n_tokens, block_n)), block_m, block_n

@@ -17,8 +17,8 @@ import triton.language as tl
 from sparsa.formats.bitpack import index_bits
 from sparsa.formats.nm import NM
 from sparsa.kernels.dispatch import register_linear_kernel
-from sparsa.kernels.triton.calls import rows_per_program, token_rows, tokens_per_program
-from sparsa.kernels.triton.steps import dot_rows, load_tokens, packed_codes, store_outputs
+from sparsa.kernels.triton.calls import dequant_grid, token_rows
+from sparsa.kernels.triton.steps import dot_rows, load_tokens, output_tile, packed_codes, store_outputs
 from sparsa.kernels.triton.two_four import routed_linear
 
 BLOCK_K = 64  # inputs per step of a program (outputs: calls.rows_per_program)
@@ -29,10 +29,7 @@ def _nm_kernel(x_ptr, values_ptr, index_ptr, bias_ptr, y_ptr, n_tokens, out_feat
                stride_x, stride_y, N: tl.constexpr, M: tl.constexpr, INDEX_BITS: tl.constexpr,
                HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                BLOCK_K: tl.constexpr):
-    tile_m, tile_n = tl.program_id(0), tl.program_id(1)
-    rows = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    tokens = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok, token_ok = rows < out_features, tokens < n_tokens
+    rows, tokens, row_ok, token_ok = output_tile(out_features, n_tokens, BLOCK_M, BLOCK_N)
     slots_per_row = in_features // M * N
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for k0 in range(0, in_features, BLOCK_K):
@@ -65,8 +62,7 @@ def nm_linear_triton(x: torch.Tensor, weight: NM, bias: torch.Tensor | None = No
     (n_tokens, out_features), in_features = y.shape, x2.shape[1]
 
     def ours() -> torch.Tensor:
-        block_m, block_n = rows_per_program(n_tokens), tokens_per_program(n_tokens)
-        grid = (triton.cdiv(out_features, block_m), triton.cdiv(n_tokens, block_n))
+        grid, block_m, block_n = dequant_grid(n_tokens, out_features)
         _nm_kernel[grid](x2, weight.values, weight.index, y if bias is None else bias, y, n_tokens, out_features,
                          in_features, weight.index.numel(), x2.stride(0), y.stride(0), N=weight.n, M=weight.m,
                          INDEX_BITS=index_bits(weight.m), HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32,

@@ -21,8 +21,8 @@ import triton.language as tl
 
 from sparsa.formats.quant import Quant
 from sparsa.kernels.dispatch import register_linear_kernel
-from sparsa.kernels.triton.calls import rows_per_program, token_rows, tokens_per_program
-from sparsa.kernels.triton.steps import dot_rows, load_tokens, packed_codes, store_outputs
+from sparsa.kernels.triton.calls import dequant_grid, token_rows
+from sparsa.kernels.triton.steps import dot_rows, load_tokens, output_tile, packed_codes, store_outputs
 
 BLOCK_K = 64  # inputs per step of a program (outputs: calls.rows_per_program)
 
@@ -31,10 +31,7 @@ BLOCK_K = 64  # inputs per step of a program (outputs: calls.rows_per_program)
 def _quant_kernel(x_ptr, codes_ptr, scale_ptr, minimum_ptr, bias_ptr, y_ptr, n_tokens, out_features, in_features,
                   n_bytes, n_groups, group_size, stride_x, stride_y, BITS: tl.constexpr, HAS_BIAS: tl.constexpr,
                   IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    tile_m, tile_n = tl.program_id(0), tl.program_id(1)
-    rows = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    tokens = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok, token_ok = rows < out_features, tokens < n_tokens
+    rows, tokens, row_ok, token_ok = output_tile(out_features, n_tokens, BLOCK_M, BLOCK_N)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for k0 in range(0, in_features, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
@@ -64,8 +61,7 @@ def quant_linear_triton(x: torch.Tensor, weight: Quant, bias: torch.Tensor | Non
     x2, y = token_rows(x, weight, "quant")
     (n_tokens, out_features), in_features = y.shape, x2.shape[1]
     if n_tokens:
-        block_m, block_n = rows_per_program(n_tokens), tokens_per_program(n_tokens)
-        grid = (triton.cdiv(out_features, block_m), triton.cdiv(n_tokens, block_n))
+        grid, block_m, block_n = dequant_grid(n_tokens, out_features)
         _quant_kernel[grid](x2, weight.codes, weight.scale, weight.minimum, y if bias is None else bias, y,
                             n_tokens, out_features, in_features, weight.codes.numel(), weight.scale.shape[1],
                             weight.group_size, x2.stride(0), y.stride(0), BITS=weight.bits, HAS_BIAS=bias is not None,

@@ -27,8 +27,8 @@ from sparsa.formats.bitpack import pack_bits
 from sparsa.formats.spqr import SpQR
 from sparsa.kernels.dispatch import register_linear_kernel
 from sparsa.kernels.layouts import cached_layout
-from sparsa.kernels.triton.calls import rows_per_program, token_rows, tokens_per_program
-from sparsa.kernels.triton.steps import dot_rows, load_tokens, packed_codes
+from sparsa.kernels.triton.calls import dequant_grid, token_rows
+from sparsa.kernels.triton.steps import dot_rows, load_tokens, output_tile, packed_codes
 
 BLOCK_K = 64  # permuted inputs per step of a program (outputs: calls.rows_per_program)
 
@@ -84,10 +84,7 @@ def _spqr_kernel(x_ptr, perm_ptr, codes_ptr, scale_codes_ptr, zero_codes_ptr, sc
                  y_ptr, n_tokens, out_features, in_features, n_bytes, n_stat_bytes, n_groups, group_size,
                  stat_group_size, stride_x, BITS: tl.constexpr, STAT_BITS: tl.constexpr, IEEE: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    tile_m, tile_n = tl.program_id(0), tl.program_id(1)
-    rows = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    tokens = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok, token_ok = rows < out_features, tokens < n_tokens
+    rows, tokens, row_ok, token_ok = output_tile(out_features, n_tokens, BLOCK_M, BLOCK_N)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for k0 in range(0, in_features, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
@@ -140,15 +137,14 @@ def spqr_linear_triton(x: torch.Tensor, weight: SpQR, bias: torch.Tensor | None 
     if n_tokens:
         layout = cached_layout(weight, spqr_gpu_layout)
         sums = torch.empty(n_tokens, out_features, dtype=torch.float32, device=x.device)
-        block_m, block_n = rows_per_program(n_tokens), tokens_per_program(n_tokens)
-        tiles_n = triton.cdiv(n_tokens, block_n)
-        _spqr_kernel[(triton.cdiv(out_features, block_m), tiles_n)](
+        grid, block_m, block_n = dequant_grid(n_tokens, out_features)
+        _spqr_kernel[grid](
             x2, layout.perm, layout.codes, weight.scale_codes, weight.zero_codes, weight.scale_stats,
             weight.zero_stats, sums, n_tokens, out_features, in_features, weight.codes.numel(),
             weight.scale_codes.numel(), weight.groups, weight.group_size, weight.stat_group_size, x2.stride(0),
             BITS=weight.bits, STAT_BITS=weight.stat_bits, IEEE=x.dtype == torch.float32, BLOCK_M=block_m,
             BLOCK_N=block_n, BLOCK_K=BLOCK_K)
-        _outlier_kernel[(out_features, tiles_n)](
+        _outlier_kernel[(out_features, grid[1])](
             x2, sums, layout.outlier_ptr, layout.outlier_col, layout.outlier_delta, y if bias is None else bias, y,
             n_tokens, out_features, x2.stride(0), y.stride(0), HAS_BIAS=bias is not None, BLOCK_N=block_n)
     return y.reshape(*x.shape[:-1], out_features)

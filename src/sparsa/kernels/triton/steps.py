@@ -17,6 +17,15 @@ def packed_codes(codes_ptr, index, n_bytes, ok, BITS: tl.constexpr):
 
 
 @triton.jit
+def output_tile(out_features, n_tokens, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's output rows [BLOCK_M] and tokens [BLOCK_N] (grid axis 0: row tiles, axis 1:
+    token tiles) and their in-range masks."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    tokens = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return rows, tokens, rows < out_features, tokens < n_tokens
+
+
+@triton.jit
 def dot_rows(acc, x, w, IEEE: tl.constexpr):
     """``acc + x @ wᵀ`` (x [N, K], w [M, K], fp32 sums); exact fp32 products when ``IEEE``."""
     if IEEE:
