@@ -11,6 +11,7 @@ import sys
 import time
 
 from sparsa.cli_attention import add_attention
+from sparsa.cli_ba import add_ba, add_sfm
 from sparsa.cli_bench import add_bench
 from sparsa.errors import SparsaError
 
@@ -338,7 +339,7 @@ def build_parser() -> Parser:
     common.add_argument("--quiet", action="store_true", help="no progress bars")
     parser = Parser(prog="sparsa", description="Make models sparse, small and fast.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (add_eval, add_compress, add_generate, add_demo):
+    for add in (add_eval, add_compress, add_generate, add_demo, add_ba, add_sfm):
         add(sub, common)
     add_bench(sub, common, Parser)
     add_attention(sub, common, Parser)
@@ -370,7 +371,8 @@ def main(argv=None) -> int:
         if args.debug:
             raise
         fail(f"{type(err).__name__}: {err} (rerun with --debug for the traceback)", 1)
-    emit(result, args.json, args.table)
+    if result is not None:  # None: a worker process of a distributed run, rank 0 reports
+        emit(result, args.json, args.table)
     return 0
 
 

@@ -1,0 +1,153 @@
+"""``sparsa ba``: bundle adjustment of a BAL file, a COLMAP model or a synthetic scene; under
+``torchrun --nproc-per-node N -m sparsa ba ...`` the points are split across the N processes."""
+
+from sparsa.errors import SparsaError
+
+
+def ba_options(args):
+    from sparsa.sfm.config import BAOptions
+
+    fixed = tuple(int(i) for i in args.fix_images.split(",") if i.strip()) if args.fix_images else ()
+    return BAOptions(max_iterations=args.max_iters, loss=args.loss, loss_scale=args.loss_scale,
+                     linear_solver=args.linear_solver, function_tolerance=args.function_tolerance,
+                     gradient_tolerance=args.gradient_tolerance, parameter_tolerance=args.parameter_tolerance,
+                     refine_focal_length=not args.fix_focal_length, refine_extra_params=not args.fix_distortion,
+                     refine_principal_point=args.refine_principal_point, fixed_images=fixed,
+                     refine_points=not args.fix_points)
+
+
+def cmd_ba(args) -> dict:
+    import torch
+
+    from sparsa.cli import check_device
+    from sparsa.sfm.distributed import init_comm, solve_ba_distributed
+    from sparsa.sfm.scenes import load_scene, save_scene
+
+    check_device(args.device)
+    if args.fix_images and not all(i.strip().isdigit() for i in args.fix_images.split(",")):
+        raise SparsaError(f"--fix-images {args.fix_images!r}: expected comma-separated image indices")
+    options = ba_options(args)
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    scene, _ = load_scene(args.problem)
+    comm = init_comm(args.device)
+    result, summary = solve_ba_distributed(scene, options, device=args.device, progress=not args.quiet, comm=comm)
+    if comm.rank != 0:  # rank 0 reports and writes
+        return None
+    out = {"problem": args.problem, "initial_cost": summary.initial_cost, "final_cost": summary.final_cost,
+           "iterations": summary.iterations, "seconds": summary.seconds, "rmse_px": summary.final_rmse,
+           "initial_rmse_px": summary.initial_rmse, "termination": summary.termination,
+           "message": summary.message, "linear_solver": summary.linear_solver_used, "device": args.device,
+           "cameras": scene.n_cameras, "images": scene.n_images, "points": scene.n_points,
+           "observations": scene.n_observations, "processes": comm.world_size, "summary": summary.to_dict(log=args.log)}
+    if args.out:
+        out["out"] = save_scene(result, args.out, text=args.text)
+    if not args.json:
+        out["report"] = summary.full()
+    return out
+
+
+def ba_table(r: dict) -> str:
+    lines = [r["report"], f"{r['problem']}: {r['images']} images, {r['points']} points, {r['observations']} "
+             f"observations; {r['linear_solver']} on {r['device']} x {r['processes']} process(es)"]
+    if "out" in r:
+        lines.append(f"wrote {r['out']}")
+    return "\n".join(lines)
+
+
+def add_output_flags(p) -> None:
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument("-o", "--out", help="write the result: a BAL file (.txt/.bz2) or a COLMAP model directory")
+    p.add_argument("--text", action="store_true", help="COLMAP output in text instead of binary")
+
+
+def add_ba(sub, common) -> None:
+    from sparsa.sfm.config import LINEAR_SOLVERS, LOSSES, BAOptions
+
+    d = BAOptions()
+    p = sub.add_parser("ba", parents=[common], help="bundle adjustment (Levenberg-Marquardt, Schur complement)")
+    p.add_argument("problem", help="a BAL file (.txt/.bz2), a COLMAP model directory, or "
+                                   "synthetic:cameras=C,points=P,seed=S[,model=M,track=T,noise=PX,outliers=F]")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--loss", choices=LOSSES, default=d.loss, help=f"robust loss (default {d.loss})")
+    p.add_argument("--loss-scale", type=float, default=d.loss_scale, help="robust loss scale in pixels (default 1)")
+    p.add_argument("--max-iters", type=int, default=d.max_iterations, help=f"LM iterations (default {d.max_iterations})")
+    p.add_argument("--linear-solver", choices=LINEAR_SOLVERS, default=d.linear_solver,
+                   help=f"reduced camera system: dense Cholesky, PCG, or auto (dense up to "
+                        f"{d.dense_schur_max_size} camera unknowns)")
+    p.add_argument("--function-tolerance", type=float, default=d.function_tolerance)
+    p.add_argument("--gradient-tolerance", type=float, default=d.gradient_tolerance)
+    p.add_argument("--parameter-tolerance", type=float, default=d.parameter_tolerance)
+    p.add_argument("--fix-images", help="comma-separated image indices whose poses stay fixed")
+    p.add_argument("--fix-points", action="store_true", help="keep 3D points fixed (motion-only BA)")
+    p.add_argument("--fix-focal-length", action="store_true")
+    p.add_argument("--fix-distortion", action="store_true")
+    p.add_argument("--refine-principal-point", action="store_true")
+    add_output_flags(p)
+    p.add_argument("--log", action="store_true", help="include the per-iteration log in --json output")
+    p.set_defaults(run=cmd_ba, table=ba_table)
+
+
+def cmd_sfm(args) -> dict:
+    import torch
+
+    from sparsa.cli import check_device
+    from sparsa.sfm.align import centre_errors
+    from sparsa.sfm.config import BAOptions, GPOptions
+    from sparsa.sfm.pipeline import run_sfm
+    from sparsa.sfm.scenes import load_scene, save_scene
+
+    check_device(args.device)
+    if not args.filter_px > 0:
+        raise SparsaError(f"--filter-px {args.filter_px}: must be > 0")
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    scene, truth = load_scene(args.problem)
+    gp_options = GPOptions(max_iterations=args.gp_max_iters, seed=args.seed)
+    ba_options = BAOptions(max_iterations=args.max_iters, loss=args.loss, loss_scale=args.loss_scale)
+    result, report = run_sfm(scene, gp_options, ba_options, filter_px=args.filter_px, device=args.device,
+                             progress=not args.quiet)
+    errors = centre_errors(result, truth if truth is not None else scene)
+    out = {"problem": args.problem, "images": scene.n_images, "points": result.n_points,
+           "observations": result.n_observations, "rmse_px": report.ba[-1].final_rmse,
+           "seconds": report.gp.seconds + sum(b.seconds for b in report.ba),
+           "centre_error": {"reference": "ground truth" if truth is not None else "input poses",
+                            "median": float(errors.median()), "max": float(errors.max())},
+           "gp": report.gp.to_dict(), "ba": [b.to_dict() for b in report.ba], "filtered": report.filtered}
+    if args.out:
+        out["out"] = save_scene(result, args.out, text=args.text)
+    return out
+
+
+def sfm_table(r: dict) -> str:
+    gp = r["gp"]
+    lines = [f"global positioning: {gp['iterations']} iterations, cost {gp['initial_cost']:.4e} -> "
+             f"{gp['final_cost']:.4e}, {gp['seconds']:.2f} s ({gp['termination']})"]
+    for i, (b, f) in enumerate(zip(r["ba"], r["filtered"])):
+        lines.append(f"BA round {i + 1}: {b['iterations']} iterations, rmse {b['initial_rmse']:.3f} -> "
+                     f"{b['final_rmse']:.3f} px, {b['seconds']:.2f} s; then dropped {f['observations_dropped']} "
+                     f"observations and {f['points_dropped']} points above {f['threshold_px']:g} px")
+    c = r["centre_error"]
+    lines.append(f"{r['images']} images, {r['points']} points, {r['observations']} observations, rmse "
+                 f"{r['rmse_px']:.3f} px, {r['seconds']:.2f} s; camera centres vs {c['reference']} after a "
+                 f"similarity: median {c['median']:.4g}, max {c['max']:.4g}")
+    if "out" in r:
+        lines.append(f"wrote {r['out']}")
+    return "\n".join(lines)
+
+
+def add_sfm(sub, common) -> None:
+    from sparsa.sfm.config import LOSSES, GPOptions
+
+    d = GPOptions()
+    p = sub.add_parser("sfm", parents=[common], help="global positioning + bundle adjustment from known rotations")
+    p.add_argument("problem", help="a COLMAP model directory (its rotations, intrinsics and observations are used; "
+                                   "its positions are recomputed), a BAL file or synthetic:cameras=C,points=P,seed=S")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--gp-max-iters", type=int, default=d.max_iterations, help="global positioning iterations")
+    p.add_argument("--max-iters", type=int, default=100, help="LM iterations per BA round (default 100)")
+    p.add_argument("--loss", choices=LOSSES, default="huber", help="BA robust loss (default huber)")
+    p.add_argument("--loss-scale", type=float, default=1.0, help="BA robust loss scale in pixels (default 1)")
+    p.add_argument("--filter-px", type=float, default=4.0,
+                   help="after BA rounds 1-3 drop observations above 3x, 2x, 1x this error (default 4 px)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the random GP start")
+    add_output_flags(p)
+    p.set_defaults(run=cmd_sfm, table=sfm_table)
