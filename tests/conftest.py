@@ -98,3 +98,23 @@ def hf_dir(tiny_llama, tiny_tokenizer, tmp_path):
     tiny_llama.save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
     return path
+
+
+def make_scene(spec: str):
+    """(start, truth) of a synthetic bundle-adjustment scene."""
+    from sparsa.data.synthetic_scene import SyntheticSpec, synthetic_scene
+    from sparsa.sfm.cameras import project
+
+    return synthetic_scene(SyntheticSpec.parse(spec), project)
+
+
+@pytest.fixture(scope="session")
+def small_scene():
+    """(start, truth) with 6 cameras, 80 points, SIMPLE_RADIAL."""
+    return make_scene("synthetic:cameras=6,points=80,seed=3")
+
+
+@pytest.fixture(scope="session")
+def scene_factory():
+    """``make(spec) -> (start, truth)`` for a synthetic spec string."""
+    return make_scene

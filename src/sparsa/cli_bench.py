@@ -95,6 +95,26 @@ def bench_encoder_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_bench_ba(args) -> dict:
+    from sparsa.bench.ba import BABenchSettings, run_ba_bench
+
+    settings = BABenchSettings.quick() if args.quick else BABenchSettings()
+    name = "ba_quick" if args.quick else "ba"
+    payload = run_ba_bench(settings, out_dir=args.out, name=name, progress=not args.quiet)
+    rows = [{k: v for k, v in r.items() if k != "log"} for r in payload["rows"]]
+    return {"out": args.out, "name": name, "machine": payload["machine"], "rows": rows}
+
+
+def bench_ba_table(r: dict) -> str:
+    lines = [f"wrote {r['out']}/{r['name']}.{{json,md,png}}"]
+    for row in r["rows"]:
+        lines.append(f"{row['cameras']:>5} cameras {row['observations']:>8} obs  {row['solver']:<9} {row['device']:<5}"
+                     f" final cost {row['final_cost']:.10e} ({row['cost_rel_to_pycolmap']:+.1e} vs pycolmap)  "
+                     f"{row['seconds']:8.3f} s ({row['speedup_over_pycolmap']:.2f}x pycolmap)  "
+                     f"peak RSS {row['peak_rss_bytes'] / 2**20:.0f} MiB")
+    return "\n".join(lines)
+
+
 def cmd_bench_gpu(args) -> dict:
     from sparsa.bench.gpu import GpuSettings, run_gpu
 
@@ -148,6 +168,10 @@ def add_bench(sub, common, parser_class) -> None:
                    help="3072x768 at 128 tokens and 1536x576 at 1 and 16 tokens, at 70%% and 90%% (written as spmm_quick)")
     p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
     p.set_defaults(run=cmd_bench_spmm, table=bench_spmm_table)
+    p = bench.add_parser("ba", parents=[common], help="bundle adjustment against pycolmap (Ceres) and scipy")
+    p.add_argument("--quick", action="store_true", help="the 50-camera scene only (written as ba_quick)")
+    p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
+    p.set_defaults(run=cmd_bench_ba, table=bench_ba_table)
     p = bench.add_parser("gpu", parents=[common], help="Triton kernels against cuBLAS, torch BSR and 2:4 (CUDA)")
     p.add_argument("--quick", action="store_true", help="4096x4096 at 1 and 128 tokens, 90%% (written as gpu_quick)")
     p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")

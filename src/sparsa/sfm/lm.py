@@ -18,7 +18,7 @@ from sparsa.sfm.comm import LocalComm
 from sparsa.sfm.config import LMOptions
 from sparsa.sfm.lsq import Linearization, Problem
 from sparsa.sfm.pcg import pcg
-from sparsa.sfm.schur import SchurSystem
+from sparsa.sfm.schur import SchurLayout, SchurSystem
 from sparsa.sfm.summary import BASummary, IterationLog
 
 
@@ -98,7 +98,8 @@ def levenberg_marquardt(problem: Problem, state, options: LMOptions, *, device: 
     summary.initial_cost = lin.cost
     summary.initial_rmse = math.sqrt(lin.sq_error / observations)
     mu, nu = options.initial_trust_region_radius, 2.0
-    system = SchurSystem(problem, lin, *lm_diagonal(problem, lin, options, comm), mu, comm)
+    layout = SchurLayout.of(problem) if problem.obs_point.device.type == "cpu" else None
+    system = SchurSystem(problem, lin, *lm_diagonal(problem, lin, options, comm), mu, comm, layout)
     g_c, g_p = system.gradient()
     g_max = max_gradient(g_c, g_p, comm)
     summary.log.append(IterationLog(0, lin.cost, 0.0, g_max, 0.0, 0.0, mu, 0, True, time.perf_counter() - start_time))
@@ -124,7 +125,7 @@ def levenberg_marquardt(problem: Problem, state, options: LMOptions, *, device: 
         else:
             mu, nu = mu / nu, 2 * nu
             summary.unsuccessful_steps += 1
-        system = SchurSystem(problem, lin, *lm_diagonal(problem, lin, options, comm), mu, comm)
+        system = SchurSystem(problem, lin, *lm_diagonal(problem, lin, options, comm), mu, comm, layout)
         if accepted:
             g_c, g_p = system.gradient()
             g_max = max_gradient(g_c, g_p, comm)

@@ -10,6 +10,10 @@ blocks Jc [M, 2, dc] and Jx [M, 2, 3] (gathers and ``index_add_``), so memory is
 observations. :meth:`SchurSystem.dense` builds S explicitly (point chunks) for few cameras.
 """
 
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
 import torch
 
 from sparsa.sfm.comm import LocalComm
@@ -18,19 +22,49 @@ from sparsa.sfm.lsq import Linearization, Problem
 CHUNK = 1 << 18  # observations per chunk when forming per-observation dc x dc products
 
 
+def csr_order(index: torch.Tensor, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ptr [n + 1], order [M]) int64: the observations with index b are order[ptr[b]:ptr[b + 1]]."""
+    idx = index.cpu().numpy()
+    counts = np.bincount(idx, minlength=n)
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), np.argsort(idx, kind="stable").astype(np.int64)
+
+
+@dataclass
+class SchurLayout:
+    """CSR orders of the observations by point and by each kind of camera block, built once per
+    problem for the CPU kernels (:mod:`sparsa.kernels.cpu.schur`)."""
+
+    point: tuple[np.ndarray, np.ndarray]
+    blocks: list[tuple[np.ndarray, np.ndarray]]
+
+    @classmethod
+    def of(cls, problem: Problem) -> "SchurLayout":
+        return cls(csr_order(problem.obs_point, problem.n_points),
+                   [csr_order(k.index, k.count) for k in problem.camera_blocks])
+
+
 class SchurSystem:
     """The damped system at one linearization, for one trust-region radius ``mu``."""
 
     def __init__(self, problem: Problem, lin: Linearization, diag_c: torch.Tensor, diag_p: torch.Tensor,
-                 mu: float, comm: LocalComm = LocalComm()):
+                 mu: float, comm: LocalComm = LocalComm(), layout: SchurLayout | None = None):
         """diag_c [C_total], diag_p [P, 3]: the clamped diag(JᵀJ) (fixed unknowns: 1, no 1/mu).
-        ``comm`` completes camera-side sums when the points are split across processes."""
-        self.problem, self.lin, self.comm = problem, lin, comm
+        ``comm`` completes camera-side sums when the points are split across processes; with a
+        ``layout`` (CPU tensors only) the products run in the numba kernels, otherwise in torch."""
+        self.problem, self.lin, self.comm, self.layout = problem, lin, comm, layout
         self.damp_c = torch.where(problem.free_camera, diag_c / mu, torch.ones_like(diag_c))
         free_p = problem.free_point[:, None].expand_as(diag_p)
         damp_p = torch.where(free_p, diag_p / mu, torch.ones_like(diag_p))
         V = self.point_blocks() + torch.diag_embed(damp_p)
         self.V_inv = torch.linalg.inv(V)  # [P, 3, 3] SPD 3x3 blocks
+
+    @cached_property
+    def sorted_columns(self) -> list[np.ndarray]:
+        """Each camera block's Jacobian columns in block order [M, R, size] (sequential reads in
+        :func:`~sparsa.kernels.cpu.schur.scatter_block`)."""
+        Jc = self.lin.Jc.numpy()
+        return [np.ascontiguousarray(Jc[order][:, :, k.column:k.column + k.size])
+                for k, (_, order) in zip(self.problem.camera_blocks, self.layout.blocks)]
 
     # -- products with the blocks of JᵀJ ------------------------------------------------------
     def point_blocks(self) -> torch.Tensor:
@@ -71,6 +105,20 @@ class SchurSystem:
 
     def matvec(self, x: torch.Tensor) -> torch.Tensor:
         """S x = (U + D_c/mu) x - W V⁻¹ Wᵀ x, matrix-free: [C_total]."""
+        if self.layout is None:
+            return self.matvec_reference(x)
+        from sparsa.kernels.cpu.schur import reduced_residual, scatter_block
+
+        Jc, Jx = self.lin.Jc.numpy(), self.lin.Jx.numpy()
+        a = np.empty(Jc.shape[:2])
+        reduced_residual(Jc, Jx, self.problem.cols.numpy(), x.numpy(), self.V_inv.numpy(), *self.layout.point, a)
+        out = np.zeros(self.problem.n_camera_unknowns)
+        for k, (ptr, order), J in zip(self.problem.camera_blocks, self.layout.blocks, self.sorted_columns):
+            scatter_block(J, a, ptr, order, k.offset, out)
+        return self.comm.sum_(torch.from_numpy(out)) + self.damp_c * x
+
+    def matvec_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`matvec` with torch gathers, batched products and ``index_add_``."""
         Jc_x = self.J_c(x)  # [M, 2]
         z = self.V_inv @ self.point_vector((self.lin.Jx.transpose(1, 2) @ Jc_x[:, :, None])[..., 0])[:, :, None]
         Jx_z = (self.lin.Jx @ z[self.problem.obs_point])[..., 0]  # [M, 2]: Jx V⁻¹ Wᵀ x
@@ -93,7 +141,13 @@ class SchurSystem:
         p = self.problem
         kinds = p.camera_blocks
         blocks = [self.lin.Jc.new_zeros(k.count, k.size, k.size) for k in kinds]
-        for s in range(0, p.obs_point.shape[0], CHUNK):
+        if self.layout is not None:
+            from sparsa.kernels.cpu.schur import jacobi_block
+
+            for k, out, (ptr, order) in zip(kinds, blocks, self.layout.blocks):
+                jacobi_block(self.lin.Jc.numpy(), self.lin.Jx.numpy(), self.V_inv.numpy(), p.obs_point.numpy(), ptr,
+                             order, k.column, k.size, out.numpy())
+        for s in range(0, p.obs_point.shape[0] if self.layout is None else 0, CHUNK):
             Jc, Jx = self.lin.Jc[s:s + CHUNK], self.lin.Jx[s:s + CHUNK]
             W = Jc.transpose(1, 2) @ Jx  # [m, C, 3]
             B = Jc.transpose(1, 2) @ Jc - W @ self.V_inv[p.obs_point[s:s + CHUNK]] @ W.transpose(1, 2)
@@ -113,7 +167,22 @@ class SchurSystem:
         return out
 
     def dense(self) -> torch.Tensor:
-        """S as a dense [D, D] matrix, D = camera-side unknowns (memory D² plus a point chunk x D)."""
+        """S as a dense [D, D] matrix, D = camera-side unknowns."""
+        if self.layout is None:
+            return self.dense_reference()
+        from sparsa.kernels.cpu.schur import dense_rows
+
+        p = self.problem
+        S = np.zeros((p.n_camera_unknowns, p.n_camera_unknowns))
+        for k, (ptr, order) in zip(p.camera_blocks, self.layout.blocks):
+            dense_rows(self.lin.Jc.numpy(), self.lin.Jx.numpy(), p.cols.numpy(), self.V_inv.numpy(), p.obs_point.numpy(),
+                       *self.layout.point, ptr, order, k.column, k.size, k.offset, S)
+        S = self.comm.sum_(torch.from_numpy(S))
+        S.diagonal().add_(self.damp_c)
+        return S
+
+    def dense_reference(self) -> torch.Tensor:
+        """:meth:`dense` in torch (memory D² plus a point chunk x D)."""
         p = self.problem
         D = p.n_camera_unknowns
         S = self.lin.Jc.new_zeros(D * D)
