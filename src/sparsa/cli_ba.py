@@ -21,6 +21,7 @@ def cmd_ba(args) -> dict:
 
     from sparsa.cli import check_device
     from sparsa.sfm.distributed import init_comm, solve_ba_distributed
+    from sparsa.sfm.filters import drop_unusable
     from sparsa.sfm.scenes import load_scene, save_scene
 
     check_device(args.device)
@@ -29,6 +30,7 @@ def cmd_ba(args) -> dict:
     options = ba_options(args)
     torch.set_num_threads(args.threads or torch.get_num_threads())
     scene, _ = load_scene(args.problem)
+    scene, filtered = drop_unusable(scene)
     comm = init_comm(args.device)
     result, summary = solve_ba_distributed(scene, options, device=args.device, progress=not args.quiet, comm=comm)
     if comm.rank != 0:  # rank 0 reports and writes
@@ -38,7 +40,8 @@ def cmd_ba(args) -> dict:
            "initial_rmse_px": summary.initial_rmse, "termination": summary.termination,
            "message": summary.message, "linear_solver": summary.linear_solver_used, "device": args.device,
            "cameras": scene.n_cameras, "images": scene.n_images, "points": scene.n_points,
-           "observations": scene.n_observations, "processes": comm.world_size, "summary": summary.to_dict(log=args.log)}
+           "observations": scene.n_observations, "processes": comm.world_size, "filtered": filtered,
+           "summary": summary.to_dict(log=args.log)}
     if args.out:
         out["out"] = save_scene(result, args.out, text=args.text)
     if not args.json:
@@ -49,6 +52,11 @@ def cmd_ba(args) -> dict:
 def ba_table(r: dict) -> str:
     lines = [r["report"], f"{r['problem']}: {r['images']} images, {r['points']} points, {r['observations']} "
              f"observations; {r['linear_solver']} on {r['device']} x {r['processes']} process(es)"]
+    f = r["filtered"]
+    if f["observations_dropped"]:
+        lines.append(f"dropped before solving: {f['behind_camera']} observations behind their camera, "
+                     f"{f['observations_dropped']} observations and {f['points_dropped']} points in all "
+                     "(tracks need two views)")
     if "out" in r:
         lines.append(f"wrote {r['out']}")
     return "\n".join(lines)
@@ -93,6 +101,7 @@ def cmd_sfm(args) -> dict:
     from sparsa.cli import check_device
     from sparsa.sfm.align import centre_errors
     from sparsa.sfm.config import BAOptions, GPOptions
+    from sparsa.sfm.filters import keep_observations
     from sparsa.sfm.pipeline import run_sfm
     from sparsa.sfm.scenes import load_scene, save_scene
 
@@ -101,8 +110,12 @@ def cmd_sfm(args) -> dict:
         raise SparsaError(f"--filter-px {args.filter_px}: must be > 0")
     torch.set_num_threads(args.threads or torch.get_num_threads())
     scene, truth = load_scene(args.problem)
+    scene, short_tracks = keep_observations(scene, torch.ones(scene.n_observations, dtype=torch.bool))
+    if len(torch.unique(scene.obs_image)) < scene.n_images:
+        raise SparsaError(f"{args.problem}: an image sees no point with a track of two or more views")
     gp_options = GPOptions(max_iterations=args.gp_max_iters, seed=args.seed)
-    ba_options = BAOptions(max_iterations=args.max_iters, loss=args.loss, loss_scale=args.loss_scale)
+    ba_options = BAOptions(max_iterations=args.max_iters, loss=args.loss, loss_scale=args.loss_scale,
+                           refine_focal_length=not args.fix_intrinsics, refine_extra_params=not args.fix_intrinsics)
     result, report = run_sfm(scene, gp_options, ba_options, filter_px=args.filter_px, device=args.device,
                              progress=not args.quiet)
     errors = centre_errors(result, truth if truth is not None else scene)
@@ -111,7 +124,8 @@ def cmd_sfm(args) -> dict:
            "seconds": report.gp.seconds + sum(b.seconds for b in report.ba),
            "centre_error": {"reference": "ground truth" if truth is not None else "input poses",
                             "median": float(errors.median()), "max": float(errors.max())},
-           "gp": report.gp.to_dict(), "ba": [b.to_dict() for b in report.ba], "filtered": report.filtered}
+           "gp": report.gp.to_dict(), "ba": [b.to_dict() for b in report.ba], "filtered": report.filtered,
+           "short_tracks": short_tracks}
     if args.out:
         out["out"] = save_scene(result, args.out, text=args.text)
     return out
@@ -149,5 +163,7 @@ def add_sfm(sub, common) -> None:
     p.add_argument("--filter-px", type=float, default=4.0,
                    help="after BA rounds 1-3 drop observations above 3x, 2x, 1x this error (default 4 px)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the random GP start")
+    p.add_argument("--fix-intrinsics", action="store_true",
+                   help="keep focal lengths and distortion as given (default: refined in the last BA round)")
     add_output_flags(p)
     p.set_defaults(run=cmd_sfm, table=sfm_table)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from sparsa.sfm.align import align_similarity, camera_centres, centre_errors
@@ -63,3 +64,11 @@ def test_align_similarity_recovers_a_known_transform():
     s, R, t = align_similarity(src, dst)
     assert abs(s - 2.5) < 1e-12
     torch.testing.assert_close(R, Q)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_solve_gp_cuda_equals_cpu(scene_factory):
+    _, truth = scene_factory("synthetic:cameras=8,points=200,seed=4,noise=0.5")
+    _, cpu = solve_gp(truth, GPOptions())
+    _, gpu = solve_gp(truth, GPOptions(), device="cuda")
+    assert abs(cpu.final_cost - gpu.final_cost) <= 1e-6 * max(cpu.final_cost, 1e-12)

@@ -76,3 +76,24 @@ def test_solve_ba_rejects_images_without_observations(small_scene):
 def test_ba_options_reject_unknown_loss():
     with pytest.raises(SparsaError, match="--loss tukey"):
         BAOptions(loss="tukey")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_solve_ba_cuda_equals_cpu(small_scene):
+    scene, _ = small_scene
+    for solver in ("dense_schur", "iterative_schur"):
+        _, cpu = solve_ba(scene, BAOptions(linear_solver=solver, **TIGHT))
+        _, gpu = solve_ba(scene, BAOptions(linear_solver=solver, **TIGHT), device="cuda")
+        assert abs(cpu.final_cost - gpu.final_cost) <= 1e-9 * cpu.final_cost
+
+
+def test_single_view_scene_is_a_clear_error_not_a_nan(small_scene):
+    from sparsa.sfm.filters import drop_unusable
+
+    scene, _ = small_scene
+    one = scene.obs_image == 0
+    lone = scene.replace(obs_image=scene.obs_image[one], obs_point=scene.obs_point[one], obs_xy=scene.obs_xy[one])
+    filtered, report = drop_unusable(lone)
+    assert report["observations_dropped"] == int(one.sum())  # one view per point: depth unobservable
+    with pytest.raises(SparsaError, match="no observations"):
+        solve_ba(filtered)

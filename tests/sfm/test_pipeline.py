@@ -2,6 +2,7 @@ import pytest
 
 from sparsa.errors import SparsaError
 from sparsa.sfm.align import centre_errors
+from sparsa.sfm import solve_ba
 from sparsa.sfm.config import BAOptions, GPOptions
 from sparsa.sfm.pipeline import filter_observations, reprojection_errors, run_sfm
 
@@ -13,6 +14,9 @@ def test_run_sfm_drops_outliers_and_reaches_the_noise_floor(scene_factory):
     assert float(reprojection_errors(out).max()) <= 4.0
     assert report.ba[-1].final_rmse < 0.75
     assert float(centre_errors(out, truth).median()) < 0.1
+    # from scratch (positions thrown away) as good as BA from the near-truth start
+    from_start, _ = solve_ba(scene, BAOptions(loss="huber"))
+    assert float(centre_errors(out, truth).median()) < 1.5 * float(centre_errors(from_start, truth).median())
 
 
 def test_filter_observations_keeps_points_with_two_views(small_scene):

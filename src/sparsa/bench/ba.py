@@ -1,8 +1,9 @@
 """``sparsa bench ba``: our bundle adjustment against pycolmap (COLMAP's BA on Ceres) and
 ``scipy.optimize.least_squares`` on seeded synthetic scenes, from the same start.
 
-Every solver runs in its own spawned process on the same scene (rebuilt from its seeded spec), so
-its peak resident memory is its own; seconds are the solve alone (scene building and, for ours,
+Every solver runs in its own spawned process on the same scene (generated once from its seeded
+spec and written as a COLMAP model that each process reads), so its peak resident memory is its
+own; seconds are the solve alone (scene building and, for ours,
 one warm-up solve of a tiny scene for numba's JIT are excluded), the median of ``repeats`` solves. Ours runs with its defaults,
 pycolmap with COLMAP's (function and parameter tolerance 0, gradient tolerance 1e-4), scipy with
 trf, ``jac_sparsity``, ``x_scale='jac'`` and ftol = xtol = gtol = 1e-8.
@@ -10,6 +11,7 @@ trf, ``jac_sparsity``, ``x_scale='jac'`` and ftol = xtol = gtol = 1e-8.
 
 import multiprocessing
 import resource
+import tempfile
 from dataclasses import asdict, dataclass
 
 import torch
@@ -39,21 +41,37 @@ def spec_of(cameras: int, points: int, seed: int) -> str:
 
 
 def peak_rss_bytes() -> int:
+    """This process's resident high-water mark (VmHWM). Not ``ru_maxrss``: Linux carries that
+    across fork + exec, so a spawned child would report its parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RSS_UNIT
 
 
-def run_one(solver: str, spec: str, device: str, threads: int, repeats: int = 1) -> dict:
-    """``repeats`` solves from the same start in this (fresh) process; the median time and the
-    last solve's other measurements."""
+def reset_peak_rss() -> None:
+    """Restart the high-water mark at the current RSS (Linux >= 4.0; a no-op elsewhere)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def run_one(solver: str, problem: str, device: str, threads: int, repeats: int = 1) -> dict:
+    """``repeats`` solves of ``problem`` (a scene spec or file) from the same start in this (fresh)
+    process; the median time and the last solve's other measurements."""
     from sparsa.sfm.scenes import load_scene
 
     if threads:
         torch.set_num_threads(threads)
-    scene, _ = load_scene(spec)
+    scene, _ = load_scene(problem)
     if solver == "sparsa":
         from sparsa.sfm import BAOptions, solve_ba
 
         solve_ba(load_scene("synthetic:cameras=3,points=30,seed=0")[0], BAOptions(max_iterations=2), device=device)
+        reset_peak_rss()
         before = peak_rss_bytes()
         times = []
         for _ in range(repeats):
@@ -65,6 +83,7 @@ def run_one(solver: str, spec: str, device: str, threads: int, repeats: int = 1)
     else:
         from sparsa.bench.ba_peers import run_pycolmap, run_scipy
 
+        reset_peak_rss()
         before = peak_rss_bytes()
         times = []
         for _ in range(repeats):
@@ -72,17 +91,17 @@ def run_one(solver: str, spec: str, device: str, threads: int, repeats: int = 1)
             times.append(p.seconds)
         row = {"initial_cost": p.recomputed_initial_cost, "final_cost": p.recomputed_final_cost,
                "iterations": p.iterations, "seconds": p.seconds, "rmse_px": p.rmse_px, "termination": p.termination,
-               "log": [[0.0, p.recomputed_initial_cost], [p.seconds, p.recomputed_final_cost]]}
+               "log": []}
     row.update(seconds=sorted(times)[len(times) // 2], seconds_all=times, peak_rss_bytes=peak_rss_bytes(), rss_growth_bytes=peak_rss_bytes() - before,
                observations=scene.n_observations)
     return row
 
 
-def run_isolated(solver: str, spec: str, device: str, threads: int, repeats: int) -> dict:
+def run_isolated(solver: str, problem: str, device: str, threads: int, repeats: int) -> dict:
     """:func:`run_one` in a spawned process (its own memory high-water mark)."""
     pool = multiprocessing.get_context("spawn").Pool(1)
     try:
-        return pool.apply(run_one, (solver, spec, device, threads, repeats))
+        return pool.apply(run_one, (solver, problem, device, threads, repeats))
     finally:  # close + join, not terminate: a SIGTERM makes pycolmap's glog print a stack trace
         pool.close()
         pool.join()
@@ -103,11 +122,17 @@ def run_ba_bench(s: BABenchSettings, *, out_dir: str, name: str = "ba", progress
     """Run every solver on every scene; write ``<name>.{json,md,png}``; return the payload."""
     from tqdm.auto import tqdm
 
+    from sparsa.sfm.scenes import load_scene, save_scene
+
     rows = []
     jobs = [(c, p, solver, device) for c, p in s.scenes for solver, device in solvers_for(c, s)]
-    for cameras, points, solver, device in tqdm(jobs, desc="bench ba", disable=not progress):
-        row = run_isolated(solver, spec_of(cameras, points, s.seed), device, s.threads, s.repeats)
-        rows.append({"cameras": cameras, "points": points, "solver": solver, "device": device, **row})
+    with tempfile.TemporaryDirectory() as tmp, tqdm(total=len(jobs), desc="bench ba", disable=not progress) as bar:
+        for cameras, points in s.scenes:  # every solver reads the same COLMAP model (start, observations)
+            model = save_scene(load_scene(spec_of(cameras, points, s.seed))[0], f"{tmp}/{cameras}")
+            for solver, device in solvers_for(cameras, s):
+                row = run_isolated(solver, model, device, s.threads, s.repeats)
+                rows.append({"cameras": cameras, "points": points, "solver": solver, "device": device, **row})
+                bar.update(1)
     for row in rows:
         ref = next(r for r in rows if r["cameras"] == row["cameras"] and r["solver"] == "pycolmap")
         row["cost_rel_to_pycolmap"] = (row["final_cost"] - ref["final_cost"]) / ref["final_cost"]
@@ -130,8 +155,10 @@ def markdown(payload: dict) -> str:
                      f"{r['initial_cost']:.6e} | {r['final_cost']:.10e} | {r['cost_rel_to_pycolmap']:+.1e} | "
                      f"{r['iterations']} | {r['seconds']:.3f} | {r['speedup_over_pycolmap']:.2f} | "
                      f"{r['rmse_px']:.4f} | {r['peak_rss_bytes'] / 2**20:.0f} | {r['rss_growth_bytes'] / 2**20:.0f} |")
-    lines += ["", "Seconds: the median of the solves (scene building excluded). Peak RSS: the solver process's "
-              "high-water mark, scene generation included; solve growth: how far the solves raised it."]
+    lines += ["", "Seconds: the median of the solves (reading the scene excluded). Peak RSS: the solver "
+              "process's resident high-water mark during the solves (VmHWM reset after loading; Python, torch "
+              "and the scene included); solve growth: how far the solves raised it above the resident size "
+              "after loading."]
     return "\n".join(lines) + "\n"
 
 
@@ -145,8 +172,12 @@ def figure(rows: list[dict]):
     fig, axes = plt.subplots(1, len(scenes), figsize=(5 * len(scenes), 4), squeeze=False)
     for ax, (c, p) in zip(axes[0], scenes):
         for r in (r for r in rows if r["cameras"] == c):
-            t, cost = zip(*r["log"])
-            ax.plot([max(x, 1e-3) for x in t], cost, marker="o", label=f"{r['solver']} ({r['device']})")
+            label = f"{r['solver']} ({r['device']})"
+            if r["solver"] == "sparsa":  # our iteration log: cost after each iteration
+                t, cost = zip(*r["log"])
+                ax.plot([max(x, 1e-3) for x in t], cost, marker="o", label=label)
+            else:  # peers report the end only: one marker at the median time
+                ax.plot([r["seconds"]], [r["final_cost"]], marker="s", linestyle="none", markersize=9, label=label)
         ax.set(xscale="log", yscale="log", xlabel="seconds", ylabel="cost 1/2 sum |r|^2",
                title=f"{c} cameras, {p} points")
         ax.legend()

@@ -15,7 +15,9 @@ class LMOptions:
 
     Args:
         max_iterations: LM iterations (accepted and rejected steps both count, as in Ceres).
-        function_tolerance: stop when an accepted step changes the cost by less than this share.
+        function_tolerance: stop when an accepted step changes the cost by less than this share
+            (1e-8, tighter than Ceres' 1e-6: robust losses converge linearly, and on a Huber
+            problem with 2% outliers 1e-6 stopped 8.5e-6 above pycolmap's final cost, 1e-8 5e-8).
         gradient_tolerance: stop when the largest gradient entry is below this.
         parameter_tolerance: stop when |step| <= tol * (|x| + tol).
         initial_trust_region_radius: mu in ``(JᵀJ + D/mu) δ = -Jᵀr``; large mu is close to Gauss-Newton.
@@ -34,7 +36,7 @@ class LMOptions:
     """
 
     max_iterations: int = 100
-    function_tolerance: float = 1e-6
+    function_tolerance: float = 1e-8
     gradient_tolerance: float = 1e-10
     parameter_tolerance: float = 1e-8
     initial_trust_region_radius: float = 1e4
