@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from sparsa.bench.ba_peers import (ba_cost, colmap_options, from_reconstruction, jac_sparsity, pack, residuals,
+from sparsa.bench.ba_peers import (ba_cost, colmap_options, from_reconstruction, jac_sparsity, pack,
                                    rho_over_s, run_pycolmap, run_scipy, to_reconstruction, unpack)
 from sparsa.data.rotations import angle_axis_to_quaternion
 from sparsa.data.synthetic_scene import SyntheticSpec, synthetic_scene
 from sparsa.errors import SparsaError
 from sparsa.sfm.cameras import MODELS, project
+from sparsa.sfm.ba import scene_residuals
 
 TIGHT = dict(function_tolerance=1e-16, gradient_tolerance=1e-16, parameter_tolerance=1e-16)
 
@@ -124,7 +125,7 @@ def test_run_scipy_unknown_loss_raises_sparsa_error():
 @pytest.mark.parametrize("model", ["SIMPLE_PINHOLE", "OPENCV"])
 def test_jac_sparsity_tiny_scene_equals_autograd_jacobian_pattern(model):
     scene = scene_of(model, cameras=3, points=12)
-    J = torch.autograd.functional.jacobian(lambda x: residuals(unpack(x, scene)).flatten(), pack(scene)).numpy() != 0
+    J = torch.autograd.functional.jacobian(lambda x: scene_residuals(unpack(x, scene)).flatten(), pack(scene)).numpy() != 0
     pattern = jac_sparsity(scene).toarray() != 0
     assert not (J & ~pattern).any()
     per_observation = J[0::2] | J[1::2]  # a pinhole's x row is structurally blind to t_y, its y row to t_x

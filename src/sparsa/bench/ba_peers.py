@@ -21,7 +21,10 @@ import torch
 from sparsa.data.rotations import angle_axis_to_quaternion, quaternion_to_angle_axis
 from sparsa.data.scene import Scene
 from sparsa.errors import SparsaError
-from sparsa.sfm.cameras import MODELS, project
+from sparsa.sfm import ba
+from sparsa.sfm.cameras import MODELS
+from sparsa.sfm.ba import scene_residuals
+from sparsa.sfm.config import BAOptions
 from sparsa.sfm.losses import robust
 
 PYCOLMAP_VERSION = "4.2.1"
@@ -70,17 +73,9 @@ def rho_over_s(s: torch.Tensor, loss: str, scale: float) -> torch.Tensor:
     return torch.where(positive, rho(s, loss, scale) / torch.where(positive, s, 1.0), 1.0)
 
 
-def residuals(scene: Scene) -> torch.Tensor:
-    """[M, 2] reprojection residuals ``project(...) - obs_xy`` in pixels."""
-    R = scene.rotation_matrices()[scene.obs_image]
-    X_cam = (R @ scene.points[scene.obs_point, :, None])[..., 0] + scene.translations[scene.obs_image]
-    params = scene.intrinsics[scene.image_camera[scene.obs_image]]
-    return project(scene.model, params, X_cam) - scene.obs_xy
-
-
 def ba_cost(scene: Scene, loss: str = "trivial", scale: float = 1.0) -> tuple[float, float]:
     """Our BA cost ``1/2 sum_o rho(|r_o|^2)`` and the RMSE ``sqrt(mean_o |r_o|^2)`` (pixels)."""
-    s = residuals(scene).square().sum(-1)
+    s = scene_residuals(scene).square().sum(-1)
     return 0.5 * float(rho(s, loss, scale).sum()), float(s.mean().sqrt())
 
 
@@ -224,8 +219,9 @@ def run_pycolmap(scene: Scene, *, max_iterations: int = 100, function_tolerance:
 
 
 def free_intrinsics(model: str) -> list[int]:
-    """Indices of a model's optimised parameters: focal length(s) and distortion, not the principal point."""
-    return sorted(MODELS[model].focal + MODELS[model].extra)
+    """Indices of a model's optimised parameters under COLMAP's defaults (focal length(s) and
+    distortion, not the principal point), as our solver's defaults choose them."""
+    return ba.free_intrinsics(model, BAOptions()).nonzero()[:, 0].tolist()
 
 
 def pack(scene: Scene) -> torch.Tensor:
@@ -268,7 +264,7 @@ def robust_residuals(scene: Scene, loss: str, scale: float) -> torch.Tensor:
     scipy's own ``loss`` acts on each of the 2 M components; Ceres' acts on each observation's
     ``s_o = |r_o|^2``, and so does this.
     """
-    r = residuals(scene)
+    r = scene_residuals(scene)
     if loss != "linear":
         r = r * rho_over_s(r.square().sum(-1), loss, scale).sqrt()[:, None]
     return r.flatten()

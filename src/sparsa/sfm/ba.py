@@ -101,6 +101,13 @@ class BAProblem:
         return math.sqrt(cameras + comm.sum(float((state.points * state.points).sum())))
 
 
+def scene_residuals(scene: Scene) -> torch.Tensor:
+    """[M, 2] reprojection residuals of a scene in pixels (differentiable in its tensors)."""
+    R = scene.rotation_matrices()[scene.obs_image]
+    X_cam = (R @ scene.points[scene.obs_point][:, :, None])[..., 0] + scene.translations[scene.obs_image]
+    return project(scene.model, scene.intrinsics[scene.image_camera[scene.obs_image]], X_cam) - scene.obs_xy
+
+
 def free_intrinsics(model: str, options: BAOptions) -> torch.Tensor:
     """[n] bool: which intrinsic parameters the options refine."""
     cam = MODELS[model]

@@ -8,7 +8,7 @@ import torch
 
 from sparsa.data.scene import Scene
 from sparsa.errors import SparsaError
-from sparsa.sfm.ba import BAProblem, build_problem, solve_ba
+from sparsa.sfm.ba import scene_residuals, solve_ba
 from sparsa.sfm.config import BAOptions, GPOptions
 from sparsa.sfm.filters import keep_observations
 from sparsa.sfm.gp import solve_gp
@@ -26,8 +26,7 @@ class SfMReport:
 
 def reprojection_errors(scene: Scene) -> torch.Tensor:
     """[M] |r_o| in pixels."""
-    problem, state = build_problem(scene, BAOptions())
-    return BAProblem.reprojection(problem, state).norm(dim=-1)
+    return scene_residuals(scene).norm(dim=-1)
 
 
 def filter_observations(scene: Scene, threshold_px: float) -> tuple[Scene, dict]:

@@ -141,22 +141,28 @@ class SchurSystem:
         p = self.problem
         kinds = p.camera_blocks
         blocks = [self.lin.Jc.new_zeros(k.count, k.size, k.size) for k in kinds]
-        if self.layout is not None:
+        if self.layout is None:
+            self.jacobi_blocks_reference(blocks)
+        else:
             from sparsa.kernels.cpu.schur import jacobi_block
 
             for k, out, (ptr, order) in zip(kinds, blocks, self.layout.blocks):
                 jacobi_block(self.lin.Jc.numpy(), self.lin.Jx.numpy(), self.V_inv.numpy(), p.obs_point.numpy(), ptr,
                              order, k.column, k.size, out.numpy())
-        for s in range(0, p.obs_point.shape[0] if self.layout is None else 0, CHUNK):
-            Jc, Jx = self.lin.Jc[s:s + CHUNK], self.lin.Jx[s:s + CHUNK]
-            W = Jc.transpose(1, 2) @ Jx  # [m, C, 3]
-            B = Jc.transpose(1, 2) @ Jc - W @ self.V_inv[p.obs_point[s:s + CHUNK]] @ W.transpose(1, 2)
-            for k, out in zip(kinds, blocks):
-                out.index_add_(0, k.index[s:s + CHUNK], B[:, k.column:k.column + k.size, k.column:k.column + k.size])
         for k, out in zip(kinds, blocks):
             self.comm.sum_(out)
             out += torch.diag_embed(self.damp_c[k.offset:k.offset + k.count * k.size].view(k.count, k.size))
         return [torch.linalg.inv(b) for b in blocks]
+
+    def jacobi_blocks_reference(self, blocks: list[torch.Tensor]) -> None:
+        """Add each observation's ``Jcᵀ Jc - W_o V⁻¹ W_oᵀ`` to its diagonal blocks, in torch (chunks)."""
+        p = self.problem
+        for s in range(0, p.obs_point.shape[0], CHUNK):
+            Jc, Jx = self.lin.Jc[s:s + CHUNK], self.lin.Jx[s:s + CHUNK]
+            W = Jc.transpose(1, 2) @ Jx  # [m, C, 3]
+            B = Jc.transpose(1, 2) @ Jc - W @ self.V_inv[p.obs_point[s:s + CHUNK]] @ W.transpose(1, 2)
+            for k, out in zip(p.camera_blocks, blocks):
+                out.index_add_(0, k.index[s:s + CHUNK], B[:, k.column:k.column + k.size, k.column:k.column + k.size])
 
     def precondition(self, inverses: list[torch.Tensor], r: torch.Tensor) -> torch.Tensor:
         """Apply the block-Jacobi inverses to a camera-side vector r [C_total]."""
