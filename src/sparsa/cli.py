@@ -47,14 +47,15 @@ def check_device(device: str) -> None:
 
 def use_attention(model, args) -> dict:
     """``--attention anchor``: AnchorAttention for every prefill of ``model``; returns what to report."""
+    chosen = {name: value for name in ("theta", "identify") if (value := getattr(args, name)) is not None}
     if args.attention != "anchor":
-        if args.theta is not None:
-            raise SparsaError("--theta applies only with --attention anchor")
+        if chosen:
+            raise SparsaError(f"--{next(iter(chosen))} applies only with --attention anchor")
         return {}
     from sparsa.attention.config import AnchorConfig
     from sparsa.attention.hf import use_anchor_attention_
 
-    config = AnchorConfig() if args.theta is None else AnchorConfig(theta=args.theta)
+    config = AnchorConfig(**chosen)
     use_anchor_attention_(model, config)
     return {"attention": {"implementation": "anchor", **config.to_dict()}}
 
@@ -256,7 +257,12 @@ def demo_table(r: dict) -> str:
 def add_attention_flags(p) -> None:
     p.add_argument("--attention", choices=("sdpa", "anchor"), default="sdpa",
                    help="prefill attention: sdpa (dense, default) or anchor (AnchorAttention; decode stays dense)")
-    p.add_argument("--theta", type=float, help="--attention anchor: threshold in natural-log units (default 7)")
+    from sparsa.attention.config import IDENTIFY, AnchorConfig
+
+    p.add_argument("--theta", type=float,
+                   help=f"--attention anchor: threshold in natural-log units (default {AnchorConfig.theta:g})")
+    p.add_argument("--identify", choices=IDENTIFY,
+                   help=f"--attention anchor: stripe identification rule (default {AnchorConfig.identify})")
 
 
 def add_eval(sub, common) -> None:

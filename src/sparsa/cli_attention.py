@@ -2,13 +2,14 @@
 
 from sparsa.errors import SparsaError
 
-SWEEP_THETAS = (3.0, 5.0, 7.0, 9.0, 12.0, 16.0)
+SWEEP_THETAS = (2.0, 3.0, 4.0, 5.0, 7.0, 9.0)
 
 
 def attention_config(args):
     from sparsa.attention.config import AnchorConfig
 
-    return AnchorConfig(theta=args.theta, block_m=args.block_m, step=args.step, init=args.init, window=args.window)
+    return AnchorConfig(theta=args.theta, identify=args.identify, block_m=args.block_m, step=args.step,
+                        init=args.init, window=args.window)
 
 
 def cmd_attention_eval(args) -> dict:
@@ -62,7 +63,10 @@ def attention_eval_table(r: dict) -> str:
 def cmd_attention_bench(args) -> dict:
     from sparsa.bench.attention import AttentionBenchSettings, run_attention_bench
 
+    from dataclasses import replace
+
     settings = AttentionBenchSettings.quick() if args.quick else AttentionBenchSettings()
+    settings = replace(settings, config=replace(settings.config, identify=args.identify))
     name = "attention_quick" if args.quick else "attention"
     payload = run_attention_bench(settings, out_dir=args.out, name=name, progress=not args.quiet)
     if "skipped" in payload:
@@ -82,7 +86,7 @@ def attention_bench_table(r: dict) -> str:
 
 def add_attention(sub, common, parser_class) -> None:
     """The ``sparsa attention`` subcommands (``parser_class``: the CLI's error-reporting parser)."""
-    from sparsa.attention.config import AnchorConfig
+    from sparsa.attention.config import IDENTIFY, AnchorConfig
 
     d = AnchorConfig()
     p = sub.add_parser("attention", parents=[common], help="AnchorAttention: stripe-sparse long-context prefill")
@@ -92,6 +96,9 @@ def add_attention(sub, common, parser_class) -> None:
     p.add_argument("model", help="smollm2-135m, a .gguf file, a Hugging Face dir or a sparsa checkpoint")
     p.add_argument("--seqlen", type=int, default=4096, help="tokens of text (default 4096)")
     p.add_argument("--theta", type=float, default=d.theta, help=f"threshold, natural-log units (default {d.theta:g})")
+    p.add_argument("--identify", choices=IDENTIFY, default=d.identify,
+                   help=f"stripe identification: rows (each row against its anchor) or pooled (tile means, the "
+                        f"paper's) (default {d.identify})")
     p.add_argument("--block-m", type=int, default=d.block_m, help=f"query rows per tile (default {d.block_m})")
     p.add_argument("--step", type=int, default=d.step, help=f"tiles per stripe group (default {d.step})")
     p.add_argument("--init", type=int, default=d.init, help=f"initial keys always attended (default {d.init})")
@@ -108,5 +115,7 @@ def add_attention(sub, common, parser_class) -> None:
     p.set_defaults(run=cmd_attention_eval, table=attention_eval_table)
     p = cmds.add_parser("bench", parents=[common], help="kernel latency against SDPA, 8k to 128k tokens (CUDA)")
     p.add_argument("--quick", action="store_true", help="8k and 32k only (written as attention_quick)")
+    p.add_argument("--identify", choices=IDENTIFY, default=d.identify,
+                   help=f"stripe identification rule to time (default {d.identify})")
     p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
     p.set_defaults(run=cmd_attention_bench, table=attention_bench_table)

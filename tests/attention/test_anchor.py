@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sparsa.attention.anchor import anchor_attention, identify_reference, pooled_scores, tile_means
+from sparsa.attention.anchor import anchor_attention, identify_reference, pooled_scores, row_scores, tile_means
 from sparsa.attention.config import AnchorConfig
 from sparsa.errors import SparsaError
 from sparsa.kernels.reference_attention import anchors_reference, stripe_attention_reference
@@ -21,11 +21,12 @@ def qkv(batch, hq, hkv, n, d=16, seed=0):
 
 
 # lengths: a multiple of the group (16), not a multiple, shorter than one group
+@pytest.mark.parametrize("identify", ["rows", "pooled"])
 @pytest.mark.parametrize("n", [64, 75, 11])
 @pytest.mark.parametrize("ratio", [1, 3, 4, 8])
-def test_anchor_theta_inf_equals_dense_causal(n, ratio):
+def test_anchor_theta_inf_equals_dense_causal(n, ratio, identify):
     q, k, v = qkv(2, ratio * 2 if ratio < 8 else 8, 2 if ratio < 8 else 1, n)
-    r = anchor_attention(q, k, v, AnchorConfig(theta=math.inf, **CONFIG))
+    r = anchor_attention(q, k, v, AnchorConfig(theta=math.inf, identify=identify, **CONFIG))
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     torch.testing.assert_close(r.o, ref, rtol=1e-5, atol=1e-5)
     scores = (q @ k.repeat_interleave(q.shape[1] // k.shape[1], 1).transpose(-1, -2)) / 4
@@ -33,11 +34,12 @@ def test_anchor_theta_inf_equals_dense_causal(n, ratio):
     torch.testing.assert_close(r.lse, lse, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("identify", ["rows", "pooled"])
 @pytest.mark.parametrize("n", [64, 75, 11])
 @pytest.mark.parametrize("window", [0, 12])
-def test_anchor_theta_minus_inf_equals_init_plus_local(n, window):
+def test_anchor_theta_minus_inf_equals_init_plus_local(n, window, identify):
     q, k, v = qkv(2, 4, 2, n)
-    config = AnchorConfig(theta=-math.inf, **{**CONFIG, "window": window})
+    config = AnchorConfig(theta=-math.inf, identify=identify, **{**CONFIG, "window": window})
     r = anchor_attention(q, k, v, config)
     assert r.index.nnz == 0
     i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
@@ -47,12 +49,37 @@ def test_anchor_theta_minus_inf_equals_init_plus_local(n, window):
     torch.testing.assert_close(r.o, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_identify_keeps_exactly_keys_within_theta():
+def test_identify_rows_keeps_keys_some_row_of_the_group_wants():
+    """Brute force: per (batch, head, group, key), any row of the group within theta of its own anchor."""
+    q, k, _ = qkv(2, 4, 2, 75)
+    regions, scale, theta = AnchorConfig(**CONFIG).regions, 0.25, 0.2
+    anchors = anchors_reference(q, k, regions, scale)
+    index = identify_reference(q, k, anchors, regions, theta, scale, "rows")
+    index.check(regions, 75)
+    s = q @ k.repeat_interleave(2, 1).transpose(-1, -2) * scale - anchors[..., None]  # [B, H, N, N]
+    candidates = regions.stripe_candidates(75)
+    expect = torch.zeros(2, 4, regions.n_groups(75), 75, dtype=torch.bool)
+    for b, h, g, j in torch.cartesian_prod(*(torch.arange(x) for x in expect.shape)).tolist():
+        rows = range(g * 16, min(g * 16 + 16, 75))
+        expect[b, h, g, j] = bool(candidates[g, j]) and any(float(s[b, h, i, j]) >= -theta for i in rows)
+    assert torch.equal(index.to_mask(75), expect)
+    assert 0 < index.nnz < int(candidates.sum()) * 8  # the threshold bites
+
+
+def test_row_scores_are_minus_inf_outside_the_stripe_range():
+    q, k, _ = qkv(1, 2, 1, 75)
+    regions = AnchorConfig(**CONFIG).regions
+    s = row_scores(q, k, anchors_reference(q, k, regions, 0.25), regions, 0.25)
+    candidates = regions.stripe_candidates(75).expand_as(s)
+    assert torch.isfinite(s[candidates]).all() and (s[~candidates] == -math.inf).all()
+
+
+def test_identify_pooled_keeps_exactly_keys_within_theta():
     q, k, _ = qkv(2, 4, 2, 75)
     config = AnchorConfig(theta=1.0, **CONFIG)
     regions, scale = config.regions, 0.25
     anchors = anchors_reference(q, k, regions, scale)
-    index = identify_reference(q, k, anchors, regions, 1.0, scale)
+    index = identify_reference(q, k, anchors, regions, 1.0, scale, "pooled")
     index.check(regions, 75)
     # brute force: per group, per tile, per key
     kx = k.repeat_interleave(2, 1)
@@ -102,7 +129,7 @@ def test_anchor_attention_shape_mismatch_raises():
 
 
 @pytest.mark.parametrize("kwargs,match", [(dict(theta=math.nan), "theta"), (dict(backend="cuda"), "backend"),
-                                          (dict(step=0), "step")])
+                                          (dict(step=0), "step"), (dict(identify="mean"), "identify 'mean'")])
 def test_anchor_config_bad_values_raise(kwargs, match):
     with pytest.raises(SparsaError, match=match):
         AnchorConfig(**kwargs)

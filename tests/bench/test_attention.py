@@ -15,7 +15,7 @@ needs_triton = pytest.mark.skipif(not torch.cuda.is_available() and os.environ.g
                                   reason="needs a CUDA device or TRITON_INTERPRET=1")
 
 TINY = AttentionBenchSettings(seqlens=(200,), q_heads=4, kv_heads=2, head_dim=16, heavy=0.1,
-                              config=AnchorConfig(block_m=16, step=2, init=16, window=0), dtype="float32")
+                              config=AnchorConfig(theta=7.0, block_m=16, step=2, init=16, window=0), dtype="float32")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the skip is for machines without CUDA")
@@ -25,11 +25,12 @@ def test_run_attention_bench_without_cuda_skips_and_writes_nothing(tmp_path):
 
 
 @needs_triton
-def test_planted_qkv_stripes_are_exactly_the_heavy_keys():
+@pytest.mark.parametrize("identify", ["rows", "pooled"])
+def test_planted_qkv_stripes_are_exactly_the_heavy_keys(identify):
     q, k, v = planted_qkv(200, TINY, "cpu")
     regions = TINY.config.regions
     heavy = (k[0, :, :, 0] > HEAVY / 2) & (torch.arange(200) >= regions.init)  # [Hkv, N]
-    _, _, index, _ = anchor_attention_triton(q, k, v, regions, TINY.config.theta, 16 ** -0.5)
+    _, _, index, _ = anchor_attention_triton(q, k, v, regions, TINY.config.theta, 16 ** -0.5, identify)
     expect = heavy.repeat_interleave(2, 0)[None, :, None, :] & regions.stripe_candidates(200)  # [1, Hq, groups, N]
     assert index.nnz > 0 and torch.equal(index.to_mask(200), expect)
 
@@ -40,6 +41,7 @@ def test_run_length_reports_every_time_and_the_density():
     assert row["sdpa_ms"] == row["anchor_ms"] == 2.0 and row["speedup"] == 1.0
     assert 0 < row["density"] < 1 and row["anchor_peak_gib"] is None
     text = markdown({"machine": {"date": "d", "device": "cpu", "torch": "t"},
-                     "settings": {"q_heads": 4, "kv_heads": 2, "head_dim": 16, "dtype": "float32", "heavy": 0.1},
+                     "settings": {"q_heads": 4, "kv_heads": 2, "head_dim": 16, "dtype": "float32", "heavy": 0.1,
+                                  "config": {"identify": "rows", "theta": 7.0}},
                      "rows": [row]})
     assert "| 200 | 2.00 | 2.00 | 1.00x |" in text

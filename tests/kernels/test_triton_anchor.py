@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sparsa.attention.anchor import anchor_attention, identify_reference, pooled_scores
+from sparsa.attention.anchor import SCORES, anchor_attention, identify_reference
 from sparsa.attention.config import AnchorConfig
 from sparsa.errors import SparsaError
 from sparsa.kernels.reference_attention import anchors_reference, kv_heads, stripe_attention_reference
@@ -28,11 +28,13 @@ def qkv(b: int, hq: int, hkv: int, n: int, d: int, dtype: torch.dtype, seed: int
     return tuple(x.to(DEVICE, dtype) for x in (q, k, v))
 
 
-def theta_with_margin(q: torch.Tensor, k: torch.Tensor, regions: StripeRegions, scale: float) -> float:
+def theta_with_margin(q: torch.Tensor, k: torch.Tensor, regions: StripeRegions, scale: float,
+                      identify: str = "rows") -> float:
     """A theta keeping about half the stripe candidates, set halfway across the widest gap between
-    neighbouring fp32 reference pooled scores there, so summation-order rounding flips no key."""
-    scores = pooled_scores(q.float(), k.float(), anchors_reference(q.float(), k.float(), regions, scale), regions,
-                           scale)
+    neighbouring fp32 reference scores of the ``identify`` rule there, so summation-order rounding
+    flips no key."""
+    scores = SCORES[identify](q.float(), k.float(), anchors_reference(q.float(), k.float(), regions, scale),
+                              regions, scale)
     values = scores[regions.stripe_candidates(q.shape[2], q.device).expand_as(scores)].sort().values
     if values.numel() < 2:
         return 1.0
@@ -50,15 +52,16 @@ def lse_tolerance(dtype: torch.dtype) -> dict:
     return dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-4, atol=1e-4)
 
 
-def check_against_reference(q, k, v, regions: StripeRegions, theta: float, scale: float, **kw) -> StripeIndex:
+def check_against_reference(q, k, v, regions: StripeRegions, theta: float, scale: float, identify: str,
+                            **kw) -> StripeIndex:
     """Run the kernels; compare anchors, the CSR (with the fp32 reference on the same inputs) and
     O/LSE (with the reference given the kernels' own index). Returns the index."""
-    o, lse, index, anchors = anchor_attention_triton(q, k, v, regions, theta, scale, **kw)
+    o, lse, index, anchors = anchor_attention_triton(q, k, v, regions, theta, scale, identify, **kw)
     n = q.shape[2]
     torch.testing.assert_close(anchors, anchors_reference(q, k, regions, scale), **anchor_tolerance(q.dtype))
     index.check(regions, n)
     qf, kf = q.float(), k.float()
-    expected = identify_reference(qf, kf, anchors_reference(qf, kf, regions, scale), regions, theta, scale)
+    expected = identify_reference(qf, kf, anchors_reference(qf, kf, regions, scale), regions, theta, scale, identify)
     assert torch.equal(index.indptr, expected.indptr) and torch.equal(index.indices, expected.indices)
     o_ref, lse_ref = stripe_attention_reference(q, k, v, regions, index, scale)
     assert o.dtype == q.dtype and o.shape == q.shape and lse.dtype == torch.float32
@@ -76,22 +79,25 @@ CASES = {  # name: (batch, Hq, Hkv, N, D, block_m, step, init, window)
 }
 
 
+@pytest.mark.parametrize("identify", ["rows", "pooled"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES)
-def test_anchor_attention_shapes_match_reference(case, dtype):
+def test_anchor_attention_shapes_match_reference(case, dtype, identify):
     b, hq, hkv, n, d, block_m, step, init, window = CASES[case]
     q, k, v = qkv(b, hq, hkv, n, d, dtype, seed=n)
     regions = StripeRegions(block_m, step, init, window)
-    index = check_against_reference(q, k, v, regions, theta_with_margin(q, k, regions, d**-0.5), d**-0.5)
+    theta = theta_with_margin(q, k, regions, d**-0.5, identify)
+    index = check_against_reference(q, k, v, regions, theta, d**-0.5, identify)
     candidates = int(regions.stripe_candidates(n).sum()) * b * hq
     assert 0 < index.nnz < candidates or candidates == 0
 
 
+@pytest.mark.parametrize("identify", ["rows", "pooled"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_anchor_attention_theta_inf_equals_causal_sdpa(dtype):
+def test_anchor_attention_theta_inf_equals_causal_sdpa(dtype, identify):
     q, k, v = qkv(1, 4, 2, 131, 16, dtype, seed=1)
     regions = StripeRegions(16, 2, 16)
-    o, lse, index, _ = anchor_attention_triton(q, k, v, regions, math.inf, 0.25)
+    o, lse, index, _ = anchor_attention_triton(q, k, v, regions, math.inf, 0.25, identify)
     assert index.nnz == int(regions.stripe_candidates(131).sum()) * 4
     qf, kf, vf = q.float(), k.float(), v.float()
     o_ref = torch.nn.functional.scaled_dot_product_attention(qf, kf, vf, is_causal=True, scale=0.25, enable_gqa=True)
@@ -101,28 +107,30 @@ def test_anchor_attention_theta_inf_equals_causal_sdpa(dtype):
     torch.testing.assert_close(lse, torch.logsumexp(scores.masked_fill(~causal, -math.inf), -1), **lse_tolerance(dtype))
 
 
+@pytest.mark.parametrize("identify", ["rows", "pooled"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_anchor_attention_theta_minus_inf_equals_init_plus_local(dtype):
+def test_anchor_attention_theta_minus_inf_equals_init_plus_local(dtype, identify):
     q, k, v = qkv(2, 2, 1, 150, 16, dtype, seed=2)
     regions = StripeRegions(16, 2, 16, window=24)
-    o, lse, index, _ = anchor_attention_triton(q, k, v, regions, -math.inf, 0.25)
+    o, lse, index, _ = anchor_attention_triton(q, k, v, regions, -math.inf, 0.25, identify)
     assert index.nnz == 0 and index.counts().shape == (2, 2, 5) and not index.counts().any()
     o_ref, lse_ref = stripe_attention_reference(q, k, v, regions, None, 0.25)
     torch.testing.assert_close(o.float(), o_ref.float(), **tolerance(dtype))
     torch.testing.assert_close(lse, lse_ref, **lse_tolerance(dtype))
 
 
+@pytest.mark.parametrize("identify", ["rows", "pooled"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_stripe_index_small_chunks_equals_nonzero_of_reference_mask(dtype):
+def test_stripe_index_small_chunks_equals_nonzero_of_reference_mask(dtype, identify):
     """16-key chunks: the running offset crosses many chunks; no key twice, none missing."""
     q, k, _ = qkv(2, 4, 2, 230, 16, dtype, seed=3)
     regions = StripeRegions(16, 3, 24)
-    theta = theta_with_margin(q, k, regions, 0.25)
+    theta = theta_with_margin(q, k, regions, 0.25, identify)
     anchors, pooled = anchors_triton(q, k, regions, 0.25, 16)
-    index = stripe_index_triton(q, k, pooled, regions, theta, 0.25, 16)
+    index = stripe_index_triton(q, k, anchors, pooled, regions, theta, 0.25, identify, 16)
     index.check(regions, 230)
     qf, kf = q.float(), k.float()
-    keep = pooled_scores(qf, kf, anchors_reference(qf, kf, regions, 0.25), regions, 0.25) >= -theta
+    keep = SCORES[identify](qf, kf, anchors_reference(qf, kf, regions, 0.25), regions, 0.25) >= -theta
     keep &= regions.stripe_candidates(230, q.device)
     rows = keep.reshape(-1, 230).nonzero()
     assert torch.equal(index.indices.long(), rows[:, 1])
@@ -154,18 +162,19 @@ def test_anchor_attention_strided_inputs_equal_contiguous():
     k_view = k.transpose(1, 2).contiguous().transpose(1, 2)
     v_view = v.transpose(-1, -2).contiguous().transpose(-1, -2)
     assert not q_view.is_contiguous() and v_view.stride(-1) != 1
-    strided = anchor_attention_triton(q_view, k_view, v_view, regions, theta, 0.25)
-    dense = anchor_attention_triton(q, k, v, regions, theta, 0.25)
+    strided = anchor_attention_triton(q_view, k_view, v_view, regions, theta, 0.25, "rows")
+    dense = anchor_attention_triton(q, k, v, regions, theta, 0.25, "rows")
     for a, b in ((strided[0], dense[0]), (strided[1], dense[1]), (strided[3], dense[3]),
                  (strided[2].indptr, dense[2].indptr), (strided[2].indices, dense[2].indices)):
         assert torch.equal(a, b)
 
 
-def test_anchor_attention_triton_backend_equals_torch_backend():
+@pytest.mark.parametrize("identify", ["rows", "pooled"])
+def test_anchor_attention_triton_backend_equals_torch_backend(identify):
     q, k, v = qkv(1, 2, 1, 100, 16, torch.float32, seed=8)
     regions = StripeRegions(16, 2, 16)
-    theta = theta_with_margin(q, k, regions, 0.25)
-    config = dict(theta=theta, block_m=16, step=2, init=16, window=0)  # regions above
+    theta = theta_with_margin(q, k, regions, 0.25, identify)
+    config = dict(theta=theta, identify=identify, block_m=16, step=2, init=16, window=0)  # regions above
     triton_run = anchor_attention(q, k, v, AnchorConfig(**config, backend="triton"), scale=0.25)
     torch_run = anchor_attention(q, k, v, AnchorConfig(**config, backend="torch"), scale=0.25)
     assert torch.equal(triton_run.index.indices, torch_run.index.indices) and triton_run.index.nnz > 0
@@ -175,7 +184,7 @@ def test_anchor_attention_triton_backend_equals_torch_backend():
 
 def test_anchor_attention_empty_sequence_returns_empty_outputs():
     q, k, v = qkv(2, 2, 1, 0, 16, torch.float32)
-    o, lse, index, anchors = anchor_attention_triton(q, k, v, StripeRegions(16, 2, 16), 1.0, 0.25)
+    o, lse, index, anchors = anchor_attention_triton(q, k, v, StripeRegions(16, 2, 16), 1.0, 0.25, "rows")
     assert o.shape == (2, 2, 0, 16) and lse.shape == anchors.shape == (2, 2, 0)
     assert index.nnz == 0 and index.indptr.tolist() == [0]
 
@@ -183,7 +192,7 @@ def test_anchor_attention_empty_sequence_returns_empty_outputs():
 def bad_call(**changes):
     """Call the wrapper with one argument changed from a valid fp32 call."""
     args = dict(q=torch.zeros(1, 2, 8, 16), k=torch.zeros(1, 1, 8, 16), v=torch.zeros(1, 1, 8, 16),
-                regions=StripeRegions(16, 2, 16), theta=1.0, scale=0.25)
+                regions=StripeRegions(16, 2, 16), theta=1.0, scale=0.25, identify="rows")
     args = {name: x.to(DEVICE) if isinstance(x, torch.Tensor) else x for name, x in args.items()} | changes
     return anchor_attention_triton(**args)
 
@@ -201,6 +210,11 @@ def test_anchor_attention_head_dim_not_power_of_two_raises():
 def test_anchor_attention_block_m_out_of_range_raises(block_m):
     with pytest.raises(SparsaError, match=rf"regions\.block_m={block_m}: .* power of two in 16\.\.128"):
         bad_call(regions=StripeRegions(block_m, 2, 16))
+
+
+def test_anchor_attention_unknown_identify_raises():
+    with pytest.raises(SparsaError, match="identify='mean': .* take one of rows, pooled"):
+        bad_call(identify="mean")
 
 
 def test_anchor_attention_block_n_not_power_of_two_raises():

@@ -6,8 +6,9 @@ from dataclasses import asdict, dataclass
 from sparsa.errors import SparsaError
 from sparsa.kernels.stripe_regions import StripeRegions
 
-VERSION = 1
+VERSION = 2
 BACKENDS = ("auto", "torch", "triton")
+IDENTIFY = ("rows", "pooled")
 
 
 @dataclass(frozen=True)
@@ -16,22 +17,28 @@ class AnchorConfig:
     :mod:`sparsa.kernels.stripe_regions`).
 
     Args:
-        theta: keep a stripe key when its pooled score comes within ``theta`` (natural-log units)
-            of the pooled anchor; ``inf`` keeps every key (dense causal), ``-inf`` none (init + local).
-            The paper's 12 was set for 8B models at 128k; on SmolLM2-135M at 4k tokens 7 keeps recall
-            0.965 at density 0.283 (``sparsa attention eval --sweep`` draws the trade-off).
-        block_m: query rows per tile, the pooling unit.
+        theta: keep a stripe key when its score comes within ``theta`` (natural-log units) of the
+            anchor; ``inf`` keeps every key (dense causal), ``-inf`` none (init + local). The
+            paper's 12 was set for its pooled rule on 8B models at 128k; on SmolLM2-135M at 4k
+            tokens the ``rows`` rule at 4 keeps density 0.280 with perplexity +0.45%
+            (``sparsa attention eval --sweep`` draws recall against density).
+        identify: ``rows`` (default), the group's rows each against their own anchor, or
+            ``pooled`` (the paper's), each tile's mean query against its mean anchor: ``block_m``
+            times cheaper to select, worse at equal density; see :mod:`sparsa.attention.anchor`.
+        block_m: query rows per tile (the pooling unit of ``pooled``, the kernels' row tile).
         step: tiles per group; the rows of a group share one stripe set.
         init: leading keys every row attends densely.
         window: keys before a group's first row that all its rows attend densely (so the first rows
             of a group still see their recent past). At equal density a wider window beat a larger
-            theta on perplexity (SmolLM2, 4k: theta 9 / window 128 +2.0%, theta 7 / window 384 +1.3%).
+            theta on perplexity (SmolLM2, 4k, ``pooled``: theta 9 / window 128 +2.0%, theta 7 /
+            window 384 +1.3%).
         backend: ``torch`` (the reference), ``triton`` (the kernels), or ``auto`` (Triton on CUDA).
     """
 
-    theta: float = 7.0
+    theta: float = 4.0
+    identify: str = "rows"
     block_m: int = 64
-    step: int = 2
+    step: int = 1
     init: int = 64
     window: int = 384
     backend: str = "auto"
@@ -39,6 +46,8 @@ class AnchorConfig:
     def __post_init__(self):
         if math.isnan(self.theta):
             raise SparsaError("--theta nan: theta must be a number (inf and -inf are allowed)")
+        if self.identify not in IDENTIFY:
+            raise SparsaError(f"identify {self.identify!r}: choose one of {', '.join(IDENTIFY)}")
         if self.backend not in BACKENDS:
             raise SparsaError(f"backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
         self.regions  # validates the geometry

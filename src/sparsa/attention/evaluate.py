@@ -71,7 +71,8 @@ def score_layer(qkv: LayerQKV, config: AnchorConfig, report: AttentionReport, ba
     N = check_qkv(q, k, v)[3]
     regions = config.regions
     start = time.perf_counter()
-    index = identify_reference(q, k, anchors_reference(q, k, regions, scale), regions, config.theta, scale)
+    index = identify_reference(q, k, anchors_reference(q, k, regions, scale), regions, config.theta, scale,
+                               config.identify)
     report.selection_seconds += time.perf_counter() - start
     indices = {"anchor": index}
     if baselines:

@@ -5,7 +5,7 @@ important); :func:`matched_index` keeps the best keys of each group so that all 
 compared at the density AnchorAttention reached. The dense region (initial tokens, the window
 before the group and the group's own rows) is shared by all of them, so ``streaming`` (no stripes) is the floor.
 
-* ``anchor``: :func:`sparsa.attention.anchor.pooled_scores` (pooled query minus pooled anchor).
+* ``anchor``: the identification rule of the config (:data:`sparsa.attention.anchor.SCORES`).
 * ``vertical_slash`` (MInference-style): the softmax of the last ``last`` queries gives column
   sums (verticals) and diagonal sums (slashes); a key scores the larger of its column and the
   best slash crossing the group's rows.

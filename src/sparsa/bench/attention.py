@@ -3,8 +3,9 @@
 Llama-3.1-8B head shapes (32 query heads, 8 KV heads, head dim 128, bf16, batch 1) from 8k to
 128k tokens. Inputs are synthetic with a known structure, so the density is set, not random:
 in score units (``q . k * scale``) the initial keys score ``SINK`` (the anchor of every row),
-a share ``heavy`` of the other keys score ``HEAVY`` (within theta of the anchor: gathered as
-stripes), the rest score about 0 (dropped); the queries carry a little noise off that axis.
+a share ``heavy`` of the other keys score ``HEAVY`` (5 below the anchor, within the bench's
+theta of 7: gathered as stripes), the rest score about 0 (dropped); the queries carry a little
+noise off that axis. Either identification rule (``config.identify``) keeps exactly the planted keys.
 
 Per length, in one process: dense causal SDPA (``enable_gqa``; FlashAttention on Hopper), the
 whole AnchorAttention call, its selection alone (K1 anchors + K2 CSR) and its compute alone (K3),
@@ -37,7 +38,7 @@ class AttentionBenchSettings:
     kv_heads: int = 8
     head_dim: int = 128
     heavy: float = 0.05
-    config: AnchorConfig = AnchorConfig(block_m=128, step=16, init=128)
+    config: AnchorConfig = AnchorConfig(theta=7.0, block_m=128, step=16, init=128)
     dtype: str = "bfloat16"
     rep_ms: int = 200
     seed: int = 0
@@ -72,19 +73,20 @@ def run_length(n: int, s: AttentionBenchSettings, device: str, timer) -> dict:
 
     q, k, v = planted_qkv(n, s, device)
     regions, theta, scale, block_n = s.config.regions, s.config.theta, s.head_dim ** -0.5, BLOCK_N
+    identify = s.config.identify
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    index = anchor_attention_triton(q, k, v, regions, theta, scale)[2]
+    index = anchor_attention_triton(q, k, v, regions, theta, scale, identify)[2]
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     none = StripeIndex(torch.zeros_like(index.indptr), index.indices[:0], index.batch, index.heads, index.groups)
 
     def select():
-        return stripe_index_triton(q, k, anchors_triton(q, k, regions, scale, block_n)[1], regions, theta, scale,
-                                   block_n)
+        anchors, pooled = anchors_triton(q, k, regions, scale, block_n)
+        return stripe_index_triton(q, k, anchors, pooled, regions, theta, scale, identify, block_n)
 
     ms = {"sdpa": timer(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)),
-          "anchor": timer(lambda: anchor_attention_triton(q, k, v, regions, theta, scale)),
+          "anchor": timer(lambda: anchor_attention_triton(q, k, v, regions, theta, scale, identify)),
           "selection": timer(select),
           "compute": timer(lambda: stripe_attention_triton(q, k, v, regions, index, scale, block_n)),
           "streaming": timer(lambda: stripe_attention_triton(q, k, v, regions, none, scale, block_n))}
@@ -98,7 +100,8 @@ def markdown(payload: dict) -> str:
     m, s = payload["machine"], payload["settings"]
     lines = ["# AnchorAttention kernels against SDPA", "",
              f"{m['date']}, {m.get('gpu', m['device'])}, torch {m['torch']}; {s['q_heads']}/{s['kv_heads']} heads, "
-             f"head dim {s['head_dim']}, {s['dtype']}, batch 1; planted stripe share {s['heavy']:.0%}", "",
+             f"head dim {s['head_dim']}, {s['dtype']}, batch 1; planted stripe share {s['heavy']:.0%}; "
+             f"identification {s['config']['identify']}, theta {s['config']['theta']:g}", "",
              "| tokens | SDPA ms | anchor ms | speed-up | selection ms (share) | compute ms | streaming ms | density |",
              "|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:

@@ -24,15 +24,19 @@ from sparsa.kernels.triton.stripe_index import stripe_index_triton
 
 BLOCK_N = 64  # keys per chunk in every kernel
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+IDENTIFY = ("rows", "pooled")
 
 
 def _power_of_two(x: int, lo: int, hi: int) -> bool:
     return lo <= x <= hi and x & (x - 1) == 0
 
 
-def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, regions: StripeRegions, block_n: int) -> None:
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, regions: StripeRegions, identify: str,
+           block_n: int) -> None:
     """Raise :class:`SparsaError` (one line naming the argument) for what the kernels cannot take."""
     D = check_qkv(q, k, v)[4]
+    if identify not in IDENTIFY:
+        raise SparsaError(f"identify={identify!r}: the Triton AnchorAttention kernels take one of {', '.join(IDENTIFY)}")
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         raise SparsaError(f"q, k, v dtypes {q.dtype}, {k.dtype}, {v.dtype}: the Triton AnchorAttention kernels "
@@ -53,21 +57,23 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, regions: StripeReg
 
 
 def anchor_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, regions: StripeRegions,
-                            theta: float, scale: float, *, block_n: int = BLOCK_N):
+                            theta: float, scale: float, identify: str, *, block_n: int = BLOCK_N):
     """Causal AnchorAttention of one prefill (no autograd).
 
     Args:
         q: [B, Hq, N, D]; k, v: [B, Hkv, N, D] with ``Hq % Hkv == 0``; one dtype of fp32/fp16/bf16,
             on CUDA (or the CPU under ``TRITON_INTERPRET=1``, not bf16); D a power of two in 16..256.
         regions: geometry; ``block_m`` a power of two in 16..128.
-        theta: keep a stripe key within ``theta`` of the pooled anchor (natural-log units; +-inf allowed).
+        theta: keep a stripe key within ``theta`` of the anchor (natural-log units; +-inf allowed).
         scale: score scale.
+        identify: ``rows`` (each row against its own anchor) or ``pooled`` (tile means); see
+            :mod:`~sparsa.kernels.triton.stripe_index`.
         block_n: keys per chunk (tests may take 16 or 32).
     Returns:
         (O [B, Hq, N, D] in q's dtype, LSE [B, Hq, N] fp32 natural-log units, the kept stripe keys as a
         :class:`StripeIndex` over (B, Hq, groups), anchors [B, Hq, N] fp32 natural-log units).
     """
-    _check(q, k, v, regions, block_n)
+    _check(q, k, v, regions, identify, block_n)
     B, Hq, N, _ = q.shape
     if q.numel() == 0:
         empty = torch.zeros(B * Hq * regions.n_groups(N) + 1, dtype=torch.int64, device=q.device)
@@ -76,6 +82,6 @@ def anchor_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r
                 torch.empty(B, Hq, N, dtype=torch.float32, device=q.device))
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     anchors, pooled = anchors_triton(q, k, regions, scale, block_n)
-    index = stripe_index_triton(q, k, pooled, regions, theta, scale, block_n)
+    index = stripe_index_triton(q, k, anchors, pooled, regions, theta, scale, identify, block_n)
     o, lse = stripe_attention_triton(q, k, v, regions, index, scale, block_n)
     return o, lse, index, anchors
