@@ -115,6 +115,27 @@ def bench_ba_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_bench_merge(args) -> dict:
+    from sparsa.bench.merge import MergeBenchSettings, run_merge_bench
+    from sparsa.nn.models import cache_root
+
+    settings = MergeBenchSettings.quick() if args.quick else MergeBenchSettings()
+    name = "merge_quick" if args.quick else "merge"
+    payload = run_merge_bench(settings, out_dir=args.out, name=name, cache_dir=cache_root() / "merge_suite",
+                              progress=not args.quiet)
+    return {"out": args.out, "name": name, "params": payload["params"], "domains": payload["domains"],
+            "rows": payload["rows"]}
+
+
+def bench_merge_table(r: dict) -> str:
+    lines = [f"wrote {r['out']}/{r['name']}.{{json,md,png}} ({r['params']} parameters, {len(r['domains'])} domains)"]
+    for row in r["rows"]:
+        extra = f"  router {row['router_accuracy']:.3f}" if "router_accuracy" in row else ""
+        lines.append(f"{row['method']:<16} acc {row['mean_accuracy']:.4f}  normalized {row['mean_normalized']:.4f}  "
+                     f"{row['bits_per_param']:7.3f} bits/param/task  {row['batch_ms']:.2f} ms/batch{extra}")
+    return "\n".join(lines)
+
+
 def cmd_bench_gpu(args) -> dict:
     from sparsa.bench.gpu import GpuSettings, run_gpu
 
@@ -172,6 +193,11 @@ def add_bench(sub, common, parser_class) -> None:
     p.add_argument("--quick", action="store_true", help="the 50-camera scene only (written as ba_quick)")
     p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
     p.set_defaults(run=cmd_bench_ba, table=bench_ba_table)
+    p = bench.add_parser("merge", parents=[common],
+                         help="task-vector merging (T-Switch, Auto-Switch, baselines) on the offline digits suite")
+    p.add_argument("--quick", action="store_true", help="shorter fine-tuning (written as merge_quick)")
+    p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
+    p.set_defaults(run=cmd_bench_merge, table=bench_merge_table)
     p = bench.add_parser("gpu", parents=[common], help="Triton kernels against cuBLAS, torch BSR and 2:4 (CUDA)")
     p.add_argument("--quick", action="store_true", help="4096x4096 at 1 and 128 tokens, 90%% (written as gpu_quick)")
     p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")

@@ -28,7 +28,7 @@ def test_get_format_known_name_returns_class(name, cls):
 
 
 def test_formats_table_holds_exactly_the_builtin_formats():
-    assert sorted(FORMATS) == ["bitmap", "block", "block_int8", "nm", "quant", "sparse_quant", "spqr"]
+    assert sorted(FORMATS) == ["bitmap", "block", "block_int8", "nm", "quant", "sign_mask", "sparse_quant", "spqr"]
 
 
 def test_get_format_unknown_name_raises_listing_known():

@@ -7,8 +7,9 @@ from sparsa.formats.block_sparse import BlockSparse
 from sparsa.formats.nm import NM
 from sparsa.formats.quant import Quant
 from sparsa.formats.registry import FORMATS, get_format, register_format
+from sparsa.formats.sign_mask import SignMask
 from sparsa.formats.sparse_quant import SparseQuant
 from sparsa.formats.spqr import SpQR
 
-__all__ = ["FORMATS", "Bitmap", "BlockSparse", "BlockSparseInt8", "Format", "NM", "Quant", "SparseQuant", "SpQR", "get_format",
-           "register_format"]
+__all__ = ["FORMATS", "Bitmap", "BlockSparse", "BlockSparseInt8", "Format", "NM", "Quant", "SignMask", "SparseQuant",
+           "SpQR", "get_format", "register_format"]

@@ -1,0 +1,168 @@
+"""``sparsa bench merge``: compressed task vectors and routed merging on an offline multi-task suite.
+
+The suite (:mod:`sparsa.bench.merge_suite`): a small ViT pretrained briefly on pooled digits,
+then fine-tuned separately per input domain (:mod:`sparsa.data.digits_tasks`); each task
+vector is ``theta_t - theta_base``. Every method is scored on every domain's test split:
+
+* ``pretrained`` and ``individual`` (each fine-tuned model on its own domain: the normalizer);
+* static merges (one model for all domains): task arithmetic, TIES, DARE;
+* per-task reconstructions with the task id known (oracle): EMR-Merging, TALL-masks, T-Switch;
+* Auto-Switch: T-Switch vectors mixed per batch by the KNN router on the base model's features.
+
+Per method: accuracy and accuracy normalized to ``individual`` per domain (and their means),
+stored bits per parameter per task (format bytes for T-Switch; the methods' storage formulas for
+the baselines), and for the switch methods the latency of one batch including the weight rebuild.
+"""
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from sparsa.bench.merge_report import figure, markdown
+from sparsa.bench.merge_suite import SuiteSettings, build_suite, make_model
+from sparsa.bench.results import machine, write_results
+from sparsa.data.digits_tasks import digits_domain
+from sparsa.merge.bank import SwitchBank
+from sparsa.merge.baselines import storage_bits
+from sparsa.merge.config import RouterConfig, TSwitchConfig
+from sparsa.merge.registry import get_method
+from sparsa.merge.router import KNNRouter
+from sparsa.merge.task_vector import apply_task_vector
+from sparsa.merge.tswitch import compress_task_vector
+
+STATIC = ("task_arithmetic", "ties", "dare")
+PER_TASK = ("emr", "tall_masks")
+
+
+@dataclass(frozen=True)
+class MergeBenchSettings:
+    """The suite, T-Switch and router configs, the routed batch size and the seed of DARE's drops."""
+
+    suite: SuiteSettings = field(default_factory=SuiteSettings)
+    tswitch: TSwitchConfig = field(default_factory=TSwitchConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
+    batch: int = 32
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> "MergeBenchSettings":
+        return cls(suite=SuiteSettings.quick())
+
+
+@dataclass
+class Domains:
+    """Each domain's test split and the router's query set (train samples)."""
+
+    test: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    query: dict[str, torch.Tensor]
+
+    @classmethod
+    def load(cls, domains, samples_per_task: int) -> "Domains":
+        test = {d: digits_domain(d, "test") for d in domains}
+        query = {d: digits_domain(d, "train")[0][:samples_per_task] for d in domains}
+        return cls(test, query)
+
+
+@torch.inference_mode()
+def batch_accuracy(model, states, x: torch.Tensor, y: torch.Tensor, batch: int):
+    """Accuracy of ``model`` over ``x`` in batches, loading ``states(xb)`` before each batch, and the
+    median seconds per batch (choosing and loading the weights included)."""
+    right, seconds = 0, []
+    for i in range(0, len(x), batch):
+        xb, yb = x[i:i + batch], y[i:i + batch]
+        start = time.perf_counter()
+        model.load_state_dict(states(xb))
+        pred = model(xb).argmax(-1)
+        seconds.append(time.perf_counter() - start)
+        right += int((pred == yb).sum())
+    return right / len(x), float(torch.tensor(seconds).median())
+
+
+def score(name: str, states_for, data: Domains, suite, s: MergeBenchSettings, bits: float) -> dict:
+    """One method's row: ``states_for(domain)`` gives the per-batch weight chooser of that domain."""
+    model = make_model(s.suite)
+    acc, lat = {}, []
+    for d, (x, y) in data.test.items():
+        acc[d], sec = batch_accuracy(model, states_for(d), x, y, s.batch)
+        lat.append(sec)
+    norm = {d: acc[d] / suite.finetuned_accuracy[d] for d in acc}
+    return {"method": name, "accuracy": acc, "normalized": norm, "mean_accuracy": sum(acc.values()) / len(acc),
+            "mean_normalized": sum(norm.values()) / len(norm), "bits_per_param": bits,
+            "batch_ms": 1e3 * sum(lat) / len(lat)}
+
+
+def fixed(state):
+    return lambda d: (lambda xb: state)
+
+
+def run_merge(s: MergeBenchSettings, *, cache_dir=None, progress: bool = True) -> dict:
+    """Build (or load) the suite, score every method, return the payload (see the module docstring)."""
+    suite = build_suite(s.suite, cache_dir=cache_dir, progress=progress)
+    domains = list(s.suite.domains)
+    taus = suite.task_vectors()
+    numel = sum(t.numel() for t in suite.base.values())
+    data = Domains.load(domains, s.router.samples_per_task)
+    gen = lambda: torch.Generator().manual_seed(s.seed)  # noqa: E731
+    rows = []
+    steps = tqdm(total=4 + len(STATIC) + len(PER_TASK), desc="bench merge", disable=not progress)
+
+    def add(row):
+        rows.append(row)
+        steps.update()
+
+    add(score("pretrained", fixed(suite.base), data, suite, s, 0.0))
+    add(score("individual", lambda d: (lambda xb: suite.finetuned[d]), data, suite, s, 32.0))
+    for name in STATIC:
+        merged = apply_task_vector(suite.base, get_method(name)(taus, generator=gen()))
+        add(score(name, fixed(merged), data, suite, s, storage_bits(name, numel, len(domains)) / numel / len(domains)))
+    for name in PER_TASK:
+        per = {d: apply_task_vector(suite.base, t) for d, t in get_method(name)(taus, generator=gen()).items()}
+        add(score(name, lambda d: (lambda xb: per[d]), data, suite, s,
+                  storage_bits(name, numel, len(domains)) / numel / len(domains)))
+
+    compressed = {d: compress_task_vector(taus[d], s.tswitch) for d in domains}
+    bank = SwitchBank(suite.base, compressed)
+    tswitch_bits = sum(8 * c.nbytes for c in compressed.values()) / numel / len(domains)
+    add(score("tswitch", lambda d: (lambda xb: bank.task(d)), data, suite, s, tswitch_bits))
+
+    base_model = make_model(s.suite, suite.base)
+    query = torch.cat([data.query[d] for d in domains])
+    with torch.inference_mode():
+        router = KNNRouter(base_model.features(query), torch.arange(len(domains)).repeat_interleave(
+            torch.tensor([len(data.query[d]) for d in domains])), len(domains), s.router.k)
+    router_bits = 8 * query.shape[0] * s.suite.dim * 4 / numel / len(domains)  # fp32 query features
+
+    def routed(d):
+        def states(xb):
+            with torch.inference_mode():
+                shares = router.shares(base_model.features(xb)).mean(0)
+            return bank.weights({t: float(w) for t, w in zip(domains, shares)})
+        return states
+
+    auto = score("auto_switch", routed, data, suite, s, tswitch_bits + router_bits)
+    auto["router_accuracy"] = router_accuracy(router, base_model, data, domains)
+    add(auto)
+    steps.close()
+    return {"settings": asdict(s), "machine": machine("cpu"), "params": numel, "domains": domains,
+            "rows": rows}
+
+
+@torch.inference_mode()
+def router_accuracy(router: KNNRouter, base_model, data: Domains, domains: list[str]) -> float:
+    """Share of test samples whose top routed task is their own domain."""
+    right = total = 0
+    for i, d in enumerate(domains):
+        x = data.test[d][0]
+        right += int((router.route(base_model.features(x)) == i).sum())
+        total += len(x)
+    return right / total
+
+
+def run_merge_bench(s: MergeBenchSettings, *, out_dir="bench/results", name: str = "merge", cache_dir=None,
+                    progress: bool = True) -> dict:
+    """:func:`run_merge`, then write ``<name>.{json,md,png}`` under ``out_dir``."""
+    payload = run_merge(s, cache_dir=cache_dir, progress=progress)
+    write_results(out_dir, name, payload, markdown(payload), figure(payload))
+    return payload

@@ -1,0 +1,87 @@
+"""Name -> merge method table, filled by ``@register_method``.
+
+A merge method takes ``task_vectors: dict[task, dict[tensor name, Tensor]]`` (each task vector
+``tau_t = theta_finetuned - theta_base``) plus keyword parameters and returns either
+
+* ``kind="static"``: one merged task vector ``dict[str, Tensor]`` added to ``theta_base`` for every task, or
+* ``kind="per_task"``: ``dict[task, dict[str, Tensor]]``, one reconstructed task vector per task (the task id is
+  needed at inference to pick it).
+"""
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sparsa.errors import SparsaError
+
+KINDS = ("static", "per_task")
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """One registered merge method.
+
+    Attributes:
+        name: Registry name (``"ties"``).
+        fn: The plain function ``fn(task_vectors, *, generator=None, **params)``.
+        reference_url: Where the method is described (paper).
+        kind: ``"static"`` or ``"per_task"`` (see the module docstring).
+        params: Parameter name -> default, read from ``fn``'s keyword-only parameters (``generator`` excluded).
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    reference_url: str
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, task_vectors, *, generator=None, **params):
+        """Run ``fn``; a SparsaError names any parameter the method does not take."""
+        for key in params:
+            if key not in self.params:
+                known = ", ".join(sorted(self.params)) or "none"
+                raise SparsaError(f"merge method {self.name!r} has no parameter {key!r}; known: {known}")
+        return self.fn(task_vectors, generator=generator, **params)
+
+
+METHODS: dict[str, MergeMethod] = {}
+
+
+def _defaults(fn: Callable[..., Any]) -> dict[str, Any]:
+    """Keyword-only parameters of ``fn`` with their defaults, ``generator`` left out."""
+    out = {}
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "generator":
+            out[p.name] = None if p.default is inspect.Parameter.empty else p.default
+    return out
+
+
+def register_method(name: str, *, reference_url: str, kind: str):
+    """Function decorator: file ``fn`` under ``name``; the function itself is returned unchanged.
+
+    Args:
+        name: Registry name; registering it twice raises RuntimeError.
+        reference_url: Paper or page that defines the method.
+        kind: ``"static"`` (one merged task vector) or ``"per_task"`` (one reconstruction per task).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"merge method {name!r}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+
+    def decorate(fn):
+        if name in METHODS:
+            raise RuntimeError(f"merge method {name!r} registered twice")
+        METHODS[name] = MergeMethod(name=name, fn=fn, reference_url=reference_url, kind=kind, params=_defaults(fn))
+        return fn
+
+    return decorate
+
+
+def get_method(name: str) -> MergeMethod:
+    """The method called ``name``; a SparsaError lists the known ones otherwise."""
+    import sparsa.merge.baselines  # noqa: F401  (registers the built-in baselines)
+
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise SparsaError(f"unknown merge method {name!r}; known: {', '.join(sorted(METHODS))}") from None

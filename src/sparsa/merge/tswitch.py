@@ -1,0 +1,92 @@
+"""T-Switch (arXiv 2412.00054, "Less is More: Efficient Model Merging with Binary Task Switch").
+
+Per tensor of a task vector ``tau`` (every tensor of one or more dimensions; 0-d ones are kept raw):
+
+1. **Mask**: keep the ``1 - drop_ratio`` largest-magnitude positive entries and, separately, the
+   ``1 - drop_ratio`` largest-magnitude negative entries (``k = round((1 - drop_ratio) * count)``
+   of each sign; ``torch.topk`` breaks ties).
+2. **Sign**: ``s = sign(tau)`` on the kept entries, 0 elsewhere.
+3. **Scale**: one per tensor, ``||tau_kept||_2 / sqrt(nnz)`` (``l2``, the paper's), ``mean|tau_kept|``
+   (``lsq``) or ``||tau||_1 / nnz`` (``l1``).
+
+``tau_hat = scale * s``, stored as :class:`~sparsa.formats.sign_mask.SignMask`.
+"""
+
+from dataclasses import dataclass
+from collections.abc import Mapping
+
+import torch
+
+from sparsa.formats.sign_mask import SignMask
+from sparsa.merge.config import TSwitchConfig
+
+
+def keep_by_sign(tau: torch.Tensor, drop_ratio: float) -> torch.Tensor:
+    """Bool mask (shape of ``tau``): the top ``1 - drop_ratio`` of positives and of negatives by magnitude."""
+    flat = tau.reshape(-1)
+    keep = torch.zeros(flat.numel(), dtype=torch.bool, device=tau.device)
+    for side in (flat > 0, flat < 0):
+        idx = side.nonzero().squeeze(1)
+        k = round((1.0 - drop_ratio) * idx.numel())
+        if k:
+            keep[idx[flat[idx].abs().topk(k).indices]] = True
+    return keep.view(tau.shape)
+
+
+def tensor_scale(tau: torch.Tensor, keep: torch.Tensor, norm: str) -> float:
+    """The one scale of a tensor (see the module docstring); 0 when nothing is kept."""
+    nnz = int(keep.sum())
+    if nnz == 0:
+        return 0.0
+    kept = tau[keep].double()
+    if norm == "l2":
+        return float(kept.norm() / nnz**0.5)
+    if norm == "lsq":
+        return float(kept.abs().mean())
+    return float(tau.double().abs().sum() / nnz)  # l1
+
+
+def compress_tensor(tau: torch.Tensor, config: TSwitchConfig, name: str = "tensor") -> SignMask:
+    """One tensor ``tau`` (1-D or more, fp32) -> its SignMask."""
+    keep = keep_by_sign(tau, config.drop_ratio)
+    signs = torch.sign(tau) * keep
+    return SignMask.from_ternary(signs, tensor_scale(tau, keep, config.scale_norm), encoding=config.encoding,
+                                 group_size=config.group_size, where=name)
+
+
+@dataclass
+class CompressedTaskVector:
+    """A task vector as SignMasks (``masks``) plus the 0-d tensors it keeps raw (``raw``, fp32)."""
+
+    masks: dict[str, SignMask]
+    raw: dict[str, torch.Tensor]
+
+    @property
+    def numel(self) -> int:
+        return sum(m.numel for m in self.masks.values()) + len(self.raw)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every stored array (mask positions, signs, scales, raw scalars)."""
+        return sum(m.nbytes for m in self.masks.values()) + 4 * len(self.raw)
+
+    @property
+    def bits_per_param(self) -> float:
+        return 8 * self.nbytes / max(self.numel, 1)
+
+    def decompress(self) -> dict[str, torch.Tensor]:
+        """``{name: tau_hat}`` fp32."""
+        return {**{n: m.to_dense(torch.float32) for n, m in self.masks.items()},
+                **{n: t.clone() for n, t in self.raw.items()}}
+
+
+def compress_task_vector(tau: Mapping[str, torch.Tensor], config: TSwitchConfig = TSwitchConfig()
+                         ) -> CompressedTaskVector:
+    """T-Switch every tensor of a task vector (name -> fp32 tensor)."""
+    masks, raw = {}, {}
+    for name, t in tau.items():
+        if t.dim() == 0:
+            raw[name] = t.float().clone()
+        else:
+            masks[name] = compress_tensor(t.float(), config, name)
+    return CompressedTaskVector(masks, raw)

@@ -1,0 +1,85 @@
+"""Auto-Switch's KNN router, the switch bank's rebuilt weights, and task-vector checks."""
+
+import pytest
+import torch
+
+from sparsa.errors import SparsaError
+from sparsa.merge.bank import SwitchBank
+from sparsa.merge.config import RouterConfig, TSwitchConfig
+from sparsa.merge.router import KNNRouter
+from sparsa.merge.task_vector import apply_task_vector, task_vector
+from sparsa.merge.tswitch import compress_task_vector
+
+
+def clusters(tasks=3, per=20, d=5, seed=0):
+    """Well-separated Gaussian clusters, one per task: centres 10 apart, unit noise."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.eye(tasks, d) * 10
+    x = centres.repeat_interleave(per, 0) + torch.randn(tasks * per, d, generator=g)
+    return x, torch.arange(tasks).repeat_interleave(per)
+
+
+def test_knn_router_separable_features_returns_right_task():
+    x, y = clusters()
+    router = KNNRouter(x, y, tasks=3, k=10)
+    test, truth = clusters(seed=1)
+    assert torch.equal(router.route(test), truth)
+    shares = router.shares(test)
+    torch.testing.assert_close(shares.sum(1), torch.ones(60))
+    assert bool((shares.max(1).values == 1).all())
+
+
+def test_knn_router_shares_count_neighbour_votes():
+    x = torch.tensor([[0.0], [1.0], [2.0], [10.0]])
+    router = KNNRouter(x, torch.tensor([0, 0, 1, 1]), tasks=2, k=3)
+    torch.testing.assert_close(router.shares(torch.tensor([[0.5]])), torch.tensor([[2 / 3, 1 / 3]]))
+
+
+def test_knn_router_bad_labels_raise():
+    with pytest.raises(SparsaError, match=r"labels must lie in \[0, 2\)"):
+        KNNRouter(torch.zeros(3, 2), torch.tensor([0, 1, 2]), tasks=2)
+
+
+def test_router_config_bad_batch_mode_raises():
+    with pytest.raises(SparsaError, match="batch_mode 'max'"):
+        RouterConfig(batch_mode="max")
+
+
+def state(seed):
+    g = torch.Generator().manual_seed(seed)
+    return {"w": torch.randn(6, 4, generator=g), "b": torch.randn(4, generator=g), "s": torch.tensor(1.0 + seed)}
+
+
+def test_switch_bank_task_equals_base_plus_decompressed_vector():
+    base, ft = state(0), {"a": state(1), "b": state(2)}
+    ctvs = {t: compress_task_vector(task_vector(base, s), TSwitchConfig()) for t, s in ft.items()}
+    bank = SwitchBank(base, ctvs)
+    for t in ft:
+        expect = apply_task_vector(base, ctvs[t].decompress())
+        for name, value in bank.task(t).items():
+            torch.testing.assert_close(value, expect[name])
+    mixed = bank.weights({"a": 0.25, "b": 0.75})
+    expect_w = base["w"] + 0.25 * ctvs["a"].decompress()["w"] + 0.75 * ctvs["b"].decompress()["w"]
+    torch.testing.assert_close(mixed["w"], expect_w)
+    torch.testing.assert_close(bank.weights({})["w"], base["w"])
+
+
+def test_switch_bank_unknown_task_raises():
+    base = state(0)
+    bank = SwitchBank(base, {"a": compress_task_vector(task_vector(base, state(1)))})
+    with pytest.raises(SparsaError, match="unknown task 'z'"):
+        bank.weights({"z": 1.0})
+
+
+def test_task_vector_checks_names_shapes_and_nan():
+    base = state(0)
+    with pytest.raises(SparsaError, match="tensor 'b' of the base model is missing"):
+        task_vector(base, {"w": base["w"], "s": base["s"]})
+    with pytest.raises(SparsaError, match=r"tensor 'x' is not in the base model"):
+        task_vector(base, {**base, "x": torch.zeros(1)})
+    with pytest.raises(SparsaError, match=r"tensor 'w' has shape \[4, 6\], the base \[6, 4\]"):
+        task_vector(base, {**base, "w": torch.zeros(4, 6)})
+    bad = {**base, "b": base["b"].clone()}
+    bad["b"][1] = float("nan")
+    with pytest.raises(SparsaError, match="tensor 'b' has a non-finite task-vector entry"):
+        task_vector(base, bad)
