@@ -6,7 +6,7 @@ import torch
 from sparsa.errors import SparsaError
 from sparsa.merge.bank import SwitchBank
 from sparsa.merge.config import RouterConfig, TSwitchConfig
-from sparsa.merge.router import KNNRouter
+from sparsa.merge.router import CentroidRouter, KNNRouter
 from sparsa.merge.task_vector import apply_task_vector, task_vector
 from sparsa.merge.tswitch import compress_task_vector
 
@@ -40,9 +40,46 @@ def test_knn_router_bad_labels_raise():
         KNNRouter(torch.zeros(3, 2), torch.tensor([0, 1, 2]), tasks=2)
 
 
-def test_router_config_bad_batch_mode_raises():
-    with pytest.raises(SparsaError, match="batch_mode 'max'"):
-        RouterConfig(batch_mode="max")
+def test_router_config_bad_k_raises():
+    with pytest.raises(SparsaError, match="k=0: must be at least 1"):
+        RouterConfig(k=0)
+
+
+def test_knn_router_batch_weights_are_mean_shares():
+    x, y = clusters()
+    router = KNNRouter(x, y, tasks=3, k=10)
+    test, _ = clusters(seed=1)
+    torch.testing.assert_close(router.batch_weights(test[:25]), router.shares(test[:25]).mean(0))
+
+
+def test_centroid_router_picks_nearest_task_mean_of_the_batch():
+    x = torch.tensor([[0.0, 0.0], [2.0, 0.0], [10.0, 10.0], [12.0, 10.0]])
+    router = CentroidRouter(x, torch.tensor([0, 0, 1, 1]), tasks=2)
+    torch.testing.assert_close(router.centroids, torch.tensor([[1.0, 0.0], [11.0, 10.0]]))
+    # single samples split between the tasks, their mean lies nearer task 1
+    batch = torch.tensor([[4.0, 2.0], [9.0, 9.0], [10.0, 9.0]])
+    assert router.route(batch).tolist() == [0, 1, 1]
+    torch.testing.assert_close(router.batch_weights(batch), torch.tensor([0.0, 1.0]))
+
+
+def test_centroid_router_separates_noisy_domain_single_neighbours_miss():
+    """Images from 5 prototypes, clean and with clipped noise (as the digits' noise domain): a noisy
+    sample's nearest neighbours are clean copies of its prototype, but the noisy batch's mean lies
+    nearer the noisy centroid (clipping lifts the empty pixels)."""
+    g = torch.Generator().manual_seed(0)
+    protos = (torch.rand(5, 64, generator=g) < 0.3).float()
+    content = lambda n: protos[torch.randint(5, (n,), generator=g)]  # noqa: E731
+    noisy = lambda x: (x + 0.5 * torch.randn(x.shape, generator=g)).clamp(0, 1)  # noqa: E731
+    x, y = torch.cat([content(100), noisy(content(100))]), torch.tensor([0] * 100 + [1] * 100)
+    knn, centroid = KNNRouter(x, y, tasks=2, k=10), CentroidRouter(x, y, tasks=2)
+    test = noisy(content(32))
+    assert float(knn.batch_weights(test)[1]) < 0.5
+    torch.testing.assert_close(centroid.batch_weights(test), torch.tensor([0.0, 1.0]))
+
+
+def test_centroid_router_task_without_samples_raises():
+    with pytest.raises(SparsaError, match="task 1 has no query samples"):
+        CentroidRouter(torch.zeros(2, 3), torch.tensor([0, 0]), tasks=2)
 
 
 def state(seed):

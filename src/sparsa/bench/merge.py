@@ -7,7 +7,9 @@ vector is ``theta_t - theta_base``. Every method is scored on every domain's tes
 * ``pretrained`` and ``individual`` (each fine-tuned model on its own domain: the normalizer);
 * static merges (one model for all domains): task arithmetic, TIES, DARE;
 * per-task reconstructions with the task id known (oracle): EMR-Merging, TALL-masks, T-Switch;
-* Auto-Switch: T-Switch vectors mixed per batch by the KNN router on the base model's features.
+* Auto-Switch: T-Switch vectors mixed per batch by the KNN router on the base model's output
+  features (the paper's), and by the centroid router on its patch embeddings (ours;
+  :mod:`sparsa.merge.router`). Routed rows never see the domain: only the batch's inputs.
 
 Per method: accuracy and accuracy normalized to ``individual`` per domain (and their means),
 stored bits per parameter per task (format bytes for T-Switch; the methods' storage formulas for
@@ -28,7 +30,7 @@ from sparsa.merge.bank import SwitchBank
 from sparsa.merge.baselines import storage_bits
 from sparsa.merge.config import RouterConfig, TSwitchConfig
 from sparsa.merge.registry import get_method
-from sparsa.merge.router import KNNRouter
+from sparsa.merge.router import CentroidRouter, KNNRouter
 from sparsa.merge.task_vector import apply_task_vector
 from sparsa.merge.tswitch import compress_task_vector
 
@@ -106,7 +108,7 @@ def run_merge(s: MergeBenchSettings, *, cache_dir=None, progress: bool = True) -
     data = Domains.load(domains, s.router.samples_per_task)
     gen = lambda: torch.Generator().manual_seed(s.seed)  # noqa: E731
     rows = []
-    steps = tqdm(total=4 + len(STATIC) + len(PER_TASK), desc="bench merge", disable=not progress)
+    steps = tqdm(total=5 + len(STATIC) + len(PER_TASK), desc="bench merge", disable=not progress)
 
     def add(row):
         rows.append(row)
@@ -129,33 +131,39 @@ def run_merge(s: MergeBenchSettings, *, cache_dir=None, progress: bool = True) -
 
     base_model = make_model(s.suite, suite.base)
     query = torch.cat([data.query[d] for d in domains])
-    with torch.inference_mode():
-        router = KNNRouter(base_model.features(query), torch.arange(len(domains)).repeat_interleave(
-            torch.tensor([len(data.query[d]) for d in domains])), len(domains), s.router.k)
-    router_bits = 8 * query.shape[0] * s.suite.dim * 4 / numel / len(domains)  # fp32 query features
-
-    def routed(d):
-        def states(xb):
-            with torch.inference_mode():
-                shares = router.shares(base_model.features(xb)).mean(0)
-            return bank.weights({t: float(w) for t, w in zip(domains, shares)})
-        return states
-
-    auto = score("auto_switch", routed, data, suite, s, tswitch_bits + router_bits)
-    auto["router_accuracy"] = router_accuracy(router, base_model, data, domains)
-    add(auto)
+    labels = torch.arange(len(domains)).repeat_interleave(torch.tensor([len(data.query[d]) for d in domains]))
+    for name, embed, make_router in (
+            ("auto_switch", base_model.features, lambda f: KNNRouter(f, labels, len(domains), s.router.k)),
+            ("auto_switch_centroid", lambda x: base_model.patch_features(x).flatten(1),
+             lambda f: CentroidRouter(f, labels, len(domains)))):
+        with torch.inference_mode():
+            router = make_router(embed(query))
+        row = score(name, routed(router, embed, bank, domains), data, suite, s,
+                    tswitch_bits + 8 * router.nbytes / numel / len(domains))
+        row["router_accuracy"] = router_accuracy(router, embed, data, domains)
+        add(row)
     steps.close()
     return {"settings": asdict(s), "machine": machine("cpu"), "params": numel, "domains": domains,
             "rows": rows}
 
 
+def routed(router, embed, bank: SwitchBank, domains: list[str]):
+    """Per domain, the weight chooser of a routed row: embed the batch with the base model, let the
+    router weigh the tasks, rebuild the weights (the domain itself is not used)."""
+    def states(xb):
+        with torch.inference_mode():
+            w = router.batch_weights(embed(xb))
+        return bank.weights({t: float(wt) for t, wt in zip(domains, w)})
+    return lambda d: states
+
+
 @torch.inference_mode()
-def router_accuracy(router: KNNRouter, base_model, data: Domains, domains: list[str]) -> float:
-    """Share of test samples whose top routed task is their own domain."""
+def router_accuracy(router, embed, data: Domains, domains: list[str]) -> float:
+    """Share of single test samples the router sends to their own domain."""
     right = total = 0
     for i, d in enumerate(domains):
         x = data.test[d][0]
-        right += int((router.route(base_model.features(x)) == i).sum())
+        right += int((router.route(embed(x)) == i).sum())
         total += len(x)
     return right / total
 

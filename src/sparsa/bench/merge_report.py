@@ -2,7 +2,8 @@
 
 LABELS = {"pretrained": "pretrained (base)", "individual": "individual fine-tuned", "task_arithmetic": "task arithmetic",
           "ties": "TIES", "dare": "DARE", "emr": "EMR-Merging (oracle)", "tall_masks": "TALL-masks (oracle)",
-          "tswitch": "T-Switch (oracle)", "auto_switch": "Auto-Switch (KNN)"}
+          "tswitch": "T-Switch (oracle)", "auto_switch": "Auto-Switch (KNN, output features)",
+          "auto_switch_centroid": "Auto-Switch (batch centroid, patch features)"}
 
 
 def markdown(payload: dict) -> str:
@@ -21,9 +22,11 @@ def markdown(payload: dict) -> str:
         cells = " | ".join(f"{r['accuracy'][d]:.3f}" for d in domains)
         lines.append(f"| {LABELS.get(r['method'], r['method'])} | {r['mean_accuracy']:.4f} | "
                      f"{r['mean_normalized']:.4f} | {cells} | {r['bits_per_param']:.3f} | {r['batch_ms']:.2f} |")
-    auto = next((r for r in payload["rows"] if r["method"] == "auto_switch"), None)
-    if auto:
-        lines += ["", f"Router top-1 accuracy (each test sample's own domain): {auto['router_accuracy']:.4f}."]
+    routed = [r for r in payload["rows"] if "router_accuracy" in r]
+    if routed:
+        lines += ["", "Routers on single test samples (share sent to their own domain): " + "; ".join(
+            f"{LABELS.get(r['method'], r['method'])} {r['router_accuracy']:.4f}" for r in routed) + ". Routed rows "
+            "weigh the tasks per batch and include the router's stored bytes."]
     return "\n".join(lines) + "\n"
 
 

@@ -71,11 +71,16 @@ class DigitsViT(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, classes)
 
+    def patch_features(self, x: torch.Tensor) -> torch.Tensor:
+        """x: float32 [B, 8, 8] -> the 16 patch embeddings before any block, float32 [B, 16, dim]."""
+        b = x.shape[0]
+        patches = x.reshape(b, 4, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(b, 16, 4)  # [B, 16 patches, 2x2]
+        return self.embed(patches)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """x: float32 [B, 8, 8] -> the final-LayerNorm CLS feature, float32 [B, dim]."""
         b = x.shape[0]
-        patches = x.reshape(b, 4, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(b, 16, 4)
-        tokens = torch.cat([self.cls.expand(b, -1, -1), self.embed(patches)], dim=1) + self.pos
+        tokens = torch.cat([self.cls.expand(b, -1, -1), self.patch_features(x)], dim=1) + self.pos
         for block in self.blocks:
             tokens = block(tokens)
         return self.norm(tokens[:, 0])

@@ -7,7 +7,6 @@ from sparsa.errors import SparsaError
 VERSION = 1
 SCALE_NORMS = ("l2", "l1", "lsq")
 ENCODINGS = ("auto", "bitmap", "group", "index")
-BATCH_MODES = ("mean", "sample")
 
 
 @dataclass(frozen=True)
@@ -47,26 +46,21 @@ class TSwitchConfig:
 
 @dataclass(frozen=True)
 class RouterConfig:
-    """Auto-Switch's KNN router (arXiv 2412.00054, section 3.3).
+    """Auto-Switch's routers (:mod:`sparsa.merge.router`; arXiv 2412.00054, section 3.3).
 
     Args:
-        k: neighbours voting (the paper's 10).
+        k: neighbours voting in the KNN router (the paper's 10).
         samples_per_task: query-set samples per task, features from the base model (the paper's 100).
-        batch_mode: ``mean`` averages the neighbour shares over the batch and rebuilds the weights
-            once per batch (the paper's); ``sample`` routes each sample to its own top task.
     """
 
     k: int = 10
     samples_per_task: int = 100
-    batch_mode: str = "mean"
 
     def __post_init__(self):
         if self.k < 1:
             raise SparsaError(f"k={self.k}: must be at least 1")
         if self.samples_per_task < 1:
             raise SparsaError(f"samples_per_task={self.samples_per_task}: must be at least 1")
-        if self.batch_mode not in BATCH_MODES:
-            raise SparsaError(f"batch_mode {self.batch_mode!r}: choose one of {', '.join(BATCH_MODES)}")
 
     def to_dict(self) -> dict:
         return {"version": VERSION, **asdict(self)}
