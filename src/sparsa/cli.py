@@ -13,6 +13,7 @@ import time
 from sparsa.cli_attention import add_attention
 from sparsa.cli_ba import add_ba, add_sfm
 from sparsa.cli_bench import add_bench
+from sparsa.cli_merge import add_merge, add_merge_eval
 from sparsa.errors import SparsaError
 
 HELD_OUT_SENTENCES = 512  # compress --recover: wiki evaluation-split sentences its embeddings are checked on
@@ -345,7 +346,7 @@ def build_parser() -> Parser:
     common.add_argument("--quiet", action="store_true", help="no progress bars")
     parser = Parser(prog="sparsa", description="Make models sparse, small and fast.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (add_eval, add_compress, add_generate, add_demo, add_ba, add_sfm):
+    for add in (add_eval, add_compress, add_generate, add_demo, add_ba, add_sfm, add_merge, add_merge_eval):
         add(sub, common)
     add_bench(sub, common, Parser)
     add_attention(sub, common, Parser)

@@ -33,6 +33,7 @@ def cmd_ba(args) -> dict:
     scene, filtered = drop_unusable(scene)
     comm = init_comm(args.device)
     result, summary = solve_ba_distributed(scene, options, device=args.device, progress=not args.quiet, comm=comm)
+    comm.close()
     if comm.rank != 0:  # rank 0 reports and writes
         return None
     out = {"problem": args.problem, "initial_cost": summary.initial_cost, "final_cost": summary.final_cost,

@@ -1,6 +1,7 @@
 """Configs of the merge engine: frozen dataclasses holding every default, validated on creation."""
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from sparsa.errors import SparsaError
 
@@ -64,3 +65,103 @@ class RouterConfig:
 
     def to_dict(self) -> dict:
         return {"version": VERSION, **asdict(self)}
+
+
+MERGE_KEYS = ("merge_method", "base_model", "models", "parameters", "dtype")
+MODEL_KEYS = ("model", "name", "parameters")
+DTYPES = ("float32", "float16", "bfloat16")
+TSWITCH_PARAMS = ("drop_ratio", "scale_norm", "encoding", "group_size")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One fine-tuned model of a merge: its path, task name and per-model parameters."""
+
+    model: str
+    name: str
+    parameters: dict
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """A mergekit-style merge (``sparsa merge CONFIG.yaml``).
+
+    Args:
+        merge_method: ``tswitch`` (compressed task vectors, one per model) or a static method of
+            :mod:`sparsa.merge.baselines` that merges tensor by tensor (``task_arithmetic``, ``ties``,
+            ``dare``).
+        base_model: path of the base (a ``.safetensors`` file or a directory of safetensors weights).
+        models: the fine-tuned models, each with a task ``name`` (default: the file or directory
+            name) and ``parameters`` (``tswitch`` only: any of its config fields, per task).
+        parameters: the method's parameters (``tswitch``: ``TSwitchConfig`` fields).
+        dtype: of a static merge's output tensors (default: the base's).
+    """
+
+    merge_method: str
+    base_model: str
+    models: tuple[ModelEntry, ...]
+    parameters: dict
+    dtype: str | None = None
+
+    @classmethod
+    def from_dict(cls, raw, where: str, static_methods: dict) -> "MergeConfig":
+        """Validate a parsed YAML document; ``static_methods``: name -> its parameter defaults.
+
+        Raises:
+            SparsaError ``"{where}: ..."`` naming the key at fault.
+        """
+        if not isinstance(raw, dict):
+            raise SparsaError(f"{where}: expected a mapping of {', '.join(MERGE_KEYS)}")
+        unknown = sorted(set(raw) - set(MERGE_KEYS))
+        if unknown:
+            raise SparsaError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(MERGE_KEYS)}")
+        for key in ("merge_method", "base_model", "models"):
+            if key not in raw:
+                raise SparsaError(f"{where}: missing key {key!r}")
+        method = raw["merge_method"]
+        known = ("tswitch", *sorted(static_methods))
+        if method not in known:
+            raise SparsaError(f"{where}: merge_method {method!r} is not one of {', '.join(known)}")
+        allowed = TSWITCH_PARAMS if method == "tswitch" else tuple(static_methods[method])
+        params = check_parameters(raw.get("parameters") or {}, allowed, f"{where}: parameters")
+        models = tuple(model_entry(m, i, method, f"{where}: models[{i}]") for i, m in enumerate(raw["models"] or []))
+        if not models:
+            raise SparsaError(f"{where}: models lists no fine-tuned model")
+        names = [m.name for m in models]
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise SparsaError(f"{where}: two models are named {dup!r}; give each a distinct name")
+        dtype = raw.get("dtype")
+        if dtype is not None and dtype not in DTYPES:
+            raise SparsaError(f"{where}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        config = cls(method, str(raw["base_model"]), models, params, dtype)
+        if method == "tswitch":
+            for m in models:
+                config.tswitch_config(m)  # validates every task's values now, before any compute
+        return config
+
+    def tswitch_config(self, entry: ModelEntry) -> TSwitchConfig:
+        """The T-Switch config of one model: global parameters, overridden by the model's own."""
+        return TSwitchConfig(**{**self.parameters, **entry.parameters})
+
+
+def check_parameters(params, allowed: tuple[str, ...], where: str) -> dict:
+    if not isinstance(params, dict):
+        raise SparsaError(f"{where}: expected a mapping")
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise SparsaError(f"{where}: unknown parameter {unknown[0]!r}; known: {', '.join(allowed) or 'none'}")
+    return dict(params)
+
+
+def model_entry(raw, index: int, method: str, where: str) -> ModelEntry:
+    if not isinstance(raw, dict) or "model" not in raw:
+        raise SparsaError(f"{where}: expected a mapping with a 'model' path")
+    unknown = sorted(set(raw) - set(MODEL_KEYS))
+    if unknown:
+        raise SparsaError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(MODEL_KEYS)}")
+    allowed = TSWITCH_PARAMS if method == "tswitch" else ()
+    params = check_parameters(raw.get("parameters") or {}, allowed, f"{where}.parameters")
+    path = str(raw["model"])
+    name = str(raw.get("name") or Path(path).name.removesuffix(".safetensors"))
+    return ModelEntry(path, name, params)

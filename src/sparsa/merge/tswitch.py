@@ -12,8 +12,8 @@ Per tensor of a task vector ``tau`` (every tensor of one or more dimensions; 0-d
 ``tau_hat = scale * s``, stored as :class:`~sparsa.formats.sign_mask.SignMask`.
 """
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from collections.abc import Mapping
 
 import torch
 
@@ -80,11 +80,12 @@ class CompressedTaskVector:
                 **{n: t.clone() for n, t in self.raw.items()}}
 
 
-def compress_task_vector(tau: Mapping[str, torch.Tensor], config: TSwitchConfig = TSwitchConfig()
-                         ) -> CompressedTaskVector:
-    """T-Switch every tensor of a task vector (name -> fp32 tensor)."""
+def compress_task_vector(tau: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
+                         config: TSwitchConfig = TSwitchConfig()) -> CompressedTaskVector:
+    """T-Switch every tensor of a task vector: a mapping name -> fp32 tensor, or ``(name, tensor)``
+    pairs (e.g. :func:`~sparsa.merge.task_vector.iter_task_vector`, one tensor in memory at a time)."""
     masks, raw = {}, {}
-    for name, t in tau.items():
+    for name, t in (tau.items() if isinstance(tau, Mapping) else tau):
         if t.dim() == 0:
             raw[name] = t.float().clone()
         else:

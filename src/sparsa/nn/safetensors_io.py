@@ -6,6 +6,7 @@ entry gives ``dtype``, ``shape`` and ``data_offsets`` (begin, end) into the data
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,3 +66,63 @@ def read_header(path: Path) -> dict[str, StoredTensor]:
     if end_max != data_bytes:
         raise SparsaError(f"{path}: {data_bytes - end_max} unexpected bytes after the last tensor")
     return tensors
+
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+
+
+def weight_files(path) -> dict[str, Path]:
+    """Tensor name -> file of a model given as a ``.safetensors`` file or a directory holding
+    ``model.safetensors`` or ``model.safetensors.index.json`` with its shards; every header checked.
+
+    Raises:
+        SparsaError naming the path: missing, no weights, a bad index, a shard missing a listed tensor.
+    """
+    path = Path(path)
+    if path.is_file():
+        return dict.fromkeys(read_header(path), path)
+    if not path.is_dir():
+        raise SparsaError(f"{path}: no such file or directory")
+    if (path / INDEX_NAME).is_file():
+        try:
+            weight_map = json.loads((path / INDEX_NAME).read_text())["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise SparsaError(f"{path / INDEX_NAME}: not a safetensors index (no weight_map)") from None
+        files = {}
+        for shard in sorted(set(weight_map.values())):
+            if Path(shard).name != shard:
+                raise SparsaError(f"{path / INDEX_NAME}: shard {shard!r} is not a file name in {path}")
+            names = read_header(path / shard)
+            for name, where in weight_map.items():
+                if where == shard and name not in names:
+                    raise SparsaError(f"{path / shard}: tensor {name!r} listed in the index is missing")
+            files.update(dict.fromkeys(names, path / shard))
+        return files
+    if (path / SINGLE_NAME).is_file():
+        return dict.fromkeys(read_header(path / SINGLE_NAME), path / SINGLE_NAME)
+    raise SparsaError(f"{path}: no {SINGLE_NAME} or {INDEX_NAME} (safetensors weights only; pickles are not read)")
+
+
+class LazyTensors(Mapping):
+    """A model's tensors by name, read from disk one at a time (``safetensors.safe_open``).
+
+    Args:
+        path: a ``.safetensors`` file or a directory (see :func:`weight_files`).
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.files = weight_files(self.path)
+
+    def __getitem__(self, name: str):
+        from safetensors import safe_open
+
+        with safe_open(str(self.files[name]), framework="pt") as f:
+            return f.get_tensor(name)
+
+    def __iter__(self):
+        return iter(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)

@@ -1,0 +1,59 @@
+"""Run a :class:`~sparsa.merge.config.MergeConfig` over models given as tensor mappings (lazy
+readers welcome): one tensor of each model in memory at a time, plus the result.
+
+* ``tswitch``: each model's task vector compressed tensor by tensor (:mod:`sparsa.merge.tswitch`).
+* ``task_arithmetic``, ``ties``, ``dare``: merged tensor by tensor (each is elementwise within a
+  tensor), added to the base; DARE's drops come from one generator seeded 0, in tensor order.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from sparsa.merge.config import MergeConfig
+from sparsa.merge.registry import METHODS, get_method
+from sparsa.merge.task_vector import check_same_tensors, iter_task_vector
+from sparsa.merge.tswitch import CompressedTaskVector, compress_task_vector
+
+TENSORWISE = ("task_arithmetic", "ties", "dare")  # static methods whose tensor results need that tensor only
+
+
+def tensorwise_methods() -> dict[str, dict]:
+    """Method name -> parameter defaults, for the static methods ``sparsa merge`` runs."""
+    get_method(TENSORWISE[0])  # registers the baselines
+    return {name: METHODS[name].params for name in TENSORWISE}
+
+
+@dataclass
+class MergeOutput:
+    """``merged``: the merged model's tensors (static methods); ``compressed``: per task (tswitch)."""
+
+    method: str
+    merged: dict[str, torch.Tensor] | None = None
+    compressed: dict[str, CompressedTaskVector] | None = None
+
+
+def merge_models(config: MergeConfig, base: Mapping[str, torch.Tensor], models: Mapping[str, Mapping],
+                 *, progress: bool = False) -> MergeOutput:
+    """Merge ``models`` (task name -> tensors) into ``base`` per ``config``; names and shapes are
+    checked against the base before any compute."""
+    for task, tensors in models.items():
+        check_same_tensors(base, tensors, f"model {task!r}")
+    if config.merge_method == "tswitch":
+        entries = {m.name: m for m in config.models}
+        compressed = {task: compress_task_vector(iter_task_vector(base, tensors, f"model {task!r}"),
+                                                 config.tswitch_config(entries[task]))
+                      for task, tensors in tqdm(models.items(), desc="tswitch", disable=not progress)}
+        return MergeOutput("tswitch", compressed=compressed)
+    method = get_method(config.merge_method)
+    generator = torch.Generator().manual_seed(0)
+    merged = {}
+    for name in tqdm(list(base), desc=config.merge_method, disable=not progress):
+        b = base[name]
+        taus = {task: dict(iter_task_vector({name: b}, {name: tensors[name]}, f"model {task!r}"))
+                for task, tensors in models.items()}
+        out = b.float() + method(taus, generator=generator, **config.parameters)[name]
+        merged[name] = out.to(getattr(torch, config.dtype) if config.dtype else b.dtype)
+    return MergeOutput(config.merge_method, merged=merged)

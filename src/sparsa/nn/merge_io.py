@@ -1,0 +1,101 @@
+"""Writing and reading what ``sparsa merge`` produces; every write goes through a temporary
+directory renamed into place, so a failure leaves nothing half-written.
+
+* a merged model (static methods): ``model-*.safetensors`` + index, the base directory's config
+  and tokenizer files, and ``merge.json``;
+* a switch bank (T-Switch): ``switch.safetensors`` holding every task's SignMask arrays under
+  ``"{task}/{tensor}.{array}"`` (0-d tensors raw under ``"{task}/{tensor}"``) and ``merge.json``
+  with each tensor's SignMask metadata and the bytes per task.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sparsa.atomic import atomic_directory
+from sparsa.errors import SparsaError
+from sparsa.formats.sign_mask import SignMask
+from sparsa.merge.tswitch import CompressedTaskVector
+from sparsa.nn.checkpoint import INDEX, SHARD_BYTES, write_shards
+from sparsa.nn.safetensors_io import read_header
+
+MERGE_MANIFEST = "merge.json"
+BANK_FILE = "switch.safetensors"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
+
+
+def check_output(out_dir: Path) -> None:
+    """Raise unless ``out_dir`` is absent, empty, or an earlier merge output (which is replaced)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not (out_dir.is_dir() and ((out_dir / MERGE_MANIFEST).is_file()
+                                                       or not any(out_dir.iterdir()))):
+        raise SparsaError(f"{out_dir}: exists and is not a sparsa merge output; choose another -o")
+
+
+def write_merged(out_dir, tensors: dict[str, torch.Tensor], manifest: dict, base_model=None) -> None:
+    """A merged model: the tensors as safetensors shards, the non-weight files of ``base_model``
+    (when it is a directory: config, tokenizer) and ``merge.json``."""
+    out_dir = Path(out_dir)
+    check_output(out_dir)
+    with atomic_directory(out_dir) as tmp:
+        if base_model is not None and Path(base_model).is_dir():
+            for f in sorted(Path(base_model).iterdir()):
+                if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and f.name not in (INDEX, MERGE_MANIFEST):
+                    shutil.copy2(f, tmp / f.name)
+        weight_map = write_shards({k: v.contiguous() for k, v in tensors.items()}, tmp, SHARD_BYTES)
+        (tmp / INDEX).write_text(json.dumps({"weight_map": weight_map}, indent=2))
+        (tmp / MERGE_MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def write_switch_bank(out_dir, compressed: dict[str, CompressedTaskVector], manifest: dict) -> dict:
+    """A switch bank (see the module docstring); returns ``manifest`` with ``tasks`` filled in
+    (per task: tensor metadata, ``nbytes`` of the arrays, ``file_bytes`` its share of the file)."""
+    out_dir = Path(out_dir)
+    check_output(out_dir)
+    arrays, tasks = {}, {}
+    for task, ctv in compressed.items():
+        if "/" in task:
+            raise SparsaError(f"task name {task!r}: must not contain '/'")
+        for name, mask in ctv.masks.items():
+            arrays.update({f"{task}/{name}.{k}": v.contiguous() for k, v in mask.to_state_dict().items()})
+        arrays.update({f"{task}/{name}": t.reshape(()).float().contiguous() for name, t in ctv.raw.items()})
+        tasks[task] = {"nbytes": ctv.nbytes, "numel": ctv.numel, "bits_per_param": ctv.bits_per_param,
+                       "masks": {name: m.meta() for name, m in ctv.masks.items()}, "raw": sorted(ctv.raw)}
+    manifest = {**manifest, "tasks": tasks}
+    with atomic_directory(out_dir) as tmp:
+        save_file(arrays, str(tmp / BANK_FILE), metadata={"format": "sparsa-switch-bank"})
+        manifest["file_bytes"] = (tmp / BANK_FILE).stat().st_size
+        (tmp / MERGE_MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def read_switch_bank(directory) -> tuple[dict, dict[str, CompressedTaskVector]]:
+    """``(manifest, task -> CompressedTaskVector)`` of a switch bank, every SignMask validated."""
+    directory = Path(directory)
+    try:
+        manifest = json.loads((directory / MERGE_MANIFEST).read_text())
+        tasks = manifest["tasks"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SparsaError(f"{directory}: no readable {MERGE_MANIFEST} with tasks (not a switch bank)") from None
+    read_header(directory / BANK_FILE)  # checks the file before reading it
+    arrays = load_file(str(directory / BANK_FILE))
+    out = {}
+    for task, info in tasks.items():
+        masks = {}
+        for name, meta in info["masks"].items():
+            where = f"{directory / BANK_FILE}:{task}/{name}"
+            parts = {k: arrays.get(f"{task}/{name}.{k}") for k in SignMask.ARRAYS}
+            missing = [k for k, v in parts.items() if v is None]
+            if missing:
+                raise SparsaError(f"{where}: missing arrays {missing}")
+            masks[name] = SignMask.from_state_dict(parts, meta, where=where)
+        raw = {}
+        for name in info["raw"]:
+            if f"{task}/{name}" not in arrays:
+                raise SparsaError(f"{directory / BANK_FILE}: missing raw tensor {task}/{name}")
+            raw[name] = arrays[f"{task}/{name}"]
+        out[task] = CompressedTaskVector(masks, raw)
+    return manifest, out
