@@ -25,7 +25,7 @@ def test_bench_merge_scores_every_method_on_every_domain(payload):
     p, _ = payload
     methods = [r["method"] for r in p["rows"]]
     assert methods == ["pretrained", "individual", "task_arithmetic", "ties", "dare", "emr", "tall_masks", "tswitch",
-                       "auto_switch", "auto_switch_centroid"]
+                       "auto_switch", "auto_switch_centroid", "auto_switch_per_sample"]
     for r in p["rows"]:
         assert set(r["accuracy"]) == {"identity", "rot90", "invert"} and r["batch_ms"] > 0
         assert all(0 <= a <= 1 for a in r["accuracy"].values())
@@ -43,7 +43,7 @@ def test_bench_merge_tswitch_bits_are_the_formats_bytes(payload):
     nbytes = sum(compress_task_vector(t, TINY.tswitch).nbytes for t in suite.task_vectors().values())
     assert rows["tswitch"]["bits_per_param"] == pytest.approx(8 * nbytes / p["params"] / 3)
     assert 1.4 < rows["tswitch"]["bits_per_param"]  # at least 1 mask bit + 0.4 sign bits
-    for routed in ("auto_switch", "auto_switch_centroid"):  # + the router's stored features
+    for routed in ("auto_switch", "auto_switch_centroid", "auto_switch_per_sample"):  # + the router's stored features
         assert rows[routed]["bits_per_param"] > rows["tswitch"]["bits_per_param"]
         assert 0 <= rows[routed]["router_accuracy"] <= 1
     assert rows["emr"]["bits_per_param"] > 1.0 and rows["pretrained"]["bits_per_param"] == 0.0

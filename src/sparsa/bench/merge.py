@@ -9,7 +9,8 @@ vector is ``theta_t - theta_base``. Every method is scored on every domain's tes
 * per-task reconstructions with the task id known (oracle): EMR-Merging, TALL-masks, T-Switch;
 * Auto-Switch: T-Switch vectors mixed per batch by the KNN router on the base model's output
   features (the paper's), and by the centroid router on its patch embeddings (ours;
-  :mod:`sparsa.merge.router`). Routed rows never see the domain: only the batch's inputs.
+  :mod:`sparsa.merge.router`) per batch and per sample. Routed rows never see the domain: only
+  the batch's inputs.
 
 Per method: accuracy and accuracy normalized to ``individual`` per domain (and their means),
 stored bits per parameter per task (format bytes for T-Switch; the methods' storage formulas for
@@ -68,26 +69,33 @@ class Domains:
 
 
 @torch.inference_mode()
-def batch_accuracy(model, states, x: torch.Tensor, y: torch.Tensor, batch: int):
-    """Accuracy of ``model`` over ``x`` in batches, loading ``states(xb)`` before each batch, and the
-    median seconds per batch (choosing and loading the weights included)."""
+def batch_accuracy(model, predict, x: torch.Tensor, y: torch.Tensor, batch: int):
+    """Accuracy of ``predict(model, xb)`` over ``x`` in batches, and the median seconds per batch
+    (choosing and loading the weights included)."""
     right, seconds = 0, []
     for i in range(0, len(x), batch):
         xb, yb = x[i:i + batch], y[i:i + batch]
         start = time.perf_counter()
-        model.load_state_dict(states(xb))
-        pred = model(xb).argmax(-1)
+        pred = predict(model, xb)
         seconds.append(time.perf_counter() - start)
         right += int((pred == yb).sum())
     return right / len(x), float(torch.tensor(seconds).median())
 
 
-def score(name: str, states_for, data: Domains, suite, s: MergeBenchSettings, bits: float) -> dict:
-    """One method's row: ``states_for(domain)`` gives the per-batch weight chooser of that domain."""
+def with_states(states):
+    """A predictor loading the weights ``states(xb)`` chooses, then labelling the whole batch."""
+    def predict(model, xb):
+        model.load_state_dict(states(xb))
+        return model(xb).argmax(-1)
+    return predict
+
+
+def score(name: str, predictor_for, data: Domains, suite, s: MergeBenchSettings, bits: float) -> dict:
+    """One method's row: ``predictor_for(domain)`` gives the batch predictor used on that domain."""
     model = make_model(s.suite)
     acc, lat = {}, []
     for d, (x, y) in data.test.items():
-        acc[d], sec = batch_accuracy(model, states_for(d), x, y, s.batch)
+        acc[d], sec = batch_accuracy(model, predictor_for(d), x, y, s.batch)
         lat.append(sec)
     norm = {d: acc[d] / suite.finetuned_accuracy[d] for d in acc}
     return {"method": name, "accuracy": acc, "normalized": norm, "mean_accuracy": sum(acc.values()) / len(acc),
@@ -96,7 +104,7 @@ def score(name: str, states_for, data: Domains, suite, s: MergeBenchSettings, bi
 
 
 def fixed(state):
-    return lambda d: (lambda xb: state)
+    return lambda d: with_states(lambda xb: state)
 
 
 def run_merge(s: MergeBenchSettings, *, cache_dir=None, progress: bool = True) -> dict:
@@ -108,38 +116,39 @@ def run_merge(s: MergeBenchSettings, *, cache_dir=None, progress: bool = True) -
     data = Domains.load(domains, s.router.samples_per_task)
     gen = lambda: torch.Generator().manual_seed(s.seed)  # noqa: E731
     rows = []
-    steps = tqdm(total=5 + len(STATIC) + len(PER_TASK), desc="bench merge", disable=not progress)
+    steps = tqdm(total=6 + len(STATIC) + len(PER_TASK), desc="bench merge", disable=not progress)
 
     def add(row):
         rows.append(row)
         steps.update()
 
     add(score("pretrained", fixed(suite.base), data, suite, s, 0.0))
-    add(score("individual", lambda d: (lambda xb: suite.finetuned[d]), data, suite, s, 32.0))
+    add(score("individual", lambda d: with_states(lambda xb: suite.finetuned[d]), data, suite, s, 32.0))
     for name in STATIC:
         merged = apply_task_vector(suite.base, get_method(name)(taus, generator=gen()))
         add(score(name, fixed(merged), data, suite, s, storage_bits(name, numel, len(domains)) / numel / len(domains)))
     for name in PER_TASK:
         per = {d: apply_task_vector(suite.base, t) for d, t in get_method(name)(taus, generator=gen()).items()}
-        add(score(name, lambda d: (lambda xb: per[d]), data, suite, s,
+        add(score(name, lambda d: with_states(lambda xb: per[d]), data, suite, s,
                   storage_bits(name, numel, len(domains)) / numel / len(domains)))
 
     compressed = {d: compress_task_vector(taus[d], s.tswitch) for d in domains}
     bank = SwitchBank(suite.base, compressed)
     tswitch_bits = sum(8 * c.nbytes for c in compressed.values()) / numel / len(domains)
-    add(score("tswitch", lambda d: (lambda xb: bank.task(d)), data, suite, s, tswitch_bits))
+    add(score("tswitch", lambda d: with_states(lambda xb: bank.task(d)), data, suite, s, tswitch_bits))
 
     base_model = make_model(s.suite, suite.base)
     query = torch.cat([data.query[d] for d in domains])
     labels = torch.arange(len(domains)).repeat_interleave(torch.tensor([len(data.query[d]) for d in domains]))
-    for name, embed, make_router in (
-            ("auto_switch", base_model.features, lambda f: KNNRouter(f, labels, len(domains), s.router.k)),
-            ("auto_switch_centroid", lambda x: base_model.patch_features(x).flatten(1),
-             lambda f: CentroidRouter(f, labels, len(domains)))):
-        with torch.inference_mode():
-            router = make_router(embed(query))
-        row = score(name, routed(router, embed, bank, domains), data, suite, s,
-                    tswitch_bits + 8 * router.nbytes / numel / len(domains))
+    output, patches = base_model.features, lambda x: base_model.patch_features(x).flatten(1)
+    with torch.inference_mode():
+        knn = KNNRouter(output(query), labels, len(domains), s.router.k)
+        centroid = CentroidRouter(patches(query), labels, len(domains))
+    for name, router, embed, predictor in (
+            ("auto_switch", knn, output, routed(knn, output, bank, domains)),
+            ("auto_switch_centroid", centroid, patches, routed(centroid, patches, bank, domains)),
+            ("auto_switch_per_sample", centroid, patches, per_sample(centroid, patches, bank, domains))):
+        row = score(name, lambda d: predictor, data, suite, s, tswitch_bits + 8 * router.nbytes / numel / len(domains))
         row["router_accuracy"] = router_accuracy(router, embed, data, domains)
         add(row)
     steps.close()
@@ -148,13 +157,26 @@ def run_merge(s: MergeBenchSettings, *, cache_dir=None, progress: bool = True) -
 
 
 def routed(router, embed, bank: SwitchBank, domains: list[str]):
-    """Per domain, the weight chooser of a routed row: embed the batch with the base model, let the
-    router weigh the tasks, rebuild the weights (the domain itself is not used)."""
+    """A predictor for a routed row: embed the batch with the base model, let the router weigh the
+    tasks, rebuild the weights once for the batch (the domain itself is never used)."""
     def states(xb):
         with torch.inference_mode():
             w = router.batch_weights(embed(xb))
         return bank.weights({t: float(wt) for t, wt in zip(domains, w)})
-    return lambda d: states
+    return with_states(states)
+
+
+def per_sample(router, embed, bank: SwitchBank, domains: list[str]):
+    """A predictor routing each sample to its own task: one weight rebuild per task present in the batch."""
+    def predict(model, xb):
+        tasks = router.route(embed(xb))
+        pred = torch.empty(len(xb), dtype=torch.long)
+        for t in tasks.unique().tolist():
+            rows = tasks == t
+            model.load_state_dict(bank.task(domains[t]))
+            pred[rows] = model(xb[rows]).argmax(-1)
+        return pred
+    return predict
 
 
 @torch.inference_mode()

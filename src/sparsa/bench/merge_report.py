@@ -3,7 +3,8 @@
 LABELS = {"pretrained": "pretrained (base)", "individual": "individual fine-tuned", "task_arithmetic": "task arithmetic",
           "ties": "TIES", "dare": "DARE", "emr": "EMR-Merging (oracle)", "tall_masks": "TALL-masks (oracle)",
           "tswitch": "T-Switch (oracle)", "auto_switch": "Auto-Switch (KNN, output features)",
-          "auto_switch_centroid": "Auto-Switch (batch centroid, patch features)"}
+          "auto_switch_centroid": "Auto-Switch (batch centroid, patch features)",
+          "auto_switch_per_sample": "Auto-Switch (per-sample centroid, patch features)"}
 
 
 def markdown(payload: dict) -> str:
@@ -26,7 +27,7 @@ def markdown(payload: dict) -> str:
     if routed:
         lines += ["", "Routers on single test samples (share sent to their own domain): " + "; ".join(
             f"{LABELS.get(r['method'], r['method'])} {r['router_accuracy']:.4f}" for r in routed) + ". Routed rows "
-            "weigh the tasks per batch and include the router's stored bytes."]
+            "include the router's stored bytes."]
     return "\n".join(lines) + "\n"
 
 
