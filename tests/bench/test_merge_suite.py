@@ -132,6 +132,9 @@ def test_build_suite_cache_round_trips_without_training(tiny_suite, tmp_path, mo
         assert all(torch.equal(v, loaded.finetuned[domain][k]) for k, v in tiny_suite.finetuned[domain].items())
     assert all(torch.equal(v, loaded.base[k]) for k, v in first.base.items())
     assert loaded.finetuned_accuracy == first.finetuned_accuracy and loaded.settings == TINY
+    # the training order, not the file's sorted one: DARE draws its drops tensor by tensor in this order
+    assert list(loaded.base) == list(first.base) == list(merge_suite.make_model(TINY).state_dict())
+    assert all(list(loaded.finetuned[d]) == list(first.base) for d in TINY.domains)
 
 
 def test_load_suite_other_settings_raises(tiny_suite, tmp_path):

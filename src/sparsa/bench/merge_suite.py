@@ -304,8 +304,11 @@ def load_suite(path: str | Path, settings: SuiteSettings) -> Suite:
     base = {k[len("base/"):]: v for k, v in tensors.items() if k.startswith("base/")}
     finetuned = {d: {k[len(f"finetuned/{d}/"):]: v for k, v in tensors.items() if k.startswith(f"finetuned/{d}/")}
                  for d in settings.domains}
-    if not base or not all(finetuned.values()):
-        raise SparsaError(f"{path}: lacks the base or a domain's fine-tuned tensors")
+    names = list(make_model(settings).state_dict())  # the order training gives (DARE draws in tensor order)
+    if any(sorted(state) != sorted(names) for state in (base, *finetuned.values())):
+        raise SparsaError(f"{path}: lacks the base's or a domain's tensors of the model")
+    base = {n: base[n] for n in names}
+    finetuned = {d: {n: state[n] for n in names} for d, state in finetuned.items()}
     return Suite(settings, base, finetuned, json.loads(meta["base_accuracy"]), json.loads(meta["finetuned_accuracy"]))
 
 
