@@ -1,6 +1,6 @@
 """Configs of the merge engine: frozen dataclasses holding every default, validated on creation."""
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from sparsa.errors import SparsaError
@@ -45,6 +45,9 @@ class TSwitchConfig:
         return {"version": VERSION, **asdict(self)}
 
 
+TSWITCH_PARAMS = tuple(f.name for f in fields(TSwitchConfig))  # what a merge YAML may set for tswitch
+
+
 @dataclass(frozen=True)
 class RouterConfig:
     """Auto-Switch's routers (:mod:`sparsa.merge.router`; arXiv 2412.00054, section 3.3).
@@ -70,7 +73,6 @@ class RouterConfig:
 MERGE_KEYS = ("merge_method", "base_model", "models", "parameters", "dtype")
 MODEL_KEYS = ("model", "name", "parameters")
 DTYPES = ("float32", "float16", "bfloat16")
-TSWITCH_PARAMS = ("drop_ratio", "scale_norm", "encoding", "group_size")
 
 
 @dataclass(frozen=True)

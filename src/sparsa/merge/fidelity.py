@@ -12,10 +12,9 @@ def task_vector_fidelity(base: Mapping[str, torch.Tensor], finetuned: Mapping[st
                          compressed: CompressedTaskVector, what: str = "fine-tuned model") -> dict:
     """``rel_err = ||tau - tau_hat|| / ||tau||`` and ``cosine(tau, tau_hat)`` over the whole vector
     (every tensor flattened and joined), one tensor in memory at a time; float64 sums."""
-    hat = compressed.decompress()
     dot = err2 = tau2 = hat2 = 0.0
     for name, tau in iter_task_vector(base, finetuned, what):
-        t, h = tau.double().reshape(-1), hat[name].double().reshape(-1)
+        t, h = tau.double().reshape(-1), compressed.tensor(name).double().reshape(-1)
         dot += float(t @ h)
         err2 += float((t - h).square().sum())
         tau2 += float(t.square().sum())

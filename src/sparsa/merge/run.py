@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from sparsa.merge import baselines  # noqa: F401  (registers the methods below)
 from sparsa.merge.config import MergeConfig
 from sparsa.merge.registry import METHODS, get_method
 from sparsa.merge.task_vector import check_same_tensors, iter_task_vector
@@ -22,7 +23,6 @@ TENSORWISE = ("task_arithmetic", "ties", "dare")  # static methods whose tensor 
 
 def tensorwise_methods() -> dict[str, dict]:
     """Method name -> parameter defaults, for the static methods ``sparsa merge`` runs."""
-    get_method(TENSORWISE[0])  # registers the baselines
     return {name: METHODS[name].params for name in TENSORWISE}
 
 

@@ -74,10 +74,13 @@ class CompressedTaskVector:
     def bits_per_param(self) -> float:
         return 8 * self.nbytes / max(self.numel, 1)
 
+    def tensor(self, name: str) -> torch.Tensor:
+        """``tau_hat`` of one tensor, fp32."""
+        return self.raw[name].clone() if name in self.raw else self.masks[name].to_dense(torch.float32)
+
     def decompress(self) -> dict[str, torch.Tensor]:
         """``{name: tau_hat}`` fp32."""
-        return {**{n: m.to_dense(torch.float32) for n, m in self.masks.items()},
-                **{n: t.clone() for n, t in self.raw.items()}}
+        return {n: self.tensor(n) for n in (*self.masks, *self.raw)}
 
 
 def compress_task_vector(tau: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],

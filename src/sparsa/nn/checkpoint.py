@@ -43,11 +43,12 @@ def is_checkpoint(path: Path) -> bool:
 
 
 # -- writing ---------------------------------------------------------------------------------
-def check_writable(out_dir: Path) -> None:
-    """Raise unless ``out_dir`` is absent, empty, or an old checkpoint (which a save replaces)."""
+def check_writable(out_dir: Path, manifest: str = MANIFEST, what: str = "sparsa checkpoint") -> None:
+    """Raise unless ``out_dir`` is absent, empty, or an earlier output holding ``manifest`` (which a
+    save replaces); ``what`` names such an output in the error."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not (out_dir.is_dir() and (is_checkpoint(out_dir) or not any(out_dir.iterdir()))):
-        raise SparsaError(f"{out_dir}: exists and is not a sparsa checkpoint; choose another -o")
+    if out_dir.exists() and not (out_dir.is_dir() and ((out_dir / manifest).is_file() or not any(out_dir.iterdir()))):
+        raise SparsaError(f"{out_dir}: exists and is not a {what}; choose another -o")
 
 
 def unique_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

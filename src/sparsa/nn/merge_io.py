@@ -19,7 +19,7 @@ from sparsa.atomic import atomic_directory
 from sparsa.errors import SparsaError
 from sparsa.formats.sign_mask import SignMask
 from sparsa.merge.tswitch import CompressedTaskVector
-from sparsa.nn.checkpoint import INDEX, SHARD_BYTES, write_shards
+from sparsa.nn.checkpoint import INDEX, SHARD_BYTES, check_writable, write_shards
 from sparsa.nn.safetensors_io import read_header
 
 MERGE_MANIFEST = "merge.json"
@@ -29,10 +29,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
 
 def check_output(out_dir: Path) -> None:
     """Raise unless ``out_dir`` is absent, empty, or an earlier merge output (which is replaced)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not (out_dir.is_dir() and ((out_dir / MERGE_MANIFEST).is_file()
-                                                       or not any(out_dir.iterdir()))):
-        raise SparsaError(f"{out_dir}: exists and is not a sparsa merge output; choose another -o")
+    check_writable(out_dir, MERGE_MANIFEST, "sparsa merge output")
 
 
 def write_merged(out_dir, tensors: dict[str, torch.Tensor], manifest: dict, base_model=None) -> None:

@@ -114,12 +114,15 @@ class LazyTensors(Mapping):
     def __init__(self, path):
         self.path = Path(path)
         self.files = weight_files(self.path)
+        self.handles = {}  # file -> its open safe_open handle, opened on first use
 
     def __getitem__(self, name: str):
         from safetensors import safe_open
 
-        with safe_open(str(self.files[name]), framework="pt") as f:
-            return f.get_tensor(name)
+        file = self.files[name]
+        if file not in self.handles:
+            self.handles[file] = safe_open(str(file), framework="pt")
+        return self.handles[file].get_tensor(name)
 
     def __iter__(self):
         return iter(self.files)
