@@ -1,5 +1,6 @@
 """bench gpu: the skip without CUDA; the checking, table and files on tiny shapes (the Triton
-kernel under the interpreter on the CPU, the timer injected: no GPU timing is claimed here)."""
+kernel under the interpreter on the CPU, compiled on a GPU; the timer injected: no GPU timing is
+claimed here)."""
 
 import json
 
@@ -9,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparsa.bench.gpu import DENSE, NO_CUDA, OURS, GpuSettings, run_gpu, two_four
-from sparsa.bench.gpu_decode import VARIANTS, DecodeShape, run_decode_variants
+from sparsa.bench.gpu_decode import ROUNDS, VARIANTS, DecodeShape, run_decode_variants
 from sparsa.cli import main
 from sparsa.formats import SpQR
 from sparsa.kernels.triton.block_sparse import block_sparse_linear_triton
@@ -17,6 +18,7 @@ from sparsa.kernels.triton.spqr import spqr_linear_triton
 
 TINY = GpuSettings(shapes=((64, 96),), tokens=(1, 17), sparsities=(0.5,), block=16,
                    decode=DecodeShape(hidden=64, ffn=128, heads=4, layers=2, new_tokens=3))
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # compiled kernels take CUDA tensors only
 
 
 def triton_kernels(x, fmt):
@@ -39,7 +41,7 @@ def test_run_gpu_tiny_cases_check_every_peer_and_write_results(tmp_path):
         calls.append(fn)
         return float(len(calls))
 
-    payload = run_gpu(TINY, out_dir=tmp_path, name="gpu", device="cpu", timer=count_calls, apply=triton_kernels,
+    payload = run_gpu(TINY, out_dir=tmp_path, name="gpu", device=DEVICE, timer=count_calls, apply=triton_kernels,
                       progress=False)
     assert {p.name for p in tmp_path.iterdir()} == {"gpu.json", "gpu.md", "gpu.png"}
     assert [(c["tokens"], c["sparsity"]) for c in payload["cases"]] == [(1, 0.5), (17, 0.5)]
@@ -52,13 +54,15 @@ def test_run_gpu_tiny_cases_check_every_peer_and_write_results(tmp_path):
     assert f"| 64x96 | 17 | 50% | " in md and OURS in md
     assert [r["variant"] for r in payload["decode"]] == list(VARIANTS)  # each checked against its dense twin
     assert all(r["tokens_per_s"] > 0 and r["rel_error"] < 1e-2 for r in payload["decode"])
+    assert all(len(r["tokens_per_s_rounds"]) == ROUNDS for r in payload["decode"])  # round-robin, median
     assert "| SpQR 3-bit | " in md
     assert json.loads((tmp_path / "gpu.json").read_text())["settings"]["block"] == 16
 
 
 def test_decode_refuses_a_variant_whose_projections_are_off():
     with pytest.raises(AssertionError, match="SpQR 3-bit differs from its dense twin"):
-        run_decode_variants(TINY.decode, "cpu", variants=("SpQR 3-bit",), apply=lambda x, f: triton_kernels(x, f) * 1.05)
+        run_decode_variants(TINY.decode, DEVICE, variants=("SpQR 3-bit",),
+                            apply=lambda x, f: triton_kernels(x, f) * 1.05)
 
 
 @settings(max_examples=30, deadline=None)

@@ -124,11 +124,13 @@ def markdown(payload: dict) -> str:
     lines += case_table(payload["cases"], DENSE, digits=4)
     if payload.get("decode"):
         d = payload["settings"]["decode"]
+        rounds = len(payload["decode"][0].get("tokens_per_s_rounds", [None]))
         lines += ["", f"## Decode, batch 1: {d['layers']} layers, hidden {d['hidden']}, MLP {d['ffn']}, {d['heads']} "
                   f"heads, {d['new_tokens']} tokens (random weights, one set shared by all layers)", "",
-                  "| variant | tokens/s | x dense fp16 |", "|---|---|---|"]
-        lines += [f"| {r['variant']} | {r['tokens_per_s']:.1f} | {r.get('x_dense', float('nan')):.2f}x |"
-                  for r in payload["decode"]]
+                  f"tokens/s: median of {rounds} round-robin rounds (every variant once per round).", "",
+                  "| variant | tokens/s | x dense fp16 | rounds |", "|---|---|---|---|"]
+        lines += [f"| {r['variant']} | {r['tokens_per_s']:.1f} | {r.get('x_dense', float('nan')):.2f}x | "
+                  f"{', '.join(f'{t:.1f}' for t in r.get('tokens_per_s_rounds', []))} |" for r in payload["decode"]]
     return "\n".join(lines) + "\n"
 
 

@@ -11,9 +11,13 @@ every projection a ``Y = X Wᵀ`` through :func:`sparsa.kernels.linear` on its f
 All layers share one set of random matrices per variant (building 7B of random SpQR codes
 would take longer than the benchmark); one layer's weights exceed a GPU's L2 (90 MB for SpQR-3
 at 7B shapes, 400 MB dense), so every layer still streams them from memory. Tokens/s excludes a
-two-token warm-up (Triton compiles there).
+two-token warm-up (Triton compiles there) and is the median of :data:`ROUNDS` round-robin rounds,
+every variant once per round: on an H100 (2026-11-23) whichever variant decoded first in the
+process ran 2.6-5.3x slower than when it decoded later, so one pass per variant in turn ranked
+them by their order.
 """
 
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +31,7 @@ from sparsa.kernels import linear
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+ROUNDS = 3  # timed rounds, every variant once per round; tokens/s is the median
 
 
 @dataclass(frozen=True)
@@ -121,13 +126,14 @@ def tokens_per_second(run: dict[str, Linear], shape: DecodeShape, device: str) -
 
 
 def run_decode_variants(shape: DecodeShape, device: str, *, variants=VARIANTS, apply: Callable = linear,
-                        seed: int = 0) -> list[dict]:
-    """tokens/s of every variant; each projection is first checked against its own weight decoded
-    to dense fp16 on one random token (relative error below 1%)."""
-    rows = []
+                        seed: int = 0, rounds: int = ROUNDS) -> list[dict]:
+    """tokens/s of every variant, the median of ``rounds`` round-robin rounds (``tokens_per_s_rounds``
+    keeps each); each projection is first checked against its own weight decoded to dense fp16 on
+    one random token (relative error below 1%). Every variant's weights stay on ``device`` together."""
+    rows, runs = [], {}
     for name in variants:
         weights = variant_weights(name, shape, device, torch.Generator().manual_seed(seed))
-        run = projections(weights, apply)
+        run = runs[name] = projections(weights, apply)
         error = 0.0
         for p, w in weights.items():
             dense = w if isinstance(w, torch.Tensor) else w.to_dense(torch.float16)
@@ -136,7 +142,12 @@ def run_decode_variants(shape: DecodeShape, device: str, *, variants=VARIANTS, a
             error = max(error, float((run[p](x).float() - want).norm() / want.norm().clamp_min(1e-30)))
         if error > 1e-2:
             raise AssertionError(f"bench gpu decode: {name} differs from its dense twin (relative error {error:.2e})")
-        rows.append({"variant": name, "tokens_per_s": tokens_per_second(run, shape, device), "rel_error": error})
+        rows.append({"variant": name, "rel_error": error, "tokens_per_s_rounds": []})
+    for _ in range(rounds):
+        for row in rows:
+            row["tokens_per_s_rounds"].append(tokens_per_second(runs[row["variant"]], shape, device))
+    for row in rows:
+        row["tokens_per_s"] = statistics.median(row["tokens_per_s_rounds"])
     dense_speed = next((r["tokens_per_s"] for r in rows if r["variant"] == "dense fp16"), None)
     for r in rows:
         if dense_speed:
