@@ -142,3 +142,12 @@ def test_load_suite_other_settings_raises(tiny_suite, tmp_path):
     merge_suite.save_suite(tiny_suite, path)
     with pytest.raises(SparsaError, match="built with other settings"):
         merge_suite.load_suite(path, SuiteSettings(domains=("identity", "rot90"), dim=16, depth=1))
+
+
+def test_task_loss_same_batch_per_step_and_differentiable(tiny_suite):
+    loss = merge_suite.task_loss(TINY, "rot90")
+    weights = {n: t.clone().requires_grad_(True) for n, t in tiny_suite.finetuned["rot90"].items()}
+    first = loss(weights, 3)
+    assert torch.equal(first, loss(weights, 3)) and not torch.equal(first, loss(weights, 4))
+    first.backward()
+    assert weights["head.weight"].grad is not None and bool(weights["head.weight"].grad.abs().sum() > 0)

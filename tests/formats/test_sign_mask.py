@@ -146,7 +146,8 @@ def test_sign_mask_small_example_has_hand_computed_bytes(encoding, positions, in
     assert fmt.scale.dtype == torch.float32 and fmt.scale.tolist() == [0.5]
     assert fmt.index_bits == index_bits and fmt.nnz == 2
     assert fmt.nbytes == len(positions) + 1 + 4
-    assert fmt.meta() == {"shape": [16], "encoding": encoding, "nnz": 2, "group_size": 4, "index_bits": index_bits}
+    assert fmt.meta() == {"shape": [16], "encoding": encoding, "nnz": 2, "group_size": 4, "index_bits": index_bits,
+                          "magnitude_bits": 0}
 
 
 def test_sign_mask_group_layout_matches_t_switch_disk_format():
@@ -387,3 +388,82 @@ def test_sign_mask_from_state_dict_positions_wrong_dtype_raises():
 def test_sign_mask_registered_as_sign_mask():
     assert get_format("sign_mask") is SignMask and FORMATS["sign_mask"] is SignMask
     assert SignMask.format_name == "sign_mask"
+
+
+# -- magnitude codes (FlexSwitch) ---------------------------------------------------------------
+
+@st.composite
+def coded_tensor(draw):
+    """(ternary tensor, 2**m magnitudes, [nnz] codes) for m in 1..3."""
+    t = draw(ternary_tensor())
+    m = draw(st.integers(1, 3))
+    levels = draw(st.lists(SCALES, min_size=1 << m, max_size=1 << m))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    codes = torch.randint(0, 1 << m, (int((t != 0).sum()),), generator=g)
+    return t, levels, codes
+
+
+def expected_coded(t: torch.Tensor, levels, codes: torch.Tensor) -> torch.Tensor:
+    """``t * levels[code]`` entry by entry, in plain Python over the row-major nonzeros."""
+    flat, out, i = t.reshape(-1).tolist(), [], 0
+    for v in flat:
+        if v:
+            out.append(float(torch.tensor(v, dtype=torch.float32) * torch.tensor(levels[int(codes[i])],
+                                                                                 dtype=torch.float32)))
+            i += 1
+        else:
+            out.append(0.0)
+    return torch.tensor(out, dtype=torch.float32).view(t.shape)
+
+
+@FAST
+@given(coded_tensor(), st.sampled_from(ENCODINGS + ["auto"]), st.integers(1, 9), st.booleans())
+def test_sign_mask_with_codes_roundtrips_bit_exactly(case, encoding, g, via_json):
+    t, levels, codes = case
+    fmt = SignMask.from_ternary(t, levels, codes=codes, encoding=encoding, group_size=g)
+    m = len(levels).bit_length() - 1
+    assert fmt.magnitude_bits == m
+    assert torch.equal(fmt.magnitude_codes(), codes)
+    assert torch.equal(fmt.ternary(), t.to(torch.int8))
+    assert torch.equal(fmt.to_dense(), expected_coded(t, levels, codes))
+    nnz = int((t != 0).sum())
+    assert fmt.nbytes == positions_nbytes(t, fmt.encoding, g) + math.ceil(nnz / 8) + math.ceil(nnz * m / 8) + 4 * 2**m
+    meta = json.loads(json.dumps(fmt.meta())) if via_json else fmt.meta()
+    back = SignMask.from_state_dict(fmt.to_state_dict(), meta, where="f:tau")
+    for name, array in fmt.arrays().items():
+        assert torch.equal(back.arrays()[name], array)
+    assert torch.equal(back.to_dense(), fmt.to_dense())
+
+
+def test_sign_mask_codes_small_example_is_hand_packed():
+    t = torch.tensor([0, 1, 0, -1, 1, 0, 0, 0])
+    fmt = SignMask.from_ternary(t, [0.5, 1.0, 2.0, 4.0], codes=torch.tensor([3, 0, 2]), encoding="bitmap")
+    assert fmt.codes.tolist() == [0b100011]  # 3, 0, 2 in 2 bits each, first code in the low bits
+    assert fmt.to_dense().tolist() == [0, 4.0, 0, -0.5, 2.0, 0, 0, 0]
+    assert fmt.nbytes == 1 + 1 + 1 + 16
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"scale": [1.0, 2.0, 3.0]}, "scale holds 3 magnitudes, expected 2\\*\\*m"),
+    ({"scale": [1.0, 2.0]}, "2 magnitudes need codes, one per nonzero"),
+    ({"scale": [1.0, 2.0], "codes": torch.tensor([0, 1])}, "codes has 2 torch.int64 entries, expected 3"),
+    ({"scale": [1.0, 2.0], "codes": torch.tensor([0, 2, 1])}, "codes must lie in \\[0, 2\\)"),
+    ({"scale": [1.0, 2.0], "codes": torch.tensor([0.0, 1.0, 1.0])}, "expected 3 integers"),
+    ({"scale": 1.0, "codes": torch.tensor([0, 1, 0])}, "codes given for a single magnitude"),
+    ({"scale": [1.0, float("nan")], "codes": torch.tensor([0, 1, 0])}, "is not a finite fp32 number"),
+])
+def test_sign_mask_from_ternary_bad_codes_raise(kw, message):
+    with pytest.raises(SparsaError, match=f"^tau: .*{message}"):
+        SignMask.from_ternary(torch.tensor([1, 0, -1, 1]), where="tau", **kw)
+
+
+def test_sign_mask_from_state_dict_codes_wrong_length_or_padding_raises():
+    fmt = SignMask.from_ternary(torch.tensor([1, 0, -1, 1]), [1.0, 2.0], codes=torch.tensor([0, 1, 1]))
+    arrays = fmt.to_state_dict()
+    with pytest.raises(SparsaError, match=r"^f:tau: codes has shape \[2\], expected \[1\]$"):
+        SignMask.from_state_dict({**arrays, "codes": torch.zeros(2, dtype=torch.uint8)}, fmt.meta(), where="f:tau")
+    with pytest.raises(SparsaError, match=r"^f:tau: codes has nonzero padding bits$"):
+        SignMask.from_state_dict({**arrays, "codes": torch.tensor([0xFF], dtype=torch.uint8)}, fmt.meta(),
+                                 where="f:tau")
+    with pytest.raises(SparsaError, match=r"^f:tau: scale has shape \[2\], expected \[4\]$"):
+        SignMask.from_state_dict(arrays, {**fmt.meta(), "magnitude_bits": 2}, where="f:tau")

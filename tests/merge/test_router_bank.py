@@ -6,9 +6,10 @@ import torch
 from sparsa.errors import SparsaError
 from sparsa.merge.bank import SwitchBank
 from sparsa.merge.config import RouterConfig, TSwitchConfig
-from sparsa.merge.router import CentroidRouter, KNNRouter
+from sparsa.formats.sign_mask import SignMask
+from sparsa.merge.router import CentroidRouter, KNNRouter, MetricKNNRouter
 from sparsa.merge.task_vector import apply_task_vector, task_vector
-from sparsa.merge.tswitch import compress_task_vector
+from sparsa.merge.tswitch import CompressedTaskVector, compress_task_vector
 
 
 def clusters(tasks=3, per=20, d=5, seed=0):
@@ -120,3 +121,50 @@ def test_task_vector_checks_names_shapes_and_nan():
     bad["b"][1] = float("nan")
     with pytest.raises(SparsaError, match="tensor 'b' has a non-finite task-vector entry"):
         task_vector(base, bad)
+
+
+def test_knn_router_vote_puts_all_weight_on_the_largest_mean_share():
+    x = torch.tensor([[0.0], [1.0], [2.0], [10.0]])
+    router = KNNRouter(x, torch.tensor([0, 0, 1, 1]), tasks=2, k=3, batch_mode="vote")
+    batch = torch.tensor([[0.5], [9.0], [9.5]])  # shares [2/3, 1/3], [1/3, 2/3], [1/3, 2/3]
+    torch.testing.assert_close(router.batch_weights(batch), torch.tensor([0.0, 1.0]))
+    with pytest.raises(SparsaError, match="batch_mode 'max' is not one of mean, vote"):
+        KNNRouter(x, torch.tensor([0, 0, 1, 1]), tasks=2, batch_mode="max")
+
+
+def test_metric_knn_router_learns_the_informative_direction():
+    """Task identity lives in one feature of 20; the other 19 are large noise. Plain KNN routes
+    near chance; NCA's rank-1 metric finds the informative feature."""
+    g = torch.Generator().manual_seed(0)
+
+    def sample(n):
+        y = torch.arange(2).repeat(n // 2)
+        x = 5 * torch.randn(n, 20, generator=g)
+        x[:, 7] = 3.0 * y + 0.3 * torch.randn(n, generator=g)
+        return x, y
+
+    x, y = sample(200)
+    test, truth = sample(400)
+    plain = KNNRouter(x, y, tasks=2, k=5)
+    metric = MetricKNNRouter(x, y, tasks=2, k=5, rank=1, steps=300)
+    assert (plain.route(test) == truth).float().mean() < 0.75
+    assert (metric.route(test) == truth).float().mean() > 0.97
+    assert metric.L.shape == (1, 20) and metric.L[0].abs().argmax() == 7
+    assert metric.nbytes == 200 * 1 * 4 + 200 * 8 + 4 * (20 + 20 + 20)
+
+
+def test_metric_knn_router_trains_under_inference_mode():
+    x, y = clusters()
+    with torch.inference_mode():
+        router = MetricKNNRouter(x, y, tasks=3, k=5, rank=2, steps=50)
+        assert torch.equal(router.route(clusters(seed=1)[0]), clusters(seed=1)[1])
+
+
+def test_bank_rebuilds_coded_magnitudes():
+    base = {"w": torch.zeros(2, 3), "b": torch.ones(3)}
+    w = SignMask.from_ternary(torch.tensor([[1, 0, -1], [0, 1, 1]]), [0.5, 2.0], codes=torch.tensor([1, 0, 0, 1]))
+    b = SignMask.from_ternary(torch.tensor([0, -1, 0]), 0.25)
+    bank = SwitchBank(base, {"t": CompressedTaskVector({"w": w, "b": b}, {})})
+    out = bank.weights({"t": 0.5})
+    torch.testing.assert_close(out["w"], torch.tensor([[1.0, 0.0, -0.25], [0.0, 0.25, 1.0]]))
+    torch.testing.assert_close(out["b"], torch.tensor([1.0, 0.875, 1.0]))

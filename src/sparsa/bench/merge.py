@@ -6,11 +6,14 @@ vector is ``theta_t - theta_base``. Every method is scored on every domain's tes
 
 * ``pretrained`` and ``individual`` (each fine-tuned model on its own domain: the normalizer);
 * static merges (one model for all domains): task arithmetic, TIES, DARE;
-* per-task reconstructions with the task id known (oracle): EMR-Merging, TALL-masks, T-Switch;
+* per-task reconstructions with the task id known (oracle): EMR-Merging, TALL-masks, T-Switch,
+  FlexSwitch (:mod:`sparsa.merge.flexswitch`, trained on each domain's own train split);
 * Auto-Switch: T-Switch vectors mixed per batch by the KNN router on the base model's output
-  features (the paper's), and by the centroid router on its patch embeddings (ours;
-  :mod:`sparsa.merge.router`) per batch and per sample. Routed rows never see the domain: only
-  the batch's inputs.
+  features (the paper's mean neighbour shares, and a vote: all weight on the largest share), by
+  the KNN router voting in a learned low-rank metric of the patch embeddings, and by the centroid
+  router on the patch embeddings per batch and per sample (ours; :mod:`sparsa.merge.router`);
+  Auto-FlexSwitch: FlexSwitch vectors chosen by the learned-metric KNN vote. Routed rows never
+  see the domain: only the batch's inputs.
 
 Per method: accuracy and accuracy normalized to ``individual`` per domain (and their means),
 stored bits per parameter per task (format bytes for T-Switch; the methods' storage formulas for
@@ -24,14 +27,15 @@ import torch
 from tqdm.auto import tqdm
 
 from sparsa.bench.merge_report import figure, markdown
-from sparsa.bench.merge_suite import SuiteSettings, build_suite, make_model
+from sparsa.bench.merge_suite import SuiteSettings, build_suite, make_model, task_loss
 from sparsa.bench.results import machine, write_results
 from sparsa.data.digits_tasks import digits_domain
 from sparsa.merge.bank import SwitchBank
 from sparsa.merge.baselines import storage_bits
-from sparsa.merge.config import RouterConfig, TSwitchConfig
+from sparsa.merge.config import FlexSwitchConfig, RouterConfig, TSwitchConfig
+from sparsa.merge.flexswitch import flexswitch
 from sparsa.merge.registry import get_method
-from sparsa.merge.router import CentroidRouter, KNNRouter
+from sparsa.merge.router import CentroidRouter, KNNRouter, MetricKNNRouter
 from sparsa.merge.task_vector import apply_task_vector
 from sparsa.merge.tswitch import compress_task_vector
 
@@ -41,10 +45,11 @@ PER_TASK = ("emr", "tall_masks")
 
 @dataclass(frozen=True)
 class MergeBenchSettings:
-    """The suite, T-Switch and router configs, the routed batch size and the seed of DARE's drops."""
+    """The suite, T-Switch, FlexSwitch and router configs, the routed batch size and the seed of DARE's drops."""
 
     suite: SuiteSettings = field(default_factory=SuiteSettings)
     tswitch: TSwitchConfig = field(default_factory=TSwitchConfig)
+    flexswitch: FlexSwitchConfig = field(default_factory=FlexSwitchConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
     batch: int = 32
     seed: int = 0
@@ -116,7 +121,7 @@ def run_merge(s: MergeBenchSettings, *, cache_dir=None, progress: bool = True) -
     data = Domains.load(domains, s.router.samples_per_task)
     gen = lambda: torch.Generator().manual_seed(s.seed)  # noqa: E731
     rows = []
-    steps = tqdm(total=6 + len(STATIC) + len(PER_TASK), desc="bench merge", disable=not progress)
+    steps = tqdm(total=10 + len(STATIC) + len(PER_TASK), desc="bench merge", disable=not progress)
 
     def add(row):
         rows.append(row)
@@ -136,19 +141,30 @@ def run_merge(s: MergeBenchSettings, *, cache_dir=None, progress: bool = True) -
     bank = SwitchBank(suite.base, compressed)
     tswitch_bits = sum(8 * c.nbytes for c in compressed.values()) / numel / len(domains)
     add(score("tswitch", lambda d: with_states(lambda xb: bank.task(d)), data, suite, s, tswitch_bits))
+    flex = {d: flexswitch(suite.base, taus[d], task_loss(s.suite, d), s.flexswitch)[0] for d in domains}
+    flex_bank = SwitchBank(suite.base, flex)
+    flex_bits = sum(8 * c.nbytes for c in flex.values()) / numel / len(domains)
+    add(score("flexswitch", lambda d: with_states(lambda xb: flex_bank.task(d)), data, suite, s, flex_bits))
 
     base_model = make_model(s.suite, suite.base)
     query = torch.cat([data.query[d] for d in domains])
     labels = torch.arange(len(domains)).repeat_interleave(torch.tensor([len(data.query[d]) for d in domains]))
     output, patches = base_model.features, lambda x: base_model.patch_features(x).flatten(1)
+    r = s.router
     with torch.inference_mode():
-        knn = KNNRouter(output(query), labels, len(domains), s.router.k)
+        knn = KNNRouter(output(query), labels, len(domains), r.k)
+        knn_vote = KNNRouter(output(query), labels, len(domains), r.k, "vote")
         centroid = CentroidRouter(patches(query), labels, len(domains))
-    for name, router, embed, predictor in (
-            ("auto_switch", knn, output, routed(knn, output, bank, domains)),
-            ("auto_switch_centroid", centroid, patches, routed(centroid, patches, bank, domains)),
-            ("auto_switch_per_sample", centroid, patches, per_sample(centroid, patches, bank, domains))):
-        row = score(name, lambda d: predictor, data, suite, s, tswitch_bits + 8 * router.nbytes / numel / len(domains))
+        metric = MetricKNNRouter(patches(query), labels, len(domains), r.k, "vote", r.rank, r.metric_steps,
+                                 seed=s.seed)
+    for name, router, embed, predictor, bits in (
+            ("auto_switch", knn, output, routed(knn, output, bank, domains), tswitch_bits),
+            ("auto_switch_vote", knn_vote, output, routed(knn_vote, output, bank, domains), tswitch_bits),
+            ("auto_switch_metric", metric, patches, routed(metric, patches, bank, domains), tswitch_bits),
+            ("auto_switch_centroid", centroid, patches, routed(centroid, patches, bank, domains), tswitch_bits),
+            ("auto_switch_per_sample", centroid, patches, per_sample(centroid, patches, bank, domains), tswitch_bits),
+            ("auto_flexswitch", metric, patches, routed(metric, patches, flex_bank, domains), flex_bits)):
+        row = score(name, lambda d: predictor, data, suite, s, bits + 8 * router.nbytes / numel / len(domains))
         row["router_accuracy"] = router_accuracy(router, embed, data, domains)
         add(row)
     steps.close()

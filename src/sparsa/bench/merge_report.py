@@ -2,9 +2,13 @@
 
 LABELS = {"pretrained": "pretrained (base)", "individual": "individual fine-tuned", "task_arithmetic": "task arithmetic",
           "ties": "TIES", "dare": "DARE", "emr": "EMR-Merging (oracle)", "tall_masks": "TALL-masks (oracle)",
-          "tswitch": "T-Switch (oracle)", "auto_switch": "Auto-Switch (KNN, output features)",
+          "tswitch": "T-Switch (oracle)", "flexswitch": "FlexSwitch (oracle)",
+          "auto_switch": "Auto-Switch (KNN mean shares, output features)",
+          "auto_switch_vote": "Auto-Switch (KNN vote, output features)",
+          "auto_switch_metric": "Auto-Switch (KNN vote, learned metric, patch features)",
           "auto_switch_centroid": "Auto-Switch (batch centroid, patch features)",
-          "auto_switch_per_sample": "Auto-Switch (per-sample centroid, patch features)"}
+          "auto_switch_per_sample": "Auto-Switch (per-sample centroid, patch features)",
+          "auto_flexswitch": "Auto-FlexSwitch (KNN vote, learned metric, patch features)"}
 
 
 def markdown(payload: dict) -> str:
@@ -13,8 +17,10 @@ def markdown(payload: dict) -> str:
              f"{m['date']}, {m.get('cpu', m['device'])}, torch {m['torch']}; {len(domains)} domains "
              f"({', '.join(domains)}), ViT dim {s['suite']['dim']} depth {s['suite']['depth']}, "
              f"{payload['params']} parameters; T-Switch drop ratio {s['tswitch']['drop_ratio']}, "
-             f"scale {s['tswitch']['scale_norm']}; router k {s['router']['k']}, "
-             f"{s['router']['samples_per_task']} query samples per task; batches of {s['batch']}", "",
+             f"scale {s['tswitch']['scale_norm']}; FlexSwitch budget {s['flexswitch']['budget_bits']} bits/param, "
+             f"{s['flexswitch']['steps']} gate steps; router k {s['router']['k']}, "
+             f"{s['router']['samples_per_task']} query samples per task, learned metric rank {s['router']['rank']}; "
+             f"batches of {s['batch']}", "",
              "Accuracy on each domain's test split, normalized to that domain's own fine-tuned model; "
              "bits per parameter per task stored beyond the base.", "",
              "| method | mean acc | mean normalized | " + " | ".join(domains) + " | bits/param/task | batch ms |",

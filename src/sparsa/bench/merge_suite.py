@@ -185,6 +185,24 @@ def accuracy(state: State, x: torch.Tensor, y: torch.Tensor, settings: SuiteSett
     return right / len(x)
 
 
+def task_loss(settings: SuiteSettings, domain: str):
+    """``loss(weights, step) -> scalar``: the fine-tuning loss of ``domain`` (label-smoothed
+    cross-entropy on ``batch_size`` train rows with ``jitter`` pixel noise) for a whole state dict
+    ``weights``, differentiable in it; batch ``step`` is drawn from a generator seeded by the
+    domain and ``step``, so it is the same on every call."""
+    x, y = digits_domain(domain, "train")
+    model = make_model(settings)
+    batch = min(settings.batch_size, len(x))
+
+    def loss(weights: State, step: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(_seed(settings, f"{domain}/flex/{step}"))
+        rows = torch.randperm(len(x), generator=gen)[:batch]
+        inputs = x[rows] + settings.jitter * torch.randn(x[rows].shape, generator=gen)
+        logits = torch.func.functional_call(model, weights, (inputs,))
+        return F.cross_entropy(logits, y[rows], label_smoothing=settings.label_smoothing)
+    return loss
+
+
 def _seed(settings: SuiteSettings, phase: str) -> int:
     """A seed for ``phase`` (pretrain or a domain), independent of the order phases run in."""
     return zlib.crc32(f"{settings.seed}/{phase}".encode())

@@ -1,15 +1,18 @@
-"""``SignMask``: a T-Switch compressed task vector of one tensor (arXiv 2412.00054).
+"""``SignMask``: a T-Switch / FlexSwitch compressed task vector of one tensor (arXiv 2412.00054).
 
 T-Switch approximates a (sparsified) task vector ``tau`` by ``tau_hat = scale * s`` with one
 scalar ``scale`` and a ternary switch ``s`` in {-1, 0, +1} elementwise: 0 where the entry was
-dropped, else its sign. The tensor may have any shape with at least one dimension (biases and
-LayerNorm weights are 1-D, convolutions 3-D/4-D); everything below works on the row-major
-flattening of ``n = numel`` entries, of which ``nnz`` are nonzero.
+dropped, else its sign. FlexSwitch (:mod:`sparsa.merge.flexswitch`) adds ``m = magnitude_bits``
+bits per nonzero: a code ``c`` into a table of ``2**m`` magnitudes, so a nonzero is
+``s * scale[c]`` (``m = 0``: one magnitude, T-Switch). The tensor may have any shape with at least
+one dimension (biases and LayerNorm weights are 1-D, convolutions 3-D/4-D); everything below works
+on the row-major flattening of ``n = numel`` entries, of which ``nnz`` are nonzero.
 
 Storage (all arrays uint8 except ``scale``):
 
 * ``signs``: one bit per nonzero, row-major, 1 = negative: ``ceil(nnz / 8)`` bytes.
-* ``scale``: [1] fp32: 4 bytes.
+* ``codes``: ``m`` bits per nonzero, row-major: ``ceil(nnz * m / 8)`` bytes (none when ``m = 0``).
+* ``scale``: [2**m] fp32, the magnitudes: ``4 * 2**m`` bytes.
 * ``positions``: where the nonzeros are, in one of three encodings:
 
   - ``bitmap``: one presence bit per entry: ``ceil(n / 8)`` bytes.
@@ -23,7 +26,7 @@ Storage (all arrays uint8 except ``scale``):
     ``d_i = p_i - p_(i-1) - 1``, each in ``b = index_bits(max(d) + 1)`` bits (at least 1):
     ``ceil(nnz * b / 8)`` bytes (``b = 1`` and no bytes when there is no nonzero).
 
-So ``nbytes = positions + ceil(nnz / 8) + 4`` and ``bits_per_param = 8 * nbytes / n``.
+So ``nbytes = positions + ceil(nnz / 8) + ceil(nnz * m / 8) + 4 * 2**m`` and ``bits_per_param = 8 * nbytes / n``.
 
 Since zero gaps are legal, ``nnz`` cannot be recovered from the padded ``index`` stream; it is
 stored as metadata (for every encoding, where it is cross-checked against the decoded mask).
@@ -41,6 +44,7 @@ from sparsa.formats.bitpack import index_bits as code_bits
 from sparsa.formats.registry import register_format
 
 ENCODINGS = ("bitmap", "group", "index")  # also the tie-break order of encoding="auto"
+MAX_MAGNITUDE_BITS = 6  # codes + 1 must fit an int8 in the switch bank
 
 
 def _is_int(x) -> bool:
@@ -52,6 +56,11 @@ def _tail_is_zero(packed: torch.Tensor, nbits: int) -> bool:
     ``ceil(nbits / 8)`` bytes) are all zero."""
     used = nbits % 8
     return used == 0 or packed.numel() == 0 or int(packed[-1]) >> used == 0
+
+
+def _levels_text(scale: torch.Tensor) -> str:
+    """One magnitude as a number, several as a list (for errors)."""
+    return repr(float(scale[0])) if scale.numel() == 1 else repr(scale.tolist())
 
 
 def _group_count(n: int, g: int) -> int:
@@ -84,7 +93,7 @@ def _positions_nbytes(encoding: str, n: int, nnz: int, marked: int, g: int, bits
 @register_format("sign_mask")
 @dataclass(frozen=True, eq=False)
 class SignMask(Format):
-    """Ternary tensor ``scale * s``, ``s`` in {-1, 0, +1}, of any shape (>= 1-D).
+    """Signed tensor ``s * scale[c]``, ``s`` in {-1, 0, +1}, of any shape (>= 1-D).
 
     Attributes:
         shape: the dense tensor's shape, one or more positive ints.
@@ -92,31 +101,38 @@ class SignMask(Format):
         nnz: number of nonzeros of ``s``.
         positions: [P] uint8, the packed position code of ``encoding`` (see the module docstring).
         signs: [ceil(nnz / 8)] uint8, 1 bit per nonzero in row-major order, 1 = negative.
-        scale: [1] fp32, finite.
+        codes: [ceil(nnz * magnitude_bits / 8)] uint8, each nonzero's magnitude index, row-major.
+        scale: [2**magnitude_bits] fp32, finite: the magnitudes.
         group_size: ``g`` of the group encoding (kept for every encoding, used only by "group").
         index_bits: bits per gap of the index encoding (1..32); 0 for the other encodings.
+        magnitude_bits: ``m`` in 0..7, bits of each code (0: T-Switch's one scale).
     """
 
-    ARRAYS = ("positions", "signs", "scale")
+    ARRAYS = ("positions", "signs", "codes", "scale")
 
     shape: tuple[int, ...]
     encoding: str
     nnz: int
     positions: torch.Tensor
     signs: torch.Tensor
+    codes: torch.Tensor
     scale: torch.Tensor
     group_size: int = 4
     index_bits: int = 0
+    magnitude_bits: int = 0
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
-    def from_ternary(cls, t: torch.Tensor, scale: float, *, encoding: str = "auto", group_size: int = 4,
-                     where: str = "SignMask.from_ternary") -> "SignMask":
-        """Encode ``scale * t`` for a ternary ``t``.
+    def from_ternary(cls, t: torch.Tensor, scale, *, codes: torch.Tensor | None = None, encoding: str = "auto",
+                     group_size: int = 4, where: str = "SignMask.from_ternary") -> "SignMask":
+        """Encode ``t * scale[codes]`` for a ternary ``t`` (``scale * t`` for one scale).
 
         Args:
             t: any shape (>= 1-D, no zero dims), float/int/bool, every value in {-1, 0, +1}.
-            scale: finite, representable as a finite fp32.
+            scale: a float, or ``2**m`` magnitudes (a sequence or 1-D tensor, ``m`` in 0..7), each
+                representable as a finite fp32.
+            codes: [nnz] integers in ``[0, 2**m)``, the magnitude index of each nonzero of ``t`` in
+                row-major order; None when there is one magnitude.
             encoding: one of ``ENCODINGS`` or "auto": the one with the fewest ``nbytes``
                 (ties broken bitmap < group < index).
             group_size: ``g >= 1`` of the group encoding.
@@ -128,10 +144,14 @@ class SignMask(Format):
         check(encoding == "auto" or encoding in ENCODINGS, where,
               f"encoding {encoding!r} is not one of auto, {', '.join(ENCODINGS)}")
         check(_is_int(group_size) and group_size >= 1, where, f"group_size {group_size!r} is not a positive integer")
-        scale_f = float(scale)
-        scale_t = torch.tensor([scale_f], dtype=torch.float32)
-        check(math.isfinite(scale_f) and bool(torch.isfinite(scale_t).all()), where,
-              f"scale {scale_f!r} is not a finite fp32 number")
+        scale_t = torch.as_tensor(scale, dtype=torch.float64).detach().cpu().reshape(-1)
+        levels = scale_t.numel()
+        m = levels.bit_length() - 1
+        check(levels >= 1 and levels == 1 << m and m <= MAX_MAGNITUDE_BITS, where,
+              f"scale holds {levels} magnitudes, expected 2**m for m in 0..{MAX_MAGNITUDE_BITS}")
+        check(bool(torch.isfinite(scale_t).all()) and bool(torch.isfinite(scale_t.float()).all()), where,
+              f"scale {_levels_text(scale_t)} is not a finite fp32 number")
+        scale_t = scale_t.float()
 
         flat = t.detach().reshape(-1)
         if not flat.is_floating_point():
@@ -158,6 +178,17 @@ class SignMask(Format):
         check(encoding != "index" or bits <= MAX_PACK_BITS, where,
               f"index encoding needs {bits} bits per gap, more than {MAX_PACK_BITS}")
 
+        if m == 0:
+            check(codes is None or bool((torch.as_tensor(codes) == 0).all()), where,
+                  "codes given for a single magnitude")
+            codes = torch.zeros(nnz, dtype=torch.int64)
+        check(codes is not None, where, f"{levels} magnitudes need codes, one per nonzero")
+        codes = torch.as_tensor(codes).reshape(-1).cpu()
+        check(codes.numel() == nnz and not codes.is_floating_point() and not codes.is_complex(), where,
+              f"codes has {codes.numel()} {codes.dtype} entries, expected {nnz} integers (one per nonzero)")
+        check(nnz == 0 or (int(codes.min()) >= 0 and int(codes.max()) < levels), where,
+              f"codes must lie in [0, {levels})")
+
         if encoding == "bitmap":
             positions = pack_bits(flags, 1)
         elif encoding == "group":
@@ -165,8 +196,9 @@ class SignMask(Format):
         else:
             positions = pack_bits(gaps, bits)
         return cls(shape=tuple(t.shape), encoding=encoding, nnz=nnz, positions=positions,
-                   signs=pack_bits(flat[flags] < 0, 1), scale=scale_t.to(t.device),
-                   group_size=group_size, index_bits=bits if encoding == "index" else 0)
+                   signs=pack_bits(flat[flags] < 0, 1), codes=(pack_bits(codes, m) if m else torch.zeros(0, dtype=torch.uint8)).to(t.device),
+                   scale=scale_t.to(t.device), group_size=group_size, index_bits=bits if encoding == "index" else 0,
+                   magnitude_bits=m)
 
     @classmethod
     def from_dense(cls, tau_masked: torch.Tensor, scale: float, **kw) -> "SignMask":
@@ -207,10 +239,18 @@ class SignMask(Format):
         flat[self.nonzero_positions()] = 1 - 2 * negative
         return flat.view(self.shape)
 
+    def magnitude_codes(self) -> torch.Tensor:
+        """[nnz] int64, each nonzero's index into ``scale``, row-major."""
+        if self.magnitude_bits == 0:
+            return torch.zeros(self.nnz, dtype=torch.int64, device=self.codes.device)
+        return unpack_bits(self.codes, self.magnitude_bits, self.nnz).long()
+
     def to_dense(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """``scale * ternary()``, computed in fp32, returned in ``dtype`` (default fp32)."""
-        dense = self.scale.to(self.positions.device) * self.ternary().to(torch.float32)
-        return dense.to(dtype or torch.float32)
+        """``ternary() * scale[codes]``, computed in fp32, returned in ``dtype`` (default fp32)."""
+        flat = self.ternary().reshape(-1).to(torch.float32)
+        pos = self.nonzero_positions()
+        flat[pos] *= self.scale.to(flat.device)[self.magnitude_codes().to(flat.device)]
+        return flat.view(self.shape).to(dtype or torch.float32)
 
     # -- validation -------------------------------------------------------------------------
     def validate(self, where: str) -> None:
@@ -227,8 +267,13 @@ class SignMask(Format):
             check(b == 0 and _is_int(b), where, f"index_bits is {b!r}, expected 0 for the {self.encoding} encoding")
         check(_is_int(nnz) and 0 <= nnz <= n, where, f"nnz {nnz!r} is not an integer in [0, {n}]")
 
-        check_array(self.scale, where, "scale", (torch.float32,), (1,))
-        check(bool(torch.isfinite(self.scale).all()), where, f"scale {self.scale.item()} is not finite")
+        m = self.magnitude_bits
+        check(_is_int(m) and 0 <= m <= MAX_MAGNITUDE_BITS, where,
+              f"magnitude_bits {m!r} is not an integer in [0, {MAX_MAGNITUDE_BITS}]")
+        check_array(self.scale, where, "scale", (torch.float32,), (1 << m,))
+        check(bool(torch.isfinite(self.scale).all()), where, f"scale {_levels_text(self.scale)} is not finite")
+        check_array(self.codes, where, "codes", (torch.uint8,), (packed_nbytes(nnz * m, 1),))
+        check(_tail_is_zero(self.codes, nnz * m), where, "codes has nonzero padding bits")
         check_array(self.signs, where, "signs", (torch.uint8,), (packed_nbytes(nnz, 1),))
         check(_tail_is_zero(self.signs, nnz), where, "signs has nonzero padding bits")
 

@@ -1,9 +1,11 @@
 """A base model plus compressed task vectors, switched or mixed on demand.
 
-``weights(w)`` rebuilds ``theta = theta_base + sum_t w_t * scale_t * s_t`` (Auto-Switch mixes
-with router weights; T-Switch with an oracle task id is ``w = one_hot(task)``). The ternary
-signs are decoded once at construction and held as int8 (1 byte per parameter per task), so a
-rebuild is a weighted sum, not a decode.
+``weights(w)`` rebuilds ``theta = theta_base + sum_t w_t * tau_hat_t`` (Auto-Switch mixes with
+router weights; T-Switch with an oracle task id is ``w = one_hot(task)``). Each tensor's signs
+and magnitude codes are decoded once at construction into one int8 per parameter per task,
+``s * (code + 1)`` in ``[-L, L]`` (``L`` magnitudes), beside a lookup table
+``[-scale[L-1], ..., -scale[0], 0, scale[0], ..., scale[L-1]]``: a rebuild is a table lookup and a
+weighted sum, not a decode.
 """
 
 from collections.abc import Mapping
@@ -11,8 +13,22 @@ from collections.abc import Mapping
 import torch
 
 from sparsa.errors import SparsaError
+from sparsa.formats.sign_mask import SignMask
 from sparsa.merge.task_vector import check_same_tensors
 from sparsa.merge.tswitch import CompressedTaskVector
+
+
+def signed_codes(mask: SignMask) -> torch.Tensor:
+    """int8 of ``mask.shape``: ``s * (code + 1)`` per entry (0 where dropped)."""
+    flat = mask.ternary().reshape(-1)
+    flat[mask.nonzero_positions()] *= (mask.magnitude_codes() + 1).to(torch.int8)
+    return flat.view(mask.shape)
+
+
+def lookup_table(mask: SignMask) -> torch.Tensor:
+    """fp32 [2L + 1]: the value of each signed code, indexed by ``code + L``."""
+    scale = mask.scale.float()
+    return torch.cat([-scale.flip(0), scale.new_zeros(1), scale])
 
 
 class SwitchBank:
@@ -28,11 +44,11 @@ class SwitchBank:
             raise SparsaError("switch bank: no task vectors")
         self.base = dict(base)
         self.names = list(tasks)
-        self.signs, self.scales, self.raw = {}, {}, {}
+        self.codes, self.tables, self.raw = {}, {}, {}
         for task, ctv in tasks.items():
             check_same_tensors(self.base, {**ctv.masks, **ctv.raw}, f"task {task!r}")
-            self.signs[task] = {n: m.ternary() for n, m in ctv.masks.items()}
-            self.scales[task] = {n: float(m.scale) for n, m in ctv.masks.items()}
+            self.codes[task] = {n: signed_codes(m) for n, m in ctv.masks.items()}
+            self.tables[task] = {n: lookup_table(m) for n, m in ctv.masks.items()}
             self.raw[task] = dict(ctv.raw)
 
     def weights(self, w: Mapping[str, float]) -> dict[str, torch.Tensor]:
@@ -50,7 +66,8 @@ class SwitchBank:
                 if name in self.raw[task]:
                     acc += wt * self.raw[task][name]
                 else:
-                    acc += (wt * self.scales[task][name]) * self.signs[task][name]
+                    table = self.tables[task][name]
+                    acc += wt * table[self.codes[task][name].long() + table.numel() // 2]
             out[name] = acc.to(b.dtype)
         return out
 

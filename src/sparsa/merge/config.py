@@ -46,6 +46,64 @@ class TSwitchConfig:
 
 
 TSWITCH_PARAMS = tuple(f.name for f in fields(TSwitchConfig))  # what a merge YAML may set for tswitch
+FLEX_BITS = (1, 2, 4)
+
+
+@dataclass(frozen=True)
+class FlexSwitchConfig:
+    """FlexSwitch compression of one task vector under a byte budget (ours; :mod:`sparsa.merge.flexswitch`).
+
+    Args:
+        budget_bits: what the whole compressed task vector may store, in bits per parameter
+            (positions, signs, codes, magnitude tables and raw scalars all counted).
+        bits: bit-widths a tensor may take per kept entry: 1 (sign only, as T-Switch), 2 or 4
+            (sign plus a 1- or 3-bit code into the tensor's table of 2 or 8 magnitudes).
+        keep_ratios: the keep ratios (per sign, as T-Switch) the allocation chooses from per tensor;
+            0 drops the tensor's task vector.
+        steps: AdamW steps training the row gates and the magnitude tables on the task's loss.
+        lr: of the magnitude tables; ``gate_lr``: of the row gates (log-threshold offsets).
+        temperature: width of the gates' sigmoid, as a share of the tensor's threshold.
+        rate_weight: weight of the penalty on kept entries (weighted by their bytes) growing past
+            the allocation's.
+        lloyd_iters: Lloyd iterations fitting each magnitude table.
+        encoding, group_size: of the stored :class:`~sparsa.formats.sign_mask.SignMask` positions.
+    """
+
+    budget_bits: float = 0.68
+    bits: tuple[int, ...] = FLEX_BITS
+    keep_ratios: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4)
+    steps: int = 500
+    lr: float = 3e-3
+    gate_lr: float = 1e-2
+    temperature: float = 0.1
+    rate_weight: float = 1.0
+    lloyd_iters: int = 10
+    encoding: str = "auto"
+    group_size: int = 4
+
+    def __post_init__(self):
+        object.__setattr__(self, "bits", tuple(self.bits))
+        object.__setattr__(self, "keep_ratios", tuple(float(k) for k in self.keep_ratios))
+        if not self.budget_bits > 0:
+            raise SparsaError(f"budget_bits={self.budget_bits}: must be positive")
+        if not self.bits or any(b not in FLEX_BITS for b in self.bits):
+            raise SparsaError(f"bits={list(self.bits)}: choose among {', '.join(map(str, FLEX_BITS))}")
+        if not self.keep_ratios or any(not 0.0 <= k <= 1.0 for k in self.keep_ratios):
+            raise SparsaError(f"keep_ratios={list(self.keep_ratios)}: each must be in [0, 1]")
+        for name in ("steps", "lloyd_iters"):
+            if getattr(self, name) < 0:
+                raise SparsaError(f"{name}={getattr(self, name)}: must be non-negative")
+        for name in ("lr", "gate_lr", "temperature"):
+            if not getattr(self, name) > 0:
+                raise SparsaError(f"{name}={getattr(self, name)}: must be positive")
+        if self.rate_weight < 0:
+            raise SparsaError(f"rate_weight={self.rate_weight}: must be non-negative")
+        if self.encoding not in ENCODINGS or self.group_size < 1:
+            raise SparsaError(f"encoding {self.encoding!r} / group_size {self.group_size}: "
+                              f"choose one of {', '.join(ENCODINGS)} and a positive group size")
+
+    def to_dict(self) -> dict:
+        return {"version": VERSION, **asdict(self)}
 
 
 @dataclass(frozen=True)
@@ -55,16 +113,22 @@ class RouterConfig:
     Args:
         k: neighbours voting in the KNN router (the paper's 10).
         samples_per_task: query-set samples per task, features from the base model (the paper's 100).
+        rank: rows of the learned metric of :class:`~sparsa.merge.router.MetricKNNRouter`.
+        metric_steps: its NCA training steps.
     """
 
     k: int = 10
     samples_per_task: int = 100
+    rank: int = 8
+    metric_steps: int = 300
 
     def __post_init__(self):
         if self.k < 1:
             raise SparsaError(f"k={self.k}: must be at least 1")
         if self.samples_per_task < 1:
             raise SparsaError(f"samples_per_task={self.samples_per_task}: must be at least 1")
+        if self.rank < 1 or self.metric_steps < 0:
+            raise SparsaError(f"rank={self.rank}, metric_steps={self.metric_steps}: need rank >= 1, steps >= 0")
 
     def to_dict(self) -> dict:
         return {"version": VERSION, **asdict(self)}

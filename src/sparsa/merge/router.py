@@ -4,6 +4,11 @@ A query set of ``samples_per_task`` samples per task, embedded by the base model
 
 * :class:`KNNRouter` (arXiv 2412.00054, section 3.3): a sample's task weights are the shares of
   its ``k`` nearest query samples (Euclidean, uniform votes) per task; a batch's are their mean.
+* :class:`MetricKNNRouter` (Auto-FlexSwitch's learnable low-rank metric, arXiv 2604.28109; the
+  training is ours): the KNN router in ``z = L (x - mu) / sigma``, ``L`` [rank, d] learned on the
+  query set by neighbourhood components analysis (NCA: maximize each query sample's soft-max
+  probability mass on same-task neighbours, itself left out). It keeps ``z`` of the query set
+  (rank numbers per sample instead of d), ``L``, ``mu`` and ``sigma``.
 * :class:`CentroidRouter` (ours): the batch's mean feature picks the task whose mean query feature
   is nearest. Averaging over a batch drawn from one task cancels the content of single samples and
   keeps what the task's inputs share, which single-sample neighbours miss (a noisy image's nearest
@@ -13,6 +18,8 @@ A query set of ``samples_per_task`` samples per task, embedded by the base model
 import torch
 
 from sparsa.errors import SparsaError
+
+BATCH_MODES = ("mean", "vote")
 
 
 def check_query_set(features: torch.Tensor, labels: torch.Tensor, tasks: int) -> None:
@@ -31,12 +38,17 @@ class KNNRouter:
         labels: [n] int64 task index of each query sample, in ``[0, tasks)``.
         tasks: number of tasks.
         k: neighbours voting (clipped to ``n``).
+        batch_mode: ``mean`` (a batch's weights are its samples' mean shares, the paper's) or
+            ``vote`` (all weight on the task with the largest mean share).
     """
 
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor, tasks: int, k: int = 10):
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, tasks: int, k: int = 10,
+                 batch_mode: str = "mean"):
         check_query_set(features, labels, tasks)
+        if batch_mode not in BATCH_MODES:
+            raise SparsaError(f"router: batch_mode {batch_mode!r} is not one of {', '.join(BATCH_MODES)}")
         self.features, self.labels = features.float(), labels.long()
-        self.tasks, self.k = tasks, min(k, features.shape[0])
+        self.tasks, self.k, self.batch_mode = tasks, min(k, features.shape[0]), batch_mode
 
     def shares(self, x: torch.Tensor) -> torch.Tensor:
         """[b, tasks] share of each sample's ``k`` nearest query samples per task (rows sum to 1).
@@ -59,8 +71,74 @@ class KNNRouter:
         return self.features.numel() * 4 + self.labels.numel() * 8
 
     def batch_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """[tasks] the batch's mean shares (the paper's weights, summing to 1)."""
-        return self.shares(x).mean(dim=0)
+        """[tasks] the batch's mean shares (the paper's weights, summing to 1), or for ``vote`` the
+        one-hot of their largest (ties to the lower index)."""
+        mean = self.shares(x).mean(dim=0)
+        if self.batch_mode == "mean":
+            return mean
+        return torch.nn.functional.one_hot(mean.argmax(), self.tasks).float()
+
+
+def nca_projection(features: torch.Tensor, labels: torch.Tensor, rank: int, steps: int, lr: float,
+                   seed: int) -> torch.Tensor:
+    """[rank, d] ``L`` minimizing NCA's loss ``-mean_i log sum_{j != i, y_j = y_i} p_ij`` with
+    ``p_ij = softmax_j(-||L x_i - L x_j||^2)`` over standardized ``features`` [n, d] (Adam, ``steps``
+    full-batch steps from a seeded Gaussian start scaled by ``1 / sqrt(d)``)."""
+    n, d = features.shape
+    g = torch.Generator().manual_seed(seed)
+    L = torch.nn.Parameter(torch.randn(rank, d, generator=g) / d**0.5)
+    opt = torch.optim.Adam([L], lr=lr)
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(n, dtype=torch.bool)
+    for _ in range(steps):
+        z = features @ L.T
+        logits = -(torch.cdist(z, z) ** 2).masked_fill(eye, float("inf"))
+        p = torch.softmax(logits, dim=1)
+        loss = -torch.log((p * same).sum(dim=1) + 1e-12).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return L.detach()
+
+
+class MetricKNNRouter:
+    """:class:`KNNRouter` in a learned low-rank metric (see the module docstring).
+
+    Args:
+        features, labels, tasks, k, batch_mode: as :class:`KNNRouter`.
+        rank: rows of ``L``.
+        steps, lr, seed: NCA's training.
+    """
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, tasks: int, k: int = 10,
+                 batch_mode: str = "mean", rank: int = 8, steps: int = 300, lr: float = 1e-2, seed: int = 0):
+        check_query_set(features, labels, tasks)
+        if rank < 1:
+            raise SparsaError(f"router: rank={rank} must be at least 1")
+        with torch.inference_mode(False), torch.enable_grad():  # trains even when called under inference mode
+            x = features.float().clone()
+            self.mu, self.sigma = x.mean(dim=0), x.std(dim=0, correction=0) + 1e-6
+            self.L = nca_projection((x - self.mu) / self.sigma, labels.long().clone(), rank, steps, lr, seed)
+        self.knn = KNNRouter(self.project(x), labels, tasks, k, batch_mode)
+        self.tasks = tasks
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """[b, d] features -> [b, rank]."""
+        return ((x.float() - self.mu) / self.sigma) @ self.L.T
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the router keeps: the KNN memory in ``z``, ``L``, ``mu`` and ``sigma`` (fp32)."""
+        return self.knn.nbytes + 4 * (self.L.numel() + self.mu.numel() + self.sigma.numel())
+
+    def shares(self, x: torch.Tensor) -> torch.Tensor:
+        return self.knn.shares(self.project(x))
+
+    def route(self, x: torch.Tensor) -> torch.Tensor:
+        return self.knn.route(self.project(x))
+
+    def batch_weights(self, x: torch.Tensor) -> torch.Tensor:
+        return self.knn.batch_weights(self.project(x))
 
 
 class CentroidRouter:
