@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sparsa.attention.anchor import SCORES, anchor_attention, identify_reference
+from sparsa.attention.anchor import SCORES, anchor_attention, identify_reference, tile_means
 from sparsa.attention.config import AnchorConfig
 from sparsa.errors import SparsaError
 from sparsa.kernels.reference_attention import anchors_reference, kv_heads, stripe_attention_reference
@@ -122,12 +122,14 @@ def test_anchor_attention_theta_minus_inf_equals_init_plus_local(dtype, identify
 @pytest.mark.parametrize("identify", ["rows", "pooled"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_stripe_index_small_chunks_equals_nonzero_of_reference_mask(dtype, identify):
-    """16-key chunks: the running offset crosses many chunks; no key twice, none missing."""
+    """16-key tiles: each group row's bits come from many keep programs and its fill crosses chunks;
+    no key twice, none missing; K1's pooled queries are the tile means."""
     q, k, _ = qkv(2, 4, 2, 230, 16, dtype, seed=3)
     regions = StripeRegions(16, 3, 24)
     theta = theta_with_margin(q, k, regions, 0.25, identify)
-    anchors, pooled = anchors_triton(q, k, regions, 0.25, 16)
-    index = stripe_index_triton(q, k, anchors, pooled, regions, theta, 0.25, identify, 16)
+    anchors, pooled_anchors, pooled_queries = anchors_triton(q, k, regions, 0.25, 16)
+    torch.testing.assert_close(pooled_queries, tile_means(q, 16), rtol=1e-5, atol=1e-5)
+    index = stripe_index_triton(q, k, anchors, pooled_anchors, pooled_queries, regions, theta, 0.25, identify, 16)
     index.check(regions, 230)
     qf, kf = q.float(), k.float()
     keep = SCORES[identify](qf, kf, anchors_reference(qf, kf, regions, 0.25), regions, 0.25) >= -theta

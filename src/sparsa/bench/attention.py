@@ -24,7 +24,7 @@ from sparsa.attention.config import AnchorConfig
 from sparsa.bench.results import machine, write_results
 from sparsa.kernels.stripe_regions import StripeIndex
 
-BLOCK_N = 64  # keys per chunk in the kernels
+BLOCK_N = 64  # keys per chunk in K1 and K3
 NO_CUDA = "no CUDA device: sparsa attention bench times GPU kernels and ran nothing here"
 SINK, HEAVY = 20.0, 15.0  # score of the initial keys and of the planted stripe keys
 
@@ -66,7 +66,7 @@ def planted_qkv(n: int, s: AttentionBenchSettings, device: str):
 
 def run_length(n: int, s: AttentionBenchSettings, device: str, timer) -> dict:
     """Every timing of one length, and the density AnchorAttention reached there."""
-    from sparsa.kernels.triton.anchor import anchor_attention_triton
+    from sparsa.kernels.triton.anchor import SELECT_BLOCK_N, anchor_attention_triton
     from sparsa.kernels.triton.anchor_dense import anchors_triton
     from sparsa.kernels.triton.stripe_attention import stripe_attention_triton
     from sparsa.kernels.triton.stripe_index import stripe_index_triton
@@ -82,8 +82,9 @@ def run_length(n: int, s: AttentionBenchSettings, device: str, timer) -> dict:
     none = StripeIndex(torch.zeros_like(index.indptr), index.indices[:0], index.batch, index.heads, index.groups)
 
     def select():
-        anchors, pooled = anchors_triton(q, k, regions, scale, block_n)
-        return stripe_index_triton(q, k, anchors, pooled, regions, theta, scale, identify, block_n)
+        anchors, pooled_anchors, pooled_queries = anchors_triton(q, k, regions, scale, block_n)
+        return stripe_index_triton(q, k, anchors, pooled_anchors, pooled_queries, regions, theta, scale, identify,
+                                   SELECT_BLOCK_N)
 
     ms = {"sdpa": timer(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)),
           "anchor": timer(lambda: anchor_attention_triton(q, k, v, regions, theta, scale, identify)),

@@ -1,7 +1,8 @@
 """AnchorAttention on the GPU (Triton): checks the operands, then runs the three kernels.
 
-1. K1 (:mod:`~sparsa.kernels.triton.anchor_dense`): each row's anchor and each tile's mean anchor;
-2. K2 (:mod:`~sparsa.kernels.triton.stripe_index`): the kept stripe keys per group, exact-size CSR;
+1. K1 (:mod:`~sparsa.kernels.triton.anchor_dense`): each row's anchor, each tile's mean anchor and mean query;
+2. K2 (:mod:`~sparsa.kernels.triton.stripe_index`): the kept stripe keys per group, exact-size CSR
+   (tiles of ``SELECT_BLOCK_N`` keys, each scored against the rows of every group it may join);
 3. K3 (:mod:`~sparsa.kernels.triton.stripe_attention`): softmax over init + local + gathered stripes.
 
 All follow :class:`~sparsa.kernels.stripe_regions.StripeRegions` and match the PyTorch reference
@@ -22,7 +23,8 @@ from sparsa.kernels.triton.anchor_dense import anchors_triton
 from sparsa.kernels.triton.stripe_attention import stripe_attention_triton
 from sparsa.kernels.triton.stripe_index import stripe_index_triton
 
-BLOCK_N = 64  # keys per chunk in every kernel
+BLOCK_N = 64  # keys per chunk in K1 and K3
+SELECT_BLOCK_N = 128  # keys per K2 program
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 IDENTIFY = ("rows", "pooled")
 
@@ -68,7 +70,7 @@ def anchor_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r
         scale: score scale.
         identify: ``rows`` (each row against its own anchor) or ``pooled`` (tile means); see
             :mod:`~sparsa.kernels.triton.stripe_index`.
-        block_n: keys per chunk (tests may take 16 or 32).
+        block_n: keys per chunk of K1 and K3 (tests may take 16 or 32).
     Returns:
         (O [B, Hq, N, D] in q's dtype, LSE [B, Hq, N] fp32 natural-log units, the kept stripe keys as a
         :class:`StripeIndex` over (B, Hq, groups), anchors [B, Hq, N] fp32 natural-log units).
@@ -81,7 +83,8 @@ def anchor_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r
         return (torch.empty_like(q), torch.empty(B, Hq, N, dtype=torch.float32, device=q.device), index,
                 torch.empty(B, Hq, N, dtype=torch.float32, device=q.device))
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-    anchors, pooled = anchors_triton(q, k, regions, scale, block_n)
-    index = stripe_index_triton(q, k, anchors, pooled, regions, theta, scale, identify, block_n)
+    anchors, pooled_anchors, pooled_queries = anchors_triton(q, k, regions, scale, block_n)
+    index = stripe_index_triton(q, k, anchors, pooled_anchors, pooled_queries, regions, theta, scale, identify,
+                                SELECT_BLOCK_N)
     o, lse = stripe_attention_triton(q, k, v, regions, index, scale, block_n)
     return o, lse, index, anchors

@@ -1,4 +1,4 @@
-"""K1 of AnchorAttention on the GPU (Triton): the anchor of every query row and its tile mean.
+"""K1 of AnchorAttention on the GPU (Triton): the anchor of every query row, each tile's mean anchor and mean query.
 
 The anchor of query row ``i`` of group ``g = i // G`` (:class:`StripeRegions`) is its largest
 scaled score over its dense region, a cheap near-maximum of the whole causal row:
@@ -15,8 +15,9 @@ least the key ``j = i``, so its anchor is finite.
 Shapes and units:
     q [B, Hq, N, D], k [B, Hkv, N, D] (fp32/fp16/bf16, last dim contiguous, any other strides);
     anchors [B, Hq, N] fp32, natural-log units (``q . k * scale``, as the softmax exponent);
-    pooled [B, Hq, T] fp32 with ``T = cdiv(N, BLOCK_M)``: each tile's mean anchor over its valid
-    rows (``ā_t`` of the identification, :mod:`sparsa.kernels.triton.stripe_index`).
+    pooled anchors [B, Hq, T] fp32 with ``T = cdiv(N, BLOCK_M)``: each tile's mean anchor over its
+    valid rows, and pooled queries [B, Hq, T, D] fp32: each tile's mean query over its valid rows
+    (``ā_t`` and ``q̄_t`` of the ``pooled`` identification, :mod:`sparsa.kernels.triton.stripe_index`).
 """
 
 import torch
@@ -43,7 +44,7 @@ def _range_max(m_i, q, k_ptr, offs_m, lo, hi, scale, stride_kn, IEEE: tl.constex
 
 
 @triton.jit
-def _anchor_kernel(q_ptr, k_ptr, anchors_ptr, pooled_ptr, n_ctx, heads, kv_group, step, init, window, scale,
+def _anchor_kernel(q_ptr, k_ptr, anchors_ptr, pooled_ptr, pooled_q_ptr, n_ctx, heads, kv_group, step, init, window, scale,
                    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, IEEE: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
     tile, bh = tl.program_id(0), tl.program_id(1)
@@ -62,23 +63,27 @@ def _anchor_kernel(q_ptr, k_ptr, anchors_ptr, pooled_ptr, n_ctx, heads, kv_group
                      HEAD_DIM)
     m_i = _range_max(m_i, q, k_ptr, offs_m, local_start, row_end, scale, stride_kn, IEEE, BLOCK_N, HEAD_DIM)
     tl.store(anchors_ptr + bh.to(tl.int64) * n_ctx + offs_m, m_i, mask=row_ok)
-    mean = tl.sum(tl.where(row_ok, m_i, 0.0), axis=0) / (row_end - row0).to(tl.float32)
-    tl.store(pooled_ptr + bh.to(tl.int64) * tl.num_programs(0) + tile, mean)
+    valid = (row_end - row0).to(tl.float32)
+    pooled_row = bh.to(tl.int64) * tl.num_programs(0) + tile
+    tl.store(pooled_ptr + pooled_row, tl.sum(tl.where(row_ok, m_i, 0.0), axis=0) / valid)
+    tl.store(pooled_q_ptr + pooled_row * HEAD_DIM + offs_d, tl.sum(q.to(tl.float32), axis=0) / valid)
 
 
 def anchors_triton(q: torch.Tensor, k: torch.Tensor, regions: StripeRegions, scale: float,
-                   block_n: int) -> tuple[torch.Tensor, torch.Tensor]:
+                   block_n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch K1 on checked operands (:func:`sparsa.kernels.triton.anchor.anchor_attention_triton`).
 
     Returns:
-        (anchors [B, Hq, N] fp32, pooled [B, Hq, T] fp32), natural-log units.
+        (anchors [B, Hq, N] fp32 and pooled anchors [B, Hq, T] fp32, natural-log units; pooled
+        queries [B, Hq, T, D] fp32).
     """
     B, Hq, N, D = q.shape
     tiles = regions.n_tiles(N)
     anchors = torch.empty(B, Hq, N, dtype=torch.float32, device=q.device)
     pooled = torch.empty(B, Hq, tiles, dtype=torch.float32, device=q.device)
-    _anchor_kernel[(tiles, B * Hq)](q, k, anchors, pooled, N, Hq, Hq // k.shape[1], regions.step, regions.init,
-                                    regions.window, scale, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
-                                    k.stride(2), IEEE=q.dtype == torch.float32, BLOCK_M=regions.block_m,
-                                    BLOCK_N=block_n, HEAD_DIM=D)
-    return anchors, pooled
+    pooled_q = torch.empty(B, Hq, tiles, D, dtype=torch.float32, device=q.device)
+    _anchor_kernel[(tiles, B * Hq)](q, k, anchors, pooled, pooled_q, N, Hq, Hq // k.shape[1], regions.step,
+                                    regions.init, regions.window, scale, q.stride(0), q.stride(1), q.stride(2),
+                                    k.stride(0), k.stride(1), k.stride(2), IEEE=q.dtype == torch.float32,
+                                    BLOCK_M=regions.block_m, BLOCK_N=block_n, HEAD_DIM=D)
+    return anchors, pooled, pooled_q

@@ -4,28 +4,37 @@ Per (batch, query head, group ``g``), key ``j`` of the stripe range ``[init, L_g
 (``L_g = max(g*G - window, 0)``) is kept iff its score is at least ``-theta`` (natural-log
 units; theta may be +-inf). Two scores (``AnchorConfig.identify``):
 
-* ``rows``: ``max_i q_i . k_j * scale - a_i`` over the group's rows (``a_i``: K1's row anchors).
-  Each chunk of ``BLOCK_N`` keys is scored against every ``[BLOCK_M, D]`` row tile of the group,
-  in the input dtype with fp32 sums (IEEE fp32 for fp32 inputs), absent rows at ``a = +inf``.
-* ``pooled``: ``max_t q̄_t . k_j * scale - ā_t`` over the group's ``step`` tiles, ``q̄_t`` the
-  fp32 mean of the tile's valid rows, ``ā_t`` K1's tile mean anchor. The pooled queries form a
-  ``[BLOCK_T, D]`` fp32 matrix (``BLOCK_T`` = ``step`` rounded up to a power of two >= 16,
-  ``tl.dot``'s smallest side; absent rows score ``-inf`` through ``ā = +inf``), scored with one
-  fp32 IEEE product per chunk.
+* ``rows``: ``max_i q_i . k_j * scale - a_i`` over the group's rows (``a_i``: K1's row anchors),
+  products in the input dtype with fp32 sums (IEEE fp32 for fp32 inputs), absent rows at ``a = +inf``.
+* ``pooled``: ``max_t q̄_t . k_j * scale - ā_t`` over the group's ``step`` tiles (K1's pooled
+  queries ``q̄_t`` and tile mean anchors ``ā_t``), fp32 products on the tensor cores as three tf32
+  products (``tf32x3``: fp16/bf16 keys are exact in tf32, each fp32 operand is split into a high
+  and a low tf32 part, only low x low is dropped, about 2^-21 of a product). A group's pooled queries
+  form a ``[BLOCK_T, D]`` matrix (``BLOCK_T`` = ``step`` rounded up to a power of two >= 16,
+  ``tl.dot``'s smallest side; absent rows score ``-inf`` through ``ā = +inf``).
 
 Both match the fp32 reference (:data:`sparsa.attention.anchor.SCORES`) up to summation order.
-One program per group and (batch, query head), grid ``(n_groups, B*Hq)``. Two launches build an
-exact-size CSR:
 
-1. count: ``counts[r]`` kept keys of row ``r = (b*Hq + h)*n_groups + g``;
-2. host: ``indptr[1:] = cumsum(counts)``;
-3. fill: the same scan writes each kept key at ``indptr[r] + running offset + rank in its
-   chunk`` (``tl.cumsum`` of the keep flags), chunks in increasing order, so every row comes
-   out strictly increasing with no sort and no ``N``-slot scratch per group.
+Work: every (group row, stripe key) pair is scored once, ``rows`` about as many multiply-adds as
+dense causal attention's ``QKᵀ``. Two launches and a prefix sum build an exact-size CSR:
+
+1. keep (:func:`_keep_kernel`): one program per tile of ``BLOCK_N`` keys and (batch, query head),
+   grid ``(cdiv(N, BLOCK_N), B*Hq)``. It loads its key tile once and streams the query tiles of
+   every group whose stripe range reaches it (``rows``: the groups' ``[BLOCK_M, D]`` row tiles;
+   ``pooled``: one ``[BLOCK_T, D]`` pooled matrix per group) through ``k @ qᵀ`` on the tensor
+   cores, a running per-key maximum over rows (``[BLOCK_N]`` fp32) and, at each group's end, the
+   keep flags as one bit per key into ``bits`` and the kept count into ``counts`` (atomic add);
+2. host: ``indptr[1:] = cumsum(counts)``, and nnz read back (the one device-to-host sync);
+3. fill (:func:`_fill_kernel`): one program per group row, grid ``(n_groups, B*Hq)``: it walks
+   the row's bits in increasing key order and writes each kept key at ``indptr[r] + running
+   offset + rank in its chunk`` (``tl.cumsum`` of the flags), so every row comes out strictly
+   increasing with no sort.
 
 Inputs: q [B, Hq, N, D], k [B, Hkv, N, D] (last dim contiguous), row anchors [B, Hq, N] fp32,
-pooled anchors [B, Hq, T] fp32. Output: :class:`StripeIndex` (indptr [B*Hq*n_groups + 1] int64,
-indices [nnz] int32).
+tile mean anchors [B, Hq, T] fp32 and pooled queries [B, Hq, T, D] fp32 (``T = cdiv(N, block_m)``,
+all from K1). Scratch: bits [B*Hq*n_groups, cdiv(N, BLOCK_N) * BLOCK_N / 8] uint8 (bit ``j % 8`` of
+byte ``j // 8``: key ``j`` kept; only the stripe range is written and read). Output:
+:class:`StripeIndex` (indptr [B*Hq*n_groups + 1] int64, indices [nnz] int32).
 """
 
 import torch
@@ -35,103 +44,131 @@ import triton.language as tl
 from sparsa.kernels.stripe_regions import StripeIndex, StripeRegions
 from sparsa.kernels.triton.steps import dot_rows, load_tokens
 
+SMEM_BYTES = 160 * 1024  # shared memory the keep kernel's key tile and in-flight query tiles may take
+FILL_TILES = 8  # key tiles per fill step: the fill is latency-bound, so it walks wide chunks
+
 
 @triton.jit
-def _pooled_queries(q_ptr, pooled_ptr, group, n_ctx, step, stride_qn, BLOCK_T: tl.constexpr,
-                    BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """The group's pooled queries [BLOCK_T, HEAD_DIM] fp32 (0 past its last tile) and pooled
-    anchors [BLOCK_T] fp32 (+inf past its last tile, so those rows never keep a key)."""
-    offs_t = tl.arange(0, BLOCK_T)
+def _unit_queries(q_ptr, anchors_ptr, tile_q_ptr, tile_a_ptr, unit, n_ctx, n_tiles, step, stride_qn,
+                  ROWS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """The queries and anchors of scan unit ``unit``: ``rows``, row tile ``unit`` ([BLOCK_M, HEAD_DIM]
+    in the input dtype, [BLOCK_M] fp32); ``pooled``, group ``unit``'s pooled queries and tile mean
+    anchors ([BLOCK_T, HEAD_DIM] fp32, [BLOCK_T] fp32). Absent rows load 0 with anchor +inf."""
     offs_d = tl.arange(0, HEAD_DIM)
-    tile0 = group * step
-    tiles = tl.minimum(step, tl.cdiv(n_ctx, BLOCK_M) - tile0)  # tiles starting before N
-    q_bar = tl.zeros((BLOCK_T, HEAD_DIM), dtype=tl.float32)
-    for t in range(0, tiles):
-        offs_m = (tile0 + t) * BLOCK_M + tl.arange(0, BLOCK_M)
-        row_ok = offs_m < n_ctx
-        q = load_tokens(q_ptr, offs_m, offs_d, row_ok, offs_d < HEAD_DIM, stride_qn).to(tl.float32)
-        mean = tl.sum(q, axis=0) / tl.sum(row_ok.to(tl.float32), axis=0)
-        q_bar = tl.where(offs_t[:, None] == t, mean[None, :], q_bar)
-    a_bar = tl.load(pooled_ptr + tile0 + offs_t, mask=offs_t < tiles, other=float("inf"))
-    return q_bar, a_bar
+    if ROWS:
+        offs = unit * BLOCK_M + tl.arange(0, BLOCK_M)
+        ok = offs < n_ctx
+        x = load_tokens(q_ptr, offs, offs_d, ok, offs_d < HEAD_DIM, stride_qn)
+        a = tl.load(anchors_ptr + offs, mask=ok, other=float("inf"))
+    else:
+        t = tl.arange(0, BLOCK_T)
+        offs = unit * step + t
+        ok = (t < step) & (offs < n_tiles)
+        x = load_tokens(tile_q_ptr, offs, offs_d, ok, offs_d < HEAD_DIM, HEAD_DIM)
+        a = tl.load(tile_a_ptr + offs, mask=ok, other=float("inf"))
+    return x, a
 
 
 @triton.jit
-def _row_max(q_ptr, anchors_ptr, k, group, n_ctx, step, scale, stride_qn, IEEE: tl.constexpr,
-             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """``max_i q_i . k_j * scale - a_i`` over the group's valid rows, [BLOCK_N] fp32 (k [BLOCK_N, HEAD_DIM])."""
-    offs_d = tl.arange(0, HEAD_DIM)
-    tile0 = group * step
-    best = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
-    for t in range(0, tl.minimum(step, tl.cdiv(n_ctx, BLOCK_M) - tile0)):
-        offs_m = (tile0 + t) * BLOCK_M + tl.arange(0, BLOCK_M)
-        row_ok = offs_m < n_ctx
-        q = load_tokens(q_ptr, offs_m, offs_d, row_ok, offs_d < HEAD_DIM, stride_qn)
-        a = tl.load(anchors_ptr + offs_m, mask=row_ok, other=float("inf"))
-        s = dot_rows(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), q, k, IEEE) * scale - a[:, None]
-        best = tl.maximum(best, tl.max(s, axis=0))
-    return best
-
-
-@triton.jit
-def _stripe_index_kernel(q_ptr, k_ptr, anchors_ptr, pooled_ptr, counts_ptr, indptr_ptr, indices_ptr, n_ctx, heads,
-                         kv_group, step, init, window, scale, neg_theta, stride_qb, stride_qh, stride_qn, stride_kb,
-                         stride_kh, stride_kn, ROWS: tl.constexpr, FILL: tl.constexpr, IEEE: tl.constexpr,
-                         BLOCK_T: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                         HEAD_DIM: tl.constexpr):
-    group, bh = tl.program_id(0), tl.program_id(1)
+def _keep_kernel(q_ptr, k_ptr, anchors_ptr, tile_q_ptr, tile_a_ptr, counts_ptr, bits_ptr, n_ctx, heads, kv_group,
+                 step, init, window, scale, neg_theta, row_bytes, stride_qb, stride_qh, stride_qn, stride_kb,
+                 stride_kh, stride_kn, ROWS: tl.constexpr, IEEE: tl.constexpr, BLOCK_T: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Step 1: the keep bits and kept counts of one tile of ``BLOCK_N`` keys in every group that may
+    gather it (grid ``(cdiv(N, BLOCK_N), B*Hq)``)."""
+    key_tile, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // heads, bh % heads
+    n_tiles = tl.cdiv(n_ctx, BLOCK_M)
+    groups = tl.cdiv(n_tiles, step)
     q_ptr += b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     k_ptr += b.to(tl.int64) * stride_kb + (h // kv_group).to(tl.int64) * stride_kh
     anchors_ptr += bh.to(tl.int64) * n_ctx
-    pooled_ptr += bh.to(tl.int64) * tl.cdiv(n_ctx, BLOCK_M)
-    if not ROWS:
-        q_bar, a_bar = _pooled_queries(q_ptr, pooled_ptr, group, n_ctx, step, stride_qn, BLOCK_T, BLOCK_M, HEAD_DIM)
+    tile_a_ptr += bh.to(tl.int64) * n_tiles
+    tile_q_ptr += bh.to(tl.int64) * n_tiles * HEAD_DIM
     offs_d = tl.arange(0, HEAD_DIM)
-    row = bh.to(tl.int64) * tl.num_programs(0) + group
-    key_end = tl.maximum(group * step * BLOCK_M - window, 0)  # L_g = max(g*G - window, 0)
-    if FILL:
-        offset = tl.load(indptr_ptr + row)
-    else:
-        offset = tl.zeros((), dtype=tl.int64)
-    for start in range(tl.minimum(init, key_end), key_end, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        key_ok = offs_n < key_end
-        k = load_tokens(k_ptr, offs_n, offs_d, key_ok, offs_d < HEAD_DIM, stride_kn)
+    key0 = key_tile * BLOCK_N
+    offs_n = key0 + tl.arange(0, BLOCK_N)
+    k = load_tokens(k_ptr, offs_n, offs_d, offs_n < n_ctx, offs_d < HEAD_DIM, stride_kn)
+    # the first group whose stripe range reaches the tile: L_g > key0, i.e. g*G - window > key0
+    first = tl.where(key0 + BLOCK_N > init, (key0 + window) // (step * BLOCK_M) + 1, groups)
+    if ROWS:  # scan units: row tiles, step per group
+        per_group, n_units = step, n_tiles
+    else:  # scan units: groups, against fp32 keys
+        per_group, n_units = 1, groups
+        k = k.to(tl.float32)
+    best = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
+    for unit in range(first * per_group, n_units):
+        x, a = _unit_queries(q_ptr, anchors_ptr, tile_q_ptr, tile_a_ptr, unit, n_ctx, n_tiles, step, stride_qn,
+                             ROWS, BLOCK_T, BLOCK_M, HEAD_DIM)
         if ROWS:
-            best = _row_max(q_ptr, anchors_ptr, k, group, n_ctx, step, scale, stride_qn, IEEE, BLOCK_M, BLOCK_N,
-                            HEAD_DIM)
+            s = dot_rows(tl.zeros((BLOCK_N, x.shape[0]), dtype=tl.float32), k, x, IEEE)
         else:
-            s = dot_rows(tl.zeros((BLOCK_T, BLOCK_N), dtype=tl.float32), q_bar, k.to(tl.float32), True) * scale
-            best = tl.max(s - a_bar[:, None], axis=0)
-        keep = (best >= neg_theta) & key_ok
+            s = tl.dot(k, tl.trans(x), input_precision="tf32x3")
+        best = tl.maximum(best, tl.max(s * scale - a[None, :], axis=1))
+        if ((unit + 1) % per_group == 0) | (unit + 1 == n_units):  # the group's last unit
+            group = unit // per_group
+            keep = (best >= neg_theta) & (offs_n >= init) & (offs_n < tl.maximum(group * step * BLOCK_M - window, 0))
+            row = bh.to(tl.int64) * groups + group
+            flags = tl.reshape(keep.to(tl.int32), (BLOCK_N // 8, 8))
+            byte = tl.sum(flags << tl.arange(0, 8)[None, :], axis=1)
+            tl.store(bits_ptr + row * row_bytes + key_tile * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8),
+                     byte.to(tl.uint8))
+            kept = tl.sum(keep.to(tl.int32), axis=0)
+            tl.atomic_add(counts_ptr + row, kept, mask=kept > 0)
+            best = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
+
+
+@triton.jit
+def _fill_kernel(bits_ptr, indptr_ptr, indices_ptr, step, init, window, row_bytes, BLOCK_M: tl.constexpr,
+                 CHUNK: tl.constexpr):
+    """Step 3: group row ``(bh, group)``'s kept keys in increasing order, written from
+    ``indptr[row]`` on (grid ``(n_groups, B*Hq)``, ``CHUNK`` keys per step)."""
+    group, bh = tl.program_id(0), tl.program_id(1)
+    row = bh.to(tl.int64) * tl.num_programs(0) + group
+    bits_ptr += row * row_bytes
+    key_end = tl.maximum(group * step * BLOCK_M - window, 0)  # L_g
+    offset = tl.load(indptr_ptr + row)
+    for start in range(tl.minimum(init, key_end), key_end, CHUNK):
+        offs_n = start + tl.arange(0, CHUNK)
+        ok = offs_n < key_end
+        byte = tl.load(bits_ptr + (offs_n >> 3), mask=ok, other=0).to(tl.int32)
+        keep = ok & (((byte >> (offs_n & 7)) & 1) != 0)
         flags = keep.to(tl.int32)
-        if FILL:
-            tl.store(indices_ptr + offset + tl.cumsum(flags, axis=0) - 1, offs_n, mask=keep)
+        tl.store(indices_ptr + offset + tl.cumsum(flags, axis=0) - 1, offs_n, mask=keep)
         offset += tl.sum(flags, axis=0)
-    if not FILL:
-        tl.store(counts_ptr + row, offset)
 
 
-def stripe_index_triton(q: torch.Tensor, k: torch.Tensor, anchors: torch.Tensor, pooled: torch.Tensor,
-                        regions: StripeRegions, theta: float, scale: float, identify: str, block_n: int) -> StripeIndex:
-    """Launch K2 (count, prefix sum, fill) on checked operands and K1's row and pooled anchors, with the
-    ``identify`` rule (``rows`` or ``pooled``); reading nnz to size ``indices`` is the one device-to-host sync."""
+def _stages(rows: int, block_n: int, head_dim: int, element_size: int) -> int:
+    """Query tiles in flight (1..2) beside the key tile within :data:`SMEM_BYTES` (on an H100 at
+    32k tokens, bf16, D 128: 2 in flight ran the keep kernel 15% faster than 3)."""
+    tile = rows * head_dim * element_size
+    return max(1, min(2, (SMEM_BYTES - block_n * head_dim * element_size) // tile))
+
+
+def stripe_index_triton(q: torch.Tensor, k: torch.Tensor, anchors: torch.Tensor, pooled_anchors: torch.Tensor,
+                        pooled_queries: torch.Tensor, regions: StripeRegions, theta: float, scale: float,
+                        identify: str, block_n: int) -> StripeIndex:
+    """Launch K2 (keep flags and counts, prefix sum, fill) on checked operands and K1's outputs, with
+    the ``identify`` rule (``rows`` or ``pooled``); ``block_n`` keys per keep program (a power of two
+    >= 16). Reading nnz to size ``indices`` is the one device-to-host sync."""
     B, Hq, N, D = q.shape
     groups = regions.n_groups(N)
-    counts = torch.zeros(B * Hq * groups, dtype=torch.int64, device=q.device)
+    key_tiles = triton.cdiv(N, block_n)
+    row_bytes = key_tiles * block_n // 8
+    counts = torch.zeros(B * Hq * groups, dtype=torch.int32, device=q.device)
+    bits = torch.empty(B * Hq * groups, row_bytes, dtype=torch.uint8, device=q.device)
+    rows = identify == "rows"
+    block_t = max(16, triton.next_power_of_2(regions.step))
+    stages = _stages(regions.block_m, block_n, D, q.element_size()) if rows else _stages(block_t, block_n, D, 4)
+    _keep_kernel[(key_tiles, B * Hq)](
+        q, k, anchors, pooled_queries, pooled_anchors, counts, bits, N, Hq, Hq // k.shape[1], regions.step,
+        regions.init, regions.window, scale, -theta, row_bytes, q.stride(0), q.stride(1), q.stride(2), k.stride(0),
+        k.stride(1), k.stride(2), ROWS=rows, IEEE=q.dtype == torch.float32, BLOCK_T=block_t,
+        BLOCK_M=regions.block_m, BLOCK_N=block_n, HEAD_DIM=D, num_warps=8, num_stages=stages)
     indptr = torch.zeros(B * Hq * groups + 1, dtype=torch.int64, device=q.device)
-
-    def launch(indices: torch.Tensor, fill: bool):
-        _stripe_index_kernel[(groups, B * Hq)](
-            q, k, anchors, pooled, counts, indptr, indices, N, Hq, Hq // k.shape[1], regions.step, regions.init,
-            regions.window, scale, -theta, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
-            k.stride(2), ROWS=identify == "rows", FILL=fill, IEEE=q.dtype == torch.float32, BLOCK_T=max(16, triton.next_power_of_2(regions.step)), BLOCK_M=regions.block_m, BLOCK_N=block_n,
-            HEAD_DIM=D)
-
-    launch(counts, False)  # the count pass writes no indices
     indptr[1:] = counts.cumsum(0)
     indices = torch.empty(int(indptr[-1]), dtype=torch.int32, device=q.device)
     if indices.numel():
-        launch(indices, True)
+        _fill_kernel[(groups, B * Hq)](bits, indptr, indices, regions.step, regions.init, regions.window, row_bytes,
+                                       BLOCK_M=regions.block_m, CHUNK=FILL_TILES * block_n)
     return StripeIndex(indptr, indices, B, Hq, groups)
