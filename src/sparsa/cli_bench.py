@@ -123,16 +123,27 @@ def cmd_bench_merge(args) -> dict:
     name = "merge_quick" if args.quick else "merge"
     payload = run_merge_bench(settings, out_dir=args.out, name=name, cache_dir=cache_root() / "merge_suite",
                               progress=not args.quiet)
-    return {"out": args.out, "name": name, "params": payload["params"], "domains": payload["domains"],
-            "rows": payload["rows"]}
+    out = {"out": args.out, "name": name, "params": payload["params"], "domains": payload["domains"],
+           "rows": payload["rows"]}
+    if "lm" in payload:
+        out["lm"] = payload["lm"]
+    return out
 
 
 def bench_merge_table(r: dict) -> str:
     lines = [f"wrote {r['out']}/{r['name']}.{{json,md,png}} ({r['params']} parameters, {len(r['domains'])} domains)"]
-    for row in r["rows"]:
-        extra = f"  router {row['router_accuracy']:.3f}" if "router_accuracy" in row else ""
-        lines.append(f"{row['method']:<16} acc {row['mean_accuracy']:.4f}  normalized {row['mean_normalized']:.4f}  "
-                     f"{row['bits_per_param']:7.3f} bits/param/task  {row['batch_ms']:.2f} ms/batch{extra}")
+    families = [("acc", "accuracy", r["rows"])]
+    if "lm" in r:
+        lines.append("digits:")
+        families.append(("ppl", "perplexity", r["lm"]["rows"]))
+    for short, metric, rows in families:
+        if metric == "perplexity":
+            lines.append(f"language ({r['lm']['params']} tuned parameters, tasks {', '.join(r['lm']['tasks'])}):")
+        for row in rows:
+            extra = f"  router {row['router_accuracy']:.3f}" if "router_accuracy" in row else ""
+            lines.append(f"{row['method']:<22} {short} {row['mean_' + metric]:.4f}  normalized "
+                         f"{row['mean_normalized']:.4f}  {row['bits_per_param']:7.3f} bits/param/task  "
+                         f"{row['batch_ms']:.2f} ms/batch{extra}")
     return "\n".join(lines)
 
 

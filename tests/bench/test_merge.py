@@ -12,7 +12,7 @@ from sparsa.merge.tswitch import compress_task_vector
 TINY = MergeBenchSettings(suite=SuiteSettings(domains=("identity", "rot90", "invert"), dim=16, depth=1, heads=2,
                                               pretrain_steps=20, finetune_steps=40),
                           tswitch=TSwitchConfig(drop_ratio=0.6), flexswitch=FlexSwitchConfig(budget_bits=1.0, steps=10),
-                          router=RouterConfig(k=5, samples_per_task=30, rank=4, metric_steps=20))
+                          router=RouterConfig(k=5, samples_per_task=30, rank=4, metric_steps=20), lm=None)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def test_bench_merge_scores_every_method_on_every_domain(payload):
     methods = [r["method"] for r in p["rows"]]
     assert methods == ["pretrained", "individual", "task_arithmetic", "ties", "dare", "emr", "tall_masks", "tswitch",
                        "flexswitch", "auto_switch", "auto_switch_vote", "auto_switch_metric", "auto_switch_centroid",
-                       "auto_switch_per_sample", "auto_flexswitch"]
+                       "auto_switch_per_sample", "auto_flexswitch", "auto_switch_side"]
     for r in p["rows"]:
         assert set(r["accuracy"]) == {"identity", "rot90", "invert"} and r["batch_ms"] > 0
         assert all(0 <= a <= 1 for a in r["accuracy"].values())
@@ -50,6 +50,8 @@ def test_bench_merge_tswitch_bits_are_the_formats_bytes(payload):
         assert rows[routed]["bits_per_param"] > rows["tswitch"]["bits_per_param"]
         assert 0 <= rows[routed]["router_accuracy"] <= 1
     assert rows["flexswitch"]["bits_per_param"] <= 1.0  # the budget, every stored byte counted
+    # the side branches compute what the rebuilt weights do: the same labels, so the same accuracy
+    assert rows["auto_switch_side"]["accuracy"] == pytest.approx(rows["auto_switch_centroid"]["accuracy"])
     assert rows["auto_flexswitch"]["bits_per_param"] > rows["flexswitch"]["bits_per_param"]
     assert rows["emr"]["bits_per_param"] > 1.0 and rows["pretrained"]["bits_per_param"] == 0.0
 

@@ -8,32 +8,50 @@ LABELS = {"pretrained": "pretrained (base)", "individual": "individual fine-tune
           "auto_switch_metric": "Auto-Switch (KNN vote, learned metric, patch features)",
           "auto_switch_centroid": "Auto-Switch (batch centroid, patch features)",
           "auto_switch_per_sample": "Auto-Switch (per-sample centroid, patch features)",
-          "auto_flexswitch": "Auto-FlexSwitch (KNN vote, learned metric, patch features)"}
+          "auto_flexswitch": "Auto-FlexSwitch (KNN vote, learned metric, patch features)",
+          "auto_switch_side": "Auto-Switch (batch centroid, sparse side branches)"}
+
+
+def table(rows: list[dict], tasks: list[str], metric: str) -> list[str]:
+    """Markdown lines: one row per method, the metric per task with 3 decimals (perplexity 2)."""
+    digits = 3 if metric == "accuracy" else 2
+    short = {"accuracy": "acc", "perplexity": "ppl"}[metric]
+    lines = [f"| method | mean {short} | mean normalized | " + " | ".join(tasks) + " | bits/param/task | batch ms |",
+             "|---|---|---|" + "---|" * len(tasks) + "---|---|"]
+    for r in rows:
+        cells = " | ".join(f"{r[metric][t]:.{digits}f}" for t in tasks)
+        lines.append(f"| {LABELS.get(r['method'], r['method'])} | {r['mean_' + metric]:.4f} | "
+                     f"{r['mean_normalized']:.4f} | {cells} | {r['bits_per_param']:.3f} | {r['batch_ms']:.2f} |")
+    routed = [r for r in rows if "router_accuracy" in r]
+    if routed:
+        lines += ["", "Routers on single test samples (share sent to their own task): " + "; ".join(
+            f"{LABELS.get(r['method'], r['method'])} {r['router_accuracy']:.4f}" for r in routed) + ". Routed rows "
+            "include the router's stored bytes."]
+    return lines
 
 
 def markdown(payload: dict) -> str:
     m, s, domains = payload["machine"], payload["settings"], payload["domains"]
-    lines = ["# Task-vector merging on the digits suite", "",
-             f"{m['date']}, {m.get('cpu', m['device'])}, torch {m['torch']}; {len(domains)} domains "
-             f"({', '.join(domains)}), ViT dim {s['suite']['dim']} depth {s['suite']['depth']}, "
-             f"{payload['params']} parameters; T-Switch drop ratio {s['tswitch']['drop_ratio']}, "
-             f"scale {s['tswitch']['scale_norm']}; FlexSwitch budget {s['flexswitch']['budget_bits']} bits/param, "
-             f"{s['flexswitch']['steps']} gate steps; router k {s['router']['k']}, "
-             f"{s['router']['samples_per_task']} query samples per task, learned metric rank {s['router']['rank']}; "
-             f"batches of {s['batch']}", "",
-             "Accuracy on each domain's test split, normalized to that domain's own fine-tuned model; "
-             "bits per parameter per task stored beyond the base.", "",
-             "| method | mean acc | mean normalized | " + " | ".join(domains) + " | bits/param/task | batch ms |",
-             "|---|---|---|" + "---|" * len(domains) + "---|---|"]
-    for r in payload["rows"]:
-        cells = " | ".join(f"{r['accuracy'][d]:.3f}" for d in domains)
-        lines.append(f"| {LABELS.get(r['method'], r['method'])} | {r['mean_accuracy']:.4f} | "
-                     f"{r['mean_normalized']:.4f} | {cells} | {r['bits_per_param']:.3f} | {r['batch_ms']:.2f} |")
-    routed = [r for r in payload["rows"] if "router_accuracy" in r]
-    if routed:
-        lines += ["", "Routers on single test samples (share sent to their own domain): " + "; ".join(
-            f"{LABELS.get(r['method'], r['method'])} {r['router_accuracy']:.4f}" for r in routed) + ". Routed rows "
-            "include the router's stored bytes."]
+    lines = ["# Task-vector merging", "",
+             f"{m['date']}, {m.get('cpu', m['device'])}, torch {m['torch']}. T-Switch drop ratio "
+             f"{s['tswitch']['drop_ratio']}, scale {s['tswitch']['scale_norm']}; FlexSwitch budget "
+             f"{s['flexswitch']['budget_bits']} bits/param; router k {s['router']['k']}, "
+             f"{s['router']['samples_per_task']} query samples per task, learned metric rank {s['router']['rank']}.",
+             "", "## Digits", "",
+             f"{len(domains)} domains ({', '.join(domains)}), ViT dim {s['suite']['dim']} depth {s['suite']['depth']}, "
+             f"{payload['params']} parameters; FlexSwitch {s['flexswitch']['steps']} gate steps; batches of "
+             f"{s['batch']}. Accuracy on each domain's test split, normalized to that domain's own fine-tuned "
+             "model; bits per parameter per task stored beyond the base.", "",
+             *table(payload["rows"], domains, "accuracy")]
+    if "lm" in payload:
+        lm, ls = payload["lm"], s["lm"]
+        lines += ["", "## Language", "",
+                  f"{ls['model']}, the top {ls['tuned_layers']} blocks ({lm['params']} parameters) fine-tuned per "
+                  f"corpus ({', '.join(lm['tasks'])}) for {ls['steps']} steps on {ls['train_windows']} windows of "
+                  f"{ls['seqlen']} tokens; perplexity on {ls['test_windows']} test windows of its evaluation part, "
+                  "normalized as the individual model's perplexity over the method's; bits per tuned parameter per "
+                  f"task; FlexSwitch {s['lm_flexswitch']['steps']} gate steps; batches of {s['lm_batch']} windows.",
+                  "", *table(lm["rows"], lm["tasks"], "perplexity")]
     return "\n".join(lines) + "\n"
 
 
@@ -43,15 +61,19 @@ def figure(payload: dict):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in payload["rows"]:
-        bits = max(r["bits_per_param"], 1e-2)
-        ax.scatter(bits, r["mean_normalized"], s=30)
-        ax.annotate(LABELS.get(r["method"], r["method"]), (bits, r["mean_normalized"]), fontsize=7,
-                    xytext=(4, 2), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("bits per parameter per task (log)")
-    ax.set_ylabel("mean normalized accuracy")
-    ax.set_title("Task-vector merging, digits suite")
+    families = [("digits (accuracy)", payload["rows"])]
+    if "lm" in payload:
+        families.append(("language (perplexity)", payload["lm"]["rows"]))
+    fig, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 4.5), squeeze=False)
+    for ax, (title, rows) in zip(axes[0], families):
+        for r in rows:
+            bits = max(r["bits_per_param"], 1e-2)
+            ax.scatter(bits, r["mean_normalized"], s=30)
+            ax.annotate(LABELS.get(r["method"], r["method"]), (bits, r["mean_normalized"]), fontsize=6,
+                        xytext=(4, 2), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("bits per parameter per task (log)")
+        ax.set_ylabel("mean normalized score")
+        ax.set_title(f"Task-vector merging, {title}")
     fig.tight_layout()
     return fig

@@ -185,6 +185,71 @@ def accuracy(state: State, x: torch.Tensor, y: torch.Tensor, settings: SuiteSett
     return right / len(x)
 
 
+class DigitsTasks:
+    """The digits suite as ``sparsa bench merge`` scores it (see :mod:`sparsa.bench.merge`).
+
+    A batch is ``(x, y)``: images float32 [b, 8, 8] and labels int64 [b]. Weights are whole state dicts.
+    """
+
+    metric = "accuracy"
+
+    def __init__(self, suite: "Suite"):
+        self.settings, self.base, self.finetuned = suite.settings, suite.base, suite.finetuned
+        self.tasks = list(suite.settings.domains)
+        self.model, self.base_model = make_model(suite.settings), make_model(suite.settings, suite.base)
+        self.test = {d: digits_domain(d, "test") for d in self.tasks}
+
+    @property
+    def params(self) -> int:
+        return sum(t.numel() for t in self.base.values())
+
+    def task_vectors(self) -> dict[str, State]:
+        return {d: {k: v - self.base[k] for k, v in s.items()} for d, s in self.finetuned.items()}
+
+    def loss(self, task: str):
+        return task_loss(self.settings, task)
+
+    def test_batches(self, task: str, batch: int):
+        x, y = self.test[task]
+        return [(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)]
+
+    @torch.inference_mode()
+    def evaluate(self, weights: State, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
+        """``(right, samples)`` of one batch, the weights loaded into the model first."""
+        self.model.load_state_dict(weights)
+        return int((self.model(x).argmax(-1) == y).sum()), len(y)
+
+    @staticmethod
+    def summarize(total: float, count: int) -> float:
+        return total / count
+
+    @staticmethod
+    def normalize(value: float, individual: float) -> float:
+        return value / individual
+
+    def query(self, task: str, n: int) -> torch.Tensor:
+        return digits_domain(task, "train")[0][:n]
+
+    def side_branch(self, vectors):
+        """``evaluate(task_weights, x, y) -> (right, samples)`` on a base model whose linear layers apply
+        the compressed task vectors as sparse side branches (:class:`~sparsa.nn.switch_linear.Switch`)."""
+        from sparsa.nn.switch_linear import Switch
+
+        model = make_model(self.settings, self.base)
+        switch = Switch(model, vectors)
+
+        @torch.inference_mode()
+        def evaluate(task_weights, x, y):
+            switch.set(task_weights)
+            return int((model(x).argmax(-1) == y).sum()), len(y)
+        return evaluate
+
+    @torch.inference_mode()
+    def features(self, kind: str, x: torch.Tensor) -> torch.Tensor:
+        """[b, d]: ``output`` the base's final CLS feature, ``input`` its patch embeddings, flattened."""
+        return self.base_model.features(x) if kind == "output" else self.base_model.patch_features(x).flatten(1)
+
+
 def task_loss(settings: SuiteSettings, domain: str):
     """``loss(weights, step) -> scalar``: the fine-tuning loss of ``domain`` (label-smoothed
     cross-entropy on ``batch_size`` train rows with ``jitter`` pixel noise) for a whole state dict
@@ -286,18 +351,14 @@ def cache_path(settings: SuiteSettings, cache_dir: str | Path) -> Path:
     return Path(cache_dir) / f"digits-merge-suite-{settings.key()}.safetensors"
 
 
-def save_suite(suite: Suite, path: str | Path) -> None:
-    """Write ``suite`` to ``path`` as one safetensors file, atomically (temporary sibling, rename)."""
+def write_states(path: str | Path, groups: dict[str, State], meta: dict[str, str]) -> None:
+    """Write named state dicts as one safetensors file (tensor ``group/name``), atomically (temporary
+    sibling, rename); ``meta``: string metadata, its ``key`` naming the settings."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {f"base/{k}": v for k, v in suite.base.items()}
-    for domain, state in suite.finetuned.items():
-        tensors.update({f"finetuned/{domain}/{k}": v for k, v in state.items()})
-    meta = {"settings": json.dumps(asdict(suite.settings)), "key": suite.settings.key(),
-            "base_accuracy": json.dumps(suite.base_accuracy),
-            "finetuned_accuracy": json.dumps(suite.finetuned_accuracy)}
+    tensors = {f"{g}/{k}": v.contiguous() for g, state in groups.items() for k, v in state.items()}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         save_file(tensors, str(tmp), metadata=meta)
@@ -307,8 +368,9 @@ def save_suite(suite: Suite, path: str | Path) -> None:
         raise
 
 
-def load_suite(path: str | Path, settings: SuiteSettings) -> Suite:
-    """The suite saved at ``path``; an error when it was built with other settings or is unreadable."""
+def read_states(path: str | Path, key: str, groups: list[str], names: list[str]) -> tuple[dict[str, State], dict]:
+    """The state dicts ``groups`` (each exactly ``names``, in that order) and the metadata of a file of
+    :func:`write_states`; an error when it was written for another ``key`` or is unreadable."""
     from safetensors import safe_open
 
     try:
@@ -317,17 +379,32 @@ def load_suite(path: str | Path, settings: SuiteSettings) -> Suite:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's cache at fault
         raise SparsaError(f"{path}: not a readable merge-suite file ({type(e).__name__})") from e
-    if meta.get("key") != settings.key():
-        raise SparsaError(f"{path}: built with other settings (key {meta.get('key')}, wanted {settings.key()})")
-    base = {k[len("base/"):]: v for k, v in tensors.items() if k.startswith("base/")}
-    finetuned = {d: {k[len(f"finetuned/{d}/"):]: v for k, v in tensors.items() if k.startswith(f"finetuned/{d}/")}
-                 for d in settings.domains}
-    names = list(make_model(settings).state_dict())  # the order training gives (DARE draws in tensor order)
-    if any(sorted(state) != sorted(names) for state in (base, *finetuned.values())):
-        raise SparsaError(f"{path}: lacks the base's or a domain's tensors of the model")
-    base = {n: base[n] for n in names}
-    finetuned = {d: {n: state[n] for n in names} for d, state in finetuned.items()}
-    return Suite(settings, base, finetuned, json.loads(meta["base_accuracy"]), json.loads(meta["finetuned_accuracy"]))
+    if meta.get("key") != key:
+        raise SparsaError(f"{path}: built with other settings (key {meta.get('key')}, wanted {key})")
+    out = {}
+    for g in groups:
+        state = {k[len(g) + 1:]: v for k, v in tensors.items() if k.startswith(f"{g}/")}
+        if sorted(state) != sorted(names):
+            raise SparsaError(f"{path}: lacks the base's or a task's tensors of the model")
+        out[g] = {n: state[n] for n in names}  # the order training gives (DARE draws in tensor order)
+    return out, meta
+
+
+def save_suite(suite: Suite, path: str | Path) -> None:
+    """Write ``suite`` to ``path`` (:func:`write_states`)."""
+    groups = {"base": suite.base, **{f"finetuned/{d}": s for d, s in suite.finetuned.items()}}
+    write_states(path, groups, {"settings": json.dumps(asdict(suite.settings)), "key": suite.settings.key(),
+                                "base_accuracy": json.dumps(suite.base_accuracy),
+                                "finetuned_accuracy": json.dumps(suite.finetuned_accuracy)})
+
+
+def load_suite(path: str | Path, settings: SuiteSettings) -> Suite:
+    """The suite saved at ``path``; an error when it was built with other settings or is unreadable."""
+    names = list(make_model(settings).state_dict())
+    groups, meta = read_states(path, settings.key(), ["base", *(f"finetuned/{d}" for d in settings.domains)], names)
+    finetuned = {d: groups[f"finetuned/{d}"] for d in settings.domains}
+    return Suite(settings, groups["base"], finetuned, json.loads(meta["base_accuracy"]),
+                 json.loads(meta["finetuned_accuracy"]))
 
 
 def build_suite(settings: SuiteSettings, *, cache_dir: str | Path | None = None, progress: bool = False) -> Suite:

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from sparsa.compress.config import AutoConfig, SparseGPTConfig, SpQRConfig
 from sparsa.compress.registry import get_method, register_method
-from sparsa.compress.sequential import calibrate_block, decoder_layers, finish_block, first_block_inputs
+from sparsa.compress.sequential import calibrate_block, decoder_layers, finish_block, block_inputs
 from sparsa.errors import SparsaError
 from sparsa.nn.sparse_linear import SparseLinear
 from sparsa.nn.surgery import output_head, set_submodule
@@ -84,7 +84,7 @@ def compress_auto_(model, config: AutoConfig, method, windows, *, filter_fn, dev
     if output_head(model, filter_fn) is not None:
         raise SparsaError("--method auto does not compress the output head; drop --head")
     layers = decoder_layers(model)
-    hidden, kwargs = first_block_inputs(model, windows, device)
+    hidden, kwargs = block_inputs(model, windows, device)
     cands = candidates(config)
     records, block_errors = [], []  # (layer, fqn, formats, [(bytes, error)], bias, dense bytes)
     bar = tqdm(list(enumerate(layers)), desc="compress auto", disable=not progress, unit="block")

@@ -53,8 +53,9 @@ def block_outputs(layer: nn.Module, hidden: list, kwargs: dict) -> list:
 
 
 @torch.no_grad()
-def first_block_inputs(model: nn.Module, windows: torch.Tensor, device) -> tuple[list, dict]:
-    """Inputs of block 0 for each window (on ``device``), and the keyword arguments blocks get."""
+def block_inputs(model: nn.Module, windows: torch.Tensor, device, index: int = 0) -> tuple[list, dict]:
+    """Inputs of block ``index`` for each window (on ``device``), and the keyword arguments blocks
+    get. The blocks before ``index`` run where they are (on the CPU unless moved)."""
     layers = decoder_layers(model)
     for child in model.model.children():
         if child is not layers:
@@ -66,7 +67,7 @@ def first_block_inputs(model: nn.Module, windows: torch.Tensor, device) -> tuple
         kwargs.update({k: v for k, v in kw.items() if k != "hidden_states"})
         raise _Captured
 
-    with hooks([layers[0].register_forward_pre_hook(catch, with_kwargs=True)]):
+    with hooks([layers[index].register_forward_pre_hook(catch, with_kwargs=True)]):
         for window in windows:
             try:
                 model.model(window[None].to(device), use_cache=False)
@@ -151,7 +152,7 @@ def compress_sequential_(model: nn.Module, config, method, windows: torch.Tensor
         ``block_errors`` (relative squared output error of each block on the calibration inputs).
     """
     layers = decoder_layers(model)
-    hidden, kwargs = first_block_inputs(model, windows, device)
+    hidden, kwargs = block_inputs(model, windows, device)
     totals = {"layers": 0, "params": 0, "compressed_bytes": 0, "dense_bytes": 0, "block_errors": []}
     bar = tqdm(list(enumerate(layers)), desc=f"compress {config.method}", disable=not progress, unit="block")
     for index, layer in bar:
