@@ -60,5 +60,31 @@ def test_triton_spqr_3_bit_token_tiles_rows_past_one_tile(tokens):
     assert_within_rounding(spqr_linear_triton(x, fmt.to(DEVICE)), x, fmt.to_dense(), None)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bits, b1, stat_bits, b2, groups", [(3, 16, 3, 16, 65), (2, 3, 2, 1, 20), (8, 8, 8, 2, 9),
+                                                             (3, 4, 5, 4, 7), (4, 128, 3, 2, 3)])
+def test_triton_spqr_one_token(bits, b1, stat_bits, b2, groups, dtype):
+    """The one-token kernel: groups padded to a power of two of slots (β1 3, 4, 8), groups wider than
+    a word, rows not a multiple of the rows per program, 1040 inputs (two steps), 5% outliers, bias."""
+    g = torch.Generator().manual_seed(bits * 100 + b1)
+    out, inp = 18 * b2 if b2 < 16 else 48, b1 * groups
+
+    def stats():
+        return torch.stack([torch.rand(out // b2, groups, generator=g) * 0.1,
+                            torch.randn(out // b2, groups, generator=g)], -1).half()
+
+    fmt = SpQR.from_parts(codes=torch.randint(0, 2**bits, (out, inp), generator=g),
+                          perm=torch.randperm(inp, generator=g),
+                          scale_codes=torch.randint(0, 2**stat_bits, (out, groups), generator=g),
+                          zero_codes=torch.randint(0, 2**stat_bits, (out, groups), generator=g), scale_stats=stats(),
+                          zero_stats=stats(), outlier_mask=torch.rand(out, inp, generator=g) < 0.05,
+                          outlier_values_dense=torch.randn(out, inp, generator=g) * 10, bits=bits, group_size=b1,
+                          stat_bits=stat_bits, stat_group_size=b2)
+    x, bias = torch.randn(1, inp, generator=g).to(DEVICE, dtype), torch.randn(out, generator=g).to(DEVICE, dtype)
+    y = spqr_linear_triton(x, fmt.to(DEVICE), bias)
+    assert y.shape == (1, out) and y.dtype == dtype
+    assert_within_rounding(y, x, fmt.to_dense(), bias)
+
+
 def test_triton_spqr_filed_for_cuda_half():
     assert all(LINEAR_KERNELS[("spqr", "cuda", d)].kernel is spqr_linear_triton for d in (torch.float16, torch.bfloat16))
