@@ -5,11 +5,11 @@ LABELS = {"pretrained": "pretrained (base)", "individual": "individual fine-tune
           "tswitch": "T-Switch (oracle)", "flexswitch": "FlexSwitch (oracle)",
           "auto_switch": "Auto-Switch (KNN mean shares, output features)",
           "auto_switch_vote": "Auto-Switch (KNN vote, output features)",
-          "auto_switch_metric": "Auto-Switch (KNN vote, learned metric, patch features)",
-          "auto_switch_centroid": "Auto-Switch (batch centroid, patch features)",
-          "auto_switch_per_sample": "Auto-Switch (per-sample centroid, patch features)",
-          "auto_flexswitch": "Auto-FlexSwitch (KNN vote, learned metric, patch features)",
-          "auto_switch_side": "Auto-Switch (batch centroid, sparse side branches)"}
+          "auto_switch_metric": "Auto-Switch (KNN vote, learned metric, input features)",
+          "auto_switch_centroid": "Auto-Switch (batch centroid, input features)",
+          "auto_switch_per_sample": "Auto-Switch (per-sample centroid, input features)",
+          "auto_flexswitch": "Auto-FlexSwitch (KNN vote, learned metric, input features)",
+          "auto_switch_side": "Auto-Switch (batch centroid, input features, sparse side branches)"}
 
 
 def table(rows: list[dict], tasks: list[str], metric: str) -> list[str]:
@@ -36,7 +36,10 @@ def markdown(payload: dict) -> str:
              f"{m['date']}, {m.get('cpu', m['device'])}, torch {m['torch']}. T-Switch drop ratio "
              f"{s['tswitch']['drop_ratio']}, scale {s['tswitch']['scale_norm']}; FlexSwitch budget "
              f"{s['flexswitch']['budget_bits']} bits/param; router k {s['router']['k']}, "
-             f"{s['router']['samples_per_task']} query samples per task, learned metric rank {s['router']['rank']}.",
+             f"{s['router']['samples_per_task']} query samples per task, learned metric rank {s['router']['rank']}. "
+             "Routers read the base model's features of the batch: output features are its last ones (digits: "
+             "the final CLS feature; language: the final norm's output, mean over the window), input features "
+             "its first (digits: the patch embeddings; language: the tuned blocks' inputs, mean over the window).",
              "", "## Digits", "",
              f"{len(domains)} domains ({', '.join(domains)}), ViT dim {s['suite']['dim']} depth {s['suite']['depth']}, "
              f"{payload['params']} parameters; FlexSwitch {s['flexswitch']['steps']} gate steps; batches of "
@@ -50,7 +53,8 @@ def markdown(payload: dict) -> str:
                   f"corpus ({', '.join(lm['tasks'])}) for {ls['steps']} steps on {ls['train_windows']} windows of "
                   f"{ls['seqlen']} tokens; perplexity on {ls['test_windows']} test windows of its evaluation part, "
                   "normalized as the individual model's perplexity over the method's; bits per tuned parameter per "
-                  f"task; FlexSwitch {s['lm_flexswitch']['steps']} gate steps; batches of {s['lm_batch']} windows.",
+                  f"task; FlexSwitch {s['lm_flexswitch']['steps']} gate steps (allocation and fit only when 0); batches "
+                  f"of {s['lm_batch']} windows.",
                   "", *table(lm["rows"], lm["tasks"], "perplexity")]
     return "\n".join(lines) + "\n"
 
@@ -64,16 +68,19 @@ def figure(payload: dict):
     families = [("digits (accuracy)", payload["rows"])]
     if "lm" in payload:
         families.append(("language (perplexity)", payload["lm"]["rows"]))
-    fig, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 7), squeeze=False)
+    order = list(LABELS)
+    colors, markers = plt.get_cmap("tab20").colors, "osD^v<>ph*XP"
     for ax, (title, rows) in zip(axes[0], families):
-        for r in rows:
-            bits = max(r["bits_per_param"], 1e-2)
-            ax.scatter(bits, r["mean_normalized"], s=30)
-            ax.annotate(LABELS.get(r["method"], r["method"]), (bits, r["mean_normalized"]), fontsize=6,
-                        xytext=(4, 2), textcoords="offset points")
+        for r in rows:  # one colour and marker per method, the same in every panel
+            i = order.index(r["method"]) if r["method"] in order else len(order)
+            ax.scatter(max(r["bits_per_param"], 1e-2), r["mean_normalized"], s=40, color=colors[i % len(colors)],
+                       marker=markers[i % len(markers)], label=LABELS.get(r["method"], r["method"]))
         ax.set_xscale("log")
         ax.set_xlabel("bits per parameter per task (log)")
         ax.set_ylabel("mean normalized score")
         ax.set_title(f"Task-vector merging, {title}")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.subplots_adjust(bottom=0.36, top=0.95, wspace=0.25)
     return fig
