@@ -113,3 +113,24 @@ def test_flexswitch_budget_below_the_smallest_choice_raises():
 def test_flexswitch_config_bad_values_raise(kw, message):
     with pytest.raises(SparsaError, match=message):
         FlexSwitchConfig(**kw)
+
+
+def test_flexswitch_training_sees_dropped_tensors_as_dropped(monkeypatch):
+    """A tensor allocated keep 0 stores nothing, so the gate training must not see its task vector."""
+    import sparsa.merge.flexswitch as fs
+
+    def drop_b(options, budget):
+        return {n: next(c for c in opts if (c.keep == 0) == (n == "b")) for n, opts in options.items()}
+
+    monkeypatch.setattr(fs, "allocate", drop_b)
+    base, tau, loss = regression(seed=2)
+    seen = []
+
+    def spy(weights, step):
+        seen.append({n: w.detach().clone() for n, w in weights.items()})
+        return loss(weights, step)
+
+    vector, _ = fs.flexswitch(base, tau, spy, FlexSwitchConfig(budget_bits=8.0, steps=2))
+    assert vector.masks["b"].nnz == 0
+    assert torch.equal(seen[0]["b"], base["b"])  # not base + tau
+    assert torch.equal(seen[0]["gain"], base["gain"] + tau["gain"])  # raw scalars are stored whole
