@@ -66,7 +66,7 @@ class MergeBenchSettings:
 
     ``lm``: the language tasks (None skips them); ``lm_flexswitch``: FlexSwitch there, allocation
     and fit without gate training (a step costs about a second on 2 cores; 2026-11-23, 40 steps
-    traded wiki for shakespeare, perplexity 19.01 / 43.73 against 18.04 / 45.90 untrained, 0.967
+    traded wiki for shakespeare, perplexity 19.01 / 44.70 against 18.04 / 45.90 untrained, 0.956
     against 0.968 normalized); ``lm_batch``: windows per routed batch.
     """
 
