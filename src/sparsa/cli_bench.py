@@ -132,13 +132,13 @@ def cmd_bench_merge(args) -> dict:
 
 def bench_merge_table(r: dict) -> str:
     lines = [f"wrote {r['out']}/{r['name']}.{{json,md,png}} ({r['params']} parameters, {len(r['domains'])} domains)"]
-    families = [("acc", "accuracy", r["rows"])]
+    families = [("digits:", "acc", "accuracy", r["rows"])]
     if "lm" in r:
-        lines.append("digits:")
-        families.append(("ppl", "perplexity", r["lm"]["rows"]))
-    for short, metric, rows in families:
-        if metric == "perplexity":
-            lines.append(f"language ({r['lm']['params']} tuned parameters, tasks {', '.join(r['lm']['tasks'])}):")
+        families.append((f"language ({r['lm']['params']} tuned parameters, tasks {', '.join(r['lm']['tasks'])}):",
+                         "ppl", "perplexity", r["lm"]["rows"]))
+    for header, short, metric, rows in families:
+        if len(families) > 1:
+            lines.append(header)
         for row in rows:
             extra = f"  router {row['router_accuracy']:.3f}" if "router_accuracy" in row else ""
             lines.append(f"{row['method']:<22} {short} {row['mean_' + metric]:.4f}  normalized "

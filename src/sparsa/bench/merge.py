@@ -111,20 +111,17 @@ def fixed(family, states):
     return lambda task, x, y: family.evaluate(states(task), x, y)
 
 
-def routed(family, router, kind: str, bank: SwitchBank):
+def rebuilt(family, bank: SwitchBank):
+    """``run(task_weights, x, y)``: rebuild the bank's weights once for the batch, then evaluate it."""
+    return lambda w, x, y: family.evaluate(bank.weights(w), x, y)
+
+
+def routed(family, router, kind: str, run):
     """A predictor for a routed row: embed the batch with the base model, let the router weigh the
-    tasks, rebuild the weights once for the batch."""
+    tasks, then ``run(task_weights, x, y)`` (:func:`rebuilt`, or a family's side-branch model)."""
     def predict(task, x, y):
         w = router.batch_weights(family.features(kind, x))
-        return family.evaluate(bank.weights({t: float(wt) for t, wt in zip(family.tasks, w)}), x, y)
-    return predict
-
-
-def side_branch(family, router, kind: str, evaluate):
-    """A routed predictor that sets the router's task weights on a side-branch model (no rebuild)."""
-    def predict(task, x, y):
-        w = router.batch_weights(family.features(kind, x))
-        return evaluate({t: float(wt) for t, wt in zip(family.tasks, w)}, x, y)
+        return run({t: float(wt) for t, wt in zip(family.tasks, w)}, x, y)
     return predict
 
 
@@ -190,30 +187,27 @@ def run_family(family, s: MergeBenchSettings, flex_config: FlexSwitchConfig, bat
     add("flexswitch", fixed(family, flex_bank.task), flex_bits)
 
     r = s.router
-    query = {kind: torch.cat([family.features(kind, family.query(t, r.samples_per_task)) for t in tasks])
-             for kind in ("output", "input")}
-    counts = torch.tensor([len(family.query(t, r.samples_per_task)) for t in tasks])
-    labels = torch.arange(len(tasks)).repeat_interleave(counts)
-    routers = {"knn": KNNRouter(query["output"], labels, len(tasks), r.k),
-               "knn_vote": KNNRouter(query["output"], labels, len(tasks), r.k, "vote"),
-               "centroid": CentroidRouter(query["input"], labels, len(tasks)),
-               "metric": MetricKNNRouter(query["input"], labels, len(tasks), r.k, "vote", r.rank, r.metric_steps,
-                                         seed=s.seed)}
-    for name, key, kind, predictor, bits in (
-            ("auto_switch", "knn", "output", routed, tswitch_bits),
-            ("auto_switch_vote", "knn_vote", "output", routed, tswitch_bits),
-            ("auto_switch_metric", "metric", "input", routed, tswitch_bits),
-            ("auto_switch_centroid", "centroid", "input", routed, tswitch_bits),
-            ("auto_switch_per_sample", "centroid", "input", per_sample, tswitch_bits),
-            ("auto_flexswitch", "metric", "input", routed, flex_bits)):
-        router = routers[key]
-        chosen = flex_bank if name == "auto_flexswitch" else bank
-        row = add(name, predictor(family, router, kind, chosen), bits + per_param(router.nbytes))
-        row["router_accuracy"] = router_accuracy(family, router, kind, batch)
+    inputs = {t: family.query(t, r.samples_per_task) for t in tasks}
+    query = {kind: torch.cat([family.features(kind, inputs[t]) for t in tasks]) for kind in ("output", "input")}
+    labels = torch.arange(len(tasks)).repeat_interleave(torch.tensor([len(inputs[t]) for t in tasks]))
+    routers = {"knn": (KNNRouter(query["output"], labels, len(tasks), r.k), "output"),
+               "knn_vote": (KNNRouter(query["output"], labels, len(tasks), r.k, "vote"), "output"),
+               "centroid": (CentroidRouter(query["input"], labels, len(tasks)), "input"),
+               "metric": (MetricKNNRouter(query["input"], labels, len(tasks), r.k, "vote", r.rank, r.metric_steps,
+                                          seed=s.seed), "input")}
+    accuracy = {key: router_accuracy(family, router, kind, batch) for key, (router, kind) in routers.items()}
+    rows_routed = [("auto_switch", "knn", routed, rebuilt(family, bank), tswitch_bits),
+                   ("auto_switch_vote", "knn_vote", routed, rebuilt(family, bank), tswitch_bits),
+                   ("auto_switch_metric", "metric", routed, rebuilt(family, bank), tswitch_bits),
+                   ("auto_switch_centroid", "centroid", routed, rebuilt(family, bank), tswitch_bits),
+                   ("auto_switch_per_sample", "centroid", per_sample, bank, tswitch_bits),
+                   ("auto_flexswitch", "metric", routed, rebuilt(family, flex_bank), flex_bits)]
     if hasattr(family, "side_branch"):
-        row = add("auto_switch_side", side_branch(family, routers["centroid"], "input", family.side_branch(compressed)),
-                  tswitch_bits + per_param(routers["centroid"].nbytes))
-        row["router_accuracy"] = router_accuracy(family, routers["centroid"], "input", batch)
+        rows_routed.append(("auto_switch_side", "centroid", routed, family.side_branch(compressed), tswitch_bits))
+    for name, key, predictor, weights, bits in rows_routed:
+        router, kind = routers[key]
+        row = add(name, predictor(family, router, kind, weights), bits + per_param(router.nbytes))
+        row["router_accuracy"] = accuracy[key]
     steps.close()
     return rows
 

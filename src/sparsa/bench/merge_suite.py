@@ -194,6 +194,7 @@ class DigitsTasks:
     metric = "accuracy"
 
     def __init__(self, suite: "Suite"):
+        self.suite = suite
         self.settings, self.base, self.finetuned = suite.settings, suite.base, suite.finetuned
         self.tasks = list(suite.settings.domains)
         self.model, self.base_model = make_model(suite.settings), make_model(suite.settings, suite.base)
@@ -204,7 +205,7 @@ class DigitsTasks:
         return sum(t.numel() for t in self.base.values())
 
     def task_vectors(self) -> dict[str, State]:
-        return {d: {k: v - self.base[k] for k, v in s.items()} for d, s in self.finetuned.items()}
+        return self.suite.task_vectors()
 
     def loss(self, task: str):
         return task_loss(self.settings, task)

@@ -48,13 +48,15 @@ LossFn = Callable[[dict[str, torch.Tensor], int], torch.Tensor]
 
 @dataclass(frozen=True)
 class Choice:
-    """One tensor's candidate: keep ratio, bits per kept entry, its exact bytes, its distortion."""
+    """One tensor's candidate: keep ratio, bits per kept entry, its exact bytes, its distortion,
+    its kept count and its magnitude table [2**(bits - 1)] (None where no table was fit)."""
 
     keep: float
     bits: int
     nbytes: int
     distortion: float
     nnz: int
+    table: torch.Tensor | None = None
 
 
 def lloyd_table(magnitudes: torch.Tensor, levels: int, iters: int) -> torch.Tensor:
@@ -96,7 +98,7 @@ def candidates(tau: torch.Tensor, config: FlexSwitchConfig, where: str) -> list[
             tau_hat = torch.sign(tau) * mask * table[codes]
             distortion = float(((tau - tau_hat) ** 2).sum())
             nbytes = encode(tau, mask, table, codes, config, where).nbytes
-            out.append(Choice(keep, bits, nbytes, distortion, int(mask.sum())))
+            out.append(Choice(keep, bits, nbytes, distortion, int(mask.sum()), table))
     return out
 
 
@@ -133,16 +135,15 @@ class GatedTensor:
 
     Args:
         tau: the tensor's task vector (fp32, >= 1-D).
-        choice: its allocation (keep > 0).
-        table: the allocation's magnitude table [2**(bits - 1)].
+        choice: its allocation (keep > 0, with its magnitude table).
     """
 
-    def __init__(self, tau: torch.Tensor, choice: Choice, table: torch.Tensor):
-        self.tau, self.choice = tau, choice
+    def __init__(self, tau: torch.Tensor, choice: Choice):
+        self.tau = tau
         self.mags = tau.abs().reshape(tau.shape[0] if tau.dim() > 1 else 1, -1)  # [rows, cols]
         self.threshold = float(tau.abs().reshape(-1).kthvalue(tau.numel() - choice.nnz + 1).values)
-        self.codes = nearest_code(tau.abs(), table)
-        self.table = torch.nn.Parameter(table.clone())
+        self.codes = nearest_code(tau.abs(), choice.table)
+        self.table = torch.nn.Parameter(choice.table.clone())
         self.gates = torch.nn.Parameter(torch.zeros(self.mags.shape[0], 1))
         self.entry_bytes = choice.nbytes / max(choice.nnz, 1)
 
@@ -223,8 +224,7 @@ def flexswitch(base: Mapping[str, torch.Tensor], tau: Mapping[str, torch.Tensor]
         if c.keep == 0 or c.nnz == 0:
             masks[n] = encode(t, torch.zeros_like(t, dtype=torch.bool), torch.zeros(1), torch.zeros(0), config, n)
             continue
-        mask = keep_by_sign(t, 1.0 - c.keep)
-        gated[n] = GatedTensor(t, c, lloyd_table(t.abs()[mask], 2 ** (c.bits - 1), config.lloyd_iters))
+        gated[n] = GatedTensor(t, c)
     stored = {**raw, **{n: m.to_dense(torch.float32) for n, m in masks.items()}}
     loss_start, loss_end = train_gates(base, stored, gated, loss, config, progress)
 

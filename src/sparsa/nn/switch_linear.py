@@ -10,7 +10,8 @@ with ``D_t`` the task's stored weight delta as a sparse CSR matrix (fp32 values
 ``sign * scale[code]``, only the kept entries) and ``d_t`` its bias delta (dense; biases are
 small). Changing the task weights costs nothing and no weight is copied; each call pays one
 sparse product per task of nonzero weight. Every other tensor (norms, embeddings kept as
-parameters) is small and is rebuilt in place by :meth:`Switch.set`.
+parameters) is small and is rebuilt in place by :meth:`Switch.set` (a
+:class:`~sparsa.merge.bank.SwitchBank` over those tensors alone).
 """
 
 import warnings
@@ -21,6 +22,7 @@ from torch import nn
 
 from sparsa.errors import SparsaError
 from sparsa.formats.sign_mask import SignMask
+from sparsa.merge.bank import SwitchBank
 from sparsa.merge.tswitch import CompressedTaskVector
 from sparsa.nn.surgery import set_submodule
 
@@ -91,8 +93,10 @@ class Switch:
                 set_submodule(model, fqn, layer)
                 self.layers.append(layer)
                 linear_names |= {w, b}
-        self.rest = {n: state[n].detach().clone() for n in state if n not in linear_names}
-        self.rest_deltas = {t: {n: v.tensor(n) for n in self.rest} for t, v in vectors.items()}
+        rest = {n: state[n].detach().clone() for n in state if n not in linear_names}
+        self.rest = SwitchBank(rest, {t: CompressedTaskVector({n: m for n, m in v.masks.items() if n in rest},
+                                                              {n: r for n, r in v.raw.items() if n in rest})
+                                      for t, v in vectors.items()})
 
     @torch.no_grad()
     def set(self, weights: Mapping[str, float]) -> None:
@@ -100,12 +104,9 @@ class Switch:
         unknown = sorted(set(weights) - set(self.tasks))
         if unknown:
             raise SparsaError(f"switch: unknown task {unknown[0]!r}; known: {', '.join(self.tasks)}")
+        rebuilt = self.rest.weights(weights)
         for layer in self.layers:
             layer.task_weights = dict(weights)
         tensors = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
-        for name, base in self.rest.items():  # outside the linear layers, names are unchanged
-            value = base.float().clone()
-            for task, w in weights.items():
-                if w:
-                    value += w * self.rest_deltas[task][name]
-            tensors[name].copy_(value.to(base.dtype))
+        for name, value in rebuilt.items():  # outside the linear layers, names are unchanged
+            tensors[name].copy_(value)
