@@ -118,3 +118,43 @@ def small_scene():
 def scene_factory():
     """``make(spec) -> (start, truth)`` for a synthetic spec string."""
     return make_scene
+
+
+def all_parsers(parser=None, path: tuple[str, ...] = ()):
+    """(command words, parser) of ``sparsa`` and of every command and subcommand below it, depth first."""
+    import argparse
+
+    from sparsa.cli import build_parser
+
+    parser = parser or build_parser()
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from all_parsers(sub, (*path, name))
+
+
+# A tiny decoder of any family transformers builds: 2 layers, hidden 64, 4 query / 2 key-value heads
+# of 16, vocab 128 (the tiny tokenizer's; its [EOS] is 1)
+TINY_DECODER = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
+                "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0}
+
+
+def tiny_decoder(config_cls: str, model_cls: str, overrides: dict):
+    """A seeded random tiny decoder (transformers class names, config overrides), fp32, eval mode."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = getattr(transformers, config_cls)(**{**TINY_DECODER, **overrides})
+    return getattr(transformers, model_cls)(config).eval()
+
+
+@pytest.fixture
+def one_thread():
+    """Run on one CPU thread: tiny ops gain nothing from more, and OpenMP threads spin-waiting for a
+    descheduled peer on a busy 2-core machine made tiny-model tests 10-40x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

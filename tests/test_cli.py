@@ -32,6 +32,25 @@ def words(tmp_path):
     (["eval", "M", "--ppl", "ptb"], "--ppl 'ptb': unknown corpus"),
     (["eval", "x.gguf"], "x.gguf: no such GGUF file"),
     (["eval"], "the following arguments are required: model"),
+    (["eval", "M", "--ppl", ""], "--ppl '': empty corpus name; give comma-separated names from wiki, shakespeare"),
+    (["eval", "M", "--ppl", "wiki,"], "--ppl 'wiki,': empty corpus name; give comma-separated names from wiki"),
+    (["eval", "M", "--windows", "0"], "argument --windows: got 0; expected an integer >= 1"),
+    (["demo", "--ppl", "wiki,"], "--ppl 'wiki,': empty corpus name"),
+    (["bench", "quality", "--ppl", ""], "--ppl '': empty corpus name"),
+    (["generate", "M", "--prompt", ""], "--prompt '': empty; give the text to continue"),
+    (["generate", "M", "--prompt", "hi", "--max-new-tokens", "0"],
+     "argument --max-new-tokens: got 0; expected an integer >= 1"),
+    (["compress", "M", "-o", "X", "--method", "magnitude", "--recover", "--recover-lr", "nan"],
+     "argument --recover-lr: got nan; expected a finite number > 0"),
+    (["compress", "M", "-o", "X", "--method", "magnitude", "--recover", "--recover-lr", "inf"],
+     "argument --recover-lr: got inf; expected a finite number > 0"),
+    (["compress", "M", "-o", "X", "--method", "magnitude", "--recover", "--recover-lr", "0"],
+     "argument --recover-lr: got 0; expected a finite number > 0"),
+    (["compress", "M", "-o", "X", "--method", "magnitude", "--recover", "--recover-lr", "-0.001"],
+     "argument --recover-lr: got -0.001; expected a finite number > 0"),
+    (["compress", "M", "-o", "X", "--method", "magnitude", "--recover", "--recover-steps", "0"],
+     "argument --recover-steps: got 0; expected an integer >= 1"),
+    (["bench", "encoder", "--recover-steps", "-1"], "argument --recover-steps: got -1; expected an integer >= 1"),
 ])
 def test_cli_bad_input_prints_one_error_line(capsys, argv, message):
     code, out, err = run(capsys, *argv)
@@ -67,7 +86,7 @@ def test_cli_compress_refuses_foreign_directory_and_writes_nothing(capsys, hf_di
     target.mkdir()
     (target / "thesis.tex").write_text("precious")
     code, _, err = run(capsys, "compress", str(hf_dir), "-o", str(target), "--method", "rtn", "--group-size", "32")
-    assert code == 2 and "exists and is not a sparsa checkpoint" in err
+    assert code == 2 and f"{target}: holds thesis.tex, which sparsa did not write" in err
     assert [p.name for p in target.iterdir()] == ["thesis.tex"]
 
 
@@ -76,6 +95,26 @@ def test_cli_compress_bad_nm_pattern_leaves_no_output(capsys, hf_dir, tmp_path):
                        "--pattern", "2:3", "--quiet")
     assert code == 2 and "in_features=64 is not a multiple of M=3" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-hf"]
+
+
+@pytest.mark.parametrize("prompt, new, message", [
+    ("w1 w2 w3", "254", "--prompt of 3 tokens + --max-new-tokens 254 = 257 tokens exceeds the model's context of "
+                        "256 tokens; lower --max-new-tokens to 253 or shorten the prompt"),
+    (" ".join(["w1"] * 300), "1", "--prompt of 300 tokens + --max-new-tokens 1 = 301 tokens exceeds the model's "
+                                  "context of 256 tokens; shorten the prompt"),
+    ("   ", "4", "--prompt: the text tokenizes to no tokens"),
+])
+def test_cli_generate_prompt_past_context_or_without_tokens_names_the_lengths(capsys, hf_dir, prompt, new, message):
+    code, out, err = run(capsys, "generate", str(hf_dir), "--prompt", prompt, "--max-new-tokens", new)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert message in err, err
+
+
+@pytest.mark.slow
+def test_cli_generate_smollm2_prompt_past_its_context_names_the_lengths(capsys):
+    code, out, err = run(capsys, "generate", "smollm2-135m", "--prompt", "Once upon a time", "--max-new-tokens", "8190")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "--prompt of 4 tokens + --max-new-tokens 8190 = 8194 tokens exceeds the model's context of 8192" in err
 
 
 def test_cli_generate_reports_text_and_speed(capsys, hf_dir):
@@ -145,3 +184,33 @@ def test_cli_bench_spmm_quick_json_reports_ratios_and_skipped_peers(capsys, tmp_
     assert result["ratios"][0]["ours fp32 1x16 / dense fp32"] > 0
     assert set(result["skipped"]) <= {"torch ao sparse int8 1x4", "ours int8 4x1"}
     assert (tmp_path / "spmm_quick.json").is_file() and not (tmp_path / "spmm.json").exists()
+
+
+def device_commands():
+    """(command words, argv filling its required arguments) of every command that takes --device."""
+    from conftest import all_parsers
+
+    for path, parser in all_parsers():
+        options = {s for a in parser._actions for s in a.option_strings}
+        if "--device" not in options:
+            continue
+        argv = list(path)
+        for action in parser._actions:
+            if action.required and not action.option_strings:
+                argv.append("X")
+            elif action.required:
+                argv += [action.option_strings[-1], "rtn" if action.dest == "method" else "X"]
+        yield pytest.param(argv, id=" ".join(path))
+
+
+@pytest.mark.parametrize("argv", list(device_commands()))
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "gpu0"])
+def test_cli_device_not_cpu_or_cuda_is_one_error_line_on_every_command(capsys, argv, device):
+    code, out, err = run(capsys, *argv, "--device", device)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"sparsa: error: --device '{device}': not a device; use cpu, cuda or cuda:N"), err
+
+
+def test_cli_device_commands_cover_every_device_flag():
+    names = {" ".join(p.values[0][: 2 if p.values[0][0] in ("bench", "attention") else 1]) for p in device_commands()}
+    assert names == {"eval", "compress", "generate", "ba", "sfm", "bench quality", "attention eval"}

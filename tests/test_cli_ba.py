@@ -46,10 +46,25 @@ def test_ba_writes_a_colmap_model_that_reads_back(capsys, tmp_path):
     (["ba", "synthetic:cameras=6"], "missing points=N"),
     (["ba", "synthetic:cameras=6,points=50,colour=red"], "bad item 'colour=red'"),
     (["ba", "nothing/here.txt"], "no such file or directory"),
-    (["ba", SMALL, "--loss-scale", "0"], "--loss-scale 0.0: must be > 0"),
+    (["ba", SMALL, "--loss-scale", "0"], "argument --loss-scale: got 0; expected a finite number > 0"),
     (["ba", SMALL, "--fix-images", "a,b"], "--fix-images 'a,b'"),
     (["ba", SMALL, "--fix-images", "99"], "--fix-images 99: outside [0, 6)"),
-    (["sfm", SMALL, "--filter-px", "0"], "--filter-px 0.0: must be > 0"),
+    (["sfm", SMALL, "--filter-px", "0"], "argument --filter-px: got 0; expected a finite number > 0"),
+    (["ba", SMALL, "--device", "tpu"], "--device 'tpu': not a device; use cpu, cuda or cuda:N"),
+    (["sfm", SMALL, "--device", "foo"], "--device 'foo': not a device; use cpu, cuda or cuda:N"),
+    (["ba", SMALL, "--threads", "-2"], "argument --threads: got -2; expected an integer >= 1"),
+    (["sfm", SMALL, "--threads", "0"], "argument --threads: got 0; expected an integer >= 1"),
+    (["sfm", SMALL, "--gp-max-iters", "-5"], "argument --gp-max-iters: got -5; expected an integer >= 0"),
+    (["sfm", SMALL, "--max-iters", "-1"], "argument --max-iters: got -1; expected an integer >= 0"),
+    (["ba", SMALL, "--max-iters", "1.5"], "argument --max-iters: got '1.5'; expected an integer >= 0"),
+    (["ba", SMALL, "--function-tolerance", "nan"], "argument --function-tolerance: got nan; expected a finite"),
+    (["ba", SMALL, "--gradient-tolerance", "-1"], "argument --gradient-tolerance: got -1; expected a finite"),
+    (["ba", SMALL, "--parameter-tolerance", "inf"], "argument --parameter-tolerance: got inf; expected a finite"),
+    (["ba", SMALL, "--loss-scale", "nan"], "argument --loss-scale: got nan; expected a finite number > 0"),
+    (["sfm", SMALL, "--loss-scale", "-1"], "argument --loss-scale: got -1; expected a finite number > 0"),
+    (["sfm", SMALL, "--filter-px", "nan"], "argument --filter-px: got nan; expected a finite number > 0"),
+    (["ba", "synthetic:cameras=5,cameras=6,points=50"], "cameras is given twice; give each key once"),
+    (["ba", "synthetic:cameras=6,points=1e10,seed=1"], "GiB of memory to generate"),
 ])
 def test_ba_bad_input_is_one_error_line(capsys, argv, message):
     code, out, err = run_cli(capsys, *argv)
@@ -77,3 +92,19 @@ def test_sfm_recovers_positions_from_rotations(capsys, tmp_path):
     assert r["centre_error"]["reference"] == "ground truth"
     assert r["centre_error"]["median"] < 0.1 and r["rmse_px"] < 0.75
     assert len(r["ba"]) == 3 and (tmp_path / "m" / "images.bin").exists()
+
+
+def test_ba_single_camera_bal_says_no_point_has_two_views(capsys, tmp_path):
+    one = tmp_path / "one.txt"  # one camera (9 BAL parameters), three points each seen once
+    one.write_text("1 3 3\n0 0 1.0 2.0\n0 1 3.0 4.0\n0 2 -1.0 0.5\n" + "0.01\n0.02\n0.03\n0.1\n0.2\n-5\n500\n0\n0\n"
+                   + "1\n2\n3\n-1\n0\n2\n0.5\n0.5\n1\n")
+    code, _, err = run_cli(capsys, "ba", str(one), "--quiet")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "no point is seen by two or more of the 1 image(s)" in err
+
+
+def test_ba_synthetic_scene_too_big_for_memory_is_refused_before_allocating(capsys, monkeypatch):
+    monkeypatch.setattr("sparsa.data.synthetic_scene.available_memory_bytes", lambda: 8 * 2**30)
+    code, out, err = run_cli(capsys, "ba", "synthetic:cameras=100000000,points=50,seed=1")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "needs about 100.6 GiB of memory to generate" in err and "but 8.0 GiB is available" in err

@@ -122,7 +122,7 @@ def test_merge_refuses_a_non_merge_output_directory(capsys, models):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
     code, _, err = run_cli(capsys, "merge", write_config(tmp_path, merge_method="tswitch"), "-o", str(tmp_path / "out"))
-    assert code == 2 and "exists and is not a sparsa merge output" in err
+    assert code == 2 and f"{tmp_path / 'out'}: holds keep.txt, which sparsa did not write" in err
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
 
 
@@ -146,3 +146,33 @@ def test_merge_eval_reports_bytes_and_fidelity_of_each_task(capsys, models):
 def test_merge_eval_of_a_directory_that_is_no_bank_raises(capsys, tmp_path):
     code, _, err = run_cli(capsys, "merge-eval", str(tmp_path))
     assert code == 2 and "not a switch bank" in err
+
+
+@pytest.mark.parametrize("doc, match", [
+    (dict(merge_method="tswitch", parameters={"drop_ratio": "lots"}),
+     r"merge.yaml: parameters: drop_ratio='lots' is a str; expected a finite number in \[0, 1\)"),
+    (dict(merge_method="task_arithmetic", parameters={"lam": math.nan}),
+     "merge.yaml: parameters: lam=nan: must be a finite number"),
+    (dict(merge_method="ties", parameters={"lam": math.inf}), "parameters: lam=inf: must be a finite number"),
+    (dict(merge_method="ties", parameters={"density": True}),
+     r"density=True is a bool; expected a finite number in \[0, 1\]"),
+    (dict(merge_method="dare", parameters={"p": -0.1}), r"parameters: p=-0.1: must be in \[0, 1\)"),
+    (dict(merge_method="dare", parameters={"then": "slerp"}), "then='slerp': must be one of 'task_arithmetic', 'ties'"),
+    (dict(merge_method="tswitch", parameters={"group_size": 2.5}),
+     "group_size=2.5 is a float; expected an integer >= 1"),
+])
+def test_merge_bad_parameter_value_names_the_key_nothing_written(capsys, models, doc, match):
+    tmp_path, _, _ = models
+    code, out, err = run_cli(capsys, "merge", write_config(tmp_path, **doc), "-o", str(tmp_path / "out"))
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert re.search(match, err), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_bad_per_model_parameter_names_the_model(capsys, models):
+    tmp_path, _, _ = models
+    config = write_config(tmp_path, merge_method="tswitch",
+                          models=[{"model": str(tmp_path / "a"), "parameters": {"drop_ratio": "lots"}},
+                                  {"model": str(tmp_path / "b.safetensors")}])
+    code, _, err = run_cli(capsys, "merge", config, "-o", str(tmp_path / "out"))
+    assert code == 2 and "models[0] (model 'a').parameters: drop_ratio='lots' is a str" in err

@@ -5,7 +5,6 @@ with ``--debug``).
 """
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -14,6 +13,8 @@ from sparsa.cli_attention import add_attention
 from sparsa.cli_ba import add_ba, add_sfm
 from sparsa.cli_bench import add_bench
 from sparsa.cli_merge import add_merge, add_merge_eval
+from sparsa.cli_types import DEVICE_HELP, number
+from sparsa import json_safe
 from sparsa.errors import SparsaError
 
 HELD_OUT_SENTENCES = 512  # compress --recover: wiki evaluation-split sentences its embeddings are checked on
@@ -40,10 +41,18 @@ def torch_dtype(name: str | None):
 
 
 def check_device(device: str) -> None:
+    """The one ``--device`` check of every command: ``cpu``, ``cuda`` or ``cuda:N`` of a present GPU."""
+    import re
+
     import torch
 
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise SparsaError(f"--device {device!r}: not a device; use {DEVICE_HELP} (e.g. --device cuda:0)")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SparsaError(f"--device {device}: no CUDA device is available")
+    count = torch.cuda.device_count() if device.startswith("cuda:") else 0
+    if device.startswith("cuda:") and int(device.removeprefix("cuda:")) >= count:
+        raise SparsaError(f"--device {device}: only {count} CUDA device(s), cuda:0..cuda:{count - 1}")
 
 
 def use_attention(model, args) -> dict:
@@ -62,8 +71,9 @@ def use_attention(model, args) -> dict:
 
 
 def emit(result: dict, as_json: bool, table) -> None:
-    """Print ``result`` as one JSON line, or as the human table ``table(result)`` returns."""
-    print(json.dumps(result) if as_json else table(result))
+    """Print ``result`` as one JSON line (NaN and inf as null, named under ``non_finite``), or as the
+    human table ``table(result)`` returns."""
+    print(json_safe.dumps(result) if as_json else table(result), flush=True)
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -100,7 +110,8 @@ def cmd_compress(args) -> dict:
 
     from sparsa.compress import compress_, get_method
     from sparsa.data import calibration_windows, load_corpus, tokenize
-    from sparsa.nn.checkpoint import check_writable, save_checkpoint
+    from sparsa.atomic import CHECKPOINT, check_output_dir
+    from sparsa.nn.checkpoint import save_checkpoint
     from sparsa.nn.models import load_model
     from sparsa.nn.surgery import all_linears, decoder_linears
 
@@ -121,7 +132,7 @@ def cmd_compress(args) -> dict:
     if args.device != "cpu" and not config.needs_calibration:
         raise SparsaError(f"--device {args.device}: --method {args.method} runs on the CPU (no calibration)")
     out = Path(args.output)
-    check_writable(out)  # before the model loads: fail fast, write nothing
+    check_output_dir(out, CHECKPOINT, force=args.force)  # before the model loads: fail fast, write nothing
     corpus = load_corpus(config.calib) if config.needs_calibration else None
     torch.manual_seed(args.seed)
     lm = load_model(args.model, dtype=torch_dtype(args.dtype))
@@ -134,7 +145,8 @@ def cmd_compress(args) -> dict:
     start = time.perf_counter()
     summary = compress_(lm.model, config, calibration=windows, device=args.device, progress=not args.quiet,
                         filter_fn=all_linears if args.head else decoder_linears)
-    manifest = save_checkpoint(lm.model, lm.tokenizer, out, method={**config.to_dict(), "seed": args.seed})
+    manifest = save_checkpoint(lm.model, lm.tokenizer, out, method={**config.to_dict(), "seed": args.seed},
+                               force=args.force)
     return {"dir": str(out), "method": config.method, "bits_per_param": manifest["bits_per_param"],
             "bytes": manifest["bytes"], "params": manifest["params"], "layers": summary.layers,
             "seconds": round(time.perf_counter() - start, 3), "block_errors": summary.block_errors,
@@ -152,7 +164,8 @@ def compress_recovered(args, config) -> dict:
     from sparsa.compress.recover_encoder import recover_encoder_
     from sparsa.data.sentences import corpus_sentences
     from sparsa.evaluate.embeddings import embedding_agreement
-    from sparsa.nn.checkpoint import check_writable, save_checkpoint
+    from sparsa.atomic import CHECKPOINT, check_output_dir
+    from sparsa.nn.checkpoint import save_checkpoint
     from sparsa.nn.encoders import check_encoder_spec, embed, load_encoder
 
     if args.method != "magnitude":
@@ -164,7 +177,7 @@ def compress_recovered(args, config) -> dict:
         raise SparsaError(f"--device {args.device}: --recover runs on the CPU")
     check_encoder_spec(args.model)
     out = Path(args.output)
-    check_writable(out)
+    check_output_dir(out, CHECKPOINT, force=args.force)
     recover = RecoverConfig(sparsity=config.sparsity, block=config.parsed_pattern.block, seed=args.seed,
                             **{k: v for k, v in {"steps": args.recover_steps, "lr": args.recover_lr}.items()
                                if v is not None})
@@ -178,7 +191,8 @@ def compress_recovered(args, config) -> dict:
     summary = recover_encoder_(encoder, recover, sentences=calib, progress=not args.quiet)
     agreement = embedding_agreement(dense, embed(encoder, held_out))
     manifest = save_checkpoint(encoder.model, encoder.tokenizer, out,
-                               method={**config.to_dict(), "recover": asdict(recover), "seed": args.seed})
+                               method={**config.to_dict(), "recover": asdict(recover), "seed": args.seed},
+                               force=args.force)
     return {"dir": str(out), "method": config.method, "bits_per_param": manifest["bits_per_param"],
             "bytes": manifest["bytes"], "params": manifest["params"], "layers": summary.layers,
             "seconds": round(time.perf_counter() - start, 3),
@@ -204,12 +218,13 @@ def cmd_generate(args) -> dict:
     from sparsa.nn.models import load_model
 
     check_device(args.device)
-    if args.max_new_tokens < 1:
-        raise SparsaError(f"--max-new-tokens {args.max_new_tokens} must be at least 1")
+    if not args.prompt:
+        raise SparsaError("--prompt '': empty; give the text to continue, e.g. --prompt 'Once upon a time'")
     lm = load_model(args.model, dtype=torch_dtype(args.dtype))
     lm.model.to(args.device)
     attention = use_attention(lm.model, args)
     ids = lm.tokenizer(args.prompt, return_tensors="pt").input_ids.to(args.device)
+    check_context(ids.shape[1], args.max_new_tokens, lm.model.config)
     timing = {}
     if lm.model.config.model_type == "llama" and not attention:  # the lean loop: static cache, the dispatched kernels
         start = time.perf_counter()
@@ -230,6 +245,18 @@ def cmd_generate(args) -> dict:
     text_ids = new_ids[: int(ends[0])] if ends.numel() else new_ids  # the text stops at end-of-sequence
     return {"text": lm.tokenizer.decode(text_ids, skip_special_tokens=True),
             "new_tokens": len(new_ids), "tokens_per_s": len(new_ids) / seconds, **timing, **attention}
+
+
+def check_context(prompt_tokens: int, new_tokens: int, config) -> None:
+    """SparsaError unless ``--prompt`` has tokens and prompt + ``--max-new-tokens`` fit the model's context."""
+    if prompt_tokens == 0:
+        raise SparsaError("--prompt: the text tokenizes to no tokens; give words the model's tokenizer knows")
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and prompt_tokens + new_tokens > limit:
+        fix = (f"lower --max-new-tokens to {limit - prompt_tokens} or shorten the prompt" if prompt_tokens < limit
+               else "shorten the prompt")
+        raise SparsaError(f"--prompt of {prompt_tokens} tokens + --max-new-tokens {new_tokens} = "
+                          f"{prompt_tokens + new_tokens} tokens exceeds the model's context of {limit} tokens; {fix}")
 
 
 def generate_table(r: dict) -> str:
@@ -271,18 +298,24 @@ def add_eval(sub, common) -> None:
     p.add_argument("model", help="smollm2-135m, a .gguf file, a Hugging Face dir or a sparsa checkpoint")
     p.add_argument("--ppl", help="comma-separated corpora: wiki, shakespeare (default: wiki)")
     p.add_argument("--text-file", help="also evaluate this UTF-8 text file, whole")
-    p.add_argument("--seqlen", type=int, default=2048, help="tokens per window (default 2048)")
-    p.add_argument("--windows", type=int, help="evaluate at most N windows (default: all)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--seqlen", type=number(int, 2), default=2048, help="tokens per window (default %(default)s tokens)")
+    p.add_argument("--windows", type=number(int, 1), help="evaluate at most N windows (default: all)")
+    p.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default %(default)s)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="dtype for dense models (default float32)")
     add_attention_flags(p)
     p.set_defaults(run=cmd_eval, table=eval_table)
 
 
 def add_compress(sub, common) -> None:
+    from sparsa.compress.recover import RecoverConfig
+
     p = sub.add_parser("compress", parents=[common], help="compress a model and write a checkpoint")
-    p.add_argument("model")
-    p.add_argument("-o", "--output", required=True, help="checkpoint directory to write")
+    p.add_argument("model", help="the dense model: smollm2-135m, a .gguf file or a Hugging Face dir "
+                                 "(with --recover: all-minilm-l6-v2 or a sentence-encoder dir)")
+    p.add_argument("-o", "--output", required=True,
+                   help="checkpoint directory to write: created, or replaced when it is an earlier checkpoint")
+    p.add_argument("--force", action="store_true",
+                   help="replace -o even when it holds files sparsa did not write (default: refuse)")
     p.add_argument("--method", required=True,
                    help="rtn, gptq, spqr (quantize); magnitude, wanda, sparsegpt (prune); auto (per-layer choice)")
     p.add_argument("--bits", type=int, help="bits per weight code, 2..8 (rtn, gptq: 4; spqr: 3)")
@@ -307,35 +340,45 @@ def add_compress(sub, common) -> None:
     p.add_argument("--recover", action="store_true",
                    help="sentence encoders (all-minilm-l6-v2): prune blocks gradually while distilling the dense "
                         "embeddings on calibration sentences (--method magnitude --pattern block:RxC)")
-    p.add_argument("--recover-steps", type=int, help="--recover: optimizer steps (default 300)")
-    p.add_argument("--recover-lr", type=float, help="--recover: AdamW learning rate (default 1e-3)")
+    p.add_argument("--recover-steps", type=number(int, 1),
+                   help=f"--recover: optimizer steps (default {RecoverConfig.steps} steps)")
+    p.add_argument("--recover-lr", type=number(float, 0, low_open=True),
+                   help=f"--recover: AdamW learning rate (default {RecoverConfig.lr:g})")
     p.add_argument("--head", action="store_true",
                    help="also compress the output head (lm_head, untied from the embeddings; calibrated methods "
                         "see the final norm's outputs)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (calibrated methods)")
+    p.add_argument("--device", default="cpu", help=f"{DEVICE_HELP}, calibrated methods only (default %(default)s)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="cast the dense model first (values keep this dtype)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the calibration windows and of --recover's batches (default %(default)s)")
     p.set_defaults(run=cmd_compress, table=compress_table)
 
 
 def add_generate(sub, common) -> None:
     p = sub.add_parser("generate", parents=[common], help="greedy generation and tokens/s")
-    p.add_argument("model")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=sorted(DTYPES))
+    p.add_argument("model", help="smollm2-135m, a .gguf file, a Hugging Face dir or a sparsa checkpoint")
+    p.add_argument("--prompt", required=True,
+                   help="the text to continue (its tokens plus --max-new-tokens must fit the model's context)")
+    p.add_argument("--max-new-tokens", type=number(int, 1), default=64,
+                   help="tokens to generate, greedily (default %(default)s tokens)")
+    p.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default %(default)s)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="dtype for dense models (default float32)")
     add_attention_flags(p)
     p.set_defaults(run=cmd_generate, table=generate_table)
 
 
 def add_demo(sub, common) -> None:
     p = sub.add_parser("demo", parents=[common], help="the main job on the embedded model")
-    p.add_argument("--ppl", default="wiki,shakespeare")
-    p.add_argument("--seqlen", type=int, default=512)
-    p.add_argument("--windows", type=int, default=16)
-    p.add_argument("--nsamples", type=int, default=16, help="calibration windows (default 16: demo-sized)")
-    p.add_argument("--calib-seqlen", type=int, default=512, help="tokens per calibration window (default 512)")
+    p.add_argument("--ppl", default="wiki,shakespeare",
+                   help="comma-separated corpora to evaluate: wiki, shakespeare (default %(default)s)")
+    p.add_argument("--seqlen", type=number(int, 2), default=512,
+                   help="tokens per evaluation window (default %(default)s tokens)")
+    p.add_argument("--windows", type=number(int, 1), default=16,
+                   help="evaluation windows per corpus at most (default %(default)s windows)")
+    p.add_argument("--nsamples", type=number(int, 1), default=16,
+                   help="calibration windows (default %(default)s windows: demo-sized)")
+    p.add_argument("--calib-seqlen", type=number(int, 2), default=512,
+                   help="tokens per calibration window (default %(default)s tokens)")
     p.set_defaults(run=cmd_demo, table=demo_table)
 
 
@@ -368,6 +411,8 @@ def main(argv=None) -> int:
     try:
         quiet_libraries(args.debug)
         result = args.run(args)
+        if result is not None:  # None: a worker process of a distributed run, rank 0 reports
+            emit(result, args.json, args.table)
     except SparsaError as err:
         if args.debug:
             raise
@@ -378,8 +423,6 @@ def main(argv=None) -> int:
         if args.debug:
             raise
         fail(f"{type(err).__name__}: {err} (rerun with --debug for the traceback)", 1)
-    if result is not None:  # None: a worker process of a distributed run, rank 0 reports
-        emit(result, args.json, args.table)
     return 0
 
 

@@ -1,5 +1,6 @@
 """``sparsa attention ...``: AnchorAttention on a model's real attention, and its kernel benchmark."""
 
+from sparsa.cli_types import DEVICE_HELP, number
 from sparsa.errors import SparsaError
 
 SWEEP_THETAS = (2.0, 3.0, 4.0, 5.0, 7.0, 9.0)
@@ -94,23 +95,23 @@ def add_attention(sub, common, parser_class) -> None:
     p = cmds.add_parser("eval", parents=[common],
                         help="recall, density and output error on the model's real attention, against baselines")
     p.add_argument("model", help="smollm2-135m, a .gguf file, a Hugging Face dir or a sparsa checkpoint")
-    p.add_argument("--seqlen", type=int, default=4096, help="tokens of text (default 4096)")
+    p.add_argument("--seqlen", type=number(int, 2), default=4096, help="tokens of text (default %(default)s tokens)")
     p.add_argument("--theta", type=float, default=d.theta, help=f"threshold, natural-log units (default {d.theta:g})")
     p.add_argument("--identify", choices=IDENTIFY, default=d.identify,
                    help=f"stripe identification: rows (each row against its anchor) or pooled (tile means, the "
                         f"paper's) (default {d.identify})")
-    p.add_argument("--block-m", type=int, default=d.block_m, help=f"query rows per tile (default {d.block_m})")
+    p.add_argument("--block-m", type=int, default=d.block_m, help=f"query rows per tile (default {d.block_m} rows)")
     p.add_argument("--step", type=int, default=d.step, help=f"tiles per stripe group (default {d.step})")
-    p.add_argument("--init", type=int, default=d.init, help=f"initial keys always attended (default {d.init})")
+    p.add_argument("--init", type=int, default=d.init, help=f"initial keys always attended (default {d.init} keys)")
     p.add_argument("--window", type=int, default=d.window,
-                   help=f"keys before each group always attended (default {d.window})")
+                   help=f"keys before each group always attended (default {d.window} keys)")
     p.add_argument("--text-file", help="a UTF-8 text file instead of the wiki evaluation split")
     p.add_argument("--no-baselines", action="store_true", help="skip the baselines and the oracle (faster)")
     p.add_argument("--layers", action="store_true", help="include per-layer metrics in the output")
     p.add_argument("--sweep", action="store_true",
                    help=f"also theta in {', '.join(f'{t:g}' for t in SWEEP_THETAS)}: writes "
                         "attention_sweep.{json,md,png} (recall against density) under --out")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default %(default)s)")
     p.add_argument("--out", default="bench/results", help="where --sweep writes (default bench/results)")
     p.set_defaults(run=cmd_attention_eval, table=attention_eval_table)
     p = cmds.add_parser("bench", parents=[common], help="kernel latency against SDPA, 8k to 128k tokens (CUDA)")

@@ -1,7 +1,10 @@
 """``sparsa ba``: bundle adjustment of a BAL file, a COLMAP model or a synthetic scene; under
 ``torchrun --nproc-per-node N -m sparsa ba ...`` the points are split across the N processes."""
 
+from sparsa.cli_types import DEVICE_HELP, number
 from sparsa.errors import SparsaError
+
+TOLERANCE = number(float, 0)  # a finite number >= 0
 
 
 def ba_options(args):
@@ -22,7 +25,7 @@ def cmd_ba(args) -> dict:
     from sparsa.cli import check_device
     from sparsa.sfm.distributed import init_comm, solve_ba_distributed
     from sparsa.sfm.filters import drop_unusable
-    from sparsa.sfm.scenes import load_scene, save_scene
+    from sparsa.sfm.scenes import check_scene_output, load_scene, save_scene
 
     check_device(args.device)
     if args.fix_images and not all(i.strip().isdigit() for i in args.fix_images.split(",")):
@@ -30,6 +33,8 @@ def cmd_ba(args) -> dict:
     options = ba_options(args)
     torch.set_num_threads(args.threads or torch.get_num_threads())
     scene, _ = load_scene(args.problem)
+    if args.out:
+        check_scene_output(args.out, source=args.problem, text=args.text, force=args.force)
     scene, filtered = drop_unusable(scene)
     comm = init_comm(args.device)
     result, summary = solve_ba_distributed(scene, options, device=args.device, progress=not args.quiet, comm=comm)
@@ -44,7 +49,7 @@ def cmd_ba(args) -> dict:
            "observations": scene.n_observations, "processes": comm.world_size, "filtered": filtered,
            "summary": summary.to_dict(log=args.log)}
     if args.out:
-        out["out"] = save_scene(result, args.out, text=args.text)
+        out["out"] = save_scene(result, args.out, source=args.problem, text=args.text, force=args.force)
     if not args.json:
         out["report"] = summary.full()
     return out
@@ -64,8 +69,12 @@ def ba_table(r: dict) -> str:
 
 
 def add_output_flags(p) -> None:
-    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
-    p.add_argument("-o", "--out", help="write the result: a BAL file (.txt/.bz2) or a COLMAP model directory")
+    p.add_argument("--threads", type=number(int, 1), help="CPU threads, at least 1 (default: torch's)")
+    p.add_argument("-o", "--out", help="write the result: a new BAL file (.txt/.bz2), a COLMAP model directory "
+                                       "(created, or replaced when sparsa wrote it), or the input COLMAP model "
+                                       "itself (refined in place: only its model files change; default: no output)")
+    p.add_argument("--force", action="store_true",
+                   help="replace -o even when it is a file or holds files sparsa did not write (default: refuse)")
     p.add_argument("--text", action="store_true", help="COLMAP output in text instead of binary")
 
 
@@ -76,21 +85,28 @@ def add_ba(sub, common) -> None:
     p = sub.add_parser("ba", parents=[common], help="bundle adjustment (Levenberg-Marquardt, Schur complement)")
     p.add_argument("problem", help="a BAL file (.txt/.bz2), a COLMAP model directory, or "
                                    "synthetic:cameras=C,points=P,seed=S[,model=M,track=T,noise=PX,outliers=F]")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default %(default)s)")
     p.add_argument("--loss", choices=LOSSES, default=d.loss, help=f"robust loss (default {d.loss})")
-    p.add_argument("--loss-scale", type=float, default=d.loss_scale, help="robust loss scale in pixels (default 1)")
-    p.add_argument("--max-iters", type=int, default=d.max_iterations, help=f"LM iterations (default {d.max_iterations})")
+    p.add_argument("--loss-scale", type=number(float, 0, low_open=True), default=d.loss_scale,
+                   help=f"robust loss scale (default {d.loss_scale:g} px)")
+    p.add_argument("--max-iters", type=number(int, 0), default=d.max_iterations,
+                   help=f"LM iterations, accepted and rejected steps (default {d.max_iterations} iterations)")
     p.add_argument("--linear-solver", choices=LINEAR_SOLVERS, default=d.linear_solver,
                    help=f"reduced camera system: dense Cholesky, PCG, or auto (dense up to "
-                        f"{d.dense_schur_max_size} camera unknowns)")
-    p.add_argument("--function-tolerance", type=float, default=d.function_tolerance)
-    p.add_argument("--gradient-tolerance", type=float, default=d.gradient_tolerance)
-    p.add_argument("--parameter-tolerance", type=float, default=d.parameter_tolerance)
+                        f"{d.dense_schur_max_size} camera unknowns; default {d.linear_solver})")
+    p.add_argument("--function-tolerance", type=TOLERANCE, default=d.function_tolerance,
+                   help=f"stop when a step changes the cost by less than this share (default {d.function_tolerance:g})")
+    p.add_argument("--gradient-tolerance", type=TOLERANCE, default=d.gradient_tolerance,
+                   help=f"stop when the largest gradient entry is below this (default {d.gradient_tolerance:g})")
+    p.add_argument("--parameter-tolerance", type=TOLERANCE, default=d.parameter_tolerance,
+                   help=f"stop when |step| <= tol * (|x| + tol) (default {d.parameter_tolerance:g})")
     p.add_argument("--fix-images", help="comma-separated image indices whose poses stay fixed")
     p.add_argument("--fix-points", action="store_true", help="keep 3D points fixed (motion-only BA)")
-    p.add_argument("--fix-focal-length", action="store_true")
-    p.add_argument("--fix-distortion", action="store_true")
-    p.add_argument("--refine-principal-point", action="store_true")
+    p.add_argument("--fix-focal-length", action="store_true", help="keep focal lengths fixed (default: refined)")
+    p.add_argument("--fix-distortion", action="store_true",
+                   help="keep distortion parameters fixed (default: refined)")
+    p.add_argument("--refine-principal-point", action="store_true",
+                   help="also refine principal points (default: fixed, as in COLMAP)")
     add_output_flags(p)
     p.add_argument("--log", action="store_true", help="include the per-iteration log in --json output")
     p.set_defaults(run=cmd_ba, table=ba_table)
@@ -104,13 +120,13 @@ def cmd_sfm(args) -> dict:
     from sparsa.sfm.config import BAOptions, GPOptions
     from sparsa.sfm.filters import keep_observations
     from sparsa.sfm.pipeline import run_sfm
-    from sparsa.sfm.scenes import load_scene, save_scene
+    from sparsa.sfm.scenes import check_scene_output, load_scene, save_scene
 
     check_device(args.device)
-    if not args.filter_px > 0:
-        raise SparsaError(f"--filter-px {args.filter_px}: must be > 0")
     torch.set_num_threads(args.threads or torch.get_num_threads())
     scene, truth = load_scene(args.problem)
+    if args.out:
+        check_scene_output(args.out, source=args.problem, text=args.text, force=args.force)
     scene, short_tracks = keep_observations(scene, torch.ones(scene.n_observations, dtype=torch.bool))
     if len(torch.unique(scene.obs_image)) < scene.n_images:
         raise SparsaError(f"{args.problem}: an image sees no point with a track of two or more views")
@@ -128,7 +144,7 @@ def cmd_sfm(args) -> dict:
            "gp": report.gp.to_dict(), "ba": [b.to_dict() for b in report.ba], "filtered": report.filtered,
            "short_tracks": short_tracks}
     if args.out:
-        out["out"] = save_scene(result, args.out, text=args.text)
+        out["out"] = save_scene(result, args.out, source=args.problem, text=args.text, force=args.force)
     return out
 
 
@@ -150,20 +166,23 @@ def sfm_table(r: dict) -> str:
 
 
 def add_sfm(sub, common) -> None:
-    from sparsa.sfm.config import LOSSES, GPOptions
+    from sparsa.sfm.config import LOSSES, BAOptions, GPOptions
 
     d = GPOptions()
     p = sub.add_parser("sfm", parents=[common], help="global positioning + bundle adjustment from known rotations")
     p.add_argument("problem", help="a COLMAP model directory (its rotations, intrinsics and observations are used; "
                                    "its positions are recomputed), a BAL file or synthetic:cameras=C,points=P,seed=S")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--gp-max-iters", type=int, default=d.max_iterations, help="global positioning iterations")
-    p.add_argument("--max-iters", type=int, default=100, help="LM iterations per BA round (default 100)")
-    p.add_argument("--loss", choices=LOSSES, default="huber", help="BA robust loss (default huber)")
-    p.add_argument("--loss-scale", type=float, default=1.0, help="BA robust loss scale in pixels (default 1)")
-    p.add_argument("--filter-px", type=float, default=4.0,
-                   help="after BA rounds 1-3 drop observations above 3x, 2x, 1x this error (default 4 px)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the random GP start")
+    p.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default %(default)s)")
+    p.add_argument("--gp-max-iters", type=number(int, 0), default=d.max_iterations,
+                   help=f"global positioning LM iterations (default {d.max_iterations} iterations)")
+    p.add_argument("--max-iters", type=number(int, 0), default=BAOptions.max_iterations,
+                   help="LM iterations per BA round (default %(default)s iterations)")
+    p.add_argument("--loss", choices=LOSSES, default="huber", help="BA robust loss (default %(default)s)")
+    p.add_argument("--loss-scale", type=number(float, 0, low_open=True), default=1.0,
+                   help="BA robust loss scale (default %(default)g px)")
+    p.add_argument("--filter-px", type=number(float, 0, low_open=True), default=4.0,
+                   help="after BA rounds 1-3 drop observations above 3x, 2x, 1x this error (default %(default)g px)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the random GP start (default %(default)s)")
     p.add_argument("--fix-intrinsics", action="store_true",
                    help="keep focal lengths and distortion as given (default: refined in the last BA round)")
     add_output_flags(p)

@@ -4,6 +4,8 @@ Every command writes ``bench/results/<name>.{json,md,png}`` and returns the JSON
 prints with ``--json`` (a table otherwise).
 """
 
+from sparsa.cli_types import DEVICE_HELP, number
+
 
 def cmd_bench_quality(args) -> dict:
     from sparsa.bench.quality import QualitySettings, run_quality
@@ -183,16 +185,23 @@ def add_bench(sub, common, parser_class) -> None:
     p = sub.add_parser("bench", parents=[common], help="benchmarks; results under bench/results/")
     bench = p.add_subparsers(dest="bench", required=True, parser_class=parser_class)
     p = bench.add_parser("quality", parents=[common], help="perplexity vs bits/param of every method")
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
-    p.add_argument("--calib-seqlen", type=int, default=2048, help="tokens per calibration window (default 2048)")
-    p.add_argument("--calib", default="wiki")
-    p.add_argument("--seqlen", type=int, default=2048, help="evaluation window (default 2048)")
-    p.add_argument("--windows", type=int, help="evaluate at most N windows per corpus (default: all)")
-    p.add_argument("--ppl", default="wiki,shakespeare")
+    p.add_argument("--model", default="smollm2-135m",
+                   help="the dense model every row starts from: smollm2-135m, a .gguf file or a Hugging Face dir "
+                        "(default %(default)s)")
+    p.add_argument("--nsamples", type=number(int, 1), default=128,
+                   help="calibration windows (default %(default)s windows)")
+    p.add_argument("--calib-seqlen", type=number(int, 2), default=2048,
+                   help="tokens per calibration window (default %(default)s tokens)")
+    p.add_argument("--calib", default="wiki", help="calibration corpus: wiki or shakespeare (default %(default)s)")
+    p.add_argument("--seqlen", type=number(int, 2), default=2048,
+                   help="tokens per evaluation window (default %(default)s tokens)")
+    p.add_argument("--windows", type=number(int, 1), help="evaluate at most N windows per corpus (default: all)")
+    p.add_argument("--ppl", default="wiki,shakespeare",
+                   help="comma-separated corpora to evaluate: wiki, shakespeare (default %(default)s)")
     p.add_argument("--rows", help="comma-separated label fragments, e.g. 'dense,spqr' (default: all rows)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the calibration windows and of the compressors (default %(default)s)")
     p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
     p.set_defaults(run=cmd_bench_quality, table=bench_quality_table)
     p = bench.add_parser("spmm", parents=[common], help="sparse weight x activations against CPU peers")
@@ -221,6 +230,7 @@ def add_bench(sub, common, parser_class) -> None:
     p = bench.add_parser("encoder", parents=[common], help="MiniLM sentence-embedding latency, dense against sparse")
     p.add_argument("--quick", action="store_true",
                    help="90%% sparsity only, 60 recovery steps, 3 rounds (written as encoder_quick)")
-    p.add_argument("--recover-steps", type=int, help="recovery steps per sparsity (default 300; quick 60)")
+    p.add_argument("--recover-steps", type=number(int, 1),
+                   help="recovery steps per sparsity (default 300 steps; --quick 60)")
     p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
     p.set_defaults(run=cmd_bench_encoder, table=bench_encoder_table)

@@ -27,18 +27,18 @@ def cmd_merge(args) -> dict:
     path = Path(args.config)
     raw = read_yaml(path)
     config = MergeConfig.from_dict(raw, str(path), tensorwise_methods())
-    check_output(Path(args.out))
+    check_output(Path(args.out), force=args.force)
     base = LazyTensors(config.base_model)
     models = {m.name: LazyTensors(m.model) for m in config.models}
     result = merge_models(config, base, models, progress=not args.quiet)
     manifest = {"version": MANIFEST_VERSION, "merge_method": config.merge_method, "base_model": config.base_model,
                 "models": {m.name: m.model for m in config.models}, "config": raw}
     if result.compressed is not None:
-        written = write_switch_bank(args.out, result.compressed, manifest)
+        written = write_switch_bank(args.out, result.compressed, manifest, force=args.force)
         tasks = {t: {k: info[k] for k in ("nbytes", "numel", "bits_per_param")} for t, info in written["tasks"].items()}
         return {"out": args.out, "merge_method": config.merge_method, "file_bytes": written["file_bytes"],
                 "tasks": tasks}
-    write_merged(args.out, result.merged, manifest, base_model=config.base_model)
+    write_merged(args.out, result.merged, manifest, base_model=config.base_model, force=args.force)
     return {"out": args.out, "merge_method": config.merge_method, "tensors": len(result.merged),
             "params": sum(t.numel() for t in result.merged.values())}
 
@@ -56,7 +56,10 @@ def add_merge(sub, common) -> None:
     p = sub.add_parser("merge", parents=[common],
                        help="merge fine-tunes of one base (mergekit-style YAML): tswitch, task_arithmetic, ties, dare")
     p.add_argument("config", help="YAML: merge_method, base_model, models (model, name, parameters), parameters, dtype")
-    p.add_argument("-o", "--out", required=True, help="output directory (absent, empty, or an earlier merge output)")
+    p.add_argument("-o", "--out", required=True,
+                   help="output directory: created, or replaced when it is an earlier merge output")
+    p.add_argument("--force", action="store_true",
+                   help="replace -o even when it holds files sparsa did not write (default: refuse)")
     p.set_defaults(run=cmd_merge, table=merge_table)
 
 

@@ -90,3 +90,15 @@ def test_recover_prune_block_not_tiling_a_layer_raises():
 def test_recover_config_bad_values_raise(kwargs):
     with pytest.raises(SparsaError):
         RecoverConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(lr=float("nan")), "--recover-lr nan: must be a finite number > 0"),
+    (dict(lr=float("inf")), "--recover-lr inf: must be a finite number > 0"),
+    (dict(lr=0.0), "--recover-lr 0.0: must be a finite number > 0"),
+    (dict(lr=-1e-3), "--recover-lr -0.001: must be a finite number > 0"),
+    (dict(steps=0), "--recover-steps 0: must be at least 1"),
+])
+def test_recover_config_bad_lr_or_steps_names_the_flag(kwargs, message):
+    with pytest.raises(SparsaError, match=message):
+        RecoverConfig(sparsity=0.5, **kwargs)

@@ -156,15 +156,30 @@ def test_write_bal_failed_rename_leaves_old_file_and_no_temporary(tmp_path, monk
     path.write_text("old")
 
     def failing_replace(src, dst):
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
     monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
-        write_bal(bal_scene(), path)
+    with pytest.raises(SparsaError, match=error_at(path, "cannot write (No space left")):
+        write_bal(bal_scene(), path, force=True)
     assert os.listdir(tmp_path) == ["problem.txt"] and path.read_text() == "old"
 
 
-def test_write_bal_missing_directory_raises(tmp_path):
-    path = tmp_path / "absent" / "problem.txt"
-    with pytest.raises(SparsaError, match=error_at(path, "cannot write")):
+def test_write_bal_existing_file_without_force_refuses(tmp_path):
+    path = tmp_path / "problem.txt"
+    path.write_text("mine")
+    with pytest.raises(SparsaError, match=error_at(path, "exists")):
         write_bal(bal_scene(), path)
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == ["problem.txt"] and path.read_text() == "mine"
+
+
+def test_write_bal_missing_directory_is_created(tmp_path):
+    path = tmp_path / "absent" / "problem.txt"
+    write_bal(bal_scene(), path)
+    assert read_bal(path).n_observations == bal_scene().n_observations
+
+
+def test_write_bal_under_a_file_names_the_path(tmp_path):
+    (tmp_path / "afile").write_text("mine")
+    path = tmp_path / "afile" / "problem.txt"
+    with pytest.raises(SparsaError, match=error_at(path, "is not a directory")):
+        write_bal(bal_scene(), path)
+    assert os.listdir(tmp_path) == ["afile"]

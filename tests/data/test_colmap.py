@@ -67,7 +67,8 @@ def test_write_colmap_then_read_colmap_round_trip_is_bit_exact(tmp_path, binary)
     scene = colmap_scene()
     write_colmap(scene, tmp_path / "model", binary=binary)
     suffix = ".bin" if binary else ".txt"
-    assert sorted(os.listdir(tmp_path / "model")) == [f"cameras{suffix}", f"images{suffix}", f"points3D{suffix}"]
+    assert sorted(os.listdir(tmp_path / "model")) == [f"cameras{suffix}", f"images{suffix}", f"points3D{suffix}",
+                                                      "sparsa-colmap.json"]
     assert_same_scene(read_colmap(tmp_path / "model"), scene)
 
 
@@ -217,10 +218,10 @@ def test_write_colmap_failure_midway_keeps_old_model_and_no_temporary(tmp_path, 
 
     def failing(self, data):
         if self.name.startswith("points3D"):
-            raise OSError("disk full")
+            raise OSError(28, "No space left on device")
         return write_bytes(self, data)
     monkeypatch.setattr(Path, "write_bytes", failing)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(SparsaError, match=error_at(tmp_path / "model", "cannot write (No space left on device)")):
         write_colmap(colmap_scene(), tmp_path / "model")
     assert {p.name: p.read_bytes() for p in (tmp_path / "model").iterdir()} == before
     assert os.listdir(tmp_path) == ["model"]

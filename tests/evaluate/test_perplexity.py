@@ -57,3 +57,10 @@ def test_load_texts_defaults_and_errors():
     assert list(load_texts("shakespeare, wiki", None)) == ["shakespeare", "wiki"]
     with pytest.raises(SparsaError, match="--ppl 'ptb': unknown corpus"):
         load_texts("wiki,ptb", None)
+
+
+@pytest.mark.parametrize("ppl", ["", "wiki,", ",wiki", "wiki,,shakespeare", " "])
+def test_load_texts_empty_corpus_name_names_ppl_and_the_corpora(ppl):
+    with pytest.raises(SparsaError, match=r"--ppl .*: empty corpus name; give comma-separated names from wiki, "
+                                          r"shakespeare"):
+        load_texts(ppl, None)

@@ -144,10 +144,10 @@ def test_checkpoint_shard_missing_from_disk_raises(tiny_llama, tiny_tokenizer, t
 
 def test_checkpoint_failed_write_leaves_nothing(tiny_llama, tiny_tokenizer, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ckpt, "write_shards", broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(SparsaError, match=r"ck: cannot write \(No space left on device\)"):
         save_checkpoint(tiny_llama, tiny_tokenizer, tmp_path / "ck", method={})
     assert list(tmp_path.iterdir()) == []
 
@@ -159,7 +159,7 @@ def test_checkpoint_overwrite_replaces_old_checkpoint_only(tiny_llama, tiny_toke
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("keep me")
-    with pytest.raises(SparsaError, match="exists and is not a sparsa checkpoint"):
+    with pytest.raises(SparsaError, match="other: holds notes.txt, which sparsa did not write"):
         save_checkpoint(tiny_llama, tiny_tokenizer, tmp_path / "other", method={})
     assert (tmp_path / "other" / "notes.txt").read_text() == "keep me"
 

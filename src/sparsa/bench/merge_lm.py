@@ -112,7 +112,7 @@ class LMTasks:
             for part, w in windows.items():
                 hidden, kwargs = block_inputs(model, w, "cpu", first)
                 getattr(self, part)[task] = (torch.cat(hidden), w)
-                self.kwargs = kwargs
+                self.kwargs = dict(zip(self.blocks, kwargs[first:]))  # each tuned block's own
         self.finetuned = self._finetuned(cache_dir, progress)
 
     @property
@@ -125,7 +125,7 @@ class LMTasks:
         h = hidden
         for prefix, block in self.blocks.items():
             local = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
-            out = torch.func.functional_call(block, local, (h,), self.kwargs)
+            out = torch.func.functional_call(block, local, (h,), self.kwargs[prefix])
             h = out[0] if isinstance(out, tuple) else out
         return self.norm(h)
 

@@ -1,12 +1,13 @@
 """Writing benchmark results: ``<name>.json`` + ``<name>.md`` (+ ``<name>.png``), with date and machine."""
 
 import datetime
-import json
 import os
 import platform
 from pathlib import Path
 
 import torch
+
+from sparsa import json_safe
 
 
 def machine(device: str = "cpu") -> dict:
@@ -30,7 +31,7 @@ def write_results(out_dir, name: str, payload: dict, markdown: str, figure=None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.json", out_dir / f"{name}.md"]
-    write_atomic(paths[0], (json.dumps(payload, indent=2) + "\n").encode())
+    write_atomic(paths[0], (json_safe.dumps(payload, indent=2) + "\n").encode())
     write_atomic(paths[1], markdown.encode())
     if figure is not None:
         paths.append(out_dir / f"{name}.png")

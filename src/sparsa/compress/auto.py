@@ -89,7 +89,7 @@ def compress_auto_(model, config: AutoConfig, method, windows, *, filter_fn, dev
     records, block_errors = [], []  # (layer, fqn, formats, [(bytes, error)], bias, dense bytes)
     bar = tqdm(list(enumerate(layers)), desc="compress auto", disable=not progress, unit="block")
     for index, layer in bar:
-        targets, hessians, dense_out = calibrate_block(layer, index, hidden, kwargs, filter_fn, device)
+        targets, hessians, dense_out = calibrate_block(layer, index, hidden, kwargs[index], filter_fn, device)
         for fqn, linear in targets:
             where, H, W = f"model.layers.{index}.{fqn}", hessians.pop(fqn), linear.weight.data.float()
             formats = [get_method(c.method).compress_weight(W, c, where=where, H=H) for c in cands]
@@ -100,7 +100,7 @@ def compress_auto_(model, config: AutoConfig, method, windows, *, filter_fn, dev
             set_submodule(layer, fqn, SparseLinear(formats[provisional], linear.bias))
             records.append((layer, fqn, formats, options, linear.bias,
                             linear.weight.numel() * linear.weight.element_size()))
-        hidden, error = finish_block(layer, index, hidden, kwargs, dense_out)
+        hidden, error = finish_block(layer, index, hidden, kwargs[index], dense_out)
         block_errors.append(error)
         bar.set_postfix(rel_err=f"{error:.2e}")
     params = sum(r[2][0].numel for r in records)

@@ -12,6 +12,7 @@ reproduce the dense teacher's sentence embeddings on calibration text:
 * at the end every selected linear becomes a ``SparseLinear`` holding a ``BlockSparse`` weight.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -53,8 +54,12 @@ class RecoverConfig:
     def __post_init__(self):
         if not 0.0 <= self.sparsity < 1.0:
             raise SparsaError(f"--sparsity {self.sparsity} must be in [0, 1)")
-        if self.steps < 1 or not 0.0 < self.ramp <= 1.0 or self.update_every < 1 or self.batch_size < 1:
-            raise SparsaError("recovery needs steps >= 1, 0 < ramp <= 1, update_every >= 1 and batch_size >= 1")
+        if self.steps < 1:
+            raise SparsaError(f"--recover-steps {self.steps}: must be at least 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise SparsaError(f"--recover-lr {self.lr}: must be a finite number > 0 (default {RecoverConfig.lr:g})")
+        if not 0.0 < self.ramp <= 1.0 or self.update_every < 1 or self.batch_size < 1:
+            raise SparsaError("recovery needs 0 < ramp <= 1, update_every >= 1 and batch_size >= 1")
 
     def sparsity_at(self, step: int) -> float:
         """The cubic schedule: 0 at step 0, ``sparsity`` from ``ramp * steps`` on."""

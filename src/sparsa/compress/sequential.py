@@ -5,6 +5,10 @@ run the calibration inputs through it with hooks accumulating each linear layer'
 compress its linears, and run the inputs again through the compressed block to get the next
 block's inputs. Each block thus sees the errors of the blocks before it, and only one block's
 weights sit on the device, so models larger than the device compress.
+
+Each block is replayed with its own keyword arguments (attention mask, rotary embeddings, ...),
+recorded in one forward where every block is a pass-through: blocks need not share them (Gemma-3
+mixes sliding-window and global layers, each kind with its own mask and rotary base).
 """
 
 import time
@@ -18,10 +22,6 @@ from sparsa.compress.hessian import HessianAccumulator
 from sparsa.errors import SparsaError
 from sparsa.nn.sparse_linear import SparseLinear, decoded_weights
 from sparsa.nn.surgery import FilterFn, output_head, set_submodule, target_linears
-
-
-class _Captured(Exception):
-    """Raised by the block-0 hook to stop the forward pass once its inputs are captured."""
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -52,36 +52,59 @@ def block_outputs(layer: nn.Module, hidden: list, kwargs: dict) -> list:
     return outs
 
 
+@contextmanager
+def pass_through(layers: nn.ModuleList, first_inputs: list, per_block: list):
+    """Make every block return its input unchanged, appending block 0's input ``[1, L, D]`` to
+    ``first_inputs`` and keeping each block's keyword arguments in ``per_block[i]``."""
+
+    def recorder(index: int):
+        def forward(*args, **kw):
+            hidden = args[0] if args else kw.pop("hidden_states")
+            if len(args) > 1:
+                raise SparsaError(f"model.layers.{index}: gets {len(args)} positional arguments; the calibration "
+                                  "driver replays the hidden states and keyword arguments only")
+            if index == 0:
+                first_inputs.append(hidden)
+            per_block[index] = kw
+            return hidden
+        return forward
+
+    try:
+        for index, layer in enumerate(layers):
+            layer.forward = recorder(index)  # an instance attribute shadows the class's forward
+        yield
+    finally:
+        for layer in layers:
+            layer.__dict__.pop("forward", None)
+
+
 @torch.no_grad()
-def block_inputs(model: nn.Module, windows: torch.Tensor, device, index: int = 0) -> tuple[list, dict]:
-    """Inputs of block ``index`` for each window (on ``device``), and the keyword arguments blocks
-    get. The blocks before ``index`` run where they are (on the CPU unless moved)."""
+def block_inputs(model: nn.Module, windows: torch.Tensor, device, index: int = 0) -> tuple[list, list[dict]]:
+    """Inputs of block ``index`` for each window (on ``device``), and each block's keyword arguments
+    (``per_block[i]``), recorded in one forward where every block is a pass-through. The blocks
+    before ``index`` then run where they are (on the CPU unless moved)."""
     layers = decoder_layers(model)
-    for child in model.model.children():
-        if child is not layers:
+    others = [child for child in model.model.children() if child is not layers]
+    hidden, per_block = [], [None] * len(layers)
+    try:
+        for child in others:
             child.to(device)
-    captured, kwargs = [], {}
-
-    def catch(module, args, kw):
-        captured.append(args[0] if args else kw.pop("hidden_states"))
-        kwargs.update({k: v for k, v in kw.items() if k != "hidden_states"})
-        raise _Captured
-
-    with hooks([layers[index].register_forward_pre_hook(catch, with_kwargs=True)]):
-        for window in windows:
-            try:
+        with pass_through(layers, hidden, per_block):
+            for window in windows:
                 model.model(window[None].to(device), use_cache=False)
-            except _Captured:
-                pass
-    for child in model.model.children():
-        if child is not layers:
+    finally:
+        for child in others:
             child.to("cpu")
-    return captured, kwargs
+    if None in per_block:
+        raise SparsaError(f"model.layers.{per_block.index(None)}: the decoder never calls this block")
+    for before in range(index):
+        hidden = block_outputs(layers[before], hidden, per_block[before])
+    return hidden, per_block
 
 
 def calibrate_block(layer: nn.Module, index: int, hidden: list, kwargs: dict, filter_fn: FilterFn, device):
     """Move block ``index`` to ``device``, check its selected linears and run the calibration
-    inputs through it, accumulating each one's Hessian.
+    inputs through it (with its keyword arguments ``kwargs``), accumulating each one's Hessian.
 
     Returns:
         (targets [(fqn, nn.Linear)], Hessians {fqn: [in, in]}, the dense block outputs).
@@ -126,8 +149,8 @@ def compress_head_(model: nn.Module, config, method, hidden: list, filter_fn: Fi
 
 
 def finish_block(layer: nn.Module, index: int, hidden: list, kwargs: dict, dense_out: list) -> tuple[list, float]:
-    """Run the calibration inputs through the compressed block; return its outputs (the next
-    block's inputs) and its relative squared output error against ``dense_out``."""
+    """Run the calibration inputs through the compressed block (with its ``kwargs``); return its
+    outputs (the next block's inputs) and its relative squared output error against ``dense_out``."""
     with decoded_weights(layer):
         hidden = block_outputs(layer, hidden, kwargs)
     error = sum((h - d).float().square().sum() for h, d in zip(hidden, dense_out, strict=True))
@@ -156,13 +179,13 @@ def compress_sequential_(model: nn.Module, config, method, windows: torch.Tensor
     totals = {"layers": 0, "params": 0, "compressed_bytes": 0, "dense_bytes": 0, "block_errors": []}
     bar = tqdm(list(enumerate(layers)), desc=f"compress {config.method}", disable=not progress, unit="block")
     for index, layer in bar:
-        targets, hessians, dense_out = calibrate_block(layer, index, hidden, kwargs, filter_fn, device)
+        targets, hessians, dense_out = calibrate_block(layer, index, hidden, kwargs[index], filter_fn, device)
         for fqn, linear in targets:
             fmt = method.compress_weight(linear.weight.data.float(), config, where=f"model.layers.{index}.{fqn}",
                                          H=hessians.pop(fqn))
             set_submodule(layer, fqn, SparseLinear(fmt, linear.bias))
             record(totals, fmt, linear)
-        hidden, error = finish_block(layer, index, hidden, kwargs, dense_out)
+        hidden, error = finish_block(layer, index, hidden, kwargs[index], dense_out)
         totals["block_errors"].append(error)
         bar.set_postfix(rel_err=f"{error:.2e}")
     compress_head_(model, config, method, hidden, filter_fn, device, totals)

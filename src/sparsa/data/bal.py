@@ -13,12 +13,12 @@ Each BAL camera is also its image, so a BAL scene has ``image_camera == arange(K
 
 import bz2
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from sparsa.atomic import write_file
 from sparsa.data.scene import Scene
 from sparsa.errors import SparsaError
 
@@ -69,8 +69,9 @@ def read_bal(path: str | os.PathLike) -> Scene:
     return scene.validate(str(path))
 
 
-def write_bal(scene: Scene, path: str | os.PathLike) -> None:
-    """Write ``scene`` as a BAL problem file, atomically (nothing is left half-written on error).
+def write_bal(scene: Scene, path: str | os.PathLike, *, force: bool = False) -> None:
+    """Write ``scene`` as a BAL problem file, atomically (nothing is left half-written on error);
+    an existing file is replaced only with ``force``.
 
     Floats are written as Python's shortest round-trip ``repr``, so ``read_bal(write_bal(s))``
     gives back bit-identical tensors. A ``.bz2`` suffix writes bzip2-compressed text.
@@ -78,7 +79,8 @@ def write_bal(scene: Scene, path: str | os.PathLike) -> None:
     Args:
         scene: a BAL scene: model ``BAL``, rotation_format ``angle_axis`` and one camera per
             image (``image_camera == arange(K)``, ``K == I``).
-        path: the destination file; its directory must exist.
+        path: the destination file; missing parent directories are created.
+        force: replace an existing file.
 
     Raises:
         SparsaError: the scene is not a BAL scene or fails :meth:`Scene.validate`.
@@ -94,7 +96,7 @@ def write_bal(scene: Scene, path: str | os.PathLike) -> None:
                           f"is not arange({scene.n_images})")
     text = _format(scene)
     data = bz2.compress(text.encode()) if Path(path).suffix == ".bz2" else text.encode()
-    _write_atomically(Path(path), data)
+    write_file(path, data, force=force)
 
 
 def _read_text(path) -> bytes:
@@ -171,21 +173,3 @@ def _format(scene: Scene) -> str:
     lines += map(repr, cameras.flatten().tolist())
     lines += map(repr, scene.points.flatten().tolist())
     return "\n".join(lines) + "\n"
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    except OSError as e:
-        raise SparsaError(f"{path}: cannot write ({e.strerror or e})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

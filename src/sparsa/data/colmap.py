@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sparsa.atomic import atomic_directory
+from sparsa.atomic import COLMAP_MODEL, output_directory
 from sparsa.data.rotations import angle_axis_to_quaternion
 from sparsa.data.scene import CAMERA_MODELS, Scene
 from sparsa.errors import SparsaError
@@ -54,19 +54,33 @@ def read_colmap(path: str | os.PathLike) -> Scene:
             that disagree with the images' keypoints; the message names the file.
     """
     path = Path(path)
-    suffix = _model_suffix(path)
+    suffix, rows = read_rows(path)
+    return _to_scene([path / f"{name}{suffix}" for name in FILES], *rows).validate(str(path))
+
+
+def read_rows(path: Path) -> tuple[str, tuple[list, list, list]]:
+    """The model's suffix (``.bin`` or ``.txt``) and its camera, image and point rows (see the
+    module docstring), every keypoint kept, untriangulated ones included."""
+    suffix = model_suffix(path)
     files = [path / f"{name}{suffix}" for name in FILES]
     if suffix == ".bin":
-        rows = [_Binary(file).records(what, read) for file, what, read in
-                zip(files, ("camera", "image", "point"), (_camera_bin, _image_bin, _point_bin))]
-    else:
-        rows = [_text_records(file, *how) for file, how in
-                zip(files, (("camera", _camera_txt, 4), ("image", _image_txt, 10, 9), ("point", _point_txt, 8)))]
-    return _to_scene(files, *rows).validate(str(path))
+        return suffix, tuple(_Binary(file).records(what, read) for file, what, read in
+                             zip(files, ("camera", "image", "point"), (_camera_bin, _image_bin, _point_bin)))
+    return suffix, tuple(_text_records(file, *how) for file, how in
+                         zip(files, (("camera", _camera_txt, 4), ("image", _image_txt, 10, 9),
+                                     ("point", _point_txt, 8))))
 
 
-def write_colmap(scene: Scene, path: str | os.PathLike, *, binary: bool = True) -> None:
-    """Write ``scene`` as a COLMAP sparse model directory, replacing ``path`` atomically.
+def encode_rows(cameras: list[tuple], images: list[tuple], points: list[tuple], binary: bool) -> dict[str, bytes]:
+    """File name -> contents of the three model files holding these rows."""
+    writers = (_cameras_bin, _images_bin, _points_bin) if binary else (_cameras_txt, _images_txt, _points_txt)
+    return {f"{name}{'.bin' if binary else '.txt'}": write(rows)
+            for name, write, rows in zip(FILES, writers, (cameras, images, points))}
+
+
+def write_colmap(scene: Scene, path: str | os.PathLike, *, binary: bool = True, force: bool = False) -> None:
+    """Write ``scene`` as a new COLMAP sparse model directory at ``path``, atomically; an existing
+    ``path`` is replaced only when sparsa wrote it, or with ``force`` (see :mod:`sparsa.atomic`).
 
     Each image's keypoints are its observations in obs order and the tracks point back to them,
     so a scene whose observations are grouped by image (as :func:`read_colmap` returns them)
@@ -78,6 +92,7 @@ def write_colmap(scene: Scene, path: str | os.PathLike, *, binary: bool = True) 
         scene: a scene with a COLMAP camera model (not ``BAL``).
         path: the model directory; created, or replaced as a whole.
         binary: write ``.bin`` files (default) or ``.txt`` files.
+        force: replace a directory that holds files sparsa did not write.
 
     Raises:
         SparsaError: the scene is invalid, has BAL cameras, ids COLMAP cannot store, or an image
@@ -96,14 +111,13 @@ def write_colmap(scene: Scene, path: str | os.PathLike, *, binary: bool = True) 
     if bad:
         raise SparsaError(f"{path}: image name {bad[0]!r} cannot be written to a COLMAP "
                           f"{'binary' if binary else 'text'} model")
-    writers = (_cameras_bin, _images_bin, _points_bin) if binary else (_cameras_txt, _images_txt, _points_txt)
-    contents = [write(rows) for write, rows in zip(writers, (cameras, images, points))]
-    with atomic_directory(path) as tmp:
-        for name, data in zip(FILES, contents):
-            (tmp / f"{name}{'.bin' if binary else '.txt'}").write_bytes(data)
+    with output_directory(path, COLMAP_MODEL, force=force) as (tmp, manifest):
+        for name, data in encode_rows(cameras, images, points, binary).items():
+            (tmp / name).write_bytes(data)
+        manifest.update(images=len(images), points=len(points))
 
 
-def _model_suffix(path: Path) -> str:
+def model_suffix(path: Path) -> str:
     """``.bin`` if all three binary files exist, ``.txt`` if all three text files do."""
     if not path.is_dir():
         raise SparsaError(f"{path}: no such COLMAP model directory")
@@ -387,7 +401,7 @@ def _cameras_txt(cameras: list[tuple]) -> bytes:
 def _images_txt(images: list[tuple]) -> bytes:
     lines = []
     for image_id, pose, camera_id, name, xy, point_ids in images:
-        lines.append(" ".join([str(image_id), *map(repr, pose), str(camera_id), name]))
+        lines.append(" ".join([str(image_id), *(repr(float(v)) for v in pose), str(camera_id), name]))
         lines.append(" ".join(f"{x!r} {y!r} {p}" for (x, y), p in zip(xy.tolist(), point_ids.tolist())))
     return _text(f"# {len(images)} images, two lines each: IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME, "
                  f"then POINTS2D[] as (X Y POINT3D_ID)", lines)
@@ -395,5 +409,6 @@ def _images_txt(images: list[tuple]) -> bytes:
 
 def _points_txt(points: list[tuple]) -> bytes:
     return _text(f"# {len(points)} points: POINT3D_ID X Y Z R G B ERROR TRACK[] as (IMAGE_ID POINT2D_IDX)",
-                 (" ".join([str(point_id), *map(repr, xyz), *map(str, rgb), repr(error),
+                 (" ".join([str(point_id), *(repr(float(v)) for v in xyz), *(str(int(v)) for v in rgb),
+                            repr(float(error)),
                             *map(str, track.ravel().tolist())]) for point_id, xyz, rgb, error, track in points))

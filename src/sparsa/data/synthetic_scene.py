@@ -9,7 +9,9 @@ track lengths instead of every point in every view). Observations get Gaussian p
 rotations (0.01 rad), translations and points (0.1 units) and focal lengths (1%).
 """
 
+import os
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 
 import torch
 
@@ -18,6 +20,17 @@ from sparsa.data.scene import CAMERA_MODELS, Scene
 from sparsa.errors import SparsaError
 
 WIDTH, HEIGHT = 1024, 768
+CHUNK_PAIRS = 4_000_000  # (point, camera) pairs projected at once
+# key -> (type, lowest value, bound the value must stay below); ints also stay below 2**63
+KEYS = {"cameras": (int, 2, None), "points": (int, 1, None), "seed": (int, 0, None), "model": (str, None, None),
+        "track": (int, 2, None), "noise": (float, 0.0, None), "outliers": (float, 0.0, 1.0)}
+# Peak resident bytes of synthetic_scene per unit (ru_maxrss of scenes from 2 to 4e6 cameras and 20 to 4e6
+# points, rounded up). Camera: float64 pose, centre, look-at target and rotations, intrinsics and the start's
+# perturbed copies. Point: position, its radius draw, the start's perturbed copy, the used-point index.
+# Observation: camera and point indices, exact and noisy pixels, the nonzero() and unique() outputs.
+# (point, camera) pair of one projection chunk: camera-frame point and the einsum product, repeated
+# intrinsics, pixels, visibility masks, the random score and its two argsorts.
+CAMERA_BYTES, POINT_BYTES, OBSERVATION_BYTES, PAIR_BYTES = 600, 200, 64, 480
 
 
 @dataclass(frozen=True)
@@ -35,28 +48,79 @@ class SyntheticSpec:
         """``synthetic:cameras=C,points=P,seed=S,...`` (the ``synthetic:`` prefix optional)."""
         body = spec.removeprefix("synthetic:")
         kw = {}
-        types = {"cameras": int, "points": int, "seed": int, "model": str, "track": int, "noise": float,
-                 "outliers": float}
         for item in filter(None, body.split(",")):
             key, _, value = item.partition("=")
-            if key not in types or not value:
-                raise SparsaError(f"{spec}: bad item {item!r}; expected key=value with key in {', '.join(types)}")
-            try:
-                kw[key] = types[key](value)
-            except ValueError:
-                raise SparsaError(f"{spec}: {key}={value!r} is not a {types[key].__name__}") from None
+            if key not in KEYS or not value:
+                raise SparsaError(f"{spec}: bad item {item!r}; expected key=value with key in {', '.join(KEYS)}")
+            if key in kw:
+                raise SparsaError(f"{spec}: {key} is given twice; give each key once")
+            kw[key] = parse_value(spec, key, value)
         for key in ("cameras", "points"):
             if key not in kw:
                 raise SparsaError(f"{spec}: missing {key}=N")
         out = cls(**kw)
-        if out.cameras < 2 or out.points < 1 or out.track < 2:
-            raise SparsaError(f"{spec}: need cameras >= 2, points >= 1 and track >= 2")
         if out.model not in CAMERA_MODELS or out.model == "BAL":
             raise SparsaError(f"{spec}: model {out.model!r}; choose one of "
                               f"{', '.join(m for m in CAMERA_MODELS if m != 'BAL')}")
-        if not 0 <= out.outliers < 1 or out.noise < 0:
-            raise SparsaError(f"{spec}: need 0 <= outliers < 1 and noise >= 0")
         return out
+
+
+def parse_value(spec: str, key: str, text: str):
+    """The value of ``key=text`` in a synthetic spec, of the type and range :data:`KEYS` declares.
+
+    Integers may be written in scientific notation when exact (``points=1e6``)."""
+    kind, low, below = KEYS[key]
+    if kind is str:
+        return text
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        number = Decimal("nan")
+    if kind is int:
+        below = 2**63 if below is None else below
+        ok = number.is_finite() and number == number.to_integral_value() and low <= number < below
+    else:
+        ok = number.is_finite() and low <= number and (below is None or number < below)
+    if not ok:
+        noun = "an integer" if kind is int else "a finite number"
+        bound = "" if below is None else f" and < {below:g}" if kind is float else " and < 2**63"
+        raise SparsaError(f"{spec}: {key}={text}: expected {noun} >= {low:g}{bound}")
+    return kind(number)
+
+
+def memory_bytes(spec: SyntheticSpec) -> int:
+    """Estimated peak bytes :func:`synthetic_scene` allocates for ``spec`` (see :data:`CAMERA_BYTES`).
+
+    Observations: each point draws 2..``track`` of the cameras that see it, ``(2 + track) / 2`` on average."""
+    C, P = spec.cameras, spec.points
+    observations = P * min((2 + spec.track) / 2, C)
+    pairs = min(P, max(1, CHUNK_PAIRS // C)) * C
+    return int(C * CAMERA_BYTES + P * POINT_BYTES + observations * OBSERVATION_BYTES + pairs * PAIR_BYTES)
+
+
+def available_memory_bytes() -> int:
+    """MemAvailable of /proc/meminfo, else the machine's physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_size(spec: SyntheticSpec) -> None:
+    """SparsaError, before any allocation, for a scene that cannot fit in memory or leaves a camera unseen."""
+    need, have = memory_bytes(spec), available_memory_bytes()
+    if need > have:
+        raise SparsaError(f"{describe(spec)}: needs about {need / 2**30:,.1f} GiB of memory to generate "
+                          f"({CAMERA_BYTES} B per camera, {POINT_BYTES} per point, {OBSERVATION_BYTES} per "
+                          f"observation), but {have / 2**30:,.1f} GiB is available; use fewer cameras or points")
+    if spec.cameras > spec.points * spec.track:
+        raise SparsaError(f"{describe(spec)}: {spec.cameras} cameras but at most points x track = "
+                          f"{spec.points * spec.track} observations; some cameras would observe no point, "
+                          "use more points")
 
 
 def look_at(centres: torch.Tensor, targets: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -91,7 +155,7 @@ def observe(spec: SyntheticSpec, R, t, K, X, g, project) -> tuple[torch.Tensor, 
     the image) and their exact pixels. Returns (obs_image, obs_point, pixels)."""
     C, P = len(R), len(X)
     images, points, pixels = [], [], []
-    chunk = max(1, 4_000_000 // C)
+    chunk = max(1, CHUNK_PAIRS // C)
     for start in range(0, P, chunk):
         Xc = X[start:start + chunk]
         Xcam = torch.einsum("cij,pj->pci", R, Xc) + t  # [p, C, 3]
@@ -115,6 +179,7 @@ def synthetic_scene(spec: SyntheticSpec, project) -> tuple[Scene, Scene]:
     ``project(model, params [M, n], X_cam [M, 3]) -> [M, 2]`` is the camera projection (passed in
     so this data module needs no solver code). Points seen by fewer than two cameras are dropped.
     """
+    check_size(spec)
     g = torch.Generator().manual_seed(spec.seed)
     f64 = torch.float64
     C, P = spec.cameras, spec.points

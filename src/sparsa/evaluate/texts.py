@@ -6,13 +6,22 @@ from sparsa.errors import SparsaError
 from sparsa.evaluate.perplexity import PerplexityResult, perplexity
 
 
+def corpus_names(ppl: str) -> list[str]:
+    """``--ppl a,b`` -> ``["a", "b"]``; SparsaError naming --ppl for an empty or unknown name."""
+    names = [n.strip() for n in ppl.split(",")]
+    for name in names:
+        if not name:
+            raise SparsaError(f"--ppl {ppl!r}: empty corpus name; give comma-separated names from "
+                              f"{', '.join(CORPORA)} (e.g. --ppl {','.join(CORPORA)})")
+        if name not in CORPORA:
+            raise SparsaError(f"--ppl {name!r}: unknown corpus; choose from {', '.join(CORPORA)}")
+    return names
+
+
 def load_texts(ppl: str | None, text_file: str | None) -> dict[str, str]:
     """Evaluation texts by name: corpus eval splits from ``--ppl a,b`` (default ``wiki`` when no
     text file is given) and the whole ``--text-file``, keyed by its path."""
-    names = [n.strip() for n in ppl.split(",") if n.strip()] if ppl else ([] if text_file else ["wiki"])
-    for name in names:
-        if name not in CORPORA:
-            raise SparsaError(f"--ppl {name!r}: unknown corpus; choose from {', '.join(CORPORA)}")
+    names = corpus_names(ppl) if ppl is not None else ([] if text_file else ["wiki"])
     texts = {name: load_corpus(name).eval for name in names}
     if text_file:
         texts[text_file] = read_text_file(text_file)

@@ -14,6 +14,7 @@ elementwise already). EMR's rescalers are computed over the tensors with at leas
 import torch
 
 from sparsa.errors import SparsaError
+from sparsa.merge.params import REAL, UNIT, UNIT_OPEN, Param
 from sparsa.merge.registry import get_method, register_method
 
 TaskVector = dict[str, torch.Tensor]
@@ -80,7 +81,8 @@ def _disjoint_mean(x: torch.Tensor) -> torch.Tensor:
     return (x * agree).sum(0) / count.clamp(min=1.0)
 
 
-@register_method("task_arithmetic", reference_url="https://arxiv.org/abs/2212.04089", kind="static")
+@register_method("task_arithmetic", reference_url="https://arxiv.org/abs/2212.04089", kind="static",
+                 params={"lam": REAL})
 def task_arithmetic(task_vectors: dict[str, TaskVector], *, generator: torch.Generator | None = None,
                     lam: float = 0.3) -> TaskVector:
     """Task Arithmetic (Ilharco et al., "Editing Models with Task Arithmetic", arXiv 2212.04089).
@@ -99,7 +101,8 @@ def task_arithmetic(task_vectors: dict[str, TaskVector], *, generator: torch.Gen
     return {name: lam * _stack(task_vectors, tasks, name).sum(0) for name in names}
 
 
-@register_method("ties", reference_url="https://arxiv.org/abs/2306.01708", kind="static")
+@register_method("ties", reference_url="https://arxiv.org/abs/2306.01708", kind="static",
+                 params={"density": UNIT, "lam": REAL})
 def ties(task_vectors: dict[str, TaskVector], *, generator: torch.Generator | None = None,
          density: float = 0.2, lam: float = 1.0) -> TaskVector:
     """TIES-Merging (Yadav et al., "Resolving Interference When Merging Models", arXiv 2306.01708).
@@ -127,7 +130,8 @@ def ties(task_vectors: dict[str, TaskVector], *, generator: torch.Generator | No
     return out
 
 
-@register_method("dare", reference_url="https://arxiv.org/abs/2311.03099", kind="static")
+@register_method("dare", reference_url="https://arxiv.org/abs/2311.03099", kind="static",
+                 params={"p": UNIT_OPEN, "lam": REAL, "then": Param(str, choices=("task_arithmetic", "ties"))})
 def dare(task_vectors: dict[str, TaskVector], *, generator: torch.Generator | None = None,
          p: float = 0.5, lam: float = 0.3, then: str = "task_arithmetic") -> TaskVector:
     """DARE (Yu et al., "Language Models are Super Mario", arXiv 2311.03099).
@@ -222,7 +226,8 @@ def emr(task_vectors: dict[str, TaskVector], *,
     return out
 
 
-@register_method("tall_masks", reference_url="https://arxiv.org/abs/2405.07813", kind="per_task")
+@register_method("tall_masks", reference_url="https://arxiv.org/abs/2405.07813", kind="per_task",
+                 params={"mtl_lam": REAL, "tall_lam": Param(float, 0.0)})
 def tall_masks(task_vectors: dict[str, TaskVector], *, generator: torch.Generator | None = None,
                mtl_lam: float = 0.3, tall_lam: float = 0.4) -> dict[str, TaskVector]:
     """TALL-masks (Wang et al., "Localizing Task Information for Improved Model Merging and Compression",

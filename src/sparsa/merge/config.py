@@ -1,9 +1,10 @@
 """Configs of the merge engine: frozen dataclasses holding every default, validated on creation."""
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sparsa.errors import SparsaError
+from sparsa.merge.params import UNIT_OPEN, Param, check_values
 
 VERSION = 1
 SCALE_NORMS = ("l2", "l1", "lsq")
@@ -32,20 +33,15 @@ class TSwitchConfig:
     group_size: int = 4
 
     def __post_init__(self):
-        if not 0.0 <= self.drop_ratio < 1.0:
-            raise SparsaError(f"drop_ratio={self.drop_ratio}: must be in [0, 1)")
-        if self.scale_norm not in SCALE_NORMS:
-            raise SparsaError(f"scale_norm {self.scale_norm!r}: choose one of {', '.join(SCALE_NORMS)}")
-        if self.encoding not in ENCODINGS:
-            raise SparsaError(f"encoding {self.encoding!r}: choose one of {', '.join(ENCODINGS)}")
-        if self.group_size < 1:
-            raise SparsaError(f"group_size={self.group_size}: must be at least 1")
+        check_values(asdict(self), TSWITCH_SPECS, "TSwitchConfig")
 
     def to_dict(self) -> dict:
         return {"version": VERSION, **asdict(self)}
 
 
-TSWITCH_PARAMS = tuple(f.name for f in fields(TSwitchConfig))  # what a merge YAML may set for tswitch
+# one per TSwitchConfig field: what a merge YAML may set for tswitch, globally or per model
+TSWITCH_SPECS = {"drop_ratio": UNIT_OPEN, "scale_norm": Param(str, choices=SCALE_NORMS),
+                 "encoding": Param(str, choices=ENCODINGS), "group_size": Param(int, 1)}
 FLEX_BITS = (1, 2, 4)
 
 
@@ -171,7 +167,7 @@ class MergeConfig:
 
     @classmethod
     def from_dict(cls, raw, where: str, static_methods: dict) -> "MergeConfig":
-        """Validate a parsed YAML document; ``static_methods``: name -> its parameter defaults.
+        """Validate a parsed YAML document; ``static_methods``: name -> its parameters' :class:`Param` specs.
 
         Raises:
             SparsaError ``"{where}: ..."`` naming the key at fault.
@@ -188,8 +184,8 @@ class MergeConfig:
         known = ("tswitch", *sorted(static_methods))
         if method not in known:
             raise SparsaError(f"{where}: merge_method {method!r} is not one of {', '.join(known)}")
-        allowed = TSWITCH_PARAMS if method == "tswitch" else tuple(static_methods[method])
-        params = check_parameters(raw.get("parameters") or {}, allowed, f"{where}: parameters")
+        specs = TSWITCH_SPECS if method == "tswitch" else static_methods[method]
+        params = check_parameters(raw.get("parameters") or {}, specs, f"{where}: parameters")
         models = tuple(model_entry(m, i, method, f"{where}: models[{i}]") for i, m in enumerate(raw["models"] or []))
         if not models:
             raise SparsaError(f"{where}: models lists no fine-tuned model")
@@ -211,13 +207,14 @@ class MergeConfig:
         return TSwitchConfig(**{**self.parameters, **entry.parameters})
 
 
-def check_parameters(params, allowed: tuple[str, ...], where: str) -> dict:
+def check_parameters(params, specs: dict[str, Param], where: str) -> dict:
+    """``params`` checked against ``specs``: known names only, each value of its type and in its range."""
     if not isinstance(params, dict):
         raise SparsaError(f"{where}: expected a mapping")
-    unknown = sorted(set(params) - set(allowed))
+    unknown = sorted(set(params) - set(specs))
     if unknown:
-        raise SparsaError(f"{where}: unknown parameter {unknown[0]!r}; known: {', '.join(allowed) or 'none'}")
-    return dict(params)
+        raise SparsaError(f"{where}: unknown parameter {unknown[0]!r}; known: {', '.join(specs) or 'none'}")
+    return check_values(params, specs, where)
 
 
 def model_entry(raw, index: int, method: str, where: str) -> ModelEntry:
@@ -226,8 +223,8 @@ def model_entry(raw, index: int, method: str, where: str) -> ModelEntry:
     unknown = sorted(set(raw) - set(MODEL_KEYS))
     if unknown:
         raise SparsaError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(MODEL_KEYS)}")
-    allowed = TSWITCH_PARAMS if method == "tswitch" else ()
-    params = check_parameters(raw.get("parameters") or {}, allowed, f"{where}.parameters")
     path = str(raw["model"])
     name = str(raw.get("name") or Path(path).name.removesuffix(".safetensors"))
+    specs = TSWITCH_SPECS if method == "tswitch" else {}
+    params = check_parameters(raw.get("parameters") or {}, specs, f"{where} (model {name!r}).parameters")
     return ModelEntry(path, name, params)

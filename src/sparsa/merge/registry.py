@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sparsa.errors import SparsaError
+from sparsa.merge.params import Param
 
 KINDS = ("static", "per_task")
 
@@ -28,6 +29,7 @@ class MergeMethod:
         reference_url: Where the method is described (paper).
         kind: ``"static"`` or ``"per_task"`` (see the module docstring).
         params: Parameter name -> default, read from ``fn``'s keyword-only parameters (``generator`` excluded).
+        specs: Parameter name -> its declared type and range.
     """
 
     name: str
@@ -35,13 +37,15 @@ class MergeMethod:
     reference_url: str
     kind: str
     params: dict[str, Any] = field(default_factory=dict)
+    specs: dict[str, Param] = field(default_factory=dict)
 
     def __call__(self, task_vectors, *, generator=None, **params):
-        """Run ``fn``; a SparsaError names any parameter the method does not take."""
-        for key in params:
+        """Run ``fn``; a SparsaError names any parameter the method does not take or a value out of its range."""
+        for key, value in params.items():
             if key not in self.params:
                 known = ", ".join(sorted(self.params)) or "none"
                 raise SparsaError(f"merge method {self.name!r} has no parameter {key!r}; known: {known}")
+            self.specs[key].check(key, value, f"merge method {self.name!r}")
         return self.fn(task_vectors, generator=generator, **params)
 
 
@@ -57,21 +61,31 @@ def _defaults(fn: Callable[..., Any]) -> dict[str, Any]:
     return out
 
 
-def register_method(name: str, *, reference_url: str, kind: str):
+def register_method(name: str, *, reference_url: str, kind: str, params: dict[str, Param] | None = None):
     """Function decorator: file ``fn`` under ``name``; the function itself is returned unchanged.
 
     Args:
         name: Registry name; registering it twice raises RuntimeError.
         reference_url: Paper or page that defines the method.
         kind: ``"static"`` (one merged task vector) or ``"per_task"`` (one reconstruction per task).
+        params: The type and range of each keyword parameter of ``fn``; every one must be declared
+            (RuntimeError otherwise) and its default must pass.
     """
     if kind not in KINDS:
         raise ValueError(f"merge method {name!r}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    specs = dict(params or {})
 
     def decorate(fn):
         if name in METHODS:
             raise RuntimeError(f"merge method {name!r} registered twice")
-        METHODS[name] = MergeMethod(name=name, fn=fn, reference_url=reference_url, kind=kind, params=_defaults(fn))
+        defaults = _defaults(fn)
+        if set(specs) != set(defaults):
+            raise RuntimeError(f"merge method {name!r}: params= declares {sorted(specs)}, "
+                               f"its keyword parameters are {sorted(defaults)}")
+        for key, default in defaults.items():
+            specs[key].check(key, default, f"merge method {name!r} default")
+        METHODS[name] = MergeMethod(name=name, fn=fn, reference_url=reference_url, kind=kind, params=defaults,
+                                    specs=specs)
         return fn
 
     return decorate

@@ -22,8 +22,9 @@ TENSORWISE = ("task_arithmetic", "ties", "dare")  # static methods whose tensor 
 
 
 def tensorwise_methods() -> dict[str, dict]:
-    """Method name -> parameter defaults, for the static methods ``sparsa merge`` runs."""
-    return {name: METHODS[name].params for name in TENSORWISE}
+    """Method name -> its parameters' :class:`~sparsa.merge.params.Param` specs, for the static methods
+    ``sparsa merge`` runs."""
+    return {name: METHODS[name].specs for name in TENSORWISE}
 
 
 @dataclass

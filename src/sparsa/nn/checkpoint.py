@@ -8,8 +8,9 @@ Layout of a checkpoint ``DIR``:
     model-0000N-of-0000M.safetensors    every format array as ``<module>.<array>``, dense tensors
     model.safetensors.index.json        tensor name -> shard
 
-Writes go to a temporary sibling directory renamed into place at the end, so a failure never
-leaves a half-written checkpoint. Loads validate schema, shapes, dtypes and index ranges of
+Writes follow :mod:`sparsa.atomic`: built in a temporary sibling swapped into place at the end, so
+a failure never leaves a half-written checkpoint, and only an earlier checkpoint (``sparsa.json``
+listing every file there) is ever replaced. Loads validate schema, shapes, dtypes and index ranges of
 every tensor before building the model (on the ``meta`` device, no random init).
 """
 
@@ -22,7 +23,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from sparsa import __version__
-from sparsa.atomic import atomic_directory
+from sparsa.atomic import CHECKPOINT, output_directory
 from sparsa.errors import SparsaError
 from sparsa.formats.registry import get_format
 from sparsa.nn.safetensors_io import read_header
@@ -30,7 +31,7 @@ from sparsa.nn.sparse_linear import SparseLinear
 from sparsa.nn.surgery import set_submodule, sparse_linears
 
 SCHEMA_VERSION = 1
-MANIFEST = "sparsa.json"
+MANIFEST = CHECKPOINT.manifest
 INDEX = "model.safetensors.index.json"
 SHARD_BYTES = 2 * 1024**3
 # task -> the transformers auto class that rebuilds the model; manifests without a task are causal LMs
@@ -43,24 +44,26 @@ def is_checkpoint(path: Path) -> bool:
 
 
 # -- writing ---------------------------------------------------------------------------------
-def check_writable(out_dir: Path, manifest: str = MANIFEST, what: str = "sparsa checkpoint") -> None:
-    """Raise unless ``out_dir`` is absent, empty, or an earlier output holding ``manifest`` (which a
-    save replaces); ``what`` names such an output in the error."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not (out_dir.is_dir() and ((out_dir / manifest).is_file() or not any(out_dir.iterdir()))):
-        raise SparsaError(f"{out_dir}: exists and is not a {what}; choose another -o")
+def tie_sources(model: nn.Module) -> set[str]:
+    """Names Hugging Face weight tying copies from (``model.embed_tokens.weight``, which
+    ``lm_head.weight`` gets), as the model's config asks now; empty for other models."""
+    expand = getattr(model, "get_expanded_tied_weights_keys", None)
+    return set(expand(all_submodels=True).values()) if callable(expand) else set()
 
 
 def unique_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict without tied duplicates (the first name of a shared tensor wins)."""
-    seen, out = set(), {}
-    for name, tensor in model.state_dict().items():
+    """The model's state dict without tied duplicates, in state-dict order. A shared tensor keeps the
+    name its architecture loads and ties from (:func:`tie_sources`), else its first name."""
+    state, sources = model.state_dict(), tie_sources(model)
+    seen, keep = set(), set()
+    for name in sorted(state, key=lambda n: n not in sources):  # stable: tie sources claim first
+        tensor = state[name]
         # empty tensors all sit at address 0: they are never tied, keep each one
         key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
         if tensor.numel() == 0 or key not in seen:
             seen.add(key)
-            out[name] = tensor.detach().contiguous().cpu()
-    return out
+            keep.add(name)
+    return {name: t.detach().contiguous().cpu() for name, t in state.items() if name in keep}
 
 
 def write_shards(tensors: dict[str, torch.Tensor], directory: Path, shard_bytes: int) -> dict[str, str]:
@@ -82,21 +85,21 @@ def write_shards(tensors: dict[str, torch.Tensor], directory: Path, shard_bytes:
 
 
 def save_checkpoint(model: nn.Module, tokenizer, out_dir, *, method: dict,
-                    shard_bytes: int = SHARD_BYTES) -> dict:
+                    shard_bytes: int = SHARD_BYTES, force: bool = False) -> dict:
     """Write ``model`` (with its ``SparseLinear`` layers) and tokenizer as a checkpoint.
 
     Args:
         model: a Hugging Face model, compressed in place by ``compress_`` (a causal LM, or a bare
             encoder such as ``BertModel``: the manifest's ``task`` records which).
         tokenizer: its tokenizer (saved beside), or None.
-        out_dir: target directory; an existing sparsa checkpoint there is replaced.
+        out_dir: target directory; created, or replaced when it is an earlier checkpoint (see
+            :mod:`sparsa.atomic`).
         method: the method config as a dict, recorded in the manifest.
+        force: replace ``out_dir`` even when it holds files sparsa did not write.
     Returns:
         The manifest written to ``sparsa.json``.
     """
-    out_dir = Path(out_dir)
-    check_writable(out_dir)
-    with atomic_directory(out_dir) as tmp:
+    with output_directory(out_dir, CHECKPOINT, force=force) as (tmp, manifest):
         model.config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -104,10 +107,9 @@ def save_checkpoint(model: nn.Module, tokenizer, out_dir, *, method: dict,
         stored = {}
         for filename in sorted(set(weight_map.values())):
             stored.update(read_header(tmp / filename))
-        manifest = build_manifest(model, method, stored)
+        manifest.update(build_manifest(model, method, stored))
         (tmp / INDEX).write_text(json.dumps({"metadata": {"total_size": sum(t.nbytes for t in stored.values())},
                                              "weight_map": weight_map}, indent=2))
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
 
 
@@ -202,15 +204,54 @@ def build_formats(manifest: dict, tensors: dict, weight_map: dict, directory: Pa
     return formats
 
 
-def materialize_buffers(model: nn.Module) -> None:
-    """Compute the non-persistent buffers (e.g. rotary ``inv_freq``) that a meta build left empty."""
-    for name, module in model.named_modules():
-        if any(b is not None and b.is_meta for b in module.buffers(recurse=False)):
-            module.to_empty(device="cpu", recurse=False)
-            model._init_weights(module)
-    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if left:
-        raise SparsaError(f"tensor {left[0]} is missing from the checkpoint ({len(left)} missing)")
+def tie_loaded(model: nn.Module, missing: set[str]) -> None:
+    """Tie the weights the config ties, given the names the checkpoint did not provide: transformers
+    fills a missing tie target from its source (or the reverse), and leaves two distinct stored
+    tensors untied."""
+    if callable(getattr(model, "tie_weights", None)):
+        model.tie_weights(missing_keys=set(missing))
+
+
+def check_complete(model: nn.Module, directory: Path) -> None:
+    """Raise naming the first parameter or persistent buffer that neither the checkpoint nor weight
+    tying provided (it would otherwise keep a random or empty value)."""
+    missing = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
+    if missing:
+        raise SparsaError(f"{directory}: tensor {missing[0]} is missing from the checkpoint ({len(missing)} missing)")
+
+
+def init_buffers(model: nn.Module, module: nn.Module, names: list[str], fill: int) -> dict[str, torch.Tensor]:
+    """Run the model's ``_init_weights`` on ``module`` with its buffers ``names`` on the CPU, filled
+    with ``fill`` first, and its parameters swapped for meta scratch copies (the loaded ones are never
+    touched, nor copied); return those buffers."""
+    params, buffers = dict(module._parameters), {name: module._buffers[name] for name in names}
+    try:
+        for name, param in params.items():
+            if param is not None:
+                module._parameters[name] = nn.Parameter(torch.empty_like(param, device="meta"), param.requires_grad)
+        for name, buffer in buffers.items():
+            module._buffers[name] = torch.full(buffer.shape, fill, dtype=buffer.dtype)
+        model._init_weights(module)
+        return {name: module._buffers[name] for name in names}
+    finally:
+        module._parameters.update(params)
+        module._buffers.update(buffers)
+
+
+def materialize_buffers(model: nn.Module, directory: Path) -> None:
+    """Compute the non-persistent buffers (rotary ``inv_freq``, Gemma's ``embed_scale``, ...) that the
+    meta build left empty, with the model's own init run twice from two fills: a buffer the init
+    leaves as it found it (does not compute) is a SparsaError naming it."""
+    for prefix, module in model.named_modules():
+        names = [name for name, buffer in module._buffers.items() if buffer is not None and buffer.is_meta]
+        if not names:
+            continue
+        first, second = init_buffers(model, module, names, 0), init_buffers(model, module, names, 1)
+        for name in names:
+            if not torch.equal(first[name], second[name]):
+                raise SparsaError(f"{directory}: buffer {prefix}.{name} is not in the checkpoint and the "
+                                  "model's init does not compute it")
+            module._buffers[name] = first[name]
 
 
 def load_checkpoint(directory) -> tuple[nn.Module, object, dict]:
@@ -248,6 +289,7 @@ def load_checkpoint(directory) -> tuple[nn.Module, object, dict]:
             raise SparsaError(f"{directory / weight_map[name]}: tensor {name} has shape {list(tensor.shape)}, "
                               f"the config needs {list(expected[name].shape)}")
     model.load_state_dict(tensors, strict=False, assign=True)
-    model.tie_weights()
-    materialize_buffers(model)
+    tie_loaded(model, set(expected) - set(tensors))
+    check_complete(model, directory)
+    materialize_buffers(model, directory)
     return model.eval(), tokenizer, manifest

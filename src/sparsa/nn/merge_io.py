@@ -1,5 +1,6 @@
-"""Writing and reading what ``sparsa merge`` produces; every write goes through a temporary
-directory renamed into place, so a failure leaves nothing half-written.
+"""Writing and reading what ``sparsa merge`` produces; every write follows :mod:`sparsa.atomic`
+(a temporary directory swapped into place, replacing only an earlier merge output), so a failure
+leaves nothing half-written.
 
 * a merged model (static methods): ``model-*.safetensors`` + index, the base directory's config
   and tokenizer files, and ``merge.json``;
@@ -15,43 +16,41 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from sparsa.atomic import atomic_directory
+from sparsa.atomic import MERGE, check_output_dir, output_directory
 from sparsa.errors import SparsaError
 from sparsa.formats.sign_mask import SignMask
 from sparsa.merge.tswitch import CompressedTaskVector
-from sparsa.nn.checkpoint import INDEX, SHARD_BYTES, check_writable, write_shards
+from sparsa.nn.checkpoint import INDEX, SHARD_BYTES, write_shards
 from sparsa.nn.safetensors_io import read_header
 
-MERGE_MANIFEST = "merge.json"
+MERGE_MANIFEST = MERGE.manifest
 BANK_FILE = "switch.safetensors"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
 
 
-def check_output(out_dir: Path) -> None:
-    """Raise unless ``out_dir`` is absent, empty, or an earlier merge output (which is replaced)."""
-    check_writable(out_dir, MERGE_MANIFEST, "sparsa merge output")
+def check_output(out_dir: Path, *, force: bool = False) -> None:
+    """Raise unless ``out_dir`` may be written: absent, empty, or an earlier merge output."""
+    check_output_dir(out_dir, MERGE, force=force)
 
 
-def write_merged(out_dir, tensors: dict[str, torch.Tensor], manifest: dict, base_model=None) -> None:
+def write_merged(out_dir, tensors: dict[str, torch.Tensor], manifest: dict, base_model=None, *,
+                 force: bool = False) -> None:
     """A merged model: the tensors as safetensors shards, the non-weight files of ``base_model``
     (when it is a directory: config, tokenizer) and ``merge.json``."""
-    out_dir = Path(out_dir)
-    check_output(out_dir)
-    with atomic_directory(out_dir) as tmp:
+    with output_directory(out_dir, MERGE, force=force) as (tmp, written):
         if base_model is not None and Path(base_model).is_dir():
             for f in sorted(Path(base_model).iterdir()):
                 if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and f.name not in (INDEX, MERGE_MANIFEST):
                     shutil.copy2(f, tmp / f.name)
         weight_map = write_shards({k: v.contiguous() for k, v in tensors.items()}, tmp, SHARD_BYTES)
         (tmp / INDEX).write_text(json.dumps({"weight_map": weight_map}, indent=2))
-        (tmp / MERGE_MANIFEST).write_text(json.dumps(manifest, indent=2))
+        written.update(manifest)
 
 
-def write_switch_bank(out_dir, compressed: dict[str, CompressedTaskVector], manifest: dict) -> dict:
+def write_switch_bank(out_dir, compressed: dict[str, CompressedTaskVector], manifest: dict, *,
+                      force: bool = False) -> dict:
     """A switch bank (see the module docstring); returns ``manifest`` with ``tasks`` filled in
     (per task: tensor metadata, ``nbytes`` of the arrays, ``file_bytes`` its share of the file)."""
-    out_dir = Path(out_dir)
-    check_output(out_dir)
     arrays, tasks = {}, {}
     for task, ctv in compressed.items():
         if "/" in task:
@@ -61,12 +60,10 @@ def write_switch_bank(out_dir, compressed: dict[str, CompressedTaskVector], mani
         arrays.update({f"{task}/{name}": t.reshape(()).float().contiguous() for name, t in ctv.raw.items()})
         tasks[task] = {"nbytes": ctv.nbytes, "numel": ctv.numel, "bits_per_param": ctv.bits_per_param,
                        "masks": {name: m.meta() for name, m in ctv.masks.items()}, "raw": sorted(ctv.raw)}
-    manifest = {**manifest, "tasks": tasks}
-    with atomic_directory(out_dir) as tmp:
+    with output_directory(out_dir, MERGE, force=force) as (tmp, written):
         save_file(arrays, str(tmp / BANK_FILE), metadata={"format": "sparsa-switch-bank"})
-        manifest["file_bytes"] = (tmp / BANK_FILE).stat().st_size
-        (tmp / MERGE_MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return manifest
+        written.update(manifest, tasks=tasks, file_bytes=(tmp / BANK_FILE).stat().st_size)
+    return written
 
 
 def read_switch_bank(directory) -> tuple[dict, dict[str, CompressedTaskVector]]:

@@ -128,7 +128,9 @@ def build_problem(scene: Scene, options: BAOptions, device=None,
             raise SparsaError(f"--fix-images {i}: outside [0, {I})")
     seen = comm.sum_(torch.bincount(scene.obs_image, minlength=I).double())
     if int(seen.sum()) == 0:
-        raise SparsaError("scene has no observations")
+        raise SparsaError(f"no observations to adjust: no point is seen by two or more of the {I} image(s) "
+                          "(observations behind their camera and tracks shorter than two views are dropped); "
+                          "give points observed by at least two images")
     if bool((seen == 0).any()):
         raise SparsaError(f"image {int((seen == 0).nonzero()[0])} has no observations; remove it first")
     obs_camera = scene.image_camera[scene.obs_image]
