@@ -173,3 +173,117 @@ def test_output_in_place_refinement_keeps_colmap_files(capsys, tmp_path):
     assert sorted(os.listdir(model)) == ["cameras.bin", "images.bin", "points3D.bin", "project.ini", "rigs.bin"]
     assert all((model / n).read_bytes() == d for n, d in extra.items())
     assert (model / "images.bin").read_bytes() != before
+
+
+# -- 2. bad values and files: one line naming them -----------------------------------------------
+@pytest.fixture
+def world(tmp_path, tiny_llama, tiny_tokenizer):
+    """Inputs a case may need: a tiny checkpoint, a Hugging Face dir, a text file, a merge setup."""
+    from conftest import word_text
+    from sparsa.compress import RTNConfig, compress_
+    from sparsa.nn.checkpoint import save_checkpoint
+
+    tiny_llama.save_pretrained(tmp_path / "hf")
+    tiny_tokenizer.save_pretrained(tmp_path / "hf")
+    compress_(tiny_llama, RTNConfig(bits=4, group_size=32), progress=False)
+    save_checkpoint(tiny_llama, tiny_tokenizer, tmp_path / "ck", method={})
+    (tmp_path / "words.txt").write_text(word_text(300))
+    merge_config(tmp_path)
+    return tmp_path
+
+
+def edit_json(path, **changes):
+    import json
+
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def edit_shard(ck, edit):
+    from safetensors.torch import load_file
+
+    shard = next(ck.glob("model-*.safetensors"))
+    tensors = load_file(str(shard))
+    edit(tensors)
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+
+
+def edit_yaml(root, **changes):
+    path = root / "merge.yaml"
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), **changes}))
+
+
+def nan_norm(t):
+    t["model.norm.weight"][0] = float("nan")
+
+
+def truncate(ck):
+    shard = next(ck.glob("model-*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[:-100])
+
+
+def huge_header(ck):
+    shard = next(ck.glob("model-*.safetensors"))
+    shard.write_bytes((2**40).to_bytes(8, "little") + shard.read_bytes()[8:])
+
+
+def wrong_dtype(t):
+    t["model.layers.0.mlp.up_proj.codes"] = t["model.layers.0.mlp.up_proj.codes"].float()
+
+
+EVAL = ["eval", "{ck}", "--text-file", "{words}", "--seqlen", "32", "--quiet"]
+CASES = {  # id: (what to break, argv, texts the error line must hold)
+    "nan-dense-tensor": (lambda w: edit_shard(w / "ck", nan_norm), EVAL, ["model.norm.weight", "NaN/inf"]),
+    "wrong-task": (lambda w: edit_json(w / "ck" / "sparsa.json", task="encoder"), EVAL, ["sparsa.json", "'encoder'"]),
+    "config-sizes": (lambda w: edit_json(w / "ck" / "config.json", num_attention_heads=7), EVAL,
+                     ["config.json", "attention heads (7)"]),
+    "truncated-shard": (lambda w: truncate(w / "ck"), EVAL, ["safetensors"]),
+    "huge-header": (lambda w: huge_header(w / "ck"), EVAL, ["corrupt safetensors header"]),
+    "wrong-dtype": (lambda w: edit_shard(w / "ck", wrong_dtype), EVAL, ["up_proj"]),
+    "corrupt-manifest": (lambda w: (w / "ck" / "sparsa.json").write_text("{oops"), EVAL, ["sparsa.json"]),
+    "ppl-empty": (None, ["eval", "{hf}", "--ppl", ""], ["--ppl"]),
+    "ppl-trailing-comma": (None, ["eval", "{hf}", "--ppl", "wiki,"], ["--ppl", "empty corpus name"]),
+    "device-tpu": (None, ["eval", "{hf}", "--device", "tpu"], ["--device", "tpu"]),
+    "device-foo": (None, ["ba", SYNTHETIC, "--device", "foo"], ["--device", "foo"]),
+    "threads": (None, ["ba", SYNTHETIC, "--threads", "-2"], ["--threads", "-2"]),
+    "recover-lr": (None, ["compress", "{hf}", "-o", "{root}/out", "--method", "magnitude", "--recover",
+                          "--recover-lr", "nan"], ["--recover-lr", "nan"]),
+    "gp-max-iters": (None, ["sfm", SYNTHETIC, "--gp-max-iters", "-5"], ["--gp-max-iters"]),
+    "empty-prompt": (None, ["generate", "{hf}", "--prompt", ""], ["--prompt"]),
+    "prompt-past-context": (None, ["generate", "{hf}", "--prompt", "w1 w2", "--max-new-tokens", "300"],
+                            ["context of 256 tokens"]),
+    "huge-scene-cameras": (None, ["ba", "synthetic:cameras=100000000,points=50,seed=1"], ["memory"]),
+    "huge-scene-points": (None, ["ba", "synthetic:cameras=5,points=1e10,seed=1"], ["memory"]),
+    "duplicate-spec-key": (None, ["ba", "synthetic:cameras=5,cameras=6,points=50,seed=1"], ["cameras", "twice"]),
+    "one-camera-bal": (lambda w: (w / "one.txt").write_text("1 2 2\n0 0 1.0 2.0\n0 1 3.0 4.0\n"
+                                                             + "0.0\n" * 6 + "500.0\n0.0\n0.0\n" + "1.0\n" * 6),
+                       ["ba", "{root}/one.txt"], ["no point is seen by two"]),
+    "bal-bad-count": (lambda w: (w / "bad.txt").write_text("2 2 x\n"), ["ba", "{root}/bad.txt"], ["bad.txt"]),
+    "colmap-missing-file": (lambda w: (w / "sparse").mkdir() or (w / "sparse" / "cameras.bin").write_bytes(b""),
+                            ["ba", "{root}/sparse"], ["not a COLMAP model"]),
+    "merge-nan-lam": (lambda w: edit_yaml(w, merge_method="task_arithmetic", parameters={"lam": float("nan")}),
+                      ["merge", "{root}/merge.yaml", "-o", "{root}/merged"], ["lam=nan"]),
+    "merge-drop-ratio-lots": (lambda w: edit_yaml(w, parameters={"drop_ratio": "lots"}),
+                              ["merge", "{root}/merge.yaml", "-o", "{root}/merged"], ["drop_ratio", "'lots'"]),
+    "merge-yaml-typo": (lambda w: edit_yaml(w, merge_methd="ties"), ["merge", "{root}/merge.yaml", "-o", "{root}/m"],
+                        ["merge_methd"]),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_one_line_naming_it(capsys, world, case):
+    breaks, argv, naming = CASES[case]
+    if breaks is not None:
+        breaks(world)
+    paths = {"ck": world / "ck", "hf": world / "hf", "words": world / "words.txt", "root": world}
+    refused(capsys, world, *[a.format(**paths) for a in argv], naming=naming)
+
+
+def test_bad_input_written_files_have_the_usual_permissions(capsys, world):
+    old = os.umask(0o022)
+    try:
+        assert run_cli(capsys, "merge", str(world / "merge.yaml"), "-o", str(world / "bank"), "--quiet")[0] == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (world / "bank").iterdir()}
+    assert modes == {"switch.safetensors": 0o644, "merge.json": 0o644}
+    assert {p.stat().st_mode & 0o777 for p in (world / "ck").iterdir()} == {0o644}

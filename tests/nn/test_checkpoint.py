@@ -182,3 +182,30 @@ def test_checkpoint_empty_arrays_are_not_taken_for_tied_weights(tiny_llama, tiny
     save_checkpoint(tiny_llama, tiny_tokenizer, tmp_path / "ck", method=config.to_dict())
     loaded, _, _ = load_checkpoint(tmp_path / "ck")
     assert torch.equal(logits(loaded), logits(tiny_llama))
+
+
+@pytest.mark.parametrize("name, value", [("model.norm.weight", float("nan")),
+                                         ("model.embed_tokens.weight", float("inf"))])
+def test_checkpoint_non_finite_dense_tensor_raises_naming_it(tiny_llama, tiny_tokenizer, tmp_path, name, value):
+    save_checkpoint(compressed(tiny_llama, RTNConfig(bits=4, group_size=32)), tiny_tokenizer, tmp_path / "ck", method={})
+    rewrite(tmp_path / "ck", lambda t: t[name].view(-1)[3].fill_(value))
+    with pytest.raises(SparsaError, match=rf"model-00001-of-00001.safetensors: tensor {name} holds 1 NaN/inf values"):
+        load_checkpoint(tmp_path / "ck")
+
+
+def test_checkpoint_wrong_task_in_manifest_raises_naming_it(tiny_llama, tiny_tokenizer, tmp_path):
+    save_checkpoint(compressed(tiny_llama, RTNConfig(bits=4, group_size=32)), tiny_tokenizer, tmp_path / "ck", method={})
+    path = tmp_path / "ck" / MANIFEST
+    path.write_text(json.dumps({**json.loads(path.read_text()), "task": "encoder"}))
+    with pytest.raises(SparsaError, match=r"sparsa.json: task 'encoder' builds a LlamaModel, which has no module "
+                                          r"model.layers.0.self_attn.q_proj"):
+        load_checkpoint(tmp_path / "ck")
+
+
+def test_checkpoint_config_sizes_that_disagree_raise_naming_config(tiny_llama, tiny_tokenizer, tmp_path):
+    save_checkpoint(tiny_llama, tiny_tokenizer, tmp_path / "ck", method={})
+    path = tmp_path / "ck" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "num_attention_heads": 7}))
+    with pytest.raises(SparsaError, match=r"ck/config.json: transformers rejects it \(The hidden size \(64\) is not "
+                                          r"a multiple of the number of attention heads \(7\)"):
+        load_checkpoint(tmp_path / "ck")

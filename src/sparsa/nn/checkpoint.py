@@ -254,6 +254,38 @@ def materialize_buffers(model: nn.Module, directory: Path) -> None:
             module._buffers[name] = first[name]
 
 
+def build_model(directory: Path, task: str) -> tuple[nn.Module, object]:
+    """The model ``config.json`` describes, on the ``meta`` device (the auto class of ``task``), and
+    the tokenizer; a config that transformers rejects is a SparsaError naming ``config.json``."""
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(directory)
+        with torch.device("meta"):
+            model = getattr(transformers, TASKS[task]).from_config(config)
+    except Exception as err:  # noqa: BLE001  config validators raise their own error types
+        cause = str(err).split("ValueError: ")[-1].splitlines()[0]
+        raise SparsaError(f"{directory / 'config.json'}: transformers rejects it ({cause})") from None
+    try:
+        return model, AutoTokenizer.from_pretrained(directory, config=config)
+    except (OSError, ValueError) as err:
+        raise SparsaError(f"{directory}: bad tokenizer files ({err})") from None
+
+
+def check_dense(tensors: dict, expected: dict, weight_map: dict, directory: Path) -> None:
+    """Every dense tensor is one the model has, of its shape, and finite."""
+    for name, tensor in tensors.items():
+        where = directory / weight_map[name]
+        if name not in expected:
+            raise SparsaError(f"{where}: unexpected tensor {name}")
+        if tensor.shape != expected[name].shape:
+            raise SparsaError(f"{where}: tensor {name} has shape {list(tensor.shape)}, "
+                              f"the config needs {list(expected[name].shape)}")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise SparsaError(f"{where}: tensor {name} holds {int((~torch.isfinite(tensor)).sum())} NaN/inf values")
+
+
 def load_checkpoint(directory) -> tuple[nn.Module, object, dict]:
     """Load a checkpoint written by :func:`save_checkpoint`.
 
@@ -262,32 +294,22 @@ def load_checkpoint(directory) -> tuple[nn.Module, object, dict]:
     Raises:
         SparsaError naming the file and tensor at fault, before any compute.
     """
-    import transformers
-    from transformers import AutoConfig, AutoTokenizer
-
     directory = Path(directory)
     manifest = read_manifest(directory)
     tensors, weight_map = read_tensors(directory)
     formats = build_formats(manifest, tensors, weight_map, directory)
-    try:
-        config = AutoConfig.from_pretrained(directory)
-        tokenizer = AutoTokenizer.from_pretrained(directory)
-    except (OSError, ValueError) as err:
-        raise SparsaError(f"{directory}: bad config.json or tokenizer ({err})") from None
-    with torch.device("meta"):
-        model = getattr(transformers, TASKS[manifest["task"]]).from_config(config)
+    model, tokenizer = build_model(directory, manifest["task"])
+    modules = dict(model.named_modules())
     for fqn, fmt in formats.items():
-        old = model.get_submodule(fqn) if fqn in dict(model.named_modules()) else None
+        if fqn not in modules:
+            raise SparsaError(f"{directory / MANIFEST}: task {manifest['task']!r} builds a "
+                              f"{type(model).__name__}, which has no module {fqn}")
+        old = modules[fqn]
         if not isinstance(old, nn.Linear) or (old.out_features, old.in_features) != fmt.shape:
             raise SparsaError(f"{directory}: {fqn} is {fmt.shape} in the checkpoint, the config has {old}")
         set_submodule(model, fqn, SparseLinear(fmt, tensors.pop(f"{fqn}.bias", None)))
     expected = {n: t for n, t in model.state_dict().items() if t.is_meta}
-    for name, tensor in tensors.items():
-        if name not in expected:
-            raise SparsaError(f"{directory / weight_map[name]}: unexpected tensor {name}")
-        if tensor.shape != expected[name].shape:
-            raise SparsaError(f"{directory / weight_map[name]}: tensor {name} has shape {list(tensor.shape)}, "
-                              f"the config needs {list(expected[name].shape)}")
+    check_dense(tensors, expected, weight_map, directory)
     model.load_state_dict(tensors, strict=False, assign=True)
     tie_loaded(model, set(expected) - set(tensors))
     check_complete(model, directory)
