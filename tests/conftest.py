@@ -158,3 +158,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def smollm2_cached():
+    """SmolLM2's GGUF converted once into the cache, so a test that reads a command's stderr sees the
+    command's own output, not the one-time conversion's progress bar (transformers' own tqdm)."""
+    from sparsa.nn.models import DEFAULT_MODEL, cached_gguf, smollm2_gguf
+
+    return cached_gguf(smollm2_gguf(), DEFAULT_MODEL)

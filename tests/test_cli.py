@@ -111,7 +111,7 @@ def test_cli_generate_prompt_past_context_or_without_tokens_names_the_lengths(ca
 
 
 @pytest.mark.slow
-def test_cli_generate_smollm2_prompt_past_its_context_names_the_lengths(capsys):
+def test_cli_generate_smollm2_prompt_past_its_context_names_the_lengths(capsys, smollm2_cached):
     code, out, err = run(capsys, "generate", "smollm2-135m", "--prompt", "Once upon a time", "--max-new-tokens", "8190")
     assert code == 2 and out == "" and err.count("\n") == 1
     assert "--prompt of 4 tokens + --max-new-tokens 8190 = 8194 tokens exceeds the model's context of 8192" in err
