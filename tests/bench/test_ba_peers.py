@@ -142,3 +142,24 @@ def test_rho_over_s_matches_ceres_loss_formulas(loss):
     ratio = rho_over_s(s, loss, a)
     assert ratio[0] == 1 and torch.isfinite(ratio).all()
     torch.testing.assert_close(s * ratio, expected, rtol=1e-12, atol=1e-300)
+
+
+def test_run_scipy_logs_the_cost_after_every_iteration_from_the_start():
+    scene = scene_of("PINHOLE", cameras=4, points=60)
+    run = run_scipy(scene)
+    times, costs = zip(*run.log)
+    assert len(run.log) == run.iterations + 1 and costs[0] == pytest.approx(run.initial_cost, rel=1e-12)
+    assert costs[-1] == pytest.approx(run.final_cost, rel=1e-12)
+    assert list(times) == sorted(times) and times[-1] <= run.seconds
+
+
+def test_pycolmap_trace_caps_reach_the_target_and_cap_zero_is_the_start():
+    pytest.importorskip("pycolmap")
+    from sparsa.bench.ba_peers import pycolmap_trace
+
+    scene = scene_of("PINHOLE", cameras=4, points=60)
+    full = run_pycolmap(scene, **TIGHT)
+    trace = pycolmap_trace(scene, full.recomputed_final_cost * (1 + 1e-6), max_iterations=100, **TIGHT)
+    assert trace[0][1] == pytest.approx(full.recomputed_initial_cost, rel=1e-12)
+    assert trace[-1][1] <= full.recomputed_final_cost * (1 + 1e-6) < trace[-2][1]
+    assert len(trace) <= 2 + full.iterations.bit_length()  # caps 0, 1, 2, 4, ...: no more than needed

@@ -11,7 +11,7 @@ adjuster) and keeps the summary; the tests check that the solution is bit-identi
 """
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.optimize
@@ -47,6 +47,10 @@ class PeerRun:
         rmse_px: ``sqrt(mean |r_o|^2)`` at the end, over all observations.
         termination: the solver's termination type and message.
         scene: the optimised scene, in the input's layout and rotation format.
+        log: ``(seconds, cost)`` after each iteration, seconds on the run's own timer (which
+            starts before the problem is built); its first entry is the start's evaluation. Empty
+            where the peer keeps none (pycolmap: see :func:`pycolmap_trace`).
+        tolerances: the stopping rules the run used, in the peer's own names.
     """
 
     name: str
@@ -59,6 +63,8 @@ class PeerRun:
     rmse_px: float
     termination: str
     scene: Scene
+    log: list[tuple[float, float]] = field(default_factory=list)
+    tolerances: dict = field(default_factory=dict)
 
 
 def rho(s: torch.Tensor, loss: str, scale: float) -> torch.Tensor:
@@ -212,10 +218,37 @@ def run_pycolmap(scene: Scene, *, max_iterations: int = 100, function_tolerance:
     seconds = time.perf_counter() - start
     out = from_reconstruction(rec, scene, point_ids)
     final_cost, rmse = ba_cost(out, loss, loss_scale)
+    tolerances = {"max_num_iterations": max_iterations, "function_tolerance": function_tolerance,
+                  "gradient_tolerance": gradient_tolerance, "parameter_tolerance": parameter_tolerance}
     return PeerRun(name="pycolmap", initial_cost=summary.initial_cost, final_cost=summary.final_cost,
                    recomputed_initial_cost=ba_cost(scene, loss, loss_scale)[0], recomputed_final_cost=final_cost,
                    iterations=summary.num_successful_steps + summary.num_unsuccessful_steps - 1, seconds=seconds,
-                   rmse_px=rmse, termination=f"{summary.termination_type.name}: {summary.message}", scene=out)
+                   rmse_px=rmse, termination=f"{summary.termination_type.name}: {summary.message}", scene=out,
+                   tolerances=tolerances)
+
+
+def pycolmap_trace(scene: Scene, target: float, *, max_iterations: int, threads: int = -1,
+                   **tolerances) -> list[tuple[float, float]]:
+    """Cost against time for pycolmap, which logs no iterations: reruns from the same start capped at
+    0, 1, 2, 4, ... iterations (Ceres' ``max_num_iterations``), each timed like :func:`run_pycolmap`,
+    until a run's cost (our recomputation) is at most ``target`` or the cap reaches ``max_iterations``.
+
+    The cap-0 run (problem building, Ceres' preprocessing and the start's evaluation) runs twice and
+    the second is kept, so the first solve of the process does not stand for it.
+
+    Returns:
+        ``(seconds, cost)`` per cap, in cap order.
+    """
+    def capped(cap: int) -> tuple[float, float]:
+        run = run_pycolmap(scene, max_iterations=cap, threads=threads, **tolerances)
+        return run.seconds, run.recomputed_final_cost
+
+    capped(0)
+    trace, cap = [capped(0)], 1
+    while trace[-1][1] > target and cap <= max_iterations:
+        trace.append(capped(cap))
+        cap *= 2
+    return trace
 
 
 def free_intrinsics(model: str) -> list[int]:
@@ -282,7 +315,8 @@ def run_scipy(scene: Scene, *, max_nfev: int | None = 100, ftol: float = 1e-8, x
         loss: ``linear``, ``huber``, ``soft_l1`` or ``cauchy`` with scale ``f_scale`` (pixels), applied
             per observation as Ceres does (:func:`robust_residuals`), not per residual component.
     Returns:
-        The run; ``seconds`` times the ``least_squares`` call.
+        The run; ``seconds`` times building the Jacobian's sparsity pattern and the ``least_squares``
+        call; ``log`` holds the cost after each iteration (scipy's ``callback``).
     """
     scene = scene.to("cpu")
     check_peer_input(scene, loss, SCIPY_LOSSES, "scipy")
@@ -292,10 +326,21 @@ def run_scipy(scene: Scene, *, max_nfev: int | None = 100, ftol: float = 1e-8, x
         return robust_residuals(unpack(torch.from_numpy(x), scene), loss, f_scale).numpy()
 
     initial_cost = 0.5 * float(np.square(fun(x0)).sum())
-    sparsity = jac_sparsity(scene)
-    start = time.perf_counter()
-    result = scipy.optimize.least_squares(fun, x0, jac_sparsity=sparsity, method="trf", x_scale="jac",
-                                          ftol=ftol, xtol=xtol, gtol=gtol, max_nfev=max_nfev)
+    log = []
+
+    def first_fun(x: np.ndarray) -> np.ndarray:  # the start's evaluation: the log's first entry
+        r = fun(x)
+        if not log:
+            log.append((time.perf_counter() - start, 0.5 * float(np.square(r).sum())))
+        return r
+
+    def callback(intermediate_result) -> None:
+        log.append((time.perf_counter() - start, float(intermediate_result.cost)))
+
+    start = time.perf_counter()  # before the problem is built (the Jacobian's sparsity pattern)
+    result = scipy.optimize.least_squares(first_fun, x0, jac_sparsity=jac_sparsity(scene), method="trf",
+                                          x_scale="jac", ftol=ftol, xtol=xtol, gtol=gtol, max_nfev=max_nfev,
+                                          callback=callback)
     seconds = time.perf_counter() - start
     out = unpack(torch.from_numpy(result.x), scene)
     if scene.rotation_format == "quaternion":
@@ -304,4 +349,5 @@ def run_scipy(scene: Scene, *, max_nfev: int | None = 100, ftol: float = 1e-8, x
     return PeerRun(name="scipy", initial_cost=initial_cost, final_cost=float(result.cost),
                    recomputed_initial_cost=ba_cost(scene, loss, f_scale)[0], recomputed_final_cost=final_cost,
                    iterations=result.nfev - 1, seconds=seconds, rmse_px=rmse,
-                   termination=f"status {result.status}: {result.message}", scene=out)
+                   termination=f"status {result.status}: {result.message}", scene=out, log=log,
+                   tolerances={"max_nfev": max_nfev, "ftol": ftol, "xtol": xtol, "gtol": gtol})

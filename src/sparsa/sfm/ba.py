@@ -9,6 +9,7 @@ intrinsics. For observation o of point p in image i with camera k: ``X_cam = R_i
 """
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -170,7 +171,10 @@ def solve_ba(scene: Scene, options: BAOptions = BAOptions(), *, device: str = "c
     Returns:
         (the scene with optimised poses, intrinsics and points, the summary).
     """
+    start = time.perf_counter()
     problem, state = build_problem(scene, options, device, comm)
+    setup_seconds = time.perf_counter() - start
     state, summary = levenberg_marquardt(problem, state, options, device=device, progress=progress, comm=comm,
                                          desc="bundle adjustment")
+    summary.setup_seconds = setup_seconds
     return scene_from_state(scene, state), summary

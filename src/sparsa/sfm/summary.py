@@ -37,7 +37,8 @@ class BASummary:
     observations: int = 0
     camera_unknowns: int = 0
     point_unknowns: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # the minimiser, from its first linearisation to the end (log times count from there)
+    setup_seconds: float = 0.0  # building the problem before it (index arrays, float64 copies, device transfer)
     linear_solver_seconds: float = 0.0
     peak_memory_bytes: int | None = None
     log: list[IterationLog] = field(default_factory=list)
