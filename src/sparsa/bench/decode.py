@@ -2,6 +2,11 @@
 
 Every variant runs the same lean decode loop (:mod:`sparsa.nn.lean_decode`: static KV cache,
 the model's own modules), from the same prompt, so the ratios compare the weight paths only.
+All variants are built first; then ``rounds`` rounds each time every variant at every batch
+once, the variants in a rotated order each round (the first variant of a process runs slower),
+and each figure is the median over rounds. The kernels each variant ran come from the
+dispatcher (:func:`sparsa.kernels.recorded_kernels`); a compressed variant any of whose layers
+fell back to the reference kernel fails the run instead of reporting under a kernel's name.
 Compressed variants also decode through the reference path (weights decoded once, dense
 matmuls): their greedy tokens must match it, except where the reference's top-2 logit gap is
 below ``NEAR_TIE`` (reported, not hidden).
@@ -16,6 +21,8 @@ from tqdm.auto import tqdm
 from sparsa.bench.results import batch_bars, machine, write_results
 from sparsa.compress import MagnitudeConfig, RTNConfig, SpQRConfig, compress_
 from sparsa.data import calibration_windows, load_corpus, tokenize
+from sparsa.errors import SparsaError
+from sparsa.kernels import linear_reference, kernel_name, recorded_kernels
 from sparsa.nn.lean_decode import greedy_decode
 from sparsa.nn.models import load_model
 from sparsa.nn.sparse_linear import decoded_weights
@@ -38,10 +45,11 @@ class DecodeSettings:
     nsamples: int = 16
     calib_seqlen: int = 512
     seed: int = 0
+    rounds: int = 5
 
     @classmethod
     def quick(cls) -> "DecodeSettings":
-        return cls(batches=(1,), new_tokens=33, variants=("dense fp32", "spqr-3"))
+        return cls(batches=(1,), new_tokens=33, variants=("dense fp32", "spqr-3"), rounds=3)
 
 
 def compressed(model, name: str, s: DecodeSettings, calibration):
@@ -79,26 +87,56 @@ def first_mismatch(fast: torch.Tensor, reference: torch.Tensor, gaps: torch.Tens
             "reference_top2_gap": gap}
 
 
-def run_variant(name: str, dense, s: DecodeSettings, prompt: torch.Tensor, calibration) -> dict:
-    """Build one variant and time it at every batch size."""
-    model = compressed(copy.deepcopy(dense), name, s, calibration)
-    if isinstance(model, str):
-        return {"variant": name, "skipped": model}
-    row = {"variant": name, "tokens_per_s": {}, "ms_per_step": {}}
-    for batch in s.batches:
-        ids = prompt[:1].expand(batch, -1).contiguous()
-        greedy_decode(model, ids, 2)  # warm-up: kernels compile, caches fill
-        out = greedy_decode(model, ids, s.new_tokens)
-        row["tokens_per_s"][str(batch)] = out.tokens_per_s
-        row["ms_per_step"][str(batch)] = 1e3 * out.decode_seconds / (s.new_tokens - 1)
-        if batch == s.batches[0]:
-            row["tokens"] = out.tokens[0, : s.match_tokens].tolist()
-            if name.startswith("dense"):
-                continue
-            with decoded_weights(model):
-                ref = greedy_decode(model, ids, s.match_tokens)
-            row["reference_match"] = first_mismatch(out.tokens, ref.tokens, ref.top2_gap, s.match_tokens)
+def ran_kernels(name: str, model, ids: torch.Tensor) -> dict[str, int]:
+    """Warm ``model`` up on ``ids`` (kernels compile, caches fill) and return the kernels the
+    dispatcher chose, ``{"format: kernel": layers}``; :class:`SparsaError` if any is the reference."""
+    with recorded_kernels() as counts:
+        greedy_decode(model, ids, 2)
+    fallback = {fmt: n for (fmt, kernel), n in counts.items() if kernel == kernel_name(linear_reference)}
+    if fallback and not name.startswith(("dense", "torchao")):
+        raise SparsaError(f"bench decode: variant {name}: " + ", ".join(f"{n} {fmt} layer(s)" for fmt, n in
+                                                                       fallback.items())
+                          + " fell back to the reference kernel (no fast kernel for them on the CPU); "
+                            "nothing is reported under a kernel's name")
+    return {f"{fmt}: {kernel}": n for (fmt, kernel), n in sorted(counts.items())}
+
+
+def time_variant(model, ids: torch.Tensor, new_tokens: int) -> tuple[float, float]:
+    """(tokens/s, ms per decode step) of one greedy decode of ``new_tokens`` after ``ids``."""
+    out = greedy_decode(model, ids, new_tokens)
+    return out.tokens_per_s, 1e3 * out.decode_seconds / (new_tokens - 1)
+
+
+def reference_check(name: str, model, ids: torch.Tensor, n: int) -> dict:
+    """The first ``n`` greedy tokens of ``model``, and for compressed variants their match with the
+    reference path."""
+    out = greedy_decode(model, ids, n)
+    row = {"tokens": out.tokens[0].tolist()}
+    if not name.startswith("dense"):
+        with decoded_weights(model):
+            ref = greedy_decode(model, ids, n)
+        row["reference_match"] = first_mismatch(out.tokens, ref.tokens, ref.top2_gap, n)
     return row
+
+
+def median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+
+def run_rounds(models: dict, s: DecodeSettings, prompt: torch.Tensor, progress: bool) -> dict[str, dict]:
+    """Round-robin timing: per variant, per batch, every round's (tokens/s, ms/step)."""
+    names = list(models)
+    samples = {name: {str(b): [] for b in s.batches} for name in names}
+    for r in tqdm(range(s.rounds), desc="bench decode rounds", disable=not progress):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            for batch in s.batches:
+                samples[name][str(batch)].append(time_variant(models[name], batch_of(prompt, batch), s.new_tokens))
+    return samples
+
+
+def batch_of(prompt: torch.Tensor, batch: int) -> torch.Tensor:
+    return prompt[:1].expand(batch, -1).contiguous()
 
 
 def markdown(payload: dict) -> str:
@@ -106,15 +144,16 @@ def markdown(payload: dict) -> str:
     batches = [str(b) for b in s["batches"]]
     lines = ["# decode: greedy tokens/s of SmolLM2-135M, one lean loop for every variant", "",
              f"Measured {m['date']} on a {m['cores']}-core {m['cpu']} CPU (torch {m['torch']}); prompt "
-             f"{s['prompt_tokens']} tokens, {s['new_tokens']} new tokens, the prefill excluded. `x fp32`: tokens/s "
-             "over dense fp32 at the same batch. `match`: the first "
-             f"{s['match_tokens']} greedy tokens against the reference path (decode the weights, dense matmul).", "",
-             "| variant | " + " | ".join(f"tokens/s (batch {b}) | x fp32" for b in batches) + " | match |",
-             "|---|" + "---|---|" * len(batches) + "---|"]
+             f"{s['prompt_tokens']} tokens, {s['new_tokens']} new tokens, the prefill excluded; the median of "
+             f"{s['rounds']} round-robin rounds. `x fp32`: tokens/s over dense fp32 at the same batch. `match`: the "
+             f"first {s['match_tokens']} greedy tokens against the reference path (decode the weights, dense "
+             "matmul). `kernel`: what the dispatcher ran for the variant's compressed layers.", "",
+             "| variant | " + " | ".join(f"tokens/s (batch {b}) | x fp32" for b in batches) + " | match | kernel |",
+             "|---|" + "---|---|" * len(batches) + "---|---|"]
     dense = next((r for r in payload["rows"] if r["variant"] == "dense fp32" and "skipped" not in r), None)
     for r in payload["rows"]:
         if "skipped" in r:
-            lines.append(f"| {r['variant']} | " + " | ".join("n/a | n/a" for _ in batches) + f" | {r['skipped']} |")
+            lines.append(f"| {r['variant']} | " + " | ".join("n/a | n/a" for _ in batches) + f" | {r['skipped']} | |")
             continue
         cells = []
         for b in batches:
@@ -125,8 +164,14 @@ def markdown(payload: dict) -> str:
         verdict = "-" if match is None else ("yes" if match["first_difference"] is None else
                                              f"near tie at step {match['first_difference']}" if match["near_tie"]
                                              else f"NO: step {match['first_difference']}")
-        lines.append(f"| {r['variant']} | " + " | ".join(cells) + f" | {verdict} |")
+        lines.append(f"| {r['variant']} | " + " | ".join(cells) + f" | {verdict} | {kernel_label(r)} |")
     return "\n".join(lines) + "\n"
+
+
+def kernel_label(row: dict) -> str:
+    """The kernels of a variant's first batch, without module paths; dense layers run nn.Linear."""
+    kernels = next(iter(row["kernels"].values()))
+    return ", ".join(k.rsplit(".", 1)[-1] for k in kernels) or "torch nn.Linear"
 
 
 def figure(payload: dict):
@@ -135,7 +180,7 @@ def figure(payload: dict):
 
 
 def run_decode(s: DecodeSettings, *, out_dir="bench/results", name: str = "decode", progress: bool = True) -> dict:
-    """Time every variant and write ``<name>.{json,md,png}``."""
+    """Build every variant, time them in rounds, and write ``<name>.{json,md,png}``."""
     lm = load_model(s.model)
     lm.model.eval()
     corpus = load_corpus("wiki")
@@ -144,8 +189,25 @@ def run_decode(s: DecodeSettings, *, out_dir="bench/results", name: str = "decod
     if "spqr-3" in s.variants:
         calibration = calibration_windows(tokenize(lm.tokenizer, corpus.calib), s.nsamples, s.calib_seqlen, s.seed,
                                           source="wiki calibration split")
-    rows = [run_variant(v, lm.model, s, prompt, calibration) for v in tqdm(s.variants, desc="bench decode",
-                                                                             disable=not progress)]
+    rows, models = [], {}
+    for variant in tqdm(s.variants, desc="bench decode: build", disable=not progress):
+        model = compressed(copy.deepcopy(lm.model), variant, s, calibration)
+        if isinstance(model, str):
+            rows.append({"variant": variant, "skipped": model})
+            continue
+        rows.append({"variant": variant, "kernels": {str(b): ran_kernels(variant, model, batch_of(prompt, b))
+                                                     for b in s.batches}})
+        models[variant] = model
+    samples = run_rounds(models, s, prompt, progress)
+    for row in rows:
+        if "skipped" in row:
+            continue
+        runs = samples[row["variant"]]
+        row["tokens_per_s"] = {b: median([t for t, _ in runs[b]]) for b in runs}
+        row["ms_per_step"] = {b: median([ms for _, ms in runs[b]]) for b in runs}
+        row["tokens_per_s_rounds"] = {b: [t for t, _ in runs[b]] for b in runs}
+        row.update(reference_check(row["variant"], models[row["variant"]], batch_of(prompt, s.batches[0]),
+                                   s.match_tokens))
     payload = {"settings": asdict(s), "machine": machine("cpu"), "rows": rows}
     fig = figure(payload)
     write_results(out_dir, name, payload, markdown(payload), fig)

@@ -6,7 +6,9 @@ bf16 block values), which then takes the reference too. The choice is logged at 
 """
 
 import logging
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +33,32 @@ class Registered:
 
 # (format name, device type, activation dtype) -> kernel; anything absent runs the reference.
 LINEAR_KERNELS: dict[tuple[str, str, torch.dtype], Registered] = {}
+RECORDERS: list[Counter] = []  # open :func:`recorded_kernels` blocks
+
+
+@contextmanager
+def recorded_kernels() -> Iterator[Counter]:
+    """Count the kernel choices made inside the block (each :func:`linear` call and each
+    :func:`bind_linear`) as ``{(format name, kernel name): choices}``: which kernel a model
+    actually ran, the reference (``linear_reference``) included."""
+    counts = Counter()
+    RECORDERS.append(counts)
+    try:
+        yield counts
+    finally:
+        RECORDERS.remove(counts)
+
+
+def record_kernel(format_name: str, name: str, count: int = 1) -> None:
+    """Count a kernel choice in every open :func:`recorded_kernels` block (the dispatcher's own
+    choices, and kernels that run a whole step outside it, such as the compiled decode step)."""
+    for counts in RECORDERS:
+        counts[(format_name, name)] += count
+
+
+def kernel_name(kernel: LinearKernel) -> str:
+    """``module.qualname`` of a kernel, e.g. ``sparsa.kernels.reference.linear_reference``."""
+    return f"{kernel.__module__}.{kernel.__qualname__}"
 
 
 def register_linear_kernel(format_name: str, device_type: str, dtypes: tuple[torch.dtype, ...],
@@ -56,6 +84,7 @@ def select_linear_kernel(weight: Format, x: torch.Tensor) -> LinearKernel:
         kernel = linear_reference
     else:
         kernel = entry.kernel
+    record_kernel(weight.format_name, kernel_name(kernel))
     if log.isEnabledFor(logging.DEBUG):
         log.debug("%s %s on %s %s: %s", weight.format_name, "x".join(map(str, weight.shape)), x.device.type,
                   x.dtype, kernel.__qualname__)

@@ -23,6 +23,7 @@ from torch import nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from sparsa.errors import SparsaError
+from sparsa.kernels import record_kernel
 from sparsa.kernels.cpu.decode_attention import rotary_attention_step
 from sparsa.kernels.cpu.llama_step import compiled_step, layout_of, stack_operands
 from sparsa.nn.sparse_linear import SparseLinear
@@ -61,6 +62,7 @@ def compile_layers(lean: "LeanLlama", body: nn.Module) -> bool:
     lean.norm_final = body.norm.weight.detach().float().numpy()
     lean.eps = np.float32(body.norm.variance_epsilon)
     lean.tasks = 4 * numba.get_num_threads()
+    record_kernel(flat[0].weight_format.format_name, f"{compiled_step.__module__}.compiled_step", len(flat))
     return True
 
 
