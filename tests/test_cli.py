@@ -214,3 +214,53 @@ def test_cli_device_not_cpu_or_cuda_is_one_error_line_on_every_command(capsys, a
 def test_cli_device_commands_cover_every_device_flag():
     names = {" ".join(p.values[0][: 2 if p.values[0][0] in ("bench", "attention") else 1]) for p in device_commands()}
     assert names == {"eval", "compress", "generate", "ba", "sfm", "bench quality", "attention eval"}
+
+
+@pytest.fixture
+def bos_hf_dir(tiny_llama, tmp_path):
+    """The tiny Llama with a tokenizer that adds BOS (id 123) by default, as a Hugging Face dir."""
+    from tiny_bos import bos_tokenizer
+
+    path = tmp_path / "tiny-bos-hf"
+    tiny_llama.save_pretrained(path)
+    bos_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("protocol, windows, record", [
+    ("auto", 400 // 19, {"protocol": "auto", "added": True, "token_id": 123}),
+    ("once", 401 // 20, {"protocol": "once", "added": True, "token_id": 123}),
+    ("never", 400 // 20, {"protocol": "never", "added": False, "token_id": None}),
+])
+def test_cli_eval_bos_records_the_protocol_and_its_windows(capsys, bos_hf_dir, words, protocol, windows, record):
+    code, out, err = run(capsys, "eval", str(bos_hf_dir), "--text-file", str(words), "--seqlen", "20",
+                         "--bos", protocol, "--json", "--quiet")
+    assert code == 0, err
+    result = last_json(out)
+    assert result["bos"] == record and result["windows"] == {str(words): windows}
+    assert result["predicted_tokens"] == {str(words): windows * 19}
+
+
+def test_cli_eval_bos_defaults_to_auto_and_a_tokenizer_without_bos_adds_none(capsys, hf_dir, bos_hf_dir, words):
+    code, out, _ = run(capsys, "eval", str(bos_hf_dir), "--text-file", str(words), "--seqlen", "20", "--quiet")
+    assert code == 0 and "bos            auto (BOS token 123 opens every window)" in out
+    code, out, _ = run(capsys, "eval", str(hf_dir), "--text-file", str(words), "--seqlen", "20", "--json", "--quiet")
+    assert code == 0 and last_json(out)["bos"] == {"protocol": "auto", "added": False, "token_id": None}
+
+
+def test_cli_compress_bos_calibration_is_recorded_in_result_and_manifest(capsys, bos_hf_dir, tmp_path):
+    code, out, err = run(capsys, "compress", str(bos_hf_dir), "-o", str(tmp_path / "ck"), "--method", "gptq",
+                         "--group-size", "32", "--nsamples", "2", "--seqlen", "16", "--json", "--quiet")
+    assert code == 0, err
+    record = {"protocol": "auto", "added": True, "token_id": 123}
+    assert last_json(out)["bos"] == record
+    assert json.loads((tmp_path / "ck" / "sparsa.json").read_text())["method"]["bos"] == record
+    code, out, err = run(capsys, "compress", str(bos_hf_dir), "-o", str(tmp_path / "rtn"), "--method", "rtn",
+                         "--group-size", "32", "--json", "--quiet")
+    assert code == 0 and last_json(out)["bos"] is None  # no calibration text, no BOS
+
+
+def test_cli_bos_unknown_protocol_is_one_error_line(capsys):
+    code, out, err = run(capsys, "eval", "M", "--bos", "always")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "argument --bos: invalid choice: 'always' (choose from 'auto', 'once', 'never')" in err, err

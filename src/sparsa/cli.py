@@ -78,6 +78,7 @@ def emit(result: dict, as_json: bool, table) -> None:
 
 # -- commands ------------------------------------------------------------------------------
 def cmd_eval(args) -> dict:
+    from sparsa.data.tokens import bos_for
     from sparsa.evaluate import load_texts, perplexities
     from sparsa.nn import linear_footprint
     from sparsa.nn.models import load_model
@@ -87,20 +88,31 @@ def cmd_eval(args) -> dict:
     lm = load_model(args.model, dtype=torch_dtype(args.dtype))
     lm.model.to(args.device)
     attention = use_attention(lm.model, args)
-    results = perplexities(lm.model, lm.tokenizer, texts, seqlen=args.seqlen, max_windows=args.windows,
+    bos = bos_for(lm.tokenizer, args.bos)
+    results = perplexities(lm.model, lm.tokenizer, texts, seqlen=args.seqlen, max_windows=args.windows, bos=bos,
                            device=args.device, progress=not args.quiet)
     params, nbytes = linear_footprint(lm.model)
     return {"model": args.model, "ppl": {k: r.ppl for k, r in results.items()},
             "bits_per_param": 8 * nbytes / params, "bytes": nbytes, "params": params, "seqlen": args.seqlen,
-            "windows": {k: r.windows for k, r in results.items()},
+            "bos": bos.to_dict(), "windows": {k: r.windows for k, r in results.items()},
+            "predicted_tokens": {k: r.predicted_tokens for k, r in results.items()},
             "seconds": {k: round(r.seconds, 3) for k, r in results.items()}, **attention}
 
 
 def eval_table(r: dict) -> str:
     rows = [f"model          {r['model']}"]
     rows += [f"ppl {k:<10} {v:.4f}   ({r['windows'][k]} windows x {r['seqlen']} tokens)" for k, v in r["ppl"].items()]
-    rows += [f"bits/param     {r['bits_per_param']:.3f}", f"linear bytes   {r['bytes']:,} ({r['params']:,} params)"]
+    rows += [f"bits/param     {r['bits_per_param']:.3f}", f"linear bytes   {r['bytes']:,} ({r['params']:,} params)",
+             f"bos            {bos_text(r['bos'])}"]
     return "\n".join(rows)
+
+
+def bos_text(bos: dict) -> str:
+    """A results file's ``bos`` record in words."""
+    if not bos["added"]:
+        return f"{bos['protocol']} (no BOS token added)"
+    where = "opens every window" if bos["protocol"] == "auto" else "opens the whole text only"
+    return f"{bos['protocol']} (BOS token {bos['token_id']} {where})"
 
 
 def cmd_compress(args) -> dict:
@@ -110,6 +122,7 @@ def cmd_compress(args) -> dict:
 
     from sparsa.compress import compress_, get_method
     from sparsa.data import calibration_windows, load_corpus, tokenize
+    from sparsa.data.tokens import bos_for
     from sparsa.atomic import CHECKPOINT, check_output_dir
     from sparsa.nn.checkpoint import save_checkpoint
     from sparsa.nn.models import load_model
@@ -138,17 +151,19 @@ def cmd_compress(args) -> dict:
     lm = load_model(args.model, dtype=torch_dtype(args.dtype))
     if lm.manifest is not None:
         raise SparsaError(f"{args.model}: already a sparsa checkpoint; compress a dense model")
-    windows = None
+    windows, bos = None, None  # bos: the calibration windows' BOS record, None without calibration
     if corpus is not None:
+        rule = bos_for(lm.tokenizer, args.bos)
         windows = calibration_windows(tokenize(lm.tokenizer, corpus.calib), config.nsamples, config.seqlen,
-                                      args.seed, source=f"{config.calib} calibration split")
+                                      args.seed, bos=rule, source=f"{config.calib} calibration split")
+        bos = rule.to_dict()
     start = time.perf_counter()
     summary = compress_(lm.model, config, calibration=windows, device=args.device, progress=not args.quiet,
                         filter_fn=all_linears if args.head else decoder_linears)
-    manifest = save_checkpoint(lm.model, lm.tokenizer, out, method={**config.to_dict(), "seed": args.seed},
-                               force=args.force)
+    manifest = save_checkpoint(lm.model, lm.tokenizer, out,
+                               method={**config.to_dict(), "seed": args.seed, "bos": bos}, force=args.force)
     return {"dir": str(out), "method": config.method, "bits_per_param": manifest["bits_per_param"],
-            "bytes": manifest["bytes"], "params": manifest["params"], "layers": summary.layers,
+            "bytes": manifest["bytes"], "params": manifest["params"], "layers": summary.layers, "bos": bos,
             "seconds": round(time.perf_counter() - start, 3), "block_errors": summary.block_errors,
             **({"choices": summary.choices} if summary.choices else {})}
 
@@ -267,7 +282,7 @@ def cmd_demo(args) -> dict:
     from sparsa.demo import run_demo
 
     return {"rows": run_demo(ppl=args.ppl, seqlen=args.seqlen, windows=args.windows, nsamples=args.nsamples,
-                             calib_seqlen=args.calib_seqlen, progress=not args.quiet)}
+                             calib_seqlen=args.calib_seqlen, bos=args.bos, progress=not args.quiet)}
 
 
 def demo_table(r: dict) -> str:
@@ -293,6 +308,16 @@ def add_attention_flags(p) -> None:
                    help=f"--attention anchor: stripe identification rule (default {AnchorConfig.identify})")
 
 
+def add_bos_flag(p, windows: str) -> None:
+    """``--bos``: where the ``windows`` (what they are, e.g. "evaluation windows") carry the tokenizer's BOS token."""
+    from sparsa.data.tokens import BOS_PROTOCOLS
+
+    p.add_argument("--bos", choices=BOS_PROTOCOLS, default="auto",
+                   help=f"BOS token in the {windows}: auto = BOS + seqlen-1 text tokens in every window; once = "
+                        "BOS before the whole text only (the GPTQ papers); never = text tokens only; auto and once "
+                        "add a BOS only when the tokenizer adds one by default (default %(default)s)")
+
+
 def add_eval(sub, common) -> None:
     p = sub.add_parser("eval", parents=[common], help="perplexity and size of a model")
     p.add_argument("model", help="smollm2-135m, a .gguf file, a Hugging Face dir or a sparsa checkpoint")
@@ -302,6 +327,7 @@ def add_eval(sub, common) -> None:
     p.add_argument("--windows", type=number(int, 1), help="evaluate at most N windows (default: all)")
     p.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default %(default)s)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="dtype for dense models (default float32)")
+    add_bos_flag(p, "evaluation windows")
     add_attention_flags(p)
     p.set_defaults(run=cmd_eval, table=eval_table)
 
@@ -326,6 +352,7 @@ def add_compress(sub, common) -> None:
     p.add_argument("--nsamples", type=int, help="calibration windows (default 128)")
     p.add_argument("--seqlen", type=int, help="tokens per calibration window (default 2048)")
     p.add_argument("--calib", help="calibration corpus: wiki (default) or shakespeare")
+    add_bos_flag(p, "calibration windows")
     p.add_argument("--percdamp", type=float, help="Hessian dampening, share of mean diag (gptq etc. 0.01; spqr: recipe)")
     p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
                    help="solve columns by decreasing Hessian diagonal (gptq, spqr; default on)")
@@ -379,6 +406,7 @@ def add_demo(sub, common) -> None:
                    help="calibration windows (default %(default)s windows: demo-sized)")
     p.add_argument("--calib-seqlen", type=number(int, 2), default=512,
                    help="tokens per calibration window (default %(default)s tokens)")
+    add_bos_flag(p, "calibration and evaluation windows")
     p.set_defaults(run=cmd_demo, table=demo_table)
 
 

@@ -14,10 +14,10 @@ def cmd_bench_quality(args) -> dict:
     check_device(args.device)
     settings = QualitySettings(model=args.model, nsamples=args.nsamples, calib_seqlen=args.calib_seqlen,
                                calib=args.calib, seqlen=args.seqlen, windows=args.windows, ppl=args.ppl,
-                               device=args.device, seed=args.seed)
+                               bos=args.bos, device=args.device, seed=args.seed)
     only = [r.strip() for r in args.rows.split(",")] if args.rows else None
     payload = run_quality(settings, only=only, out_dir=args.out, progress=not args.quiet)
-    return {"out": args.out, "rows": payload["rows"]}
+    return {"out": args.out, "bos": payload["bos"], "rows": payload["rows"]}
 
 
 def cmd_bench_spmm(args) -> dict:
@@ -42,9 +42,11 @@ def bench_spmm_table(r: dict) -> str:
 
 
 def cmd_bench_decode(args) -> dict:
+    from dataclasses import replace
+
     from sparsa.bench.decode import DecodeSettings, run_decode
 
-    settings = DecodeSettings.quick() if args.quick else DecodeSettings()
+    settings = replace(DecodeSettings.quick() if args.quick else DecodeSettings(), bos=args.bos)
     payload = run_decode(settings, out_dir=args.out, name="decode_quick" if args.quick else "decode",
                          progress=not args.quiet)
     rows = payload["rows"]
@@ -56,6 +58,8 @@ def cmd_bench_decode(args) -> dict:
 
 
 def bench_decode_table(r: dict) -> str:
+    from sparsa.bench.decode import kernel_label
+
     lines = [f"wrote {r['out']}/{'decode_quick' if r['quick'] else 'decode'}.{{json,md,png}}"]
     for row in r["rows"]:
         if "skipped" in row:
@@ -64,7 +68,8 @@ def bench_decode_table(r: dict) -> str:
         speeds = "  ".join(f"batch {b}: {v:.1f} tok/s ({row.get('x_dense_fp32', {}).get(b, float('nan')):.2f}x)"
                            for b, v in row["tokens_per_s"].items())
         match = row.get("reference_match")
-        lines.append(f"{row['variant']:<26} {speeds}" + ("" if match is None else f"  match={match['match']}"))
+        lines.append(f"{row['variant']:<26} {speeds}" + ("" if match is None else f"  match={match['match']}")
+                     + f"  kernel: {kernel_label(row)}")
     return "\n".join(lines)
 
 
@@ -112,16 +117,22 @@ def bench_ba_table(r: dict) -> str:
     for row in r["rows"]:
         lines.append(f"{row['cameras']:>5} cameras {row['observations']:>8} obs  {row['solver']:<9} {row['device']:<5}"
                      f" final cost {row['final_cost']:.10e} ({row['cost_rel_to_pycolmap']:+.1e} vs pycolmap)  "
-                     f"{row['seconds']:8.3f} s ({row['speedup_over_pycolmap']:.2f}x pycolmap)  "
+                     f"{row['seconds']:8.3f} s ({row['speedup_over_pycolmap']:.2f}x pycolmap), "
+                     + ("target not reached  " if row["seconds_to_target"] is None
+                        else f"{row['seconds_to_target']:.3f} s to target  ")
+                     + f"{row['iterations']} it, "
+                     + ("-" if row["seconds_per_iteration"] is None else f"{row['seconds_per_iteration']:.3f}")
+                     + " s/it  "
                      f"peak RSS {row['peak_rss_bytes'] / 2**20:.0f} MiB")
     return "\n".join(lines)
 
 
 def cmd_bench_merge(args) -> dict:
     from sparsa.bench.merge import MergeBenchSettings, run_merge_bench
+    from sparsa.bench.merge_lm import LMSuiteSettings
     from sparsa.nn.models import cache_root
 
-    settings = MergeBenchSettings.quick() if args.quick else MergeBenchSettings()
+    settings = MergeBenchSettings.quick() if args.quick else MergeBenchSettings(lm=LMSuiteSettings(bos=args.bos))
     name = "merge_quick" if args.quick else "merge"
     payload = run_merge_bench(settings, out_dir=args.out, name=name, cache_dir=cache_root() / "merge_suite",
                               progress=not args.quiet)
@@ -182,6 +193,8 @@ def bench_quality_table(r: dict) -> str:
 
 def add_bench(sub, common, parser_class) -> None:
     """The ``sparsa bench`` subcommands (``parser_class``: the CLI's error-reporting parser)."""
+    from sparsa.cli import add_bos_flag  # here, not at the top: sparsa.cli imports this module
+
     p = sub.add_parser("bench", parents=[common], help="benchmarks; results under bench/results/")
     bench = p.add_subparsers(dest="bench", required=True, parser_class=parser_class)
     p = bench.add_parser("quality", parents=[common], help="perplexity vs bits/param of every method")
@@ -198,6 +211,7 @@ def add_bench(sub, common, parser_class) -> None:
     p.add_argument("--windows", type=number(int, 1), help="evaluate at most N windows per corpus (default: all)")
     p.add_argument("--ppl", default="wiki,shakespeare",
                    help="comma-separated corpora to evaluate: wiki, shakespeare (default %(default)s)")
+    add_bos_flag(p, "calibration and evaluation windows")
     p.add_argument("--rows", help="comma-separated label fragments, e.g. 'dense,spqr' (default: all rows)")
     p.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default %(default)s)")
     p.add_argument("--seed", type=int, default=0,
@@ -216,6 +230,7 @@ def add_bench(sub, common, parser_class) -> None:
     p = bench.add_parser("merge", parents=[common],
                          help="task-vector merging (T-Switch, Auto-Switch, baselines) on the offline digits suite")
     p.add_argument("--quick", action="store_true", help="shorter fine-tuning (written as merge_quick)")
+    add_bos_flag(p, "language tasks' windows (full run only; --quick has no language tasks)")
     p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
     p.set_defaults(run=cmd_bench_merge, table=bench_merge_table)
     p = bench.add_parser("gpu", parents=[common], help="Triton kernels against cuBLAS, torch BSR and 2:4 (CUDA)")
@@ -226,6 +241,7 @@ def add_bench(sub, common, parser_class) -> None:
     p.add_argument("--quick", action="store_true",
                    help="batch 1, 33 new tokens, dense fp32 and SpQR-3 only (written as decode_quick)")
     p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
+    add_bos_flag(p, "SpQR's calibration windows")
     p.set_defaults(run=cmd_bench_decode, table=bench_decode_table)
     p = bench.add_parser("encoder", parents=[common], help="MiniLM sentence-embedding latency, dense against sparse")
     p.add_argument("--quick", action="store_true",

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from sparsa.data.tokens import bos_for
 from sparsa.errors import SparsaError
 from sparsa.evaluate import load_texts, perplexities, perplexity
 from conftest import word_text
@@ -46,10 +47,11 @@ def test_perplexities_text_file_windows_and_context_limit(tiny_llama, tiny_token
     path.write_text(word_text(100))
     texts = load_texts(None, str(path))
     assert list(texts) == [str(path)]
-    results = perplexities(tiny_llama, tiny_tokenizer, texts, seqlen=30, max_windows=None, progress=False)
+    bos = bos_for(tiny_tokenizer, "auto")
+    results = perplexities(tiny_llama, tiny_tokenizer, texts, seqlen=30, max_windows=None, bos=bos, progress=False)
     assert results[str(path)].windows == 3
     with pytest.raises(SparsaError, match="--seqlen 512 exceeds the model's context of 256 tokens"):
-        perplexities(tiny_llama, tiny_tokenizer, texts, seqlen=512, max_windows=None)
+        perplexities(tiny_llama, tiny_tokenizer, texts, seqlen=512, max_windows=None, bos=bos)
 
 
 def test_load_texts_defaults_and_errors():

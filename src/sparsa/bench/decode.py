@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from sparsa.bench.results import batch_bars, machine, write_results
 from sparsa.compress import MagnitudeConfig, RTNConfig, SpQRConfig, compress_
 from sparsa.data import calibration_windows, load_corpus, tokenize
+from sparsa.data.tokens import bos_for
 from sparsa.errors import SparsaError
 from sparsa.kernels import linear_reference, kernel_name, recorded_kernels
 from sparsa.nn.lean_decode import greedy_decode
@@ -46,6 +47,7 @@ class DecodeSettings:
     calib_seqlen: int = 512
     seed: int = 0
     rounds: int = 5
+    bos: str = "auto"  # --bos protocol of the calibration windows
 
     @classmethod
     def quick(cls) -> "DecodeSettings":
@@ -188,7 +190,7 @@ def run_decode(s: DecodeSettings, *, out_dir="bench/results", name: str = "decod
     calibration = None
     if "spqr-3" in s.variants:
         calibration = calibration_windows(tokenize(lm.tokenizer, corpus.calib), s.nsamples, s.calib_seqlen, s.seed,
-                                          source="wiki calibration split")
+                                          bos=bos_for(lm.tokenizer, s.bos), source="wiki calibration split")
     rows, models = [], {}
     for variant in tqdm(s.variants, desc="bench decode: build", disable=not progress):
         model = compressed(copy.deepcopy(lm.model), variant, s, calibration)
@@ -209,6 +211,8 @@ def run_decode(s: DecodeSettings, *, out_dir="bench/results", name: str = "decod
         row.update(reference_check(row["variant"], models[row["variant"]], batch_of(prompt, s.batches[0]),
                                    s.match_tokens))
     payload = {"settings": asdict(s), "machine": machine("cpu"), "rows": rows}
+    if calibration is not None:
+        payload["bos"] = bos_for(lm.tokenizer, s.bos).to_dict()
     fig = figure(payload)
     write_results(out_dir, name, payload, markdown(payload), fig)
     return payload

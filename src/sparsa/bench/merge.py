@@ -219,7 +219,7 @@ def run_merge(s: MergeBenchSettings, *, cache_dir=None, progress: bool = True) -
                "rows": run_family(digits, s, s.flexswitch, s.batch, progress=progress)}
     if s.lm is not None:
         lm = LMTasks(s.lm, cache_dir=cache_dir, progress=progress)
-        payload["lm"] = {"params": lm.params, "tasks": lm.tasks,
+        payload["lm"] = {"params": lm.params, "tasks": lm.tasks, "bos": lm.bos.to_dict(),
                          "rows": run_family(lm, s, s.lm_flexswitch, s.lm_batch, progress=progress)}
     return payload
 

@@ -4,10 +4,11 @@ The base is the embedded SmolLM2-135M in fp32. Each task is a corpus of
 :mod:`sparsa.data.corpora` (``wiki``, ``shakespeare``): the top ``tuned_layers`` decoder blocks
 (every tensor of them; the embeddings, the final norm and the tied head stay the base's) are
 fine-tuned with AdamW on ``train_windows`` windows of ``seqlen`` tokens drawn from the corpus's
-calibration part; the test windows open its evaluation part. The frozen blocks below are run once
-per window, and their outputs (the tuned blocks' inputs) are kept: training and every evaluation
-run the tuned blocks and the head only. A task vector therefore covers the tuned blocks'
-``params`` parameters, and bits per parameter count over those.
+calibration part; the test windows open its evaluation part. Windows carry the tokenizer's BOS
+token as the ``bos`` setting (a ``--bos`` protocol of :mod:`sparsa.data.tokens`) says. The frozen
+blocks below are run once per window, and their outputs (the tuned blocks' inputs) are kept:
+training and every evaluation run the tuned blocks and the head only. A task vector therefore
+covers the tuned blocks' ``params`` parameters, and bits per parameter count over those.
 
 Fine-tuned blocks are cached as one safetensors file named by a hash of the settings (never
 pickle); the first build trains for some minutes on a 2-core CPU.
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 from sparsa.bench.merge_suite import read_states, write_states
 from sparsa.compress.sequential import block_inputs, decoder_layers
 from sparsa.data.corpora import CORPORA, load_corpus
-from sparsa.data.tokens import calibration_windows, eval_windows, tokenize
+from sparsa.data.tokens import BOS_PROTOCOLS, bos_for, calibration_windows, eval_windows, tokenize
 from sparsa.errors import SparsaError
 
 State = dict[str, torch.Tensor]
@@ -46,6 +47,7 @@ class LMSuiteSettings:
         test_windows: windows per task scored.
         steps, batch_size, lr: AdamW (constant rate, no weight decay) over the tuned blocks.
         seed: the windows drawn and the batch order.
+        bos: the ``--bos`` protocol of every window: auto, once or never.
     """
 
     model: str = "smollm2-135m"
@@ -58,6 +60,7 @@ class LMSuiteSettings:
     batch_size: int = 8
     lr: float = 1e-4
     seed: int = 0
+    bos: str = "auto"
 
     def __post_init__(self):
         object.__setattr__(self, "tasks", tuple(self.tasks))
@@ -67,6 +70,8 @@ class LMSuiteSettings:
         if self.tuned_layers < 1 or self.seqlen < 2 or min(self.train_windows, self.test_windows, self.batch_size) < 1:
             raise SparsaError("merge LM suite: tuned_layers, train_windows, test_windows and batch_size must be "
                               "positive, seqlen at least 2")
+        if self.bos not in BOS_PROTOCOLS:
+            raise SparsaError(f"merge LM suite: bos {self.bos!r}; choose from {', '.join(BOS_PROTOCOLS)}")
 
     def key(self) -> str:
         """16 hex digits naming these settings (and :data:`LM_SUITE_VERSION`) in the cache."""
@@ -101,13 +106,14 @@ class LMTasks:
         self.norm, self.head = model.model.norm, model.lm_head
         self.tasks = list(settings.tasks)
         self.base = {p + k: v.detach().clone() for p, b in self.blocks.items() for k, v in b.state_dict().items()}
+        self.bos = bos_for(tokenizer, settings.bos)
         self.train, self.test, self.kwargs = {}, {}, {}
         for task in tqdm(self.tasks, desc="merge LM suite: capture", disable=not progress):
             corpus = load_corpus(task)
             ids = {part: tokenize(tokenizer, getattr(corpus, part)) for part in ("calib", "eval")}
             windows = {"train": calibration_windows(ids["calib"], settings.train_windows, settings.seqlen,
-                                                    settings.seed, source=f"{task} calibration text"),
-                       "test": eval_windows(ids["eval"], settings.seqlen, settings.test_windows,
+                                                    settings.seed, bos=self.bos, source=f"{task} calibration text"),
+                       "test": eval_windows(ids["eval"], settings.seqlen, settings.test_windows, bos=self.bos,
                                             source=f"{task} evaluation text")}
             for part, w in windows.items():
                 hidden, kwargs = block_inputs(model, w, "cpu", first)

@@ -19,6 +19,7 @@ from sparsa.bench.results import machine, write_results
 from sparsa.compress import (AutoConfig, GPTQConfig, MagnitudeConfig, RTNConfig, SparseGPTConfig, SpQRConfig, WandaConfig,
                              compress_)
 from sparsa.data import calibration_windows, load_corpus, tokenize
+from sparsa.data.tokens import bos_for
 from sparsa.evaluate import load_texts, perplexities
 from sparsa.nn.checkpoint import save_checkpoint
 from sparsa.nn.models import load_model
@@ -27,8 +28,8 @@ from sparsa.nn.surgery import linear_footprint
 
 @dataclass(frozen=True)
 class QualitySettings:
-    """The protocol (calibration windows, evaluation window length and count, corpora, seed) and
-    the device it runs on."""
+    """The protocol (calibration windows, evaluation window length and count, corpora, the ``--bos``
+    protocol of every window, seed) and the device it runs on."""
 
     model: str = "smollm2-135m"
     nsamples: int = 128
@@ -37,6 +38,7 @@ class QualitySettings:
     seqlen: int = 2048
     windows: int | None = None
     ppl: str = "wiki,shakespeare"
+    bos: str = "auto"
     device: str = "cpu"
     seed: int = 0
 
@@ -66,7 +68,7 @@ def quality_rows(s: QualitySettings) -> list[tuple[str, object]]:
 
 
 def run_row(label: str, config, s: QualitySettings, texts: dict, windows, progress: bool) -> dict:
-    """Compress (if ``config``), save, measure one row."""
+    """Compress (if ``config``), save, measure one row; the row records its evaluation windows' BOS."""
     lm = load_model(s.model)
     row = {"row": label, "method": config.to_dict() if config else None, "compress_seconds": None,
            "machine": machine(s.device)}
@@ -82,10 +84,12 @@ def run_row(label: str, config, s: QualitySettings, texts: dict, windows, progre
         params, nbytes = linear_footprint(lm.model)
         row["bits_per_param"], row["bytes"] = 8 * nbytes / params, nbytes
     lm.model.to(s.device)
-    results = perplexities(lm.model, lm.tokenizer, texts, seqlen=s.seqlen, max_windows=s.windows, device=s.device,
-                           progress=progress)
+    bos = bos_for(lm.tokenizer, s.bos)
+    results = perplexities(lm.model, lm.tokenizer, texts, seqlen=s.seqlen, max_windows=s.windows, bos=bos,
+                           device=s.device, progress=progress)
     row["ppl"] = {name: r.ppl for name, r in results.items()}
     row["eval_windows"] = {name: r.windows for name, r in results.items()}
+    row["bos"] = bos.to_dict()
     return row
 
 
@@ -100,6 +104,16 @@ def describe(m: dict) -> str:
     return f"{m['date']} on {where}"
 
 
+def bos_sentence(protocol: str, rows: list[dict]) -> str:
+    """The ``--bos`` protocol, and whether the rows (each records its own) had a BOS token added."""
+    added = {r["bos"]["added"] for r in rows if "bos" in r}
+    if added == {True}:
+        return f"BOS protocol `{protocol}` (a BOS token added)."
+    if added == {False}:
+        return f"BOS protocol `{protocol}` (the tokenizer adds no BOS: none added)."
+    return f"BOS protocol `{protocol}`."
+
+
 def markdown(payload: dict) -> str:
     s, rows = payload["settings"], payload["rows"]
     names = list(rows[0]["ppl"]) if rows else []
@@ -108,6 +122,7 @@ def markdown(payload: dict) -> str:
              "Measured " + "; ".join(f"{full} ({short})" for short, full in machines.items()) + ".", "",
              f"Calibration: {s['nsamples']} x {s['calib_seqlen']} tokens of `{s['calib']}` (seed {s['seed']}); "
              f"evaluation: seqlen {s['seqlen']}, windows {s['windows'] or 'all'} of each evaluation split. "
+             f"{bos_sentence(s['bos'], rows)} "
              "bits/param = bytes of the compressed linear layers as saved / their parameters. "
              "Compression seconds compare only within one machine.", "",
              "| row | bits/param | " + " | ".join(f"ppl {n}" for n in names) + " | compress s | measured on |",
@@ -166,17 +181,19 @@ def previous_rows(out_dir, settings: QualitySettings) -> list[dict]:
 def run_quality(s: QualitySettings, *, only: list[str] | None = None, out_dir="bench/results",
                 progress: bool = True) -> dict:
     """Run every row (or those whose label contains one of ``only``, merged into an earlier result of
-    the same settings); the results are rewritten after each row, in report order."""
+    the same settings); the results are rewritten after each row, in report order. ``bos`` in the
+    results records the calibration windows' BOS, each row's ``bos`` its evaluation windows'."""
     all_rows = quality_rows(s)
     rows = [(label, c) for label, c in all_rows if not only or any(o in label for o in only)]
     texts = load_texts(s.ppl, None)
     tokenizer = load_model(s.model).tokenizer
+    bos = bos_for(tokenizer, s.bos)
     windows = calibration_windows(tokenize(tokenizer, load_corpus(s.calib).calib), s.nsamples, s.calib_seqlen,
-                                  s.seed, source=f"{s.calib} calibration split")
+                                  s.seed, bos=bos, source=f"{s.calib} calibration split")
     torch.manual_seed(s.seed)
     order = {label: i for i, (label, _) in enumerate(all_rows)}
     results = {r["row"]: r for r in (previous_rows(out_dir, s) if only else [])}
-    payload = {"settings": s.protocol(), "rows": []}
+    payload = {"settings": s.protocol(), "bos": bos.to_dict(), "rows": []}
     for label, config in tqdm(rows, desc="bench quality", disable=not progress, unit="row"):
         results[label] = run_row(label, config, s, texts, windows, progress)
         payload["rows"] = sorted(results.values(), key=lambda r: order.get(r["row"], len(order)))

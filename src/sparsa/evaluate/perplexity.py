@@ -14,7 +14,8 @@ from sparsa.nn.sparse_linear import decoded_weights
 
 @dataclass
 class PerplexityResult:
-    """``ppl = exp(nll_sum / predicted_tokens)``; each window predicts ``seqlen - 1`` tokens."""
+    """``ppl = exp(nll_sum / predicted_tokens)``; each window predicts its tokens 1..seqlen-1
+    (``seqlen - 1`` of them): token 0, a BOS under ``--bos auto``, is context only, never a target."""
 
     ppl: float
     nll_sum: float
@@ -34,7 +35,8 @@ def perplexity(model: nn.Module, windows: torch.Tensor, *, device: str = "cpu", 
 
     Args:
         model: Hugging Face causal LM (``model(ids).logits``: [1, seqlen, vocab]).
-        windows: [W, seqlen] int64 token ids, evaluated one window at a time.
+        windows: [W, seqlen] int64 token ids, evaluated one window at a time; position 0 (BOS when
+            windows open with one) is never scored.
         device: where the windows go (the model must already be there).
 
     Compressed layers decode once for the whole run (``decoded_weights``): this measures

@@ -1,7 +1,7 @@
 """Perplexity over named evaluation texts: corpus evaluation splits and user text files."""
 
 from sparsa.data.corpora import CORPORA, load_corpus, read_text_file
-from sparsa.data.tokens import eval_windows, tokenize
+from sparsa.data.tokens import Bos, eval_windows, tokenize
 from sparsa.errors import SparsaError
 from sparsa.evaluate.perplexity import PerplexityResult, perplexity
 
@@ -28,13 +28,16 @@ def load_texts(ppl: str | None, text_file: str | None) -> dict[str, str]:
     return texts
 
 
-def perplexities(model, tokenizer, texts: dict[str, str], *, seqlen: int, max_windows: int | None,
+def perplexities(model, tokenizer, texts: dict[str, str], *, seqlen: int, max_windows: int | None, bos: Bos,
                  device: str = "cpu", progress: bool = True) -> dict[str, PerplexityResult]:
-    """Perplexity of ``model`` on each text; all are tokenized and windowed before any forward pass."""
+    """Perplexity of ``model`` on each text; all are tokenized and windowed before any forward pass.
+
+    ``bos`` (:func:`sparsa.data.tokens.bos_for`) says where windows carry the tokenizer's BOS token.
+    """
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit and seqlen > limit:
         raise SparsaError(f"--seqlen {seqlen} exceeds the model's context of {limit} tokens")
-    windows = {name: eval_windows(tokenize(tokenizer, text), seqlen, max_windows, source=name)
+    windows = {name: eval_windows(tokenize(tokenizer, text), seqlen, max_windows, bos=bos, source=name)
                for name, text in texts.items()}
     return {name: perplexity(model, w, device=device, progress=progress, desc=f"ppl {name}")
             for name, w in windows.items()}
