@@ -30,7 +30,25 @@ def test_cli_attention_eval_json_reports_recall_density_error(capsys, hf_dir, wo
     r = last_json(out)
     assert code == 0 and r["theta"] == 2.0 and r["seqlen"] == 96 and "layers" not in r
     assert 0 < r["density"] <= 1 and 0 < r["recall"] <= 1 and r["rel_err"] >= 0
-    assert set(r["overall"]) == {"anchor", "vertical_slash", "flex_blocks", "streaming", "oracle"}
+    assert set(r["overall"]) == {"anchor", "vertical_slash", "flex_blocks", "streaming", "per_row_topk", "optimum"}
+    assert r["overall"]["optimum"]["density"] == r["density"] and r["overall"]["optimum"]["recall"] <= 1 + 1e-9
+    assert all(m["gap_to_optimum"] >= -1e-6 for name, m in r["overall"].items() if name != "optimum")
+
+
+def test_attention_eval_table_shows_the_bounds_and_each_gap():
+    from sparsa.cli_attention import attention_eval_table
+
+    overall = {"anchor": {"recall": 0.97, "density": 0.28, "gap_to_optimum": 0.0123, "rel_err": 0.05,
+                          "close_share": 0.9},
+               "per_row_topk": {"recall": 0.984, "density": 0.2801, "gap_to_optimum": 0.0018},
+               "optimum": {"recall": 0.9823, "density": 0.28}}
+    text = attention_eval_table({"model": "m", "seqlen": 96, "text": "t", "theta": 4.0, "selection_seconds": 0.1,
+                                 "overall": overall})
+    lines = text.splitlines()
+    assert lines[1].split() == ["selector", "recall", "density", "gap", "rel_err", "|dO|<1e-2"]
+    assert lines[2].split() == ["anchor", "0.9700", "0.2800", "0.0123", "0.0500", "0.9000"]
+    assert lines[3].split() == ["per_row_topk", "0.9840", "0.2801", "0.0018", "-", "-"]
+    assert lines[4].split() == ["optimum", "0.9823", "0.2800", "-", "-", "-"]
 
 
 def test_cli_attention_eval_sweep_writes_the_plot(capsys, hf_dir, words, tmp_path):

@@ -1,5 +1,6 @@
 """AnchorAttention on a model's real attention: recall, density and output error per layer,
-against the other selectors at the density AnchorAttention reached.
+against the other selectors at the mean density AnchorAttention reached, and each selector's
+gap to the optimum mask at its own per-head pair counts.
 
 One forward pass of the dense model over a window of real text captures every layer's Q/K/V
 (:mod:`sparsa.attention.capture`); each layer is then scored by :func:`measure`.
@@ -17,7 +18,7 @@ from sparsa.attention import selectors
 from sparsa.attention.anchor import identify_reference
 from sparsa.attention.capture import LayerQKV, captured_qkv
 from sparsa.attention.config import AnchorConfig
-from sparsa.attention.metrics import AttentionMetrics, measure
+from sparsa.attention.metrics import BOUNDS, AttentionMetrics, measure
 from sparsa.kernels.reference_attention import anchors_reference, check_qkv
 
 BASELINES = ("vertical_slash", "flex_blocks", "streaming")
@@ -25,8 +26,9 @@ BASELINES = ("vertical_slash", "flex_blocks", "streaming")
 
 @dataclass
 class AttentionReport:
-    """Per-layer and pooled metrics; ``overall[name]`` pools every layer (recall and close_share
-    averaged over rows, density over all causal pairs, rel_err over all output elements)."""
+    """Per-layer and pooled metrics; ``overall[name]`` pools every layer (recall, close_share and
+    gap_to_optimum averaged over rows, density over all causal pairs, rel_err over all output
+    elements). The bounds (``per_row_topk``, ``optimum``) have recall, density and pairs only."""
 
     config: AnchorConfig
     seqlen: int
@@ -42,10 +44,12 @@ class AttentionReport:
             ref = sum(m.ref_sq for m in ms)
             err = sum(m.err_sq for m in ms)
             out[name] = {"recall": sum(m.recall for m in ms) / len(ms),
-                         "density": sum(m.density * m.causal_pairs for m in ms) / causal}
-            if name != "oracle":  # the oracle is a bound on recall only
+                         "density": sum(m.density * m.causal_pairs for m in ms) / causal, "kept_pairs": kept}
+            if not any(math.isnan(m.gap_to_optimum) for m in ms):
+                out[name]["gap_to_optimum"] = sum(m.gap_to_optimum for m in ms) / len(ms)
+            if name not in BOUNDS:
                 out[name].update(rel_err=math.sqrt(err / ref) if ref else 0.0,
-                                 close_share=sum(m.close_share for m in ms) / len(ms), kept_pairs=kept)
+                                 close_share=sum(m.close_share for m in ms) / len(ms))
         return out
 
     def to_dict(self) -> dict:
@@ -66,7 +70,8 @@ def capture_layers(model: nn.Module, ids: torch.Tensor) -> dict[int, LayerQKV]:
 
 def score_layer(qkv: LayerQKV, config: AnchorConfig, report: AttentionReport, baselines: bool):
     """AnchorAttention's selection on one layer (the reference; timed), the baselines at its
-    density, and the metrics of all of them (outputs from masked dense attention)."""
+    mean density over heads, and the metrics of all of them (outputs from masked dense
+    attention), with the bounds when ``baselines``."""
     q, k, v, scale = qkv.q, qkv.k, qkv.v, qkv.scale
     N = check_qkv(q, k, v)[3]
     regions = config.regions
@@ -77,12 +82,10 @@ def score_layer(qkv: LayerQKV, config: AnchorConfig, report: AttentionReport, ba
     indices = {"anchor": index}
     if baselines:
         pairs = regions.stripe_pairs(index, N)
-        indices["vertical_slash"] = selectors.matched_index(
-            selectors.vertical_slash_scores(q, k, regions, scale), regions, pairs)
-        indices["flex_blocks"] = selectors.matched_index(
-            selectors.flex_block_scores(q, k, regions, scale), regions, pairs)
+        indices["vertical_slash"] = selectors.vertical_slash_index(q, k, regions, scale, pairs)
+        indices["flex_blocks"] = selectors.flex_blocks_index(q, k, regions, scale, pairs)
         indices["streaming"] = None
-    return measure(q, k, v, regions, indices, scale=scale, oracle=baselines)
+    return measure(q, k, v, regions, indices, scale=scale, bounds=baselines)
 
 
 def evaluate_attention(model: nn.Module, ids: torch.Tensor, configs: list[AnchorConfig], *,
