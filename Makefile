@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/sparsa demo
+	$(BIN)/sparsa demo --out bench/results
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -282,7 +282,8 @@ def cmd_demo(args) -> dict:
     from sparsa.demo import run_demo
 
     return {"rows": run_demo(ppl=args.ppl, seqlen=args.seqlen, windows=args.windows, nsamples=args.nsamples,
-                             calib_seqlen=args.calib_seqlen, bos=args.bos, progress=not args.quiet)}
+                             calib_seqlen=args.calib_seqlen, bos=args.bos, out_dir=args.out,
+                             progress=not args.quiet)}
 
 
 def demo_table(r: dict) -> str:
@@ -407,6 +408,8 @@ def add_demo(sub, common) -> None:
     p.add_argument("--calib-seqlen", type=number(int, 2), default=512,
                    help="tokens per calibration window (default %(default)s tokens)")
     add_bos_flag(p, "calibration and evaluation windows")
+    p.add_argument("--out", help="also write the table, settings and machine to OUT/demo.{json,md} "
+                                 "(default: not written; make demo writes bench/results)")
     p.set_defaults(run=cmd_demo, table=demo_table)
 
 

@@ -4,6 +4,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from sparsa.bench.results import machine, write_results
 from sparsa.compress import SpQRConfig, compress_
 from sparsa.data import calibration_windows, load_corpus, tokenize
 from sparsa.data.tokens import bos_for
@@ -30,12 +31,27 @@ def measure(spec: str, texts: dict, seqlen: int, windows: int, bos: str, progres
 
 
 def run_demo(*, ppl: str = "wiki,shakespeare", seqlen: int = 512, windows: int = 16, nsamples: int = 16,
-             calib_seqlen: int = 512, bos: str = "auto", progress: bool = True) -> list[dict]:
+             calib_seqlen: int = 512, bos: str = "auto", out_dir: str | None = None,
+             progress: bool = True) -> list[dict]:
     """Rows of the demo table: the dense model, then the compressed checkpoint reloaded from disk.
 
     ``seconds`` is the time to compress and save (None for the dense model); ``bos`` is the
-    ``--bos`` protocol of the calibration and evaluation windows, which each row records.
+    ``--bos`` protocol of the calibration and evaluation windows, which each row records. With
+    ``out_dir``, the rows, the settings and the machine are also written to ``out_dir/demo.{json,md}``
+    (``make demo`` writes ``bench/results``, from which the README's demo table is rendered).
     """
+    settings = {"ppl": ppl, "seqlen": seqlen, "windows": windows, "nsamples": nsamples,
+                "calib_seqlen": calib_seqlen, "bos": bos}
+    rows = demo_rows(**settings, progress=progress)
+    if out_dir is not None:
+        payload = {"machine": machine("cpu"), "settings": settings, "rows": rows}
+        write_results(out_dir, "demo", payload, markdown(payload))
+    return rows
+
+
+def demo_rows(*, ppl: str, seqlen: int, windows: int, nsamples: int, calib_seqlen: int, bos: str,
+              progress: bool) -> list[dict]:
+    """The dense row and the reloaded compressed row (see :func:`run_demo`)."""
     config = demo_config(nsamples, calib_seqlen)
     texts = load_texts(ppl, None)
     dense = {"model": f"{DEFAULT_MODEL} (dense fp32)", "seconds": None,
@@ -53,3 +69,19 @@ def run_demo(*, ppl: str = "wiki,shakespeare", seqlen: int = 512, windows: int =
         label = f"spqr {config.bits}-bit, tau {config.outlier_threshold} (reloaded)"
         compressed = {"model": label, "seconds": seconds, **measure(str(target), texts, seqlen, windows, bos, progress)}
     return [dense, compressed]
+
+
+def markdown(payload: dict) -> str:
+    """The demo table as markdown, with its date, machine and protocol."""
+    m, s, rows = payload["machine"], payload["settings"], payload["rows"]
+    names = list(rows[0]["ppl"])
+    lines = [f"# sparsa demo ({m['date']}, {m['cores']}-core {m['cpu']} CPU, torch {m['torch']})", "",
+             f"{s['windows']} evaluation windows x {s['seqlen']} tokens per corpus; calibration {s['nsamples']} x "
+             f"{s['calib_seqlen']} tokens; --bos {s['bos']}.", "",
+             "| model | " + " | ".join(f"ppl {n}" for n in names) + " | bytes | bits/param | compress s |",
+             "|---|" + "---|" * len(names) + "---|---|---|"]
+    for r in rows:
+        seconds = "-" if r["seconds"] is None else f"{r['seconds']:.1f}"
+        lines.append(f"| {r['model']} | " + " | ".join(f"{r['ppl'][n]:.3f}" for n in names)
+                     + f" | {r['bytes']:,} | {r['bits_per_param']:.3f} | {seconds} |")
+    return "\n".join(lines) + "\n"
