@@ -1,5 +1,7 @@
 """The numba SpQR kernel against the reference (decode the weight, F.linear)."""
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -10,8 +12,9 @@ from sparsa.compress.hessian import HessianAccumulator
 from sparsa.compress.spqr import spqr_solve
 from sparsa.formats import SpQR
 from sparsa.kernels import linear, linear_reference, select_linear_kernel
-from sparsa.kernels.cpu.spqr import spqr_linear, takes_vnni
+from sparsa.kernels.cpu.spqr import fits_vnni, fp32_path, spqr_linear, takes_vnni
 from sparsa.kernels.cpu.tiles import X_LEVELS
+from sparsa.kernels.cpu.vnni import HAS_VNNI
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4)}
 
@@ -32,14 +35,15 @@ def assert_fp32_close(y: torch.Tensor, x: torch.Tensor, fmt, bias=None) -> None:
     assert bool(((y.double() - exact).abs() <= bound).all()), float(((y.double() - exact).abs() / bound).max())
 
 
-@st.composite
-def spqr_case(draw):
-    """Random SpQR parts: code widths and group sizes (byte-aligned rows or not; each combination is
-    one compiled kernel, so a handful), outliers, permutation; 0..9 tokens."""
-    bits, b1, stat_bits = draw(st.sampled_from([(3, 16, 3), (4, 16, 3), (2, 3, 2), (8, 8, 8), (3, 4, 5)]))
-    b2 = draw(st.sampled_from([1, 2, 4, 16, 32]))  # 16, 32: the tile shares one stat pair
-    out, inp = b2 * draw(st.integers(1, 64 // b2)), b1 * draw(st.integers(1, 5))
-    g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+TOKEN_COUNTS = [0, 1, 9, 16, 17, 32, 33, 40]  # the README's 0 to 40 tokens: its ends, either side of 16 and 32
+
+
+def random_spqr(bits: int, b1: int, stat_bits: int, b2: int, out: int, inp: int, outliers: float, tokens: int,
+                with_bias: bool, seed: int):
+    """(SpQR W [out, inp] of random parts, activations [tokens, inp], bias [out] or None): codes of
+    ``bits`` in groups of ``b1`` columns, stat codes of ``stat_bits`` over runs of ``b2`` rows, an
+    ``outliers`` fraction of weights stored as outliers, a random permutation."""
+    g = torch.Generator().manual_seed(seed)
     groups = inp // b1
 
     def stats():
@@ -50,21 +54,45 @@ def spqr_case(draw):
         codes=torch.randint(0, 2**bits, (out, inp), generator=g), perm=torch.randperm(inp, generator=g),
         scale_codes=torch.randint(0, 2**stat_bits, (out, groups), generator=g),
         zero_codes=torch.randint(0, 2**stat_bits, (out, groups), generator=g), scale_stats=stats(), zero_stats=stats(),
-        outlier_mask=torch.rand(out, inp, generator=g) < draw(st.sampled_from([0.0, 0.05, 0.5])),
+        outlier_mask=torch.rand(out, inp, generator=g) < outliers,
         outlier_values_dense=torch.randn(out, inp, generator=g) * 10, bits=bits, group_size=b1, stat_bits=stat_bits,
         stat_group_size=b2)
-    x = torch.randn(draw(st.integers(0, 9)), inp, generator=g)
-    bias = torch.randn(out, generator=g) if draw(st.booleans()) else None
+    x = torch.randn(tokens, inp, generator=g)
+    bias = torch.randn(out, generator=g) if with_bias else None
     return fmt, x, bias
 
 
+@st.composite
+def spqr_case(draw):
+    """Random SpQR parts: code widths and group sizes (byte-aligned rows or not; each combination is
+    one compiled kernel, so a handful), outliers, permutation; 0..40 tokens."""
+    bits, b1, stat_bits = draw(st.sampled_from([(3, 16, 3), (4, 16, 3), (2, 3, 2), (8, 8, 8), (3, 4, 5)]))
+    b2 = draw(st.sampled_from([1, 2, 4, 16, 32]))  # 16, 32: the tile shares one stat pair
+    out, inp = b2 * draw(st.integers(1, 64 // b2)), b1 * draw(st.integers(1, 5))
+    return random_spqr(bits, b1, stat_bits, b2, out, inp, draw(st.sampled_from([0.0, 0.05, 0.5])),
+                       draw(st.integers(0, 40)), draw(st.booleans()), draw(st.integers(0, 2**16)))
+
+
+def check_spqr_linear(fmt, x: torch.Tensor, bias: torch.Tensor | None, fp32: bool) -> None:
+    """``spqr_linear`` (forced onto the fp32 path where ``fp32``) within :func:`assert_fp32_close`."""
+    with fp32_path() if fp32 else nullcontext():
+        y = spqr_linear(x, fmt, bias)
+        assert y.shape == (x.shape[0], fmt.shape[0]) and y.dtype == torch.float32
+        assert_fp32_close(y, x, fmt, bias)
+
+
 @settings(max_examples=60, deadline=None)
-@given(spqr_case())
-def test_spqr_linear_random_formats_match_reference(case):  # both paths: VNNI (3/4-bit, β1 16, β2 16/32), fp32 tiles
-    fmt, x, bias = case
-    y = spqr_linear(x, fmt, bias)
-    assert y.shape == (x.shape[0], fmt.shape[0]) and y.dtype == torch.float32
-    assert_fp32_close(y, x, fmt, bias)
+@given(spqr_case(), st.booleans())
+def test_spqr_linear_random_formats_match_reference(case, fp32):  # VNNI (3/4-bit, β1 16, β2 16/32), fp32 tiles
+    check_spqr_linear(*case, fp32)
+
+
+@pytest.mark.parametrize("fp32", [False, True], ids=["vnni-where-fits", "fp32-forced"])
+@pytest.mark.parametrize("tokens", TOKEN_COUNTS)
+def test_spqr_linear_each_token_count_matches_reference(tokens, fp32):
+    fmt, x, bias = random_spqr(3, 16, 3, 16, 48, 96, 0.05, tokens, True, seed=tokens)
+    assert fits_vnni(fmt) == HAS_VNNI  # 3-bit codes, groups of 16, an even group count: the 3-bit VNNI layout
+    check_spqr_linear(fmt, x, bias, fp32)
 
 
 @pytest.mark.parametrize("bits", [3, 4])

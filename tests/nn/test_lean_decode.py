@@ -3,14 +3,37 @@
 import pytest
 import torch
 
-from sparsa.compress import RTNConfig, compress_
+from conftest import tiny_decoder
+from sparsa.compress import RTNConfig, SpQRConfig, compress_
 from sparsa.errors import SparsaError
+from sparsa.kernels.cpu.spqr import fp32_path, takes_vnni
+from sparsa.kernels.cpu.vnni import HAS_VNNI
+from sparsa.nn import sparse_linears
 from sparsa.nn.lean_decode import LeanLlama, greedy_decode
 from sparsa.nn.sparse_linear import decoded_weights
 
 
 def prompt(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 128, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def spqr_llama():
+    """A tiny Llama with every projection SpQR 3-bit, β2 16 (weights the VNNI kernels take), compressed
+    once for the module: decoding neither changes it nor keeps state in it."""
+    model = tiny_decoder("LlamaConfig", "LlamaForCausalLM", {"tie_word_embeddings": True})
+    windows = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(0))
+    compress_(model, SpQRConfig(bits=3, stat_group_size=16, nsamples=4, seqlen=32), calibration=windows,
+              progress=False)
+    return model
+
+
+def decode(leans: list[LeanLlama], ids: torch.Tensor, prefill: int) -> list[torch.Tensor]:
+    """Each decoder's logits [B, T - prefill, vocab]: a prefill of ``ids[:, :prefill]``, then one
+    single-token step per later token."""
+    for lean in leans:
+        lean.forward(ids[:, :prefill], 0)
+    return [torch.cat([lean.forward(ids[:, t:t + 1], t) for t in range(prefill, ids.shape[1])], 1) for lean in leans]
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -37,24 +60,34 @@ def test_fused_decode_step_matches_the_torch_path(tiny_llama, batch):
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_compiled_layer_step_matches_the_module_path(tiny_llama, batch):
-    from sparsa.compress import SpQRConfig
-    from sparsa.kernels.cpu.vnni import HAS_VNNI
-
-    windows = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(0))
-    compress_(tiny_llama, SpQRConfig(bits=3, stat_group_size=16, nsamples=4, seqlen=32), calibration=windows,
-              progress=False)
+def test_compiled_layer_step_matches_the_module_path(spqr_llama, batch):
     ids = prompt(batch, 8, seed=5)
-    compiled, modules = LeanLlama(tiny_llama, batch, 12), LeanLlama(tiny_llama, batch, 12, fused=False)
+    compiled, modules = LeanLlama(spqr_llama, batch, 12), LeanLlama(spqr_llama, batch, 12, fused=False)
     assert compiled.compiled_layers == HAS_VNNI and not modules.compiled_layers
-    for lean in (compiled, modules):
-        lean.forward(ids[:, :5], 0)
-    for t in range(5, 8):
-        torch.testing.assert_close(compiled.forward(ids[:, t:t + 1], t), modules.forward(ids[:, t:t + 1], t),
-                                   rtol=1e-4, atol=1e-4)
+    got, expected = decode([compiled, modules], ids, 5)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(compiled.k_cache, modules.k_cache, rtol=1e-4, atol=1e-4)
-    with decoded_weights(tiny_llama):  # reference mode: the modules decode their weights, no compiled step
-        assert not LeanLlama(tiny_llama, batch, 12).compiled_layers
+    with decoded_weights(spqr_llama):  # reference mode: the modules decode their weights, no compiled step
+        assert not LeanLlama(spqr_llama, batch, 12).compiled_layers
+
+
+@pytest.mark.skipif(not HAS_VNNI, reason="this CPU lacks AVX-512 VNNI (no avx512_vnni in /proc/cpuinfo): "
+                                         "every SpQR product here already takes the fp32 path")
+@pytest.mark.parametrize("batch", [1, 3])
+def test_vnni_decode_paths_match_the_forced_fp32_path(spqr_llama, batch, one_thread):
+    weights = [m.weight_format for _, m in sparse_linears(spqr_llama)]
+    compiled, modules = LeanLlama(spqr_llama, batch, 12), LeanLlama(spqr_llama, batch, 12, fused=False)
+    with fp32_path():  # bound inside: fp32 tiles for every projection, hence no compiled VNNI layer step
+        assert not any(takes_vnni(w) for w in weights) and not LeanLlama(spqr_llama, batch, 12).compiled_layers
+        fp32 = LeanLlama(spqr_llama, batch, 12, fused=False)  # the path of `modules` but for the kernels
+    assert all(takes_vnni(w) for w in weights) and compiled.compiled_layers
+    on_compiled, on_modules, on_fp32 = decode([compiled, modules, fp32], prompt(batch, 8, seed=5), 5)
+    assert not torch.equal(on_modules, on_fp32)  # VNNI rounds activations to 22 bits: other code, other bits
+    # that rounding (2^-21 of a token's largest activation) moved these logits (|logit| ~1) by ~1e-6 over
+    # two layers; 1e-5 leaves 10x and still fails a split that dropped the low int8 part (~2^-14)
+    torch.testing.assert_close(on_compiled, on_fp32, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(on_modules, on_fp32, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compiled.k_cache, fp32.k_cache, rtol=1e-5, atol=1e-5)
 
 
 def test_lean_llama_bf16_takes_the_torch_path(tiny_llama):

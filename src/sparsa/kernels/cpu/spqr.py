@@ -19,9 +19,14 @@ to four tokens at a time, the group's contribution with ``s, z`` decoded in regi
   are one scalar pair when β2 is a multiple of 16, else decoded per lane first. Last, the tile adds its outlier corrections ``delta * xp[n, pos]``, 16 rows
 per gather (:func:`~sparsa.kernels.cpu.tiles.ell_slots`).
 Batch > 1 is the same single call: every group's codes are unpacked once per four tokens.
+Inside :func:`fp32_path` weights bind to the fp32 path even where the VNNI path fits (tests
+compare the two on one CPU).
 """
 
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numba
@@ -60,11 +65,30 @@ class SpQRLayout:
     three_bit: bool  # that layout is the 3-bit one (3-bit codes, groups of 16 in pairs)
 
 
-def takes_vnni(weight: SpQR) -> bool:
-    """Whether the VNNI path runs this weight here: AVX-512 VNNI, codes and second-level codes of
+FP32_ONLY: ContextVar[bool] = ContextVar("sparsa_spqr_fp32_only", default=False)  # set by fp32_path()
+
+
+@contextmanager
+def fp32_path() -> Iterator[None]:
+    """Inside the block, SpQR weights bind (``spqr_bind``, ``bind_linear``, ``LeanLlama``) and run on
+    the fp32 path even where the VNNI path fits; a binding made inside keeps its path after it."""
+    token = FP32_ONLY.set(True)
+    try:
+        yield
+    finally:
+        FP32_ONLY.reset(token)
+
+
+def fits_vnni(weight: SpQR) -> bool:
+    """Whether the VNNI path can run this weight here: AVX-512 VNNI, codes and second-level codes of
     at most 4 bits, groups of a multiple of 8 columns, second-level runs covering whole tiles."""
     return (HAS_VNNI and weight.bits <= NIBBLE_BITS and weight.stat_bits <= NIBBLE_BITS
             and weight.group_size % VNNI_COLUMNS == 0 and weight.stat_group_size % LANES == 0)
+
+
+def takes_vnni(weight: SpQR) -> bool:
+    """Whether the VNNI path runs this weight now: it fits and :func:`fp32_path` is not in force."""
+    return fits_vnni(weight) and not FP32_ONLY.get()
 
 
 def stat_tiles(codes: torch.Tensor) -> torch.Tensor:
@@ -75,8 +99,9 @@ def stat_tiles(codes: torch.Tensor) -> torch.Tensor:
     return padded.reshape(tiles, LANES, groups).transpose(1, 2).contiguous().reshape(-1)
 
 
-def spqr_layout(weight: SpQR) -> SpQRLayout:
-    """Rearrange ``weight`` for the kernel (once per weight; see the module docstring)."""
+def spqr_layout(weight: SpQR, vnni: bool = True) -> SpQRLayout:
+    """Rearrange ``weight`` for the kernel (once per weight; see the module docstring): in a VNNI
+    layout where ``vnni`` and the weight fits it, else for the fp32 path."""
     out_features, in_features = weight.shape
     nibbles = weight.bits <= NIBBLE_BITS
     n_stats = out_features * weight.groups
@@ -94,7 +119,7 @@ def spqr_layout(weight: SpQR) -> SpQRLayout:
     # to cancel, so the correction is about the outlier itself, not a difference of large terms
     q[rows, pos] = torch.round(z[rows, g]).clamp(0, 2**weight.bits - 1).to(torch.uint8)
     dequantized = s[rows, g] * (q[rows, pos].float() - z[rows, g])
-    vnni = takes_vnni(weight)
+    vnni = vnni and fits_vnni(weight)
     three_bit = vnni and weight.bits == 3 and weight.group_size == THREE_BIT_GROUP and weight.groups % 2 == 0
     none = np.zeros(0, np.uint8)
     slot_ptr, index = ell_slots(rows, weight.outlier_rowptr().diff(), out_features)
@@ -109,6 +134,11 @@ def spqr_layout(weight: SpQR) -> SpQRLayout:
         zero_stats=weight.zero_stats.float().numpy(), perm=perm.numpy(), outlier_slots=slot_ptr.numpy(),
         outlier_pos=ell_pos.numpy(), outlier_delta=ell_delta.numpy(),
         vnni=vnni, three_bit=three_bit)
+
+
+def spqr_fp32_layout(weight: SpQR) -> SpQRLayout:
+    """:func:`spqr_layout` for the fp32 path (a build of its own: the layout cache keys on it)."""
+    return spqr_layout(weight, vnni=False)
 
 
 @functools.cache
@@ -338,7 +368,7 @@ def compiled_vnni(group_size: int, three_bit: bool = False):
 
 def spqr_bind(weight: SpQR, bias: torch.Tensor | None = None):
     """``x -> Y = X Wᵀ + b`` with the layout and kernel looked up once (see ``bind_linear``)."""
-    lay = cached_layout(weight, spqr_layout)
+    lay = cached_layout(weight, spqr_fp32_layout if FP32_ONLY.get() else spqr_layout)
     kernel = (compiled_vnni(weight.group_size, lay.three_bit)[0] if lay.vnni else
               compiled(weight.group_size, weight.bits <= NIBBLE_BITS))
     codes = (lay.stat_codes,) if lay.vnni else (lay.scale_codes, lay.zero_codes)
