@@ -18,6 +18,7 @@ def cmd_attention_eval(args) -> dict:
 
     from sparsa.attention.evaluate import evaluate_attention
     from sparsa.bench.attention_sweep import write_sweep
+    from sparsa.bench.results import machine
     from sparsa.cli import check_device
     from sparsa.data import load_corpus, read_text_file, tokenize
     from sparsa.nn.models import load_model
@@ -41,7 +42,7 @@ def cmd_attention_eval(args) -> dict:
     reports = evaluate_attention(lm.model, ids, [replace(config, theta=t) for t in thetas],
                                  baselines=not args.no_baselines, progress=not args.quiet)
     report = reports[thetas.index(config.theta)]
-    result = {"model": args.model, "text": source, **report.to_dict()}
+    result = {"model": args.model, "text": source, "machine": machine(args.device), **report.to_dict()}
     if not args.layers:
         del result["layers"]
     if args.sweep:
