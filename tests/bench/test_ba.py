@@ -24,9 +24,12 @@ def test_run_ba_bench_runs_every_solver_under_the_same_rules_to_the_same_cost(tm
         assert abs(row["cost_rel_to_pycolmap"]) < 1e-6, name
         assert row["final_cost"] < 0.05 * row["initial_cost"] and row["seconds"] > 0
         assert row["peak_rss_bytes"] > 0
-        # every solver reaches the target, no later than it stops, and its log starts at the start's cost
-        assert 0 < row["seconds_to_target"] <= row["seconds_all"][-1] + 1e-9, name
+        # every solver reaches the target: the first logged time at or below it; the log starts at the start's cost
+        target = best * (1 + settings.target_rel)
+        assert row["seconds_to_target"] == next(t for t, c in row["log"] if c <= target) > 0, name
         assert row["log"][0][1] == pytest.approx(row["initial_cost"], rel=1e-9), name
+        if name != "pycolmap":  # ours and scipy log the last timed solve; pycolmap's log is its capped reruns
+            assert row["seconds_to_target"] <= row["seconds_all"][-1], name
         assert min(c for _, c in row["log"]) <= best * (1 + 1e-6), name
         assert 0 < row["seconds_per_iteration"] < row["seconds"], name
     colmap = [c for _, c in rows["pycolmap"]["log"]]

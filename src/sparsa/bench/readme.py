@@ -11,10 +11,6 @@ the blocks that changed; ``--check`` changes nothing and exits 1 naming the stal
 has one renderer in ``RENDERERS``: ``function(results_dir: Path) -> str`` (markdown, no trailing
 newline) that reads its results file(s) through ``load`` and opens with the date and machine
 (``measured``). A new block is one ``@renderer("name")`` function plus its markers in the README.
-
-Tables still typed by hand in the README, whose benches are being rerun with new schemas (each
-needs a renderer here and markers there): the demo table, ``attention`` (``rows`` kernel latency),
-``attention_sweep``, ``attention_eval_8192``, ``decode`` and ``ba``.
 """
 
 import argparse
@@ -203,6 +199,46 @@ def render_merge_language(results_dir: Path) -> str:
             for r in lm["rows"]]
     header = ["method", "normalized", *(f"ppl {t}" for t in lm["tasks"]), "bits/param/task", "router, single windows"]
     return caption("merge.json", payload["machine"]) + "\n\n" + table(header, body)
+
+
+def _number(x: float | None, fmt: str, unit: str = "") -> str:
+    return "-" if x is None else format(x, fmt) + unit
+
+
+ATTENTION_SELECTORS = ("anchor", "vertical_slash", "flex_blocks", "streaming", "per_row_topk", "optimum")
+
+
+@renderer("attention_sweep")
+def render_attention_sweep(results_dir: Path) -> str:
+    """Recall at each theta's density (``attention_sweep.json``): AnchorAttention, the baselines at its
+    mean density, the bounds, and each selector's gap to the optimum."""
+    payload = load(results_dir, "attention_sweep")
+    names = [n for n in ATTENTION_SELECTORS if n in payload["rows"][0] and n != "streaming"]
+    body = [[f"{r['theta']:g}", f"{r['anchor']['density']:.3f}",
+             *(f"{r[n]['recall']:.4f}" + (f" ({r[n]['gap_to_optimum']:.4f})" if n != "optimum" else "")
+               for n in names), f"{r['anchor']['rel_err']:.3f}"] for r in payload["rows"]]
+    cfg = payload["config"]
+    return (caption("attention_sweep.json", payload["machine"]) + f" {payload['model']}, {payload['seqlen']} tokens, "
+            f"`{cfg['identify']}` rule; recall (gap to the optimum in brackets).\n\n"
+            + table(["theta", "density", *names, "anchor rel_err"], body))
+
+
+def render_attention_eval(results_dir: Path, seqlen: int) -> str:
+    """Every selector's pooled recall, density and gap at the default config (``attention eval --json``)."""
+    name = f"attention_eval_{seqlen}"
+    payload = load(results_dir, name)
+    overall = payload["overall"]
+    body = [[n, f"{overall[n]['recall']:.4f}", f"{overall[n]['density']:.4f}",
+             _number(overall[n].get("gap_to_optimum"), ".4f"), _number(overall[n].get("rel_err"), ".3f")]
+            for n in ATTENTION_SELECTORS if n in overall]
+    return (caption(f"{name}.json", payload["machine"]) + f" {payload['model']}, {payload['seqlen']} tokens of the "
+            f"{payload['text']}, theta {payload['theta']:g}.\n\n"
+            + table(["selector", "recall", "density", "gap to optimum", "rel_err"], body))
+
+
+@renderer("attention_eval_4096")
+def render_attention_eval_4096(results_dir: Path) -> str:
+    return render_attention_eval(results_dir, 4096)
 
 
 def render(text: str, results_dir: Path) -> tuple[str, list[str]]:
