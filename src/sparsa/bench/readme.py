@@ -205,6 +205,25 @@ def _number(x: float | None, fmt: str, unit: str = "") -> str:
     return "-" if x is None else format(x, fmt) + unit
 
 
+@renderer("ba")
+def render_ba(results_dir: Path) -> str:
+    """``sparsa bench ba``: every solver under the same stopping rules, time to the common target."""
+    payload = load(results_dir, "ba")
+    rules, target = payload["settings"]["rules"], payload["settings"]["target_rel"]
+    body = [[str(r["cameras"]), f"{r['observations']:,}", f"{r['solver']} ({r['device']})",
+             f"{r['final_cost']:.10g}", "" if r["solver"] == "pycolmap" else f"{r['cost_rel_to_pycolmap']:+.1e}",
+             str(r["iterations"]), f"{r['seconds']:.3g}", _number(r["seconds_per_iteration"], ".3g"),
+             _number(r["seconds_to_target"], ".3g"), _number(r.get("target_speedup_over_pycolmap"), ".2f", "x"),
+             f"{r['rss_growth_bytes'] / 2**20:.0f} MiB"] for r in payload["rows"]]
+    header = ["cameras", "observations", "solver", "final cost", "vs pycolmap", "iterations", "seconds",
+              "s / iteration", "s to target", "x pycolmap to target", "peak RSS growth"]
+    return (caption("ba.json", payload["machine"]) + f" Every solver: at most {rules['max_iterations']} iterations, "
+            f"function tolerance {rules['function_tolerance']:g}, gradient tolerance {rules['gradient_tolerance']:g}, "
+            f"parameter tolerance {rules['parameter_tolerance']:g}; every timer starts before the solver builds "
+            f"its problem; the target is {target:g} (relative) above the scene's lowest final cost.\n\n"
+            + table(header, body))
+
+
 ATTENTION_SELECTORS = ("anchor", "vertical_slash", "flex_blocks", "streaming", "per_row_topk", "optimum")
 
 
