@@ -201,6 +201,20 @@ def render_merge_language(results_dir: Path) -> str:
     return caption("merge.json", payload["machine"]) + "\n\n" + table(header, body)
 
 
+@renderer("demo")
+def render_demo(results_dir: Path) -> str:
+    """``make demo``'s table (``sparsa demo --out bench/results``): dense, then the reloaded SpQR checkpoint."""
+    payload = load(results_dir, "demo")
+    s, rows = payload["settings"], payload["rows"]
+    names = list(rows[0]["ppl"])
+    body = [[r["model"], *(f"{r['ppl'][n]:.3f}" for n in names), f"{r['bytes']:,}", f"{r['bits_per_param']:.3f}",
+             "-" if r["seconds"] is None else f"{r['seconds']:.1f}"] for r in rows]
+    header = ["model", *(f"ppl {n}" for n in names), "bytes", "bits/param", "compress s"]
+    return (caption("demo.json", payload["machine"]) + f" {s['windows']} evaluation windows x {s['seqlen']} tokens "
+            f"per corpus, calibration {s['nsamples']} x {s['calib_seqlen']} tokens, `--bos {s['bos']}`.\n\n"
+            + table(header, body))
+
+
 def _number(x: float | None, fmt: str, unit: str = "") -> str:
     return "-" if x is None else format(x, fmt) + unit
 
