@@ -13,7 +13,7 @@ from sparsa.cli_attention import add_attention
 from sparsa.cli_ba import add_ba, add_sfm
 from sparsa.cli_bench import add_bench
 from sparsa.cli_merge import add_merge, add_merge_eval
-from sparsa.cli_types import DEVICE_HELP, number
+from sparsa.cli_types import DEVICE_HELP, add_bos_flag, check_device, number
 from sparsa import json_safe
 from sparsa.errors import SparsaError
 
@@ -38,21 +38,6 @@ def torch_dtype(name: str | None):
     import torch
 
     return None if name is None else getattr(torch, DTYPES[name])
-
-
-def check_device(device: str) -> None:
-    """The one ``--device`` check of every command: ``cpu``, ``cuda`` or ``cuda:N`` of a present GPU."""
-    import re
-
-    import torch
-
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise SparsaError(f"--device {device!r}: not a device; use {DEVICE_HELP} (e.g. --device cuda:0)")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SparsaError(f"--device {device}: no CUDA device is available")
-    count = torch.cuda.device_count() if device.startswith("cuda:") else 0
-    if device.startswith("cuda:") and int(device.removeprefix("cuda:")) >= count:
-        raise SparsaError(f"--device {device}: only {count} CUDA device(s), cuda:0..cuda:{count - 1}")
 
 
 def use_attention(model, args) -> dict:
@@ -307,16 +292,6 @@ def add_attention_flags(p) -> None:
                    help=f"--attention anchor: threshold in natural-log units (default {AnchorConfig.theta:g})")
     p.add_argument("--identify", choices=IDENTIFY,
                    help=f"--attention anchor: stripe identification rule (default {AnchorConfig.identify})")
-
-
-def add_bos_flag(p, windows: str) -> None:
-    """``--bos``: where the ``windows`` (what they are, e.g. "evaluation windows") carry the tokenizer's BOS token."""
-    from sparsa.data.tokens import BOS_PROTOCOLS
-
-    p.add_argument("--bos", choices=BOS_PROTOCOLS, default="auto",
-                   help=f"BOS token in the {windows}: auto = BOS + seqlen-1 text tokens in every window; once = "
-                        "BOS before the whole text only (the GPTQ papers); never = text tokens only; auto and once "
-                        "add a BOS only when the tokenizer adds one by default (default %(default)s)")
 
 
 def add_eval(sub, common) -> None:

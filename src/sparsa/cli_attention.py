@@ -19,7 +19,7 @@ def cmd_attention_eval(args) -> dict:
     from sparsa.attention.evaluate import evaluate_attention
     from sparsa.bench.attention_sweep import write_sweep
     from sparsa.bench.results import machine
-    from sparsa.cli import check_device
+    from sparsa.cli_types import check_device
     from sparsa.data import load_corpus, read_text_file, tokenize
     from sparsa.nn.models import load_model
 

@@ -22,7 +22,7 @@ def ba_options(args):
 def cmd_ba(args) -> dict:
     import torch
 
-    from sparsa.cli import check_device
+    from sparsa.cli_types import check_device
     from sparsa.sfm.distributed import init_comm, solve_ba_distributed
     from sparsa.sfm.filters import drop_unusable
     from sparsa.sfm.scenes import check_scene_output, load_scene, save_scene
@@ -115,7 +115,7 @@ def add_ba(sub, common) -> None:
 def cmd_sfm(args) -> dict:
     import torch
 
-    from sparsa.cli import check_device
+    from sparsa.cli_types import check_device
     from sparsa.sfm.align import centre_errors
     from sparsa.sfm.config import BAOptions, GPOptions
     from sparsa.sfm.filters import keep_observations

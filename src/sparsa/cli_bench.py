@@ -9,7 +9,7 @@ from sparsa.cli_types import DEVICE_HELP, number
 
 def cmd_bench_quality(args) -> dict:
     from sparsa.bench.quality import QualitySettings, run_quality
-    from sparsa.cli import check_device
+    from sparsa.cli_types import check_device
 
     check_device(args.device)
     settings = QualitySettings(model=args.model, nsamples=args.nsamples, calib_seqlen=args.calib_seqlen,
@@ -193,7 +193,7 @@ def bench_quality_table(r: dict) -> str:
 
 def add_bench(sub, common, parser_class) -> None:
     """The ``sparsa bench`` subcommands (``parser_class``: the CLI's error-reporting parser)."""
-    from sparsa.cli import add_bos_flag  # here, not at the top: sparsa.cli imports this module
+    from sparsa.cli_types import add_bos_flag
 
     p = sub.add_parser("bench", parents=[common], help="benchmarks; results under bench/results/")
     bench = p.add_subparsers(dest="bench", required=True, parser_class=parser_class)

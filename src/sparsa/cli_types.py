@@ -1,12 +1,13 @@
-"""argparse ``type=`` checks for numeric flags: each flag declares what it accepts, so a bad value is
-one ``sparsa: error: ... argument --flag: got X; expected ...`` line before any work starts."""
+"""Flag checks shared by every command module: argparse ``type=`` checks for numeric flags (a bad value is
+one ``sparsa: error: ... argument --flag: got X; expected ...`` line before any work starts), the
+``--device`` check and the ``--bos`` flag. Command modules import these, never ``sparsa.cli``."""
 
 import argparse
 import math
 
-from sparsa.errors import bounds_text
+from sparsa.errors import SparsaError, bounds_text
 
-DEVICE_HELP = "cpu, cuda or cuda:N"  # what sparsa.cli.check_device accepts
+DEVICE_HELP = "cpu, cuda or cuda:N"  # what check_device accepts
 
 
 def number(kind: type = float, low=None, high=None, *, low_open: bool = False, high_open: bool = False):
@@ -31,3 +32,28 @@ def number(kind: type = float, low=None, high=None, *, low_open: bool = False, h
 
     parse.__name__ = expected  # argparse names the type by it in its own messages
     return parse
+
+
+def check_device(device: str) -> None:
+    """The one ``--device`` check of every command: ``cpu``, ``cuda`` or ``cuda:N`` of a present GPU."""
+    import re
+
+    import torch
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise SparsaError(f"--device {device!r}: not a device; use {DEVICE_HELP} (e.g. --device cuda:0)")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SparsaError(f"--device {device}: no CUDA device is available")
+    count = torch.cuda.device_count() if device.startswith("cuda:") else 0
+    if device.startswith("cuda:") and int(device.removeprefix("cuda:")) >= count:
+        raise SparsaError(f"--device {device}: only {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+
+
+def add_bos_flag(p, windows: str) -> None:
+    """``--bos``: where the ``windows`` (what they are, e.g. "evaluation windows") carry the tokenizer's BOS token."""
+    from sparsa.data.tokens import BOS_PROTOCOLS
+
+    p.add_argument("--bos", choices=BOS_PROTOCOLS, default="auto",
+                   help=f"BOS token in the {windows}: auto = BOS + seqlen-1 text tokens in every window; once = "
+                        "BOS before the whole text only (the GPTQ papers); never = text tokens only; auto and once "
+                        "add a BOS only when the tokenizer adds one by default (default %(default)s)")
