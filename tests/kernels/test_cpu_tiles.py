@@ -1,5 +1,8 @@
 """The 16-row tile layout shared by the SpQR CPU kernel, and the per-weight layout cache."""
 
+import numba
+import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,6 +13,7 @@ from sparsa.compress.spqr import spqr_solve
 from sparsa.kernels import linear_reference
 from sparsa.kernels.layouts import cached_layout
 from sparsa.kernels.cpu.spqr import spqr_layout, spqr_linear
+from sparsa.kernels.cpu import tiles
 from sparsa.kernels.cpu.tiles import LANES, tile_codes
 
 
@@ -76,3 +80,28 @@ def test_vnni3_codes_put_every_code_where_the_kernel_reads_it(out, pairs, seed):
             low = (blocks[r // LANES, pair, group, r % LANES, byte] >> 2 * field) & 3
             high = (blocks[r // LANES, pair, 2, r % LANES, byte] >> 4 * group + field) & 1
             assert int(low | high << 2) == int(q[r, c])
+
+
+@pytest.mark.parametrize("avx512", [False, True])
+@pytest.mark.parametrize("index_dtype", [np.int16, np.int32])
+def test_outlier_gather_adds_delta_times_gathered_x_on_each_path(monkeypatch, avx512, index_dtype):
+    """Both gather paths (``vgatherdps`` on AVX-512, LLVM's generic masked gather elsewhere) give
+    ``acc[l] += delta[l] * x[pos[l]]`` exactly; the AVX-512 one runs only where the CPU has it."""
+    if avx512 and not tiles.HAS_AVX512:
+        pytest.skip("this CPU lacks AVX-512: its gather instruction would abort the process")
+    monkeypatch.setattr(tiles, "HAS_AVX512", avx512)
+
+    @numba.njit  # a fresh function per case: the intrinsic's path is chosen when it compiles
+    def gather(acc, pos, delta, x):
+        tiles.outlier_gather(acc, 16, pos, delta, 3, x, 5)
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(300).astype(np.float32)
+    pos = rng.integers(0, 295, 19).astype(index_dtype)
+    delta = rng.standard_normal(19).astype(np.float32)
+    acc = rng.standard_normal(40).astype(np.float32)
+    want = acc.copy()
+    want[16:32] = np.float32(delta[3:19] * x[5 + pos[3:19].astype(np.int64)] + acc[16:32])
+    gather(acc, pos, delta, x)
+    np.testing.assert_allclose(acc, want, rtol=1e-6, atol=1e-6)
+    assert np.array_equal(acc[:16], want[:16]) and np.array_equal(acc[32:], want[32:])

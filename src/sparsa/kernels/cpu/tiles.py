@@ -1,4 +1,4 @@
-"""Group-quantized weights in 16-row tiles: the layouts and the AVX-512 steps of the SpQR CPU
+"""Group-quantized weights in 16-row tiles: the layouts and the 16-lane steps of the SpQR CPU
 kernels (LLVM IR intrinsics: numba does not vectorize a 16-lane accumulator).
 
 Layout (:func:`tile_codes`): the rows of ``W: [out, in]`` are cut into tiles of 16, one row per
@@ -25,6 +25,7 @@ Intrinsics do no bounds checks: callers keep every access inside the arrays.
 
 import functools
 
+import llvmlite.binding as llvm
 import torch
 from llvmlite import ir
 from numba import types
@@ -35,7 +36,9 @@ LANES = 16  # rows per tile: one AVX-512 register of fp32
 NIBBLE_BITS = 4  # codes up to this width are stored two per byte
 PREFETCH_BYTES = 1024  # codes are requested this far ahead of the group being read
 
-_F32, _I8, _I32 = ir.FloatType(), ir.IntType(8), ir.IntType(32)
+HAS_AVX512 = bool(llvm.get_host_cpu_features().get("avx512f", False))
+
+_F32, _I8, _I32, _I64 = ir.FloatType(), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 _V = {t: ir.VectorType(t, LANES) for t in (_F32, _I8, ir.IntType(16), _I32)}
 
 
@@ -391,10 +394,34 @@ def ell_slots(rows: torch.Tensor, counts: torch.Tensor, out_features: int) -> tu
     return slot_ptr, (slot_ptr[rows // LANES] + rank) * LANES + rows % LANES
 
 
+def _gather16(builder, base, index):
+    """The 16 fp32 values at ``base[index[l]]`` (``base`` an fp32 pointer, ``index`` 16 int32).
+
+    AVX-512 hosts get ``vgatherdps`` directly (the measured kernels); elsewhere LLVM's generic
+    masked gather over 16 computed addresses, which each target lowers as it can (scalar loads on
+    AVX2 Zen, whose gathers are slow): the AVX-512 intrinsic aborts the process on such CPUs."""
+    all_lanes = ir.Constant(ir.VectorType(ir.IntType(1), LANES), [1] * LANES)
+    zeros = ir.Constant(_V[_F32], [0.0] * LANES)
+    if HAS_AVX512:
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_V[_F32], [_V[_F32], _I8.as_pointer(), _V[_I32], all_lanes.type, _I32]),
+            "llvm.x86.avx512.mask.gather.dps.512")
+        return builder.call(fn, [zeros, builder.bitcast(base, _I8.as_pointer()), index, all_lanes, ir.Constant(_I32, 4)])
+    v64 = ir.VectorType(_I64, LANES)
+    start = builder.insert_element(ir.Constant(v64, ir.Undefined), builder.ptrtoint(base, _I64), ir.Constant(_I32, 0))
+    start = builder.shuffle_vector(start, ir.Constant(v64, ir.Undefined), ir.Constant(_V[_I32], [0] * LANES))
+    offsets = builder.mul(builder.sext(index, v64), ir.Constant(v64, [4] * LANES))
+    pointers = builder.inttoptr(builder.add(start, offsets), ir.VectorType(_F32.as_pointer(), LANES))
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_V[_F32], [pointers.type, _I32, all_lanes.type, _V[_F32]]),
+        "llvm.masked.gather.v16f32.v16p0")
+    return builder.call(fn, [pointers, ir.Constant(_I32, 4), all_lanes, zeros])
+
+
 @intrinsic
 def outlier_gather(typingctx, acc, acc_at, pos, delta, at, x, x_at):
     """``acc[acc_at + l] += delta[at + l] * x[x_at + pos[at + l]]`` for the 16 lanes ``l`` (one
-    AVX-512 gather; ``pos`` int16 or int32, ``delta`` and ``x`` fp32)."""
+    gather, :func:`_gather16`; ``pos`` int16 or int32, ``delta`` and ``x`` fp32)."""
 
     def codegen(context, builder, sig, args):
         acc_a, acc_i, pos_a, delta_a, at_i, x_a, x_i = args
@@ -404,12 +431,7 @@ def outlier_gather(typingctx, acc, acc_at, pos, delta, at, x, x_at):
         index = builder.sext(index, _V[_I32]) if width < 32 else index
         weights = _load16(context, builder, ta[3], delta_a, at_i, _F32)
         x_data = context.make_array(ta[5])(context, builder, x_a).data
-        base = builder.bitcast(builder.gep(x_data, [x_i]), _I8.as_pointer())
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_V[_F32], [_V[_F32], _I8.as_pointer(), _V[_I32], ir.VectorType(ir.IntType(1), LANES), _I32]),
-            "llvm.x86.avx512.mask.gather.dps.512")
-        gathered = builder.call(fn, [ir.Constant(_V[_F32], [0.0] * LANES), base, index,
-                                     ir.Constant(ir.VectorType(ir.IntType(1), LANES), [1] * LANES), ir.Constant(_I32, 4)])
+        gathered = _gather16(builder, builder.gep(x_data, [x_i]), index)
         ptr = _pointer(context, builder, ta[0], acc_a, acc_i, _V[_F32])
         builder.store(_fma(builder, weights, gathered, builder.load(ptr, align=4)), ptr, align=4)
         return context.get_dummy_value()
