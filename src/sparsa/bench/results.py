@@ -10,9 +10,26 @@ import torch
 from sparsa import json_safe
 
 
+def cpu_name() -> str:
+    """The CPU's model and its widest vector ISA, e.g. ``AMD EPYC (x86_64, AVX2)`` or
+    ``Intel Xeon ... (x86_64, AVX-512 VNNI)``: the CPU kernels take different paths on each."""
+    arch = platform.processor() or platform.machine()
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return arch
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    isa = next((name for flag, name in (("avx512_vnni", "AVX-512 VNNI"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
+                if flag in flags), None)
+    details = ", ".join(x for x in (arch, isa) if x)
+    return f"{fields['model name']} ({details})" if "model name" in fields else details
+
+
 def machine(device: str = "cpu") -> dict:
     """What the numbers were measured on."""
-    info = {"date": datetime.date.today().isoformat(), "cpu": platform.processor() or platform.machine(),
+    info = {"date": datetime.date.today().isoformat(), "cpu": cpu_name(),
             "cores": os.cpu_count(), "torch": torch.__version__, "device": device}
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(device)
