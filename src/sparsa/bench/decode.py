@@ -141,33 +141,46 @@ def batch_of(prompt: torch.Tensor, batch: int) -> torch.Tensor:
     return prompt[:1].expand(batch, -1).contiguous()
 
 
-def markdown(payload: dict) -> str:
-    m, s = payload["machine"], payload["settings"]
-    batches = [str(b) for b in s["batches"]]
-    lines = ["# decode: greedy tokens/s of SmolLM2-135M, one lean loop for every variant", "",
-             f"Measured {m['date']} on a {m['cores']}-core {m['cpu']} CPU (torch {m['torch']}); prompt "
-             f"{s['prompt_tokens']} tokens, {s['new_tokens']} new tokens, the prefill excluded; the median of "
-             f"{s['rounds']} round-robin rounds. `x fp32`: tokens/s over dense fp32 at the same batch. `match`: the "
-             f"first {s['match_tokens']} greedy tokens against the reference path (decode the weights, dense "
-             "matmul). `kernel`: what the dispatcher ran for the variant's compressed layers.", "",
-             "| variant | " + " | ".join(f"tokens/s (batch {b}) | x fp32" for b in batches) + " | match | kernel |",
-             "|---|" + "---|---|" * len(batches) + "---|---|"]
+def table_cells(payload: dict) -> tuple[list[str], list[list[str]]]:
+    """The decode table's header and one row of cells per variant: tokens/s and its ratio over dense
+    fp32 at each batch, the reference-match verdict, and the kernels the dispatcher ran."""
+    batches = [str(b) for b in payload["settings"]["batches"]]
+    header = ["variant", *(c for b in batches for c in (f"tokens/s (batch {b})", "x fp32")), "match", "kernel"]
     dense = next((r for r in payload["rows"] if r["variant"] == "dense fp32" and "skipped" not in r), None)
+    rows = []
     for r in payload["rows"]:
         if "skipped" in r:
-            lines.append(f"| {r['variant']} | " + " | ".join("n/a | n/a" for _ in batches) + f" | {r['skipped']} | |")
+            rows.append([r["variant"], *("n/a" for _ in range(2 * len(batches))), r["skipped"], ""])
             continue
         cells = []
         for b in batches:
             tps = r["tokens_per_s"][b]
-            ratio = f"{tps / dense['tokens_per_s'][b]:.2f}x" if dense else "n/a"
-            cells.append(f"{tps:.1f} | {ratio}")
+            cells += [f"{tps:.1f}", f"{tps / dense['tokens_per_s'][b]:.2f}x" if dense else "n/a"]
         match = r.get("reference_match")
         verdict = "-" if match is None else ("yes" if match["first_difference"] is None else
                                              f"near tie at step {match['first_difference']}" if match["near_tie"]
                                              else f"NO: step {match['first_difference']}")
-        lines.append(f"| {r['variant']} | " + " | ".join(cells) + f" | {verdict} | {kernel_label(r)} |")
-    return "\n".join(lines) + "\n"
+        rows.append([r["variant"], *cells, verdict, kernel_label(r)])
+    return header, rows
+
+
+def settings_sentence(payload: dict) -> str:
+    """Prompt, generation length, rounds and what each column means."""
+    s = payload["settings"]
+    return (f"Prompt {s['prompt_tokens']} tokens, {s['new_tokens']} new tokens, the prefill excluded; the median of "
+            f"{s['rounds']} round-robin rounds. `x fp32`: tokens/s over dense fp32 at the same batch. `match`: the "
+            f"first {s['match_tokens']} greedy tokens against the reference path (decode the weights, dense "
+            "matmul). `kernel`: what the dispatcher ran for the variant's compressed layers.")
+
+
+def markdown(payload: dict) -> str:
+    m = payload["machine"]
+    header, rows = table_cells(payload)
+    lines = ["# decode: greedy tokens/s of SmolLM2-135M, one lean loop for every variant", "",
+             f"Measured {m['date']} on a {m['cores']}-core {m['cpu']} CPU (torch {m['torch']}). "
+             + settings_sentence(payload), "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
 
 
 def kernel_label(row: dict) -> str:

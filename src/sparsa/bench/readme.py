@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from sparsa.bench.decode import settings_sentence, table_cells
 from sparsa.bench.merge_report import LABELS
 from sparsa.bench.results import write_atomic
 from sparsa.errors import SparsaError
@@ -160,6 +161,14 @@ def render_gpu_decode(results_dir: Path) -> str:
             f"{d['new_tokens']} new tokens, batch 1.\n\n" + table(header, body))
 
 
+@renderer("decode")
+def render_decode(results_dir: Path) -> str:
+    """``sparsa bench decode``: greedy tokens/s of every SmolLM2 variant, its ratio, match and kernel."""
+    payload = load(results_dir, "decode")
+    header, rows = table_cells(payload)
+    return caption("decode.json", payload["machine"]) + " " + settings_sentence(payload) + "\n\n" + table(header, rows)
+
+
 @renderer("attention_pooled")
 def render_attention_pooled(results_dir: Path) -> str:
     """AnchorAttention kernel latency with the ``pooled`` rule against SDPA, ms per call."""
@@ -272,6 +281,11 @@ def render_attention_eval(results_dir: Path, seqlen: int) -> str:
 @renderer("attention_eval_4096")
 def render_attention_eval_4096(results_dir: Path) -> str:
     return render_attention_eval(results_dir, 4096)
+
+
+@renderer("attention_eval_8192")
+def render_attention_eval_8192(results_dir: Path) -> str:
+    return render_attention_eval(results_dir, 8192)
 
 
 def render(text: str, results_dir: Path) -> tuple[str, list[str]]:
