@@ -210,18 +210,29 @@ def render_merge_language(results_dir: Path) -> str:
     return caption("merge.json", payload["machine"]) + "\n\n" + table(header, body)
 
 
-@renderer("demo")
-def render_demo(results_dir: Path) -> str:
-    """``make demo``'s table (``sparsa demo --out bench/results``): dense, then the reloaded SpQR checkpoint."""
-    payload = load(results_dir, "demo")
+def render_demo_file(results_dir: Path, name: str) -> str:
+    """A ``sparsa demo --out`` table (``<name>.json``): dense, then the reloaded SpQR checkpoint."""
+    payload = load(results_dir, name)
     s, rows = payload["settings"], payload["rows"]
     names = list(rows[0]["ppl"])
     body = [[r["model"], *(f"{r['ppl'][n]:.3f}" for n in names), f"{r['bytes']:,}", f"{r['bits_per_param']:.3f}",
              "-" if r["seconds"] is None else f"{r['seconds']:.1f}"] for r in rows]
     header = ["model", *(f"ppl {n}" for n in names), "bytes", "bits/param", "compress s"]
-    return (caption("demo.json", payload["machine"]) + f" {s['windows']} evaluation windows x {s['seqlen']} tokens "
-            f"per corpus, calibration {s['nsamples']} x {s['calib_seqlen']} tokens, `--bos {s['bos']}`.\n\n"
+    return (caption(f"{name}.json", payload["machine"]) + f" {s['windows']} evaluation windows x {s['seqlen']} "
+            f"tokens per corpus, calibration {s['nsamples']} x {s['calib_seqlen']} tokens, `--bos {s['bos']}`.\n\n"
             + table(header, body))
+
+
+@renderer("demo")
+def render_demo(results_dir: Path) -> str:
+    """``make demo``'s table (``sparsa demo --out bench/results``)."""
+    return render_demo_file(results_dir, "demo")
+
+
+@renderer("demo_avx2")
+def render_demo_avx2(results_dir: Path) -> str:
+    """The same demo on a CPU without AVX-512 (``sparsa demo --out DIR``, ``demo.json`` renamed)."""
+    return render_demo_file(results_dir, "demo_avx2")
 
 
 def _number(x: float | None, fmt: str, unit: str = "") -> str:
