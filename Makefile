@@ -33,8 +33,11 @@ bench: $(STAMP)
 # Optional benchmark peers, kept out of the default venv: with torchao installed, transformers
 # imports it (and its warnings) on every model load. `sparsa bench decode` then times torchao's
 # int8 weight-only path; without it the row says torchao is not installed.
+# Peers that take long to build stay out of `make test`: torchao, and llama.cpp's llama-bench and
+# llama-quantize (about 9 minutes on 2 cores, once; cached under $SPARSA_CACHE/peers).
 peers: $(STAMP)
 	$(BIN)/pip install --quiet --no-deps torchao==0.18.0
+	tools/build_llama_cpp.sh $(BIN)/pip
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -49,12 +49,7 @@ def cmd_bench_decode(args) -> dict:
     settings = replace(DecodeSettings.quick() if args.quick else DecodeSettings(), bos=args.bos)
     payload = run_decode(settings, out_dir=args.out, name="decode_quick" if args.quick else "decode",
                          progress=not args.quiet)
-    rows = payload["rows"]
-    dense = next((r for r in rows if r["variant"] == "dense fp32" and "skipped" not in r), None)
-    for r in rows:
-        if dense and "skipped" not in r:
-            r["x_dense_fp32"] = {b: r["tokens_per_s"][b] / dense["tokens_per_s"][b] for b in r["tokens_per_s"]}
-    return {"out": args.out, "quick": args.quick, "rows": rows}
+    return {"out": args.out, "quick": args.quick, "rows": payload["rows"], "llama_cpp": payload.get("llama_cpp")}
 
 
 def bench_decode_table(r: dict) -> str:
@@ -65,8 +60,8 @@ def bench_decode_table(r: dict) -> str:
         if "skipped" in row:
             lines.append(f"{row['variant']:<26} not run: {row['skipped']}")
             continue
-        speeds = "  ".join(f"batch {b}: {v:.1f} tok/s ({row.get('x_dense_fp32', {}).get(b, float('nan')):.2f}x)"
-                           for b, v in row["tokens_per_s"].items())
+        speeds = "  ".join(f"{c}: {v:.1f} tok/s ({row.get('x_dense_fp32', {}).get(c, float('nan')):.2f}x)"
+                           for c, v in row["tokens_per_s"].items())
         match = row.get("reference_match")
         lines.append(f"{row['variant']:<26} {speeds}" + ("" if match is None else f"  match={match['match']}")
                      + f"  kernel: {kernel_label(row)}")

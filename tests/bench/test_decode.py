@@ -10,6 +10,7 @@ from conftest import word_text
 from sparsa.bench import decode
 from sparsa.bench.decode import NEAR_TIE, DecodeSettings, first_mismatch, run_decode
 from sparsa.data.corpora import Corpus
+from sparsa.kernels.cpu.vnni import HAS_VNNI
 
 
 @pytest.fixture
@@ -17,7 +18,7 @@ def tiny_bench(monkeypatch, tiny_llama, tiny_tokenizer):
     monkeypatch.setattr(decode, "load_model", lambda spec: SimpleNamespace(model=tiny_llama, tokenizer=tiny_tokenizer))
     monkeypatch.setattr(decode, "load_corpus", lambda name: Corpus(name, word_text(400, 1), word_text(200, 2), 2))
     return DecodeSettings(batches=(1, 2), prompt_tokens=6, new_tokens=5, match_tokens=4, nsamples=2, calib_seqlen=16,
-                          rounds=3)
+                          rounds=3, threads=(1,), llama_cpp=())
 
 
 def test_run_decode_tiny_model_times_every_variant_and_writes_results(tiny_bench, tmp_path):
@@ -28,17 +29,21 @@ def test_run_decode_tiny_model_times_every_variant_and_writes_results(tiny_bench
         if "skipped" in row:
             assert name == "torchao int8 weight-only"
             continue
-        assert set(row["tokens_per_s"]) == {"1", "2"} and all(v > 0 for v in row["tokens_per_s"].values())
+        assert set(row["tokens_per_s"]) == {"b1t1", "b2t1"} and all(v > 0 for v in row["tokens_per_s"].values())
+        assert set(row["prompt_tokens_per_s"]) == {"b1t1"} and row["prompt_tokens_per_s"]["b1t1"] > 0
         assert len(row["tokens"]) == 4
         assert all(len(r) == tiny_bench.rounds for r in row["tokens_per_s_rounds"].values())
-        assert row["tokens_per_s"]["1"] == sorted(row["tokens_per_s_rounds"]["1"])[tiny_bench.rounds // 2]
+        assert row["tokens_per_s"]["b1t1"] == sorted(row["tokens_per_s_rounds"]["b1t1"])[tiny_bench.rounds // 2]
         kernels = row["kernels"]["1"]
         if name.startswith("dense"):
             assert kernels == {}  # nn.Linear, no dispatch
+        elif name.startswith("torchao"):  # with `make peers`: torchao's own weight subclass, not our dispatch
+            assert kernels == {} and row["reference_match"]["match"]
         else:
             assert row["reference_match"]["match"], (name, row["reference_match"])
             assert kernels and not any("linear_reference" in k for k in kernels), (name, kernels)
-    assert "spqr: sparsa.kernels.cpu.llama_step.compiled_step" in rows["spqr-3"]["kernels"]["1"]  # the fused step
+    fused = "spqr: sparsa.kernels.cpu.llama_step.compiled_step"  # the fused step needs the VNNI kernel
+    assert (fused in rows["spqr-3"]["kernels"]["1"]) == HAS_VNNI
     assert {p.name for p in tmp_path.iterdir()} == {"decode.json", "decode.md", "decode.png"}
     assert json.loads((tmp_path / "decode.json").read_text())["settings"]["batches"] == [1, 2]
     assert "| dense fp32 | " in (tmp_path / "decode.md").read_text()
@@ -60,13 +65,13 @@ def test_cli_bench_decode_quick_json_reports_ratio_to_dense(tiny_bench, tmp_path
     from sparsa.cli import main
 
     quick = DecodeSettings(batches=(1,), prompt_tokens=6, new_tokens=4, match_tokens=3, nsamples=2, calib_seqlen=16,
-                           variants=("dense fp32", "spqr-3"))
+                           variants=("dense fp32", "spqr-3"), threads=(1,), llama_cpp=())
     monkeypatch.setattr(DecodeSettings, "quick", classmethod(lambda cls: quick))
     assert main(["bench", "decode", "--quick", "--json", "--quiet", "--out", str(tmp_path)]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rows = {r["variant"]: r for r in result["rows"]}
-    assert rows["dense fp32"]["x_dense_fp32"] == {"1": 1.0}
-    assert rows["spqr-3"]["x_dense_fp32"]["1"] > 0 and rows["spqr-3"]["reference_match"]["compared"] == 3
+    assert rows["dense fp32"]["x_dense_fp32"] == {"b1t1": 1.0}
+    assert rows["spqr-3"]["x_dense_fp32"]["b1t1"] > 0 and rows["spqr-3"]["reference_match"]["compared"] == 3
     assert (tmp_path / "decode_quick.md").is_file()
 
 
@@ -76,7 +81,7 @@ def test_run_decode_variant_falling_back_to_the_reference_fails_the_run(tiny_ben
 
     monkeypatch.setattr(dispatch, "LINEAR_KERNELS", {})  # no fast kernel for any format
     settings = DecodeSettings(batches=(1,), prompt_tokens=6, new_tokens=3, match_tokens=2, variants=("quant-4",),
-                              rounds=1)
+                              rounds=1, threads=(1,), llama_cpp=())
     with pytest.raises(SparsaError, match="variant quant-4: .* fell back to the reference kernel"):
         run_decode(settings, out_dir=tmp_path, progress=False)
     assert not list(tmp_path.iterdir())
@@ -84,8 +89,88 @@ def test_run_decode_variant_falling_back_to_the_reference_fails_the_run(tiny_ben
 
 def test_run_rounds_rotates_the_order_and_keeps_every_round(monkeypatch):
     calls = []
-    monkeypatch.setattr(decode, "time_variant", lambda model, ids, n: calls.append(model) or (1.0, 1.0))
-    s = DecodeSettings(batches=(1,), rounds=3)
-    samples = decode.run_rounds({"a": "A", "b": "B", "c": "C"}, s, torch.zeros(1, 4, dtype=torch.long), False)
-    assert calls == ["A", "B", "C", "B", "C", "A", "C", "A", "B"]
-    assert all(len(v["1"]) == 3 for v in samples.values())
+    monkeypatch.setattr(decode, "time_variant", lambda model, ids, n: calls.append(model) or (1.0, 1.0, 1.0))
+    monkeypatch.setattr(decode, "time_llama_cpp", lambda gguf, threads, s: calls.append(gguf) or (1.0, 1.0, 1.0))
+    s = DecodeSettings(batches=(1, 2), rounds=3, threads=(1,))
+    samples = decode.run_rounds({"a": "A", "b": "B"}, {"c": "C"}, s, torch.zeros(1, 4, dtype=torch.long), False)
+    assert calls == ["A", "A", "B", "B", "C", "B", "B", "C", "A", "A", "C", "A", "A", "B", "B"]  # C: batch 1 only
+    assert all(len(v["b1t1"]) == 3 for v in samples.values()) and "b2t1" not in samples["c"]
+
+
+FAKE_LLAMA_BENCH = """#!{python}
+import json, sys
+args = sys.argv[1:]
+with open({log!r}, "a") as f:
+    f.write(" ".join(args) + "\\n")
+opt = dict(zip(args[::2], args[1::2]))
+ts = 100.0 if opt["-n"] != "0" else 900.0
+print(json.dumps([{{"avg_ts": ts, "build_commit": "abc1234", "build_number": 42, "n_prompt": int(opt["-p"]),
+                   "n_gen": int(opt["-n"])}}]))
+"""
+FAKE_LLAMA_QUANTIZE = """#!{python}
+import sys
+open(sys.argv[3], "w").write("fake " + sys.argv[4])
+"""
+
+
+def test_run_decode_times_llama_cpp_in_the_same_rounds(tiny_bench, tmp_path, monkeypatch):
+    import sys
+    from dataclasses import replace
+
+    from sparsa.bench import llama_cpp
+
+    monkeypatch.setenv("SPARSA_CACHE", str(tmp_path / "cache"))
+    tools, log = llama_cpp.tools_dir(), tmp_path / "argv.log"
+    tools.mkdir(parents=True)
+    for name, text in (("llama-bench", FAKE_LLAMA_BENCH), ("llama-quantize", FAKE_LLAMA_QUANTIZE)):
+        (tools / name).write_text(text.format(python=sys.executable, log=str(log)))
+        (tools / name).chmod(0o755)
+    (tools.parent / "cpu-flags").write_text(llama_cpp.cpu_flags() + "\n")
+    settings = replace(tiny_bench, variants=("dense fp32",), llama_cpp=("Q4_0", "Q4_1"), rounds=3)
+    payload = run_decode(settings, out_dir=tmp_path / "out", progress=False)
+    rows = {r["variant"]: r for r in payload["rows"]}
+    assert rows["llama.cpp Q4_0"]["tokens_per_s"] == {"b1t1": 100.0}  # batch 1 only
+    assert rows["llama.cpp Q4_0"]["prompt_tokens_per_s"] == {"b1t1": 900.0}
+    assert payload["llama_cpp"] == {"version": llama_cpp.VERSION, "build": "abc1234 (b42)"}
+    calls = log.read_text().splitlines()
+    q4_0 = str(llama_cpp.gguf_file("Q4_0"))
+    assert (f"-m {q4_0} -t 1 -p 0 -n 4 -r 1 -o json -d 7" in calls  # 4 steps on a context of 7 = prompt 6 + 1
+            and f"-m {q4_0} -t 1 -p 6 -n 0 -r 1 -o json" in calls)
+    assert sum(f"-m {llama_cpp.smollm2_gguf()} " in c for c in calls) == 2 * settings.rounds  # Q4_1: the shipped file
+    md = (tmp_path / "out" / "decode.md").read_text()
+    assert "| llama.cpp Q4_0 | 100.0 |" in md and "llama.cpp abc1234 (b42)" in md
+
+
+def test_run_decode_without_llama_cpp_says_why_in_its_rows(tiny_bench, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    monkeypatch.setenv("SPARSA_CACHE", str(tmp_path / "empty"))
+    payload = run_decode(replace(tiny_bench, variants=("dense fp32",), llama_cpp=("Q8_0",), rounds=1),
+                         out_dir=tmp_path / "out", progress=False)
+    row = payload["rows"][-1]
+    assert row["variant"] == "llama.cpp Q8_0" and "run `make peers`" in row["skipped"]
+    assert "llama_cpp" not in payload and payload["rows"][0]["tokens_per_s"]["b1t1"] > 0
+
+
+def test_llama_cpp_built_for_another_cpu_is_not_run(tmp_path, monkeypatch):
+    from sparsa.bench import llama_cpp
+
+    monkeypatch.setenv("SPARSA_CACHE", str(tmp_path))
+    llama_cpp.tools_dir().mkdir(parents=True)
+    for name in ("llama-bench", "llama-quantize"):
+        (llama_cpp.tools_dir() / name).write_text("")
+    (llama_cpp.tools_dir().parent / "cpu-flags").write_text("flags : fpu another_cpu\n")
+    assert "built for another CPU" in llama_cpp.missing_tools()
+    (llama_cpp.tools_dir().parent / "cpu-flags").write_text(llama_cpp.cpu_flags() + "\n")
+    assert llama_cpp.missing_tools() is None
+
+
+def test_parse_llama_bench_names_unreadable_output():
+    from sparsa.bench.llama_cpp import parse_llama_bench
+    from sparsa.errors import SparsaError
+
+    good = parse_llama_bench('[{"avg_ts": 12.5, "build_commit": "0c1e570", "build_number": 7}]')
+    assert (good.tokens_per_s, good.build_commit, good.build_number) == (12.5, "0c1e570", 7)
+    for bad in ("not json", "[]", '[{"avg_ts": 1}]'):
+        with pytest.raises(SparsaError, match="llama-bench printed output sparsa cannot read"):
+            parse_llama_bench(bad)

@@ -10,14 +10,23 @@ fell back to the reference kernel fails the run instead of reporting under a ker
 Compressed variants also decode through the reference path (weights decoded once, dense
 matmuls): their greedy tokens must match it, except where the reference's top-2 logit gap is
 below ``NEAR_TIE`` (reported, not hidden).
+
+Each (batch, threads) cell (:meth:`DecodeSettings.cells`) has the key ``b<batch>t<threads>``. llama.cpp
+(:mod:`sparsa.bench.llama_cpp`) runs in the same rounds at batch 1, one ``llama-bench`` process
+per type and thread count per round, on GGUF files of the same weights; without its tools its
+rows say why. Prompt tokens/s (batch 1) come from the same runs: sparsa's prefill of the
+prompt, llama.cpp's ``-p`` test.
 """
 
+import contextlib
 import copy
 from dataclasses import asdict, dataclass
 
+import numba
 import torch
 from tqdm.auto import tqdm
 
+from sparsa.bench import llama_cpp
 from sparsa.bench.results import batch_bars, machine, write_results
 from sparsa.compress import MagnitudeConfig, RTNConfig, SpQRConfig, compress_
 from sparsa.data import calibration_windows, load_corpus, tokenize
@@ -48,10 +57,38 @@ class DecodeSettings:
     seed: int = 0
     rounds: int = 5
     bos: str = "auto"  # --bos protocol of the calibration windows
+    threads: tuple[int, ...] = (2, 1)  # every batch at the first; batch 1 at the others too
+    llama_cpp: tuple[str, ...] = llama_cpp.TYPES  # GGUF types llama.cpp runs (batch 1); () for none
 
     @classmethod
     def quick(cls) -> "DecodeSettings":
-        return cls(batches=(1,), new_tokens=33, variants=("dense fp32", "spqr-3"), rounds=3)
+        return cls(batches=(1,), new_tokens=33, variants=("dense fp32", "spqr-3"), rounds=3, threads=(2,),
+                   llama_cpp=("Q4_0",))
+
+    def cells(self) -> list[tuple[int, int]]:
+        """The (batch, threads) pairs timed: every batch at the first thread count, then batch 1 at
+        each other thread count."""
+        return [(b, self.threads[0]) for b in self.batches] + [(1, t) for t in self.threads[1:]]
+
+
+def cell(batch: int, threads: int) -> str:
+    """The key of a (batch, threads) cell in the results: ``b1t2``."""
+    return f"b{batch}t{threads}"
+
+
+@contextlib.contextmanager
+def thread_count(threads: int):
+    """Run torch and the numba kernels on ``threads`` threads, then restore both."""
+    before = torch.get_num_threads(), numba.get_num_threads()
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        raise SparsaError(f"bench decode: {threads} threads asked, numba has {numba.config.NUMBA_NUM_THREADS}")
+    torch.set_num_threads(threads)
+    numba.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        numba.set_num_threads(before[1])
 
 
 def compressed(model, name: str, s: DecodeSettings, calibration):
@@ -103,10 +140,17 @@ def ran_kernels(name: str, model, ids: torch.Tensor) -> dict[str, int]:
     return {f"{fmt}: {kernel}": n for (fmt, kernel), n in sorted(counts.items())}
 
 
-def time_variant(model, ids: torch.Tensor, new_tokens: int) -> tuple[float, float]:
-    """(tokens/s, ms per decode step) of one greedy decode of ``new_tokens`` after ``ids``."""
+def time_variant(model, ids: torch.Tensor, new_tokens: int) -> tuple[float, float, float]:
+    """(tokens/s, ms per decode step, prompt tokens/s) of one greedy decode of ``new_tokens`` after ``ids``."""
     out = greedy_decode(model, ids, new_tokens)
-    return out.tokens_per_s, 1e3 * out.decode_seconds / (new_tokens - 1)
+    return out.tokens_per_s, 1e3 * out.decode_seconds / (new_tokens - 1), ids.numel() / out.prefill_seconds
+
+
+def time_llama_cpp(gguf, threads: int, s: "DecodeSettings") -> tuple[float, float, float]:
+    """The same three figures from two ``llama-bench`` runs of ``gguf`` (batch 1)."""
+    decode = llama_cpp.decode_tokens_per_s(gguf, threads, s.prompt_tokens, s.new_tokens).tokens_per_s
+    prefill = llama_cpp.prefill_tokens_per_s(gguf, threads, s.prompt_tokens).tokens_per_s
+    return decode, 1e3 / decode, prefill
 
 
 def reference_check(name: str, model, ids: torch.Tensor, n: int) -> dict:
@@ -126,14 +170,20 @@ def median(xs: list[float]) -> float:
     return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
 
 
-def run_rounds(models: dict, s: DecodeSettings, prompt: torch.Tensor, progress: bool) -> dict[str, dict]:
-    """Round-robin timing: per variant, per batch, every round's (tokens/s, ms/step)."""
-    names = list(models)
-    samples = {name: {str(b): [] for b in s.batches} for name in names}
+def run_rounds(models: dict, ggufs: dict, s: DecodeSettings, prompt: torch.Tensor, progress: bool) -> dict[str, dict]:
+    """Round-robin timing of sparsa's ``models`` and llama.cpp's ``ggufs`` (batch 1 only), in an
+    order rotated each round: per runner, per cell, every round's (tokens/s, ms/step, prompt tokens/s)."""
+    names = list(models) + list(ggufs)
+    samples = {name: {} for name in names}
     for r in tqdm(range(s.rounds), desc="bench decode rounds", disable=not progress):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            for batch in s.batches:
-                samples[name][str(batch)].append(time_variant(models[name], batch_of(prompt, batch), s.new_tokens))
+            for batch, threads in s.cells():
+                if name in ggufs and batch != 1:
+                    continue
+                with thread_count(threads):
+                    sample = (time_variant(models[name], batch_of(prompt, batch), s.new_tokens) if name in models
+                              else time_llama_cpp(ggufs[name], threads, s))
+                samples[name].setdefault(cell(batch, threads), []).append(sample)
     return samples
 
 
@@ -143,34 +193,47 @@ def batch_of(prompt: torch.Tensor, batch: int) -> torch.Tensor:
 
 def table_cells(payload: dict) -> tuple[list[str], list[list[str]]]:
     """The decode table's header and one row of cells per variant: tokens/s and its ratio over dense
-    fp32 at each batch, the reference-match verdict, and the kernels the dispatcher ran."""
-    batches = [str(b) for b in payload["settings"]["batches"]]
-    header = ["variant", *(c for b in batches for c in (f"tokens/s (batch {b})", "x fp32")), "match", "kernel"]
+    fp32 in each (batch, threads) cell, batch-1 prompt tokens/s, the reference-match verdict, and
+    the kernels the dispatcher ran (llama.cpp: its build)."""
+    s = payload["settings"]
+    cells = [(cell(b, t), b, t) for b, t in DecodeSettings(batches=tuple(s["batches"]),
+                                                            threads=tuple(s["threads"])).cells()]
+    header = ["variant", *(c for _, b, t in cells for c in (f"tokens/s (batch {b}, {t} thr.)", "x fp32")),
+              *(f"prompt tokens/s ({t} thr.)" for t in s["threads"]), "match", "kernel"]
     dense = next((r for r in payload["rows"] if r["variant"] == "dense fp32" and "skipped" not in r), None)
     rows = []
     for r in payload["rows"]:
         if "skipped" in r:
-            rows.append([r["variant"], *("n/a" for _ in range(2 * len(batches))), r["skipped"], ""])
+            rows.append([r["variant"], *("n/a" for _ in range(2 * len(cells) + len(s["threads"]))), r["skipped"], ""])
             continue
-        cells = []
-        for b in batches:
-            tps = r["tokens_per_s"][b]
-            cells += [f"{tps:.1f}", f"{tps / dense['tokens_per_s'][b]:.2f}x" if dense else "n/a"]
+        out = []
+        for key, _, _ in cells:
+            tps = r["tokens_per_s"].get(key)
+            out += (["n/a", ""] if tps is None else
+                    [f"{tps:.1f}", f"{tps / dense['tokens_per_s'][key]:.2f}x" if dense else "n/a"])
+        out += [f"{r['prompt_tokens_per_s'][cell(1, t)]:.0f}" if cell(1, t) in r["prompt_tokens_per_s"] else "n/a"
+                for t in s["threads"]]
         match = r.get("reference_match")
         verdict = "-" if match is None else ("yes" if match["first_difference"] is None else
                                              f"near tie at step {match['first_difference']}" if match["near_tie"]
                                              else f"NO: step {match['first_difference']}")
-        rows.append([r["variant"], *cells, verdict, kernel_label(r)])
+        rows.append([r["variant"], *out, verdict, kernel_label(r)])
     return header, rows
 
 
 def settings_sentence(payload: dict) -> str:
     """Prompt, generation length, rounds and what each column means."""
     s = payload["settings"]
-    return (f"Prompt {s['prompt_tokens']} tokens, {s['new_tokens']} new tokens, the prefill excluded; the median of "
-            f"{s['rounds']} round-robin rounds. `x fp32`: tokens/s over dense fp32 at the same batch. `match`: the "
-            f"first {s['match_tokens']} greedy tokens against the reference path (decode the weights, dense "
-            "matmul). `kernel`: what the dispatcher ran for the variant's compressed layers.")
+    text = (f"Prompt {s['prompt_tokens']} tokens, {s['new_tokens']} new tokens, the prefill excluded from "
+            f"tokens/s; the median of {s['rounds']} round-robin rounds. `x fp32`: tokens/s over dense fp32 in the "
+            f"same cell. `match`: the first {s['match_tokens']} greedy tokens against the reference path (decode "
+            "the weights, dense matmul). `kernel`: what the dispatcher ran for the variant's compressed layers.")
+    if "llama_cpp" in payload:
+        lc = payload["llama_cpp"]
+        text += (f" llama.cpp {lc['build']} (`llama-bench -r 1` per round: `-p 0 -n {s['new_tokens'] - 1} -d "
+                 f"{s['prompt_tokens'] + 1}` for decode, `-p {s['prompt_tokens']} -n 0` for the prompt) on GGUF "
+                 "files of the same weights, batch 1.")
+    return text
 
 
 def markdown(payload: dict) -> str:
@@ -185,13 +248,36 @@ def markdown(payload: dict) -> str:
 
 def kernel_label(row: dict) -> str:
     """The kernels of a variant's first batch, without module paths; dense layers run nn.Linear."""
+    if "runtime" in row:
+        return row["runtime"]
     kernels = next(iter(row["kernels"].values()))
     return ", ".join(k.rsplit(".", 1)[-1] for k in kernels) or "torch nn.Linear"
 
 
 def figure(payload: dict):
     """Tokens/s per variant and batch (log scale)."""
-    return batch_bars(payload, "tokens_per_s", "tokens / s", f"{payload['settings']['model']}: greedy decode")
+    s = payload["settings"]
+    columns = {cell(b, t): f"batch {b}, {t} thr." for b, t in DecodeSettings(batches=tuple(s["batches"]),
+                                                                             threads=tuple(s["threads"])).cells()}
+    return batch_bars(payload, "tokens_per_s", "tokens / s", f"{s['model']}: greedy decode", columns)
+
+
+def llama_cpp_files(s: DecodeSettings, rows: list[dict]) -> tuple[dict, str | None]:
+    """llama.cpp's GGUF file per row name (``llama.cpp Q4_0``), and its build; appends one row per
+    type to ``rows`` (a ``skipped`` one, saying why, when the tools are missing)."""
+    ggufs, build = {}, None
+    why = llama_cpp.missing_tools() if s.llama_cpp else None
+    for kind in s.llama_cpp:
+        name = f"llama.cpp {kind}"
+        if why:
+            rows.append({"variant": name, "skipped": why})
+            continue
+        ggufs[name] = llama_cpp.gguf_file(kind)
+        if build is None:
+            run = llama_cpp.decode_tokens_per_s(ggufs[name], 1, 1, 2)  # warm-up; names the build
+            build = f"{run.build_commit} (b{run.build_number})"
+        rows.append({"variant": name, "runtime": f"llama.cpp {kind}"})
+    return ggufs, build
 
 
 def run_decode(s: DecodeSettings, *, out_dir="bench/results", name: str = "decode", progress: bool = True) -> dict:
@@ -213,17 +299,27 @@ def run_decode(s: DecodeSettings, *, out_dir="bench/results", name: str = "decod
         rows.append({"variant": variant, "kernels": {str(b): ran_kernels(variant, model, batch_of(prompt, b))
                                                      for b in s.batches}})
         models[variant] = model
-    samples = run_rounds(models, s, prompt, progress)
+    ggufs, build = llama_cpp_files(s, rows)
+    samples = run_rounds(models, ggufs, s, prompt, progress)
     for row in rows:
         if "skipped" in row:
             continue
         runs = samples[row["variant"]]
-        row["tokens_per_s"] = {b: median([t for t, _ in runs[b]]) for b in runs}
-        row["ms_per_step"] = {b: median([ms for _, ms in runs[b]]) for b in runs}
-        row["tokens_per_s_rounds"] = {b: [t for t, _ in runs[b]] for b in runs}
-        row.update(reference_check(row["variant"], models[row["variant"]], batch_of(prompt, s.batches[0]),
-                                   s.match_tokens))
+        row["tokens_per_s"] = {c: median([t for t, _, _ in runs[c]]) for c in runs}
+        row["ms_per_step"] = {c: median([ms for _, ms, _ in runs[c]]) for c in runs}
+        row["prompt_tokens_per_s"] = {c: median([p for _, _, p in runs[c]]) for c in runs if c.startswith("b1t")}
+        row["tokens_per_s_rounds"] = {c: [t for t, _, _ in runs[c]] for c in runs}
+        if row["variant"] in models:
+            with thread_count(max(s.threads)):
+                row.update(reference_check(row["variant"], models[row["variant"]], batch_of(prompt, s.batches[0]),
+                                           s.match_tokens))
+    dense = next((r for r in rows if r["variant"] == "dense fp32" and "skipped" not in r), None)
+    for row in rows:
+        if dense and "skipped" not in row:
+            row["x_dense_fp32"] = {c: v / dense["tokens_per_s"][c] for c, v in row["tokens_per_s"].items()}
     payload = {"settings": asdict(s), "machine": machine("cpu"), "rows": rows}
+    if build is not None:
+        payload["llama_cpp"] = {"version": llama_cpp.VERSION, "build": build}
     if calibration is not None:
         payload["bos"] = bos_for(lm.tokenizer, s.bos).to_dict()
     fig = figure(payload)

@@ -58,20 +58,22 @@ def write_results(out_dir, name: str, payload: dict, markdown: str, figure=None)
     return paths
 
 
-def batch_bars(payload: dict, key: str, ylabel: str, title: str):
-    """Log-scale bars of ``row[key][batch]`` for every row that ran, one bar per batch size."""
+def batch_bars(payload: dict, key: str, ylabel: str, title: str, columns: dict[str, str] | None = None):
+    """Log-scale bars of ``row[key][column]`` for every row that ran, one bar per column: the batch
+    sizes unless ``columns`` maps other keys to their labels (a row without a column has no bar)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [r for r in payload["rows"] if "skipped" not in r]
-    batches = [str(b) for b in payload["settings"]["batches"]]
+    columns = columns or {str(b): f"batch {b}" for b in payload["settings"]["batches"]}
     fig, ax = plt.subplots(figsize=(1.6 * max(len(rows), 2) + 2, 4))
-    width = 0.8 / len(batches)
-    for j, b in enumerate(batches):
-        ax.bar([i + j * width for i in range(len(rows))], [r[key][b] for r in rows], width, label=f"batch {b}")
-    ax.set_xticks([i + width * (len(batches) - 1) / 2 for i in range(len(rows))], [r["variant"] for r in rows],
+    width = 0.8 / len(columns)
+    for j, (column, label) in enumerate(columns.items()):
+        ax.bar([i + j * width for i in range(len(rows))], [r[key].get(column, float("nan")) for r in rows], width,
+               label=label)
+    ax.set_xticks([i + width * (len(columns) - 1) / 2 for i in range(len(rows))], [r["variant"] for r in rows],
                   rotation=20, fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel(ylabel)
