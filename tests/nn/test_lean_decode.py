@@ -45,6 +45,15 @@ def test_lean_llama_prefill_then_steps_match_hf_logits(tiny_llama, batch):
     torch.testing.assert_close(torch.cat(got, 1), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_prefill_last_only_gives_the_last_logits_and_the_same_cache(tiny_llama):
+    ids = prompt(2, 6, seed=5)
+    full, last = LeanLlama(tiny_llama, 2, 8), LeanLlama(tiny_llama, 2, 8)
+    everything, final = full.forward(ids, 0), last.forward(ids, 0, last_only=True)
+    assert final.shape == (2, 1, everything.shape[-1])
+    torch.testing.assert_close(final, everything[:, -1:], rtol=1e-6, atol=1e-6)
+    assert torch.equal(full.k_cache, last.k_cache) and torch.equal(full.v_cache, last.v_cache)
+
+
 @pytest.mark.parametrize("batch", [1, 2])
 def test_fused_decode_step_matches_the_torch_path(tiny_llama, batch):
     ids = prompt(batch, 7, seed=3)

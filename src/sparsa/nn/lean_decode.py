@@ -107,8 +107,10 @@ class LeanLlama:
         self.compiled_layers = self.fused and compile_layers(self, body)
 
     @torch.no_grad()
-    def forward(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
-        """Logits [B, T, vocab] for ``tokens`` [B, T] at positions ``start .. start + T``; fills the cache."""
+    def forward(self, tokens: torch.Tensor, start: int, last_only: bool = False) -> torch.Tensor:
+        """Logits [B, T, vocab] for ``tokens`` [B, T] at positions ``start .. start + T``; fills the cache.
+        ``last_only``: logits [B, 1, vocab] of the last position alone (the head, a fifth of a small
+        model's weights, runs once instead of T times: what generation needs after a prompt)."""
         B, T = tokens.shape
         end = start + T
         if B != self.batch or end > self.max_len:
@@ -142,7 +144,7 @@ class LeanLlama:
             x = x + o_proj(o)
             h = rms_norm(layer.post_attention_layernorm, x)
             x = x + down_proj(layer.mlp.act_fn(gate_proj(h)) * up_proj(h))  # the Llama MLP
-        return self.head(rms_norm(self.body.norm, x))
+        return self.head(rms_norm(self.body.norm, x[:, -1:] if last_only else x))
 
     def attend(self, i: int, q, k, v, cos, sin, start: int, mask) -> torch.Tensor:
         """Torch path of layer ``i``'s attention: rotary, cache append, SDPA -> [B, T, heads * hd]."""
@@ -196,7 +198,7 @@ def greedy_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int, dtype
         return index[:, None]
 
     start = time.perf_counter()
-    nxt = pick(lean.forward(prompt, 0))
+    nxt = pick(lean.forward(prompt, 0, last_only=True))
     prefill = time.perf_counter() - start
     start = time.perf_counter()
     for step in range(1, new_tokens):
