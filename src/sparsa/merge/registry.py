@@ -93,8 +93,6 @@ def register_method(name: str, *, reference_url: str, kind: str, params: dict[st
 
 def get_method(name: str) -> MergeMethod:
     """The method called ``name``; a SparsaError lists the known ones otherwise."""
-    import sparsa.merge.baselines  # noqa: F401  (registers the built-in baselines)
-
     try:
         return METHODS[name]
     except KeyError:
