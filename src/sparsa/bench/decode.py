@@ -76,6 +76,11 @@ def cell(batch: int, threads: int) -> str:
     return f"b{batch}t{threads}"
 
 
+def recorded_cells(settings: dict) -> list[tuple[int, int]]:
+    """The (batch, threads) cells of a results file's ``settings``."""
+    return DecodeSettings(batches=tuple(settings["batches"]), threads=tuple(settings["threads"])).cells()
+
+
 @contextlib.contextmanager
 def thread_count(threads: int):
     """Run torch and the numba kernels on ``threads`` threads, then restore both."""
@@ -196,8 +201,7 @@ def table_cells(payload: dict) -> tuple[list[str], list[list[str]]]:
     fp32 in each (batch, threads) cell, batch-1 prompt tokens/s, the reference-match verdict, and
     the kernels the dispatcher ran (llama.cpp: its build)."""
     s = payload["settings"]
-    cells = [(cell(b, t), b, t) for b, t in DecodeSettings(batches=tuple(s["batches"]),
-                                                            threads=tuple(s["threads"])).cells()]
+    cells = [(cell(b, t), b, t) for b, t in recorded_cells(s)]
     header = ["variant", *(c for _, b, t in cells for c in (f"tokens/s (batch {b}, {t} thr.)", "x fp32")),
               *(f"prompt tokens/s ({t} thr.)" for t in s["threads"]), "match", "kernel"]
     dense = next((r for r in payload["rows"] if r["variant"] == "dense fp32" and "skipped" not in r), None)
@@ -257,8 +261,7 @@ def kernel_label(row: dict) -> str:
 def figure(payload: dict):
     """Tokens/s per variant and batch (log scale)."""
     s = payload["settings"]
-    columns = {cell(b, t): f"batch {b}, {t} thr." for b, t in DecodeSettings(batches=tuple(s["batches"]),
-                                                                             threads=tuple(s["threads"])).cells()}
+    columns = {cell(b, t): f"batch {b}, {t} thr." for b, t in recorded_cells(s)}
     return batch_bars(payload, "tokens_per_s", "tokens / s", f"{s['model']}: greedy decode", columns)
 
 
