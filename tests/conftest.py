@@ -78,6 +78,7 @@ def run_cli(capsys, *argv):
     """Run ``sparsa argv`` in-process; return (exit code, stdout, stderr)."""
     from sparsa.cli import main
 
+    capsys.readouterr()  # what fixtures printed while setting up is not this run's output
     try:
         code = main(list(argv))
     except SystemExit as exit_:
