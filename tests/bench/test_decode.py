@@ -10,7 +10,6 @@ from conftest import word_text
 from sparsa.bench import decode
 from sparsa.bench.decode import NEAR_TIE, DecodeSettings, first_mismatch, run_decode
 from sparsa.data.corpora import Corpus
-from sparsa.kernels.cpu.vnni import HAS_VNNI
 
 
 @pytest.fixture
@@ -35,15 +34,19 @@ def test_run_decode_tiny_model_times_every_variant_and_writes_results(tiny_bench
         assert all(len(r) == tiny_bench.rounds for r in row["tokens_per_s_rounds"].values())
         assert row["tokens_per_s"]["b1t1"] == sorted(row["tokens_per_s_rounds"]["b1t1"])[tiny_bench.rounds // 2]
         kernels = row["kernels"]["1"]
-        if name.startswith("dense"):
-            assert kernels == {}  # nn.Linear, no dispatch
+        if name == "dense fp32":  # nn.Linear, no dispatch: the compiled step's dense kernel, the head included
+            assert kernels == {"dense: sparsa.kernels.cpu.llama_step.compiled_step": 15}
+        elif name == "dense bf16":
+            assert kernels == {}
         elif name.startswith("torchao"):  # with `make peers`: torchao's own weight subclass, not our dispatch
             assert kernels == {} and row["reference_match"]["match"]
         else:
             assert row["reference_match"]["match"], (name, row["reference_match"])
             assert kernels and not any("linear_reference" in k for k in kernels), (name, kernels)
-    fused = "spqr: sparsa.kernels.cpu.llama_step.compiled_step"  # the fused step needs the VNNI kernel
-    assert (fused in rows["spqr-3"]["kernels"]["1"]) == HAS_VNNI
+    step = "sparsa.kernels.cpu.llama_step.compiled_step"  # formats with a compiled kernel decode in one call
+    for name, fmt in [("spqr-3", "spqr"), ("quant-4", "quant"), ("bitmap-50%", "bitmap")]:
+        assert f"{fmt}: {step}" in rows[name]["kernels"]["1"], (name, rows[name]["kernels"])
+    assert not any(step in k for k in rows["block-70%"]["kernels"]["1"])  # no compiled block kernel yet
     assert {p.name for p in tmp_path.iterdir()} == {"decode.json", "decode.md", "decode.png"}
     assert json.loads((tmp_path / "decode.json").read_text())["settings"]["batches"] == [1, 2]
     assert "| dense fp32 | " in (tmp_path / "decode.md").read_text()

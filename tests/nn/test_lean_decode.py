@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from conftest import tiny_decoder
-from sparsa.compress import RTNConfig, SpQRConfig, compress_
+from sparsa.compress import MagnitudeConfig, RTNConfig, SpQRConfig, compress_
 from sparsa.errors import SparsaError
+from sparsa.kernels import recorded_kernels
 from sparsa.kernels.cpu.spqr import fp32_path, takes_vnni
 from sparsa.kernels.cpu.vnni import HAS_VNNI
 from sparsa.nn import sparse_linears
@@ -55,10 +56,15 @@ def test_prefill_last_only_gives_the_last_logits_and_the_same_cache(tiny_llama):
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-def test_fused_decode_step_matches_the_torch_path(tiny_llama, batch):
+@pytest.mark.parametrize("whole_step", [True, False])
+def test_fused_decode_step_matches_the_torch_path(tiny_llama, batch, whole_step):
+    """Dense fp32: the whole compiled step, or (one projection without a compiled kernel, a module
+    subclass here) the per-layer compiled attention; both against the torch path."""
+    if not whole_step:
+        tiny_llama.model.layers[0].mlp.up_proj.__class__ = type("PlainLinear", (torch.nn.Linear,), {})
     ids = prompt(batch, 7, seed=3)
     fused, torch_path = LeanLlama(tiny_llama, batch, 12), LeanLlama(tiny_llama, batch, 12, fused=False)
-    assert fused.fused and not torch_path.fused
+    assert fused.fused and not torch_path.fused and fused.compiled_layers == whole_step
     for lean in (fused, torch_path):
         lean.forward(ids[:, :4], 0)
     for t in range(4, 7):
@@ -72,12 +78,47 @@ def test_fused_decode_step_matches_the_torch_path(tiny_llama, batch):
 def test_compiled_layer_step_matches_the_module_path(spqr_llama, batch):
     ids = prompt(batch, 8, seed=5)
     compiled, modules = LeanLlama(spqr_llama, batch, 12), LeanLlama(spqr_llama, batch, 12, fused=False)
-    assert compiled.compiled_layers == HAS_VNNI and not modules.compiled_layers
+    assert compiled.compiled_layers and not modules.compiled_layers
     got, expected = decode([compiled, modules], ids, 5)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(compiled.k_cache, modules.k_cache, rtol=1e-4, atol=1e-4)
     with decoded_weights(spqr_llama):  # reference mode: the modules decode their weights, no compiled step
         assert not LeanLlama(spqr_llama, batch, 12).compiled_layers
+
+
+def mixed_llama(model):
+    """``model`` with a mix of formats: every MLP SpQR 3-bit, layer 0's attention Quant 4-bit, layer 1's
+    q and o Bitmap 50% and its k and v dense fp32, the head Quant 4-bit (untied)."""
+    def where(*parts):
+        return lambda module, name: isinstance(module, torch.nn.Linear) and any(p in name for p in parts)
+
+    windows = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(0))
+    compress_(model, SpQRConfig(bits=3, stat_group_size=16, nsamples=4, seqlen=32), calibration=windows,
+              filter_fn=where("mlp."), progress=False)  # calibrated methods filter names inside each block
+    compress_(model, RTNConfig(bits=4, group_size=16), filter_fn=where("layers.0.self_attn", "lm_head"),
+              progress=False)
+    compress_(model, MagnitudeConfig(sparsity=0.5), filter_fn=where("layers.1.self_attn.q_proj",
+                                                                    "layers.1.self_attn.o_proj"), progress=False)
+    return model
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_compiled_step_runs_a_mix_of_formats_as_the_module_path_does(tiny_llama, batch):
+    model = mixed_llama(tiny_llama)
+    formats = {type(m).__name__ if not hasattr(m, "weight_format") else m.weight_format.format_name
+               for m in model.modules() if isinstance(m, torch.nn.Linear) or hasattr(m, "weight_format")}
+    assert formats == {"quant", "spqr", "bitmap", "Linear"}
+    with recorded_kernels() as counts:
+        compiled = LeanLlama(model, batch, 12)
+    modules = LeanLlama(model, batch, 12, fused=False)
+    step = "sparsa.kernels.cpu.llama_step.compiled_step"
+    assert compiled.compiled_layers and {fmt: n for (fmt, kernel), n in counts.items() if kernel == step} == {
+        "quant": 5, "spqr": 6, "bitmap": 2, "dense": 2}
+    assert len(compiled.table.kernels) >= 4  # one kind per kernel and operand type, at least one per format
+    got, expected = decode([compiled, modules], prompt(batch, 8, seed=7), 5)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(compiled.k_cache, modules.k_cache, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(compiled.v_cache, modules.v_cache, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.skipif(not HAS_VNNI, reason="this CPU lacks AVX-512 VNNI (no avx512_vnni in /proc/cpuinfo): "
@@ -86,11 +127,15 @@ def test_compiled_layer_step_matches_the_module_path(spqr_llama, batch):
 def test_vnni_decode_paths_match_the_forced_fp32_path(spqr_llama, batch, one_thread):
     weights = [m.weight_format for _, m in sparse_linears(spqr_llama)]
     compiled, modules = LeanLlama(spqr_llama, batch, 12), LeanLlama(spqr_llama, batch, 12, fused=False)
-    with fp32_path():  # bound inside: fp32 tiles for every projection, hence no compiled VNNI layer step
-        assert not any(takes_vnni(w) for w in weights) and not LeanLlama(spqr_llama, batch, 12).compiled_layers
+    with fp32_path():  # bound inside: fp32 tiles for every projection, in the compiled step too
+        assert not any(takes_vnni(w) for w in weights)
         fp32 = LeanLlama(spqr_llama, batch, 12, fused=False)  # the path of `modules` but for the kernels
-    assert all(takes_vnni(w) for w in weights) and compiled.compiled_layers
-    on_compiled, on_modules, on_fp32 = decode([compiled, modules, fp32], prompt(batch, 8, seed=5), 5)
+        fp32_compiled = LeanLlama(spqr_llama, batch, 12)
+    assert all(takes_vnni(w) for w in weights) and compiled.compiled_layers and fp32_compiled.compiled_layers
+    assert set(compiled.table.kernels).isdisjoint(fp32_compiled.table.kernels)  # VNNI kernels, fp32 ones
+    on_compiled, on_modules, on_fp32, on_fp32_compiled = decode([compiled, modules, fp32, fp32_compiled],
+                                                                prompt(batch, 8, seed=5), 5)
+    torch.testing.assert_close(on_fp32_compiled, on_fp32, rtol=1e-5, atol=1e-5)
     assert not torch.equal(on_modules, on_fp32)  # VNNI rounds activations to 22 bits: other code, other bits
     # that rounding (2^-21 of a token's largest activation) moved these logits (|logit| ~1) by ~1e-6 over
     # two layers; 1e-5 leaves 10x and still fails a split that dropped the low int8 part (~2^-14)

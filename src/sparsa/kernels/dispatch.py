@@ -29,6 +29,7 @@ class Registered:
     kernel: LinearKernel
     accepts: Callable[[Format], bool] | None = None
     bind: Callable[[Format, torch.Tensor | None], BoundLinear] | None = None
+    step: Callable[[Format], tuple] | None = None
 
 
 # (format name, device type, activation dtype) -> kernel; anything absent runs the reference.
@@ -63,27 +64,34 @@ def kernel_name(kernel: LinearKernel) -> str:
 
 def register_linear_kernel(format_name: str, device_type: str, dtypes: tuple[torch.dtype, ...],
                            accepts: Callable[[Format], bool] | None = None,
-                           bind: Callable[[Format, torch.Tensor | None], BoundLinear] | None = None):
+                           bind: Callable[[Format, torch.Tensor | None], BoundLinear] | None = None,
+                           step: Callable[[Format], tuple] | None = None):
     """Decorator: file a kernel for a format on a device type for the given activation dtypes,
     optionally only for the weights ``accepts`` approves, and optionally with ``bind(weight,
-    bias)``, which prepares everything once and returns ``x -> y`` for repeated calls."""
+    bias)``, which prepares everything once and returns ``x -> y`` for repeated calls, and
+    ``step(weight) -> (compiled kernel, operand tuple)``, the same product as a compiled
+    function that a compiled caller runs as ``kernel(x [N, in], *operand, y [N, out], tasks)``."""
 
     def decorate(fn: LinearKernel) -> LinearKernel:
         for dtype in dtypes:
-            LINEAR_KERNELS[(format_name, device_type, dtype)] = Registered(fn, accepts, bind)
+            LINEAR_KERNELS[(format_name, device_type, dtype)] = Registered(fn, accepts, bind, step)
         return fn
 
     return decorate
 
 
-def select_linear_kernel(weight: Format, x: torch.Tensor) -> LinearKernel:
-    """The kernel that :func:`linear` would run for this weight and these activations."""
+def chosen_kernel(weight: Format, x: torch.Tensor) -> LinearKernel:
+    """The kernel for this weight and these activations (not recorded: see :func:`select_linear_kernel`)."""
     entry = LINEAR_KERNELS.get((weight.format_name, x.device.type, x.dtype))
     needs_grad = x.requires_grad and torch.is_grad_enabled()
     if entry is None or needs_grad or (entry.accepts is not None and not entry.accepts(weight)):
-        kernel = linear_reference
-    else:
-        kernel = entry.kernel
+        return linear_reference
+    return entry.kernel
+
+
+def select_linear_kernel(weight: Format, x: torch.Tensor) -> LinearKernel:
+    """The kernel that :func:`linear` would run for this weight and these activations (recorded)."""
+    kernel = chosen_kernel(weight, x)
     record_kernel(weight.format_name, kernel_name(kernel))
     if log.isEnabledFor(logging.DEBUG):
         log.debug("%s %s on %s %s: %s", weight.format_name, "x".join(map(str, weight.shape)), x.device.type,
@@ -112,3 +120,13 @@ def bind_linear(weight: Format, bias: torch.Tensor | None, example: torch.Tensor
     if entry is not None and entry.bind is not None and kernel is entry.kernel:
         return entry.bind(weight, bias)
     return lambda x: kernel(x, weight, bias)
+
+
+def step_kernel(weight: Format, example: torch.Tensor) -> tuple | None:
+    """``(compiled kernel, operand)`` of the kernel :func:`linear` would run for this weight and
+    activations like ``example``, for compiled callers (the decode step); None when that
+    kernel has no compiled form (the reference, or a kernel without ``step``)."""
+    entry = LINEAR_KERNELS.get((weight.format_name, example.device.type, example.dtype))
+    if entry is None or entry.step is None or chosen_kernel(weight, example) is not entry.kernel:
+        return None
+    return entry.step(weight)

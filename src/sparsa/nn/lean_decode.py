@@ -7,12 +7,16 @@ handling and the loop are ours. Every projection is bound once per decoder (the 
 its layout chosen up front: :meth:`SparseLinear.bound`), and the Llama MLP is spelled out
 over the bound projections. Per token it runs the layers' own modules plus one
 ``scaled_dot_product_attention`` per layer over the filled part of the cache; a single fp32
-token on the CPU takes one compiled call instead (rotary, cache append and attention:
-:func:`sparsa.kernels.cpu.decode_attention.rotary_attention_step`), which the torch path
-(``fused=False``) checks. Norms run as one ``F.rms_norm`` each.
+token on the CPU takes one compiled call for the whole step instead, every layer and the head
+(:func:`sparsa.kernels.cpu.llama_step.compiled_step`, any mix of formats with a compiled
+kernel and dense fp32), or, where some projection has none, one compiled call per layer's
+attention (rotary, cache append and attention:
+:func:`sparsa.kernels.cpu.decode_attention.rotary_attention_step`); the torch path
+(``fused=False``) checks both. Norms run as one ``F.rms_norm`` each.
 """
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import numba
@@ -23,9 +27,11 @@ from torch import nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from sparsa.errors import SparsaError
-from sparsa.kernels import record_kernel
+from sparsa.kernels import record_kernel, step_kernel
+from sparsa.kernels.cpu.calls import TASKS_PER_THREAD
 from sparsa.kernels.cpu.decode_attention import rotary_attention_step
-from sparsa.kernels.cpu.llama_step import compiled_step, layout_of, stack_operands
+from sparsa.kernels.cpu.dense import dense_step
+from sparsa.kernels.cpu.llama_step import StepBuffers, compiled_step, kernel_table
 from sparsa.nn.sparse_linear import SparseLinear
 
 
@@ -40,29 +46,49 @@ def bound_linear(module: nn.Module, example: torch.Tensor):
     return module
 
 
+def step_product(module: nn.Module, example: torch.Tensor) -> tuple | None:
+    """``(compiled kernel, operand)`` of a bias-free projection for the compiled step: a
+    ``SparseLinear``'s dispatched kernel (not in reference mode), or a dense fp32 ``nn.Linear``'s
+    :func:`~sparsa.kernels.cpu.dense.dense_step`; None when it has none."""
+    if getattr(module, "bias", None) is not None:
+        return None
+    if isinstance(module, SparseLinear):
+        return None if module.cache_decoded else step_kernel(module.weight_format, example)
+    if type(module) is nn.Linear:
+        return dense_step(module.weight)
+    return None
+
+
+def kernel_label(module: nn.Module) -> str:
+    """The format name a product is recorded under: the weight's format, or ``dense``."""
+    return module.weight_format.format_name if isinstance(module, SparseLinear) else "dense"
+
+
 def compile_layers(lean: "LeanLlama", body: nn.Module) -> bool:
     """Set ``lean`` up for :func:`sparsa.kernels.cpu.llama_step.compiled_step` when every projection
-    is an SpQR ``SparseLinear`` the VNNI kernel takes (no bias, not in reference mode) and the
-    norms share one epsilon; say whether it was."""
-    modules = [[layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
-                layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj] for layer in body.layers]
-    flat = [m for layer in modules for m in layer]
+    and the head have a compiled kernel (:func:`step_product`), the norms share one epsilon and
+    the MLP is SiLU-gated; say whether it was."""
+    modules = [m for layer in body.layers for m in (
+        layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
+        layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)] + [lean.lm_head]
     norms = [n for layer in body.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)] + [body.norm]
-    if not all(isinstance(m, SparseLinear) and m.bias is None and not m.cache_decoded for m in flat):
-        return False
     if len({n.variance_epsilon for n in norms}) != 1 or getattr(lean.model.config, "hidden_act", None) != "silu":
         return False
-    operands = stack_operands([[m.weight_format for m in layer] for layer in modules])
-    if operands is None:
+    example = torch.empty(0, dtype=torch.float32)
+    products = [step_product(m, example) for m in modules]
+    if any(p is None for p in products):
         return False
-    lean.operands, lean.step = operands, compiled_step(flat[0].weight_format.group_size,
-                                                       bool(layout_of(flat[0].weight_format).three_bit))
+    lean.table = kernel_table(products)
+    lean.step = compiled_step(lean.table.kernels)
     lean.norm_in = torch.stack([l.input_layernorm.weight.detach().float() for l in body.layers]).numpy()
     lean.norm_post = torch.stack([l.post_attention_layernorm.weight.detach().float() for l in body.layers]).numpy()
     lean.norm_final = body.norm.weight.detach().float().numpy()
     lean.eps = np.float32(body.norm.variance_epsilon)
-    lean.tasks = 4 * numba.get_num_threads()
-    record_kernel(flat[0].weight_format.format_name, f"{compiled_step.__module__}.compiled_step", len(flat))
+    mlp = body.layers[0].mlp
+    lean.buffers = StepBuffers.allocate(lean.batch, lean.norm_final.shape[0], lean.heads * lean.head_dim,
+                                        lean.kv_heads * lean.head_dim, mlp.gate_proj.out_features).as_tuple()
+    for label, count in Counter(kernel_label(m) for m in modules).items():
+        record_kernel(label, f"{compiled_step.__module__}.compiled_step", count)
     return True
 
 
@@ -98,6 +124,7 @@ class LeanLlama:
         self.batch, self.max_len = batch, max_len
         self.fused = fused and self.dtype == torch.float32 and device.type == "cpu"
         self.k_layers = [c.numpy() for c in self.k_cache] if self.fused else []  # per-layer views, made once
+        self.k_layers_all, self.v_layers_all = (self.k_cache.numpy(), self.v_cache.numpy()) if self.fused else (None, None)
         self.v_layers = [c.numpy() for c in self.v_cache] if self.fused else []
         example = torch.empty(0, dtype=self.dtype, device=device)
         self.projections = [tuple(bound_linear(m, example) for m in (
@@ -125,11 +152,12 @@ class LeanLlama:
         if step:
             cos1, sin1 = cos.reshape(-1).numpy(), sin.reshape(-1).numpy()  # [hd]: one position
         if step and self.compiled_layers:
-            hidden = np.empty((B, x.shape[-1]), np.float32)
-            self.step(x.reshape(B, -1).contiguous().numpy(), self.operands, self.norm_in, self.norm_post,
-                      self.norm_final, self.eps, self.k_cache.numpy(), self.v_cache.numpy(), cos1, sin1, start, hidden,
-                      self.tasks)
-            return self.head(torch.from_numpy(hidden).view(B, 1, -1))
+            logits = np.empty((B, self.lm_head.out_features), np.float32)
+            t = self.table
+            self.step(x.reshape(B, -1).contiguous().numpy(), t.operands, t.kinds, t.index, self.norm_in,
+                      self.norm_post, self.norm_final, self.eps, self.k_layers_all, self.v_layers_all, cos1, sin1,
+                      start, self.buffers, logits, TASKS_PER_THREAD * numba.get_num_threads())
+            return torch.from_numpy(logits).view(B, 1, -1)
         for i, layer in enumerate(self.body.layers):
             q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj = self.projections[i]
             h = rms_norm(layer.input_layernorm, x)

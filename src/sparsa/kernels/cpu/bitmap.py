@@ -20,7 +20,7 @@ from numba.extending import intrinsic
 
 from sparsa.errors import SparsaError
 from sparsa.formats.bitmap import Bitmap
-from sparsa.kernels.cpu.calls import rows_call, zero_padded_rows
+from sparsa.kernels.cpu.calls import bind_step, zero_padded_rows
 from sparsa.kernels.layouts import cached_layout
 from sparsa.kernels.dispatch import register_linear_kernel
 
@@ -98,17 +98,19 @@ def bitmap_rows(x, words, rowptr, values, y, tasks):  # pragma: no cover - compi
                 y[n, r] = total
 
 
-def bitmap_bind(weight: Bitmap, bias: torch.Tensor | None = None):
-    """``x -> Y = X Wᵀ + b`` with the layout looked up once (see ``bind_linear``)."""
+def bitmap_step(weight: Bitmap) -> tuple:
+    """``(kernel, operand)``: :func:`bitmap_rows` and the arrays it reads (``kernel(x, *operand, y, tasks)``)."""
     if weight.values.dtype != torch.float32:
         raise SparsaError(f"the Bitmap CPU kernel needs fp32 values, got {weight.values.dtype}")
     lay = cached_layout(weight, bitmap_layout)
-    values, tasks = weight.values.contiguous().numpy(), 4 * numba.get_num_threads()
-    return rows_call(weight, bias, lambda x2, y: bitmap_rows(x2, lay.words, lay.rowptr, values, y, tasks))
+    return bitmap_rows, (lay.words, lay.rowptr, weight.values.contiguous().numpy())
+
+
+bitmap_bind = bind_step(bitmap_step)  # x -> Y = X Wᵀ + b with the layout looked up once
 
 
 @register_linear_kernel("bitmap", "cpu", (torch.float32,), accepts=lambda w: w.values.dtype == torch.float32,
-                        bind=bitmap_bind)
+                        bind=bitmap_bind, step=bitmap_step)
 def bitmap_linear(x: torch.Tensor, weight: Bitmap, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``Y = X Wᵀ + b`` for an fp32 ``Bitmap`` weight and fp32 activations on CPU (no autograd).
 

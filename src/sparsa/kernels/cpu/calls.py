@@ -8,6 +8,8 @@ import torch
 
 from sparsa.errors import SparsaError
 
+TASKS_PER_THREAD = 4  # jobs per thread in the row-split kernels, so uneven rows even out
+
 
 def check_activations(x: torch.Tensor, weight, dtype: torch.dtype) -> None:
     """Raise unless ``x: [..., in]`` matches the weight's input size and the kernel's dtype."""
@@ -33,6 +35,19 @@ def rows_call(weight, bias: torch.Tensor | None, run: Callable[[np.ndarray, np.n
         return y.view(*x.shape[:-1], out_features)
 
     return bound
+
+
+def bind_step(step: Callable):
+    """A ``bind(weight, bias)`` for :func:`sparsa.kernels.dispatch.register_linear_kernel` from a
+    kernel's ``step(weight) -> (kernel, operand)``: the compiled kernel and the arrays it reads,
+    called ``kernel(x2, *operand, y, tasks)`` here and by the compiled decode step alike."""
+
+    def bind(weight, bias: torch.Tensor | None = None):
+        kernel, operand = step(weight)
+        tasks = TASKS_PER_THREAD * numba.get_num_threads()
+        return rows_call(weight, bias, lambda x2, y: kernel(x2, *operand, y, tasks))
+
+    return bind
 
 
 @numba.njit(cache=True)

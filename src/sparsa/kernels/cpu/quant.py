@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from sparsa.formats.quant import Quant, group_count, pad_groups
-from sparsa.kernels.cpu.calls import check_activations, rows_call, zero_padded_rows
+from sparsa.kernels.cpu.calls import bind_step, check_activations, zero_padded_rows
 from sparsa.kernels.layouts import cached_layout
 from sparsa.kernels.cpu.spqr import TOKEN_CHUNK
 from sparsa.kernels.cpu.tiles import LANES, NIBBLE_BITS, tile_codes, tile_group
@@ -90,15 +90,17 @@ def compiled(group_size: int, nibbles: bool):
     return quant_tiles
 
 
-def quant_bind(weight: Quant, bias: torch.Tensor | None = None):
-    """``x -> Y = X Wᵀ + b`` with the layout and kernel looked up once (see ``bind_linear``)."""
+def quant_step(weight: Quant) -> tuple:
+    """``(kernel, operand)``: the tile kernel and the arrays it reads (``kernel(x, *operand, y, tasks)``)."""
     lay = cached_layout(weight, quant_layout)
     kernel = compiled(weight.group_size, weight.bits <= NIBBLE_BITS)
-    groups, tasks = group_count(weight.shape[1], weight.group_size), 4 * numba.get_num_threads()
-    return rows_call(weight, bias, lambda x2, y: kernel(x2, lay.codes, lay.scale, lay.minimum, groups, y, tasks))
+    return kernel, (lay.codes, lay.scale, lay.minimum, group_count(weight.shape[1], weight.group_size))
 
 
-@register_linear_kernel("quant", "cpu", (torch.float32,), bind=quant_bind)
+quant_bind = bind_step(quant_step)  # x -> Y = X Wᵀ + b with the layout and kernel looked up once
+
+
+@register_linear_kernel("quant", "cpu", (torch.float32,), bind=quant_bind, step=quant_step)
 def quant_linear(x: torch.Tensor, weight: Quant, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``Y = X Wᵀ + b`` for a ``Quant`` weight and fp32 activations on CPU (no autograd).
 

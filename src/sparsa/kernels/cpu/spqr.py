@@ -35,7 +35,7 @@ import torch
 
 from sparsa.formats.spqr import SpQR
 from sparsa.formats.bitpack import unpack_bits
-from sparsa.kernels.cpu.calls import check_activations, rows_call
+from sparsa.kernels.cpu.calls import bind_step, check_activations
 from sparsa.kernels.layouts import cached_layout
 from sparsa.kernels.cpu.tiles import (LANES, NIBBLE_BITS, THREE_BIT_GROUP, THREE_BIT_PAIR_BYTES, VNNI_COLUMNS, X_LEVELS,
                                       X_PARTS, ell_slots, outlier_gather, tile_codes, tile_group, tile_group_vnni,
@@ -214,11 +214,8 @@ def compiled_vnni(group_size: int, three_bit: bool = False):
     token's largest magnitude), integer dot products per group, exact in int32; each step covers
     ``GROUP_BLOCK`` groups with the accumulators in registers.
 
-    Returns ``(single, stacked)``: ``single(x, perm, codes, stat_codes, sstats, zstats, stat_rows,
-    slots, pos, delta, y, tasks)`` for one weight, and ``stacked(x, a, b, c, ya, yb, yc, count,
-    tasks)`` for two or three weights taking the same input (q, k, v; gate, up), one parallel
-    region for all their tiles; an operand is ``(perm, codes, stat_codes, sstats, zstats,
-    stat_rows, slots, pos, delta, out_features)``."""
+    Returns ``single(x, perm, codes, stat_codes, sstats, zstats, stat_rows, slots, pos, delta, y,
+    tasks)`` for one weight."""
     runs = group_size // VNNI_COLUMNS
     step_groups = 2 if three_bit else 1  # the 3-bit layout stores groups in pairs
     group_bytes = THREE_BIT_PAIR_BYTES // 2 if three_bit else runs * 4 * LANES
@@ -323,62 +320,24 @@ def compiled_vnni(group_size: int, three_bit: bool = False):
                 tile(t, codes, stat_codes, grids_s, grids_z, stat_rows, slots, pos, delta, xp, xq, xs, step, finite,
                      y, acc)
 
-    @numba.njit(parallel=True, fastmath=True)
-    def stacked(x, a, b, c, ya, yb, yc, count, tasks):  # pragma: no cover - compiled
-        """``ya, yb, yc = x Wa^T, x Wb^T, x Wc^T`` for the first ``count`` (2 or 3) operands, in one
-        parallel region over all their tiles (same input, same group count; an unused operand
-        and output may repeat a used one)."""
-        n_tokens = x.shape[0]
-        groups = a[3].shape[1]
-        width = groups * group_size
-        step, finite = np.empty(n_tokens, np.float32), np.empty(n_tokens, np.bool_)
-        scales(x, step, finite)
-        xp = np.empty((3, n_tokens * width), np.float32)
-        xq = np.empty((3, n_tokens * X_PARTS * width), np.int8)
-        xs = np.empty((3, n_tokens * groups), np.float32)
-        quantize(x, a[0], step, xp[0], xq[0], xs[0])
-        quantize(x, b[0], step, xp[1], xq[1], xs[1])
-        if count > 2:
-            quantize(x, c[0], step, xp[2], xq[2], xs[2])
-        # the parallel loop takes arrays, not tuples of them: unpack
-        codes_a, stat_a, grid_sa, grid_za, rows_a, slots_a, pos_a, delta_a = (
-            a[1], a[2], a[3].reshape(-1), a[4].reshape(-1), a[5], a[6], a[7], a[8])
-        codes_b, stat_b, grid_sb, grid_zb, rows_b, slots_b, pos_b, delta_b = (
-            b[1], b[2], b[3].reshape(-1), b[4].reshape(-1), b[5], b[6], b[7], b[8])
-        codes_c, stat_c, grid_sc, grid_zc, rows_c, slots_c, pos_c, delta_c = (
-            c[1], c[2], c[3].reshape(-1), c[4].reshape(-1), c[5], c[6], c[7], c[8])
-        tiles_a, tiles_b = (a[9] + LANES - 1) // LANES, (b[9] + LANES - 1) // LANES
-        total = tiles_a + tiles_b + ((c[9] + LANES - 1) // LANES if count > 2 else 0)
-        per_task = (total + tasks - 1) // tasks
-        for task in numba.prange(tasks):
-            acc = np.empty(n_tokens * LANES, np.float32)
-            for gt in range(task * per_task, min(total, (task + 1) * per_task)):
-                if gt < tiles_a:
-                    tile(gt, codes_a, stat_a, grid_sa, grid_za, rows_a, slots_a, pos_a, delta_a, xp[0], xq[0], xs[0],
-                         step, finite, ya, acc)
-                elif gt < tiles_a + tiles_b:
-                    tile(gt - tiles_a, codes_b, stat_b, grid_sb, grid_zb, rows_b, slots_b, pos_b, delta_b, xp[1], xq[1],
-                         xs[1], step, finite, yb, acc)
-                else:
-                    tile(gt - tiles_a - tiles_b, codes_c, stat_c, grid_sc, grid_zc, rows_c, slots_c, pos_c, delta_c,
-                         xp[2], xq[2], xs[2], step, finite, yc, acc)
-
-    return single, stacked
+    return single
 
 
-def spqr_bind(weight: SpQR, bias: torch.Tensor | None = None):
-    """``x -> Y = X Wᵀ + b`` with the layout and kernel looked up once (see ``bind_linear``)."""
+def spqr_step(weight: SpQR) -> tuple:
+    """``(kernel, operand)``: the VNNI or fp32 tile kernel (as :func:`takes_vnni` decides now) and the
+    arrays it reads (``kernel(x, *operand, y, tasks)``)."""
     lay = cached_layout(weight, spqr_fp32_layout if FP32_ONLY.get() else spqr_layout)
-    kernel = (compiled_vnni(weight.group_size, lay.three_bit)[0] if lay.vnni else
+    kernel = (compiled_vnni(weight.group_size, lay.three_bit) if lay.vnni else
               compiled(weight.group_size, weight.bits <= NIBBLE_BITS))
     codes = (lay.stat_codes,) if lay.vnni else (lay.scale_codes, lay.zero_codes)
-    arrays = (lay.perm, lay.codes, *codes, lay.scale_stats, lay.zero_stats, weight.stat_group_size,
-              lay.outlier_slots, lay.outlier_pos, lay.outlier_delta)
-    tasks = 4 * numba.get_num_threads()
-    return rows_call(weight, bias, lambda x2, y: kernel(x2, *arrays, y, tasks))
+    return kernel, (lay.perm, lay.codes, *codes, lay.scale_stats, lay.zero_stats, weight.stat_group_size,
+                    lay.outlier_slots, lay.outlier_pos, lay.outlier_delta)
 
 
-@register_linear_kernel("spqr", "cpu", (torch.float32,), bind=spqr_bind)
+spqr_bind = bind_step(spqr_step)  # x -> Y = X Wᵀ + b with the layout and kernel looked up once
+
+
+@register_linear_kernel("spqr", "cpu", (torch.float32,), bind=spqr_bind, step=spqr_step)
 def spqr_linear(x: torch.Tensor, weight: SpQR, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``Y = X Wᵀ + b`` for an ``SpQR`` weight and fp32 activations on CPU (no autograd).
 
