@@ -29,7 +29,7 @@ class Registered:
     kernel: LinearKernel
     accepts: Callable[[Format], bool] | None = None
     bind: Callable[[Format, torch.Tensor | None], BoundLinear] | None = None
-    step: Callable[[Format], tuple] | None = None
+    step: Callable[[Format, int], tuple] | None = None
 
 
 # (format name, device type, activation dtype) -> kernel; anything absent runs the reference.
@@ -65,12 +65,13 @@ def kernel_name(kernel: LinearKernel) -> str:
 def register_linear_kernel(format_name: str, device_type: str, dtypes: tuple[torch.dtype, ...],
                            accepts: Callable[[Format], bool] | None = None,
                            bind: Callable[[Format, torch.Tensor | None], BoundLinear] | None = None,
-                           step: Callable[[Format], tuple] | None = None):
+                           step: Callable[[Format, int], tuple] | None = None):
     """Decorator: file a kernel for a format on a device type for the given activation dtypes,
     optionally only for the weights ``accepts`` approves, and optionally with ``bind(weight,
     bias)``, which prepares everything once and returns ``x -> y`` for repeated calls, and
-    ``step(weight) -> (compiled kernel, operand tuple)``, the same product as a compiled
-    function that a compiled caller runs as ``kernel(x [N, in], *operand, y [N, out], tasks)``."""
+    ``step(weight, tokens) -> (compiled kernel, operand tuple)``, the product for ``tokens`` rows of
+    activations as a compiled function that a compiled caller runs as ``kernel(x [N, in], *operand,
+    y [N, out], tasks)``."""
 
     def decorate(fn: LinearKernel) -> LinearKernel:
         for dtype in dtypes:
@@ -122,11 +123,11 @@ def bind_linear(weight: Format, bias: torch.Tensor | None, example: torch.Tensor
     return lambda x: kernel(x, weight, bias)
 
 
-def step_kernel(weight: Format, example: torch.Tensor) -> tuple | None:
+def step_kernel(weight: Format, example: torch.Tensor, tokens: int) -> tuple | None:
     """``(compiled kernel, operand)`` of the kernel :func:`linear` would run for this weight and
-    activations like ``example``, for compiled callers (the decode step); None when that
-    kernel has no compiled form (the reference, or a kernel without ``step``)."""
+    ``tokens`` rows of activations like ``example``, for compiled callers (the decode step); None
+    when that kernel has no compiled form (the reference, or a kernel without ``step``)."""
     entry = LINEAR_KERNELS.get((weight.format_name, example.device.type, example.dtype))
     if entry is None or entry.step is None or chosen_kernel(weight, example) is not entry.kernel:
         return None
-    return entry.step(weight)
+    return entry.step(weight, tokens)

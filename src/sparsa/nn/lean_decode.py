@@ -46,14 +46,14 @@ def bound_linear(module: nn.Module, example: torch.Tensor):
     return module
 
 
-def step_product(module: nn.Module, example: torch.Tensor) -> tuple | None:
+def step_product(module: nn.Module, example: torch.Tensor, tokens: int) -> tuple | None:
     """``(compiled kernel, operand)`` of a bias-free projection for the compiled step: a
-    ``SparseLinear``'s dispatched kernel (not in reference mode), or a dense fp32 ``nn.Linear``'s
+    ``SparseLinear``'s dispatched kernel for ``tokens`` rows (not in reference mode), or a dense fp32 ``nn.Linear``'s
     :func:`~sparsa.kernels.cpu.dense.dense_step`; None when it has none."""
     if getattr(module, "bias", None) is not None:
         return None
     if isinstance(module, SparseLinear):
-        return None if module.cache_decoded else step_kernel(module.weight_format, example)
+        return None if module.cache_decoded else step_kernel(module.weight_format, example, tokens)
     if type(module) is nn.Linear:
         return dense_step(module.weight)
     return None
@@ -75,7 +75,7 @@ def compile_layers(lean: "LeanLlama", body: nn.Module) -> bool:
     if len({n.variance_epsilon for n in norms}) != 1 or getattr(lean.model.config, "hidden_act", None) != "silu":
         return False
     example = torch.empty(0, dtype=torch.float32)
-    products = [step_product(m, example) for m in modules]
+    products = [step_product(m, example, lean.batch) for m in modules]
     if any(p is None for p in products):
         return False
     lean.table = kernel_table(products)

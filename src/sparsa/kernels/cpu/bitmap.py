@@ -98,7 +98,7 @@ def bitmap_rows(x, words, rowptr, values, y, tasks):  # pragma: no cover - compi
                 y[n, r] = total
 
 
-def bitmap_step(weight: Bitmap) -> tuple:
+def bitmap_step(weight: Bitmap, tokens: int = 1) -> tuple:
     """``(kernel, operand)``: :func:`bitmap_rows` and the arrays it reads (``kernel(x, *operand, y, tasks)``)."""
     if weight.values.dtype != torch.float32:
         raise SparsaError(f"the Bitmap CPU kernel needs fp32 values, got {weight.values.dtype}")

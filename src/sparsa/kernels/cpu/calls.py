@@ -1,5 +1,6 @@
 """What every CPU kernel's Python entry shares: checking the activations, shaping the call."""
 
+import contextvars
 from collections.abc import Callable
 
 import numba
@@ -39,13 +40,23 @@ def rows_call(weight, bias: torch.Tensor | None, run: Callable[[np.ndarray, np.n
 
 def bind_step(step: Callable):
     """A ``bind(weight, bias)`` for :func:`sparsa.kernels.dispatch.register_linear_kernel` from a
-    kernel's ``step(weight) -> (kernel, operand)``: the compiled kernel and the arrays it reads,
-    called ``kernel(x2, *operand, y, tasks)`` here and by the compiled decode step alike."""
+    kernel's ``step(weight, tokens) -> (kernel, operand)``: the compiled kernel for that many tokens
+    and the arrays it reads, called ``kernel(x2, *operand, y, tasks)`` here and by the compiled
+    decode step alike. The choice is made once per token count, in the context of the bind call
+    (so :func:`~sparsa.kernels.cpu.spqr.fp32_path` at bind time holds for the binding's life)."""
 
     def bind(weight, bias: torch.Tensor | None = None):
-        kernel, operand = step(weight)
         tasks = TASKS_PER_THREAD * numba.get_num_threads()
-        return rows_call(weight, bias, lambda x2, y: kernel(x2, *operand, y, tasks))
+        context, chosen = contextvars.copy_context(), {}
+
+        def run(x2: np.ndarray, y: np.ndarray) -> None:
+            n = x2.shape[0]
+            if n not in chosen:
+                chosen[n] = context.run(step, weight, n)
+            kernel, operand = chosen[n]
+            kernel(x2, *operand, y, tasks)
+
+        return rows_call(weight, bias, run)
 
     return bind
 

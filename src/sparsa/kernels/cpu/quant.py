@@ -1,5 +1,11 @@
 """Quant ``Y = X Wᵀ + b`` on CPU: 16-row tiles dequantized in AVX-512 registers, never the whole W.
 
+Weights with codes of at most 4 bits and groups of a multiple of 32 columns run, on AVX2 CPUs, the
+int8-activation kernel of :mod:`sparsa.kernels.cpu.q8` instead at decode, up to :data:`Q8_TOKENS`
+tokens per call (llama.cpp's scheme: activations rounded to int8 per block of 32, exact integer
+dot products; some 1.7x the tile kernel's throughput); longer inputs and everything inside
+:func:`~sparsa.kernels.cpu.spqr.fp32_path` take the fp32 tiles below.
+
 Once per weight (:func:`quant_layout`, cached while the weight is unchanged) the codes go into
 the tile layout of :mod:`sparsa.kernels.cpu.tiles` (two per byte up to 4 bits; the short last
 group, when ``group_size`` does not divide ``in``, padded with zero codes) and the fp16 scale
@@ -19,7 +25,8 @@ import torch
 from sparsa.formats.quant import Quant, group_count, pad_groups
 from sparsa.kernels.cpu.calls import bind_step, check_activations, zero_padded_rows
 from sparsa.kernels.layouts import cached_layout
-from sparsa.kernels.cpu.spqr import TOKEN_CHUNK
+from sparsa.kernels.cpu import q8
+from sparsa.kernels.cpu.spqr import FP32_ONLY, TOKEN_CHUNK
 from sparsa.kernels.cpu.tiles import LANES, NIBBLE_BITS, tile_codes, tile_group
 from sparsa.kernels.dispatch import register_linear_kernel
 
@@ -28,9 +35,9 @@ from sparsa.kernels.dispatch import register_linear_kernel
 class QuantLayout:
     """A Quant weight arranged for :func:`compiled` (numpy views)."""
 
-    codes: np.ndarray  # [tiles * G * loads * 16] uint8, tile layout over G * group_size columns
-    scale: np.ndarray  # [tiles * G * 16] int16, fp16 bits, tile order
-    minimum: np.ndarray  # [tiles * G * 16] int16, fp16 bits, tile order
+    codes: np.ndarray  # [tiles * G * loads * 16] uint8, tile layout over G * group_size columns (q8: quad layout)
+    scale: np.ndarray  # [tiles * G * 16] int16, fp16 bits, tile order (q8: quad order)
+    minimum: np.ndarray  # [tiles * G * 16] int16, fp16 bits, tile order (q8: quad order)
 
 
 def half_tiles(stat: torch.Tensor) -> np.ndarray:
@@ -90,8 +97,32 @@ def compiled(group_size: int, nibbles: bool):
     return quant_tiles
 
 
-def quant_step(weight: Quant) -> tuple:
-    """``(kernel, operand)``: the tile kernel and the arrays it reads (``kernel(x, *operand, y, tasks)``)."""
+Q8_TOKENS = 8  # up to this many tokens per call (decode) take the int8-activation kernel where it fits
+
+
+def fits_q8(weight: Quant, tokens: int = 1) -> bool:
+    """Whether the int8-activation kernel (:mod:`sparsa.kernels.cpu.q8`) runs this weight for
+    ``tokens`` tokens: at most :data:`Q8_TOKENS` (decode; longer inputs, prefill and evaluation,
+    keep fp32 activations), AVX2, codes of at most 4 bits, groups of a multiple of 32 columns,
+    and :func:`fp32_path` not in force."""
+    return tokens <= Q8_TOKENS and q8.HAS_AVX2 and weight.bits <= NIBBLE_BITS and weight.group_size % q8.BLOCK == 0 and not FP32_ONLY.get()
+
+
+def q8_layout(weight: Quant) -> QuantLayout:
+    """Rearrange ``weight`` for the int8-activation kernel (once per weight): codes in quads of rows."""
+    q = pad_groups(weight.unpacked_codes(), weight.group_size).reshape(weight.shape[0], -1)
+    q[:, weight.shape[1]:] = 0
+    return QuantLayout(codes=q8.row_codes(q).numpy(), scale=q8.quad_stats(weight.scale).numpy(),
+                       minimum=q8.quad_stats(weight.minimum).numpy())
+
+
+def quant_step(weight: Quant, tokens: int = 1) -> tuple:
+    """``(kernel, operand)`` for ``tokens`` tokens: the int8-activation kernel where it fits
+    (:func:`fits_q8`), else the fp32 tile kernel, and the arrays it reads (``kernel(x, *operand, y, tasks)``)."""
+    if fits_q8(weight, tokens):
+        lay = cached_layout(weight, q8_layout)
+        blocks = group_count(weight.shape[1], weight.group_size) * weight.group_size // q8.BLOCK
+        return q8.compiled(weight.group_size // q8.BLOCK), (lay.codes, lay.scale, lay.minimum, blocks)
     lay = cached_layout(weight, quant_layout)
     kernel = compiled(weight.group_size, weight.bits <= NIBBLE_BITS)
     return kernel, (lay.codes, lay.scale, lay.minimum, group_count(weight.shape[1], weight.group_size))

@@ -71,7 +71,8 @@ FP32_ONLY: ContextVar[bool] = ContextVar("sparsa_spqr_fp32_only", default=False)
 @contextmanager
 def fp32_path() -> Iterator[None]:
     """Inside the block, SpQR weights bind (``spqr_bind``, ``bind_linear``, ``LeanLlama``) and run on
-    the fp32 path even where the VNNI path fits; a binding made inside keeps its path after it."""
+    the fp32 path even where the VNNI path fits, and Quant weights on the fp32 tiles even where the
+    int8-activation kernel fits; a binding made inside keeps its path after it."""
     token = FP32_ONLY.set(True)
     try:
         yield
@@ -323,7 +324,7 @@ def compiled_vnni(group_size: int, three_bit: bool = False):
     return single
 
 
-def spqr_step(weight: SpQR) -> tuple:
+def spqr_step(weight: SpQR, tokens: int = 1) -> tuple:
     """``(kernel, operand)``: the VNNI or fp32 tile kernel (as :func:`takes_vnni` decides now) and the
     arrays it reads (``kernel(x, *operand, y, tasks)``)."""
     lay = cached_layout(weight, spqr_fp32_layout if FP32_ONLY.get() else spqr_layout)
