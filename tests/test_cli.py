@@ -156,13 +156,18 @@ def test_cli_calibrated_methods_compress_and_report_block_errors(capsys, hf_dir,
     assert manifest["method"]["nsamples"] == 2 and manifest["method"]["seed"] == 0
 
 
-def test_cli_compress_head_compresses_the_output_head_too(capsys, hf_dir, tmp_path):
-    code, out, err = run(capsys, "compress", str(hf_dir), "-o", str(tmp_path / "ck"), "--method", "spqr",
-                         "--nsamples", "2", "--seqlen", "16", "--json", "--quiet", "--head")
+@pytest.mark.parametrize("method,flags,head", [("spqr", [], True), ("spqr", ["--no-head"], False),
+                                               ("rtn", [], True), ("magnitude", [], False),
+                                               ("magnitude", ["--head"], True)])
+def test_cli_compress_head_by_default_for_quantizers_and_on_request(capsys, hf_dir, tmp_path, method, flags, head):
+    calibration = ["--nsamples", "2", "--seqlen", "16"] if method == "spqr" else []
+    code, out, err = run(capsys, "compress", str(hf_dir), "-o", str(tmp_path / "ck"), "--method", method,
+                         *calibration, "--json", "--quiet", *flags)
     assert code == 0, err
-    assert last_json(out)["layers"] == 15
+    result = last_json(out)
+    assert result["head"] is head and result["layers"] == (15 if head else 14)
     manifest = json.loads((tmp_path / "ck" / "sparsa.json").read_text())
-    assert "lm_head" in json.dumps(manifest)
+    assert ("lm_head" in json.dumps(manifest)) is head
 
 
 def test_cli_calibration_too_short_errors_before_compressing(capsys, hf_dir, tmp_path):

@@ -122,7 +122,7 @@ def cmd_compress(args) -> dict:
         budget=args.budget)
     check_device(args.device)
     if args.recover:
-        if args.head:
+        if args.head:  # given as --head
             raise SparsaError("--head applies to causal LMs; --recover prunes an encoder, which has no output head")
         return compress_recovered(args, config)
     if args.recover_steps is not None or args.recover_lr is not None:
@@ -143,13 +143,14 @@ def cmd_compress(args) -> dict:
                                       args.seed, bos=rule, source=f"{config.calib} calibration split")
         bos = rule.to_dict()
     start = time.perf_counter()
+    head = config.head_by_default if args.head is None else args.head
     summary = compress_(lm.model, config, calibration=windows, device=args.device, progress=not args.quiet,
-                        filter_fn=all_linears if args.head else decoder_linears)
+                        filter_fn=all_linears if head else decoder_linears)
     manifest = save_checkpoint(lm.model, lm.tokenizer, out,
                                method={**config.to_dict(), "seed": args.seed, "bos": bos}, force=args.force)
     return {"dir": str(out), "method": config.method, "bits_per_param": manifest["bits_per_param"],
             "bytes": manifest["bytes"], "params": manifest["params"], "layers": summary.layers, "bos": bos,
-            "seconds": round(time.perf_counter() - start, 3), "block_errors": summary.block_errors,
+            "seconds": round(time.perf_counter() - start, 3), "head": head, "block_errors": summary.block_errors,
             **({"choices": summary.choices} if summary.choices else {})}
 
 
@@ -347,9 +348,10 @@ def add_compress(sub, common) -> None:
                    help=f"--recover: optimizer steps (default {RecoverConfig.steps} steps)")
     p.add_argument("--recover-lr", type=number(float, 0, low_open=True),
                    help=f"--recover: AdamW learning rate (default {RecoverConfig.lr:g})")
-    p.add_argument("--head", action="store_true",
-                   help="also compress the output head (lm_head, untied from the embeddings; calibrated methods "
-                        "see the final norm's outputs)")
+    p.add_argument("--head", action=argparse.BooleanOptionalAction, default=None,
+                   help="compress the output head too (lm_head, untied from the embeddings; calibrated methods see "
+                        "the final norm's outputs). Default: on for the quantizers (rtn, gptq, spqr), off for the "
+                        "pruning methods and auto; --no-head keeps it dense")
     p.add_argument("--device", default="cpu", help=f"{DEVICE_HELP}, calibrated methods only (default %(default)s)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="cast the dense model first (values keep this dtype)")
     p.add_argument("--seed", type=int, default=0,

@@ -50,6 +50,10 @@ class MethodConfig:
 
     method: ClassVar[str]
     needs_calibration: ClassVar[bool] = False
+    # whether a decoder's output head is compressed unless the user says otherwise: quantizers yes
+    # (the head is a fifth of a small LM's weights and decode reads all of it per token); pruning
+    # the head removes vocabulary logits outright, so pruning methods leave it dense by default
+    head_by_default: ClassVar[bool] = False
 
     def to_dict(self) -> dict:
         return {"method": self.method, "version": VERSION, **asdict(self)}
@@ -74,6 +78,7 @@ class RTNConfig(MethodConfig):
             is shorter when it does not divide in_features).
     """
 
+    head_by_default: ClassVar[bool] = True
     method: ClassVar[str] = "rtn"
     bits: int = 4
     group_size: int = 128
@@ -165,6 +170,7 @@ class GPTQConfig(CalibratedConfig):
         static_groups: fit every group's grid on the original weights before the solve.
     """
 
+    head_by_default: ClassVar[bool] = True
     method: ClassVar[str] = "gptq"
     bits: int = 4
     group_size: int = 128
@@ -202,6 +208,7 @@ class SpQRConfig(CalibratedConfig):
         percdamp: dampening (default: the recipe of ``bits``).
     """
 
+    head_by_default: ClassVar[bool] = True
     method: ClassVar[str] = "spqr"
     bits: int = 3
     group_size: int = 16
