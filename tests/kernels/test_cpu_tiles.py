@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from sparsa.compress import SpQRConfig
 from sparsa.compress.hessian import HessianAccumulator
 from sparsa.compress.spqr import spqr_solve
+from sparsa.formats import Quant
 from sparsa.kernels import linear_reference
 from sparsa.kernels.layouts import cached_layout
 from sparsa.kernels.cpu.spqr import spqr_layout, spqr_linear
@@ -105,3 +106,20 @@ def test_outlier_gather_adds_delta_times_gathered_x_on_each_path(monkeypatch, av
     gather(acc, pos, delta, x)
     np.testing.assert_allclose(acc, want, rtol=1e-6, atol=1e-6)
     assert np.array_equal(acc[:16], want[:16]) and np.array_equal(acc[32:], want[32:])
+
+
+def test_cached_layout_keeps_one_layout_per_builder():
+    """A weight that prefills on one kernel and decodes on another keeps both layouts: alternating
+    builders must not rebuild (the Quant prefill rebuilt its tiles every prompt when they replaced each other)."""
+    fmt = Quant.from_dense(torch.randn(20, 64), bits=4, group_size=32)
+    calls = []
+
+    def counted(name):
+        def build(weight):
+            calls.append(name)
+            return name, weight.shape
+        return build
+
+    tiles, quads = counted("tiles"), counted("quads")
+    assert [cached_layout(fmt, b)[0] for b in (tiles, quads, tiles, quads)] == ["tiles", "quads"] * 2
+    assert calls == ["tiles", "quads"]

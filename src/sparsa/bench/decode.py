@@ -251,11 +251,17 @@ def markdown(payload: dict) -> str:
 
 
 def kernel_label(row: dict) -> str:
-    """The kernels of a variant's first batch, without module paths; dense layers run nn.Linear."""
+    """What a variant's first batch ran, without module paths: the formats decoded in the compiled
+    step and the kernels of the rest (the prefill, or every layer without a compiled step);
+    dense layers outside the step run nn.Linear."""
     if "runtime" in row:
         return row["runtime"]
     kernels = next(iter(row["kernels"].values()))
-    return ", ".join(k.rsplit(".", 1)[-1] for k in kernels) or "torch nn.Linear"
+    in_step = sorted(k.split(": ", 1)[0] for k in kernels if k.endswith(".compiled_step"))
+    others = ", ".join(sorted({k.rsplit(".", 1)[-1] for k in kernels if not k.endswith(".compiled_step")}))
+    if not in_step:
+        return others or "torch nn.Linear"
+    return f"compiled step ({', '.join(in_step)})" + (f"; prefill: {others}" if others else "")
 
 
 def figure(payload: dict):

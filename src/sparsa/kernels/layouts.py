@@ -2,8 +2,9 @@
 
 A kernel (CPU or GPU) may rearrange a format's arrays into the order its inner loop reads (see
 :mod:`sparsa.kernels.cpu.tiles`). The layout is kept beside the format object (weakly: it goes
-with the object) and rebuilt when any of the format's tensors is replaced or modified in
-place (torch's version counter), so a kernel never reads a stale copy.
+with the object), one per builder (a weight that prefills on one kernel and decodes on another
+keeps both), and rebuilt when any of the format's tensors is replaced or modified in place
+(torch's version counter), so a kernel never reads a stale copy.
 """
 
 import weakref
@@ -11,15 +12,16 @@ from collections.abc import Callable
 
 from sparsa.formats.base import Format
 
-_LAYOUTS: "weakref.WeakKeyDictionary[Format, tuple]" = weakref.WeakKeyDictionary()
+_LAYOUTS: "weakref.WeakKeyDictionary[Format, dict]" = weakref.WeakKeyDictionary()
 
 
 def cached_layout(weight: Format, build: Callable[[Format], object]) -> object:
-    """``build(weight)``, computed once per (weight object, state of its tensors)."""
-    hit = _LAYOUTS.get(weight)
-    if hit is not None and hit[0] is build and all(t._version == v for t, v in zip(hit[1], hit[2], strict=True)):
-        return hit[3]
+    """``build(weight)``, computed once per (weight object, builder, state of its tensors)."""
+    built = _LAYOUTS.setdefault(weight, {})
+    hit = built.get(build)
+    if hit is not None and all(t._version == v for t, v in zip(hit[0], hit[1], strict=True)):
+        return hit[2]
     tensors = tuple(getattr(weight, name) for name in weight.ARRAYS)  # frozen: always these objects
     layout = build(weight)
-    _LAYOUTS[weight] = (build, tensors, tuple(t._version for t in tensors), layout)
+    built[build] = (tensors, tuple(t._version for t in tensors), layout)
     return layout
