@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from sparsa.bench.gpu_decode import DecodeShape, run_decode_variants
+from sparsa.bench.gpu_decode import ROUNDS, DecodeShape, run_decode_variants
 from sparsa.bench.results import case_table, machine, write_results
 from sparsa.bench.spmm import block_weight
 from sparsa.compress.magnitude import prune_nm
@@ -36,7 +36,7 @@ Timer = Callable[[Callable[[], object]], float]  # fn -> ms per call
 @dataclass(frozen=True)
 class GpuSettings:
     """Shapes (out, in), token counts, sparsities, the block side, the timing budget, and the
-    end-to-end decode's stack (``decode``; None skips it)."""
+    end-to-end decode's stack (``decode``; None skips it) and its round-robin rounds."""
 
     shapes: tuple[tuple[int, int], ...] = ((4096, 4096), (11008, 4096), (4096, 11008))
     tokens: tuple[int, ...] = (1, 16, 128, 2048)
@@ -44,6 +44,7 @@ class GpuSettings:
     block: int = 32
     rep_ms: int = 100
     decode: DecodeShape | None = DecodeShape()
+    decode_rounds: int = ROUNDS
     seed: int = 0
 
     @classmethod
@@ -175,7 +176,7 @@ def run_gpu(s: GpuSettings, *, out_dir="bench/results", name: str = "gpu", devic
                            **{f"{OURS} / {p}": c["ms"][p] / c["ms"][OURS] for p in c["ms"]
                               if p != OURS and OURS in c["ms"]}} for c in cases]}
     if s.decode is not None:
-        payload["decode"] = run_decode_variants(s.decode, device, seed=s.seed,
+        payload["decode"] = run_decode_variants(s.decode, device, seed=s.seed, rounds=s.decode_rounds,
                                                 **({} if apply is None else {"apply": apply}))
     write_results(out_dir, name, payload, markdown(payload), figure(payload))
     return payload
