@@ -31,6 +31,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from sparsa.kernels.cpu.tiles import _pointer  # &array[index] as a typed pointer, shared by the IR steps
+
 BLOCK = 32  # activation columns per int8 scale
 QUAD = 4  # rows per step
 LEVELS = 127  # |xq| <= LEVELS
@@ -85,14 +87,9 @@ def q8_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, minimum:
     return (s * d[:, None] * dots.float() + m * sums[:, None]).sum(-1)
 
 
-def _ptr(context, builder, array_type, array, index, pointee):
-    data = context.make_array(array_type)(context, builder, array).data
-    return builder.bitcast(builder.gep(data, [index]), pointee.as_pointer())
-
-
 def _halves4(context, builder, array_type, array, index):
     """Four fp16 bit patterns at ``array[index]`` widened to a 4-lane fp32 vector (exact)."""
-    bits = builder.load(_ptr(context, builder, array_type, array, index, ir.VectorType(_I16, QUAD)), align=2)
+    bits = builder.load(_pointer(context, builder, array_type, array, index, ir.VectorType(_I16, QUAD)), align=2)
     return builder.fpext(builder.bitcast(bits, ir.VectorType(ir.HalfType(), QUAD)), _V4F)
 
 
@@ -130,10 +127,10 @@ def quad_rows(blocks_per_group: int):
         both = ir.Constant(ir.VectorType(_I32, 32), list(range(32)))
         with cgutils.for_range(builder, blocks) as loop:
             b = loop.index
-            xv = builder.load(_ptr(context, builder, ta[5], xq, builder.add(x_at, builder.mul(b, ir.Constant(i64, BLOCK))),
+            xv = builder.load(_pointer(context, builder, ta[5], xq, builder.add(x_at, builder.mul(b, ir.Constant(i64, BLOCK))),
                                    _V32I8), align=1)
-            db = builder.load(_ptr(context, builder, ta[7], d, builder.add(block_at, b), _F32))
-            sb = builder.load(_ptr(context, builder, ta[8], sums, builder.add(block_at, b), _F32))
+            db = builder.load(_pointer(context, builder, ta[7], d, builder.add(block_at, b), _F32))
+            sb = builder.load(_pointer(context, builder, ta[8], sums, builder.add(block_at, b), _F32))
             g = builder.udiv(b, ir.Constant(i64, blocks_per_group)) if blocks_per_group > 1 else b
             base = builder.add(code_at, builder.mul(b, ir.Constant(i64, QUAD * BLOCK // 2)))
             sbase = builder.add(stat_at, builder.mul(g, ir.Constant(i64, QUAD)))
@@ -141,7 +138,7 @@ def quad_rows(blocks_per_group: int):
             m4 = _halves4(context, builder, ta[3], minimum, sbase)
             builder.store(_call(builder, "llvm.fma.v4f32", _V4F, [m4, _splat(builder, sb, 4), builder.load(macc)]), macc)
             for i in range(QUAD):
-                raw = builder.load(_ptr(context, builder, ta[0], codes, builder.add(base, ir.Constant(i64, 16 * i)),
+                raw = builder.load(_pointer(context, builder, ta[0], codes, builder.add(base, ir.Constant(i64, 16 * i)),
                                         _V16I8), align=1)
                 q = builder.shuffle_vector(builder.and_(raw, fifteen), builder.lshr(raw, four), both)
                 pairs = _call(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, [q, xv])
