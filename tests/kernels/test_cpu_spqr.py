@@ -12,8 +12,10 @@ from sparsa.compress.hessian import HessianAccumulator
 from sparsa.compress.spqr import spqr_solve
 from sparsa.formats import SpQR
 from sparsa.kernels import linear, linear_reference, select_linear_kernel
-from sparsa.kernels.cpu.spqr import fits_vnni, fp32_path, spqr_linear, takes_vnni
-from sparsa.kernels.cpu.tiles import X_LEVELS
+from sparsa.kernels.cpu.spqr import fits_vnni, fp32_path, spqr_linear, takes_q8, takes_vnni
+from sparsa.kernels.cpu import spqr_q8
+from sparsa.kernels.cpu.spqr_q8 import q8_activations, q8_reference
+from sparsa.kernels.cpu.tiles import X_LEVELS, outlier_free_codes
 from sparsa.kernels.cpu.vnni import HAS_VNNI
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4)}
@@ -21,17 +23,28 @@ TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4)}
 
 def assert_fp32_close(y: torch.Tensor, x: torch.Tensor, fmt, bias=None) -> None:
     """|y - exact| within fp32 rounding of the sum, 1e-5 * sum_k |w_k x_k| (sums of large outliers
-    cancel), plus, on the VNNI path, the activation rounding it adds: each activation is held to
-    ``max_k |x_k| / X_LEVELS`` and meets every dequantized code weight of its column, the ones
-    an outlier then replaces included."""
+    cancel), plus, on the VNNI paths, the activation rounding they add, each activation meeting
+    every dequantized code weight of its column, the code under an outlier (reset near the
+    zero-point) included:
+
+    * at decode (:func:`takes_q8`), int8 per group: ``d / 2`` per activation, ``d`` the group's
+      largest magnitude / 127 (plus 1e-5 d for the fp32 scaling before the rounding);
+    * beyond, 22 bits per token: ``max_k |x_k| / X_LEVELS`` per activation.
+    """
     W = fmt.to_dense().double()
     exact = x.double() @ W.T + (0 if bias is None else bias.double())
     bound = 1e-5 * (x.double().abs() @ W.abs().T) + 1e-6
     if takes_vnni(fmt):
         s, z = fmt.first_level_stats()
-        q = fmt.unpacked_codes().view(fmt.shape[0], fmt.groups, fmt.group_size).double()
-        deq = (s.double()[..., None] * (q - z.double()[..., None])).view(fmt.shape)
-        bound = bound + (x.double().abs().amax(dim=1, keepdim=True) / X_LEVELS) * deq.abs().sum(1)
+        q, _, _ = outlier_free_codes(fmt)  # permuted column order
+        g = fmt.group_size
+        deq = (s.double()[..., None] * (q.view(fmt.shape[0], fmt.groups, g).double() - z.double()[..., None]))
+        deq = deq.view(fmt.shape).abs()
+        if takes_q8(fmt, x.shape[0]):
+            _, d, _ = q8_activations(x[:, fmt.permutation()], g)
+            bound = bound + (d.double().repeat_interleave(g, 1) * (0.5 + 1e-5)) @ deq.T
+        else:
+            bound = bound + (x.double().abs().amax(dim=1, keepdim=True) / X_LEVELS) * deq.sum(1)
     assert bool(((y.double() - exact).abs() <= bound).all()), float(((y.double() - exact).abs() / bound).max())
 
 
@@ -106,3 +119,20 @@ def test_spqr_linear_solver_output_matches_reference_and_dispatches(bits):
     x = torch.randn(2, 5, 96)
     assert select_linear_kernel(fmt, x) is spqr_linear
     torch.testing.assert_close(linear(x, fmt), linear_reference(x, fmt), **TOL[torch.float32])
+
+
+@pytest.mark.skipif(not HAS_VNNI, reason="this CPU lacks AVX-512 VNNI: SpQR takes the fp32 path at every token count")
+@pytest.mark.parametrize("bits, b1", [(3, 16), (4, 16), (3, 8), (4, 32)], ids=["3bit-layout", "nibbles-16", "nibbles-8",
+                                                                             "nibbles-32"])
+@pytest.mark.parametrize("tokens", [1, 3, 4, 5, 8])
+def test_int8_activation_kernel_matches_its_torch_reference(bits, b1, tokens):
+    """At decode the VNNI path rounds activations to int8 per group: the kernel does the arithmetic of
+    :func:`q8_reference` (exact integer dots), so only fp32 summation order separates them; one
+    token past ``spqr_q8.TOKENS`` takes the 22-bit kernel instead."""
+    fmt, x, _ = random_spqr(bits, b1, 3, 16, 48, 128, 0.05, tokens, False, seed=tokens)
+    assert takes_q8(fmt, tokens) and not takes_q8(fmt, spqr_q8.TOKENS + 1)
+    expected = q8_reference(x, fmt)
+    torch.testing.assert_close(spqr_linear(x, fmt), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    bad = x.clone()
+    bad[0, 5] = float("inf")
+    assert bool(spqr_linear(bad, fmt)[0].isnan().all()) and bool(spqr_linear(bad, fmt)[1:].isfinite().all())

@@ -11,13 +11,17 @@ Per call the activations are permuted once (``xp[n, k] = x[n, perm[k]]``). Each 
 walks its tiles of 16 rows; per group a step of :mod:`sparsa.kernels.cpu.tiles` adds, for up
 to four tokens at a time, the group's contribution with ``s, z`` decoded in registers:
 
-* VNNI path (AVX-512 VNNI, codes of <= 4 bits, β1 a multiple of 8, β2 of 16): activations
-  split into three int8 parts per token (22 bits against the token's largest magnitude),
-  integer dot products exact in int32, eight groups per step with the sums in registers;
-  its error adds ``max|x| / (2**21 - 1)`` per activation to fp32 rounding;
+* VNNI path (AVX-512 VNNI, codes of <= 4 bits, β1 a multiple of 8, β2 of 16), one layout for two
+  kernels: at decode (up to ``spqr_q8.TOKENS`` tokens) activations rounded to int8 per group
+  (:mod:`sparsa.kernels.cpu.spqr_q8`, llama.cpp's scheme); for more tokens split into three int8
+  parts per token (22 bits against the token's largest magnitude), integer dot products exact in
+  int32, eight groups per step with the sums in registers, which adds ``max|x| / (2**21 - 1)``
+  per activation to fp32 rounding;
 * fp32 path (everything else): ``acc += s * sum_k (q - z) * xp`` in fp32; the step and minimum
-  are one scalar pair when β2 is a multiple of 16, else decoded per lane first. Last, the tile adds its outlier corrections ``delta * xp[n, pos]``, 16 rows
-per gather (:func:`~sparsa.kernels.cpu.tiles.ell_slots`).
+  are one scalar pair when β2 is a multiple of 16, else decoded per lane first.
+
+Last, each tile adds its outlier corrections ``delta * xp[n, pos]``, 16 rows per gather
+(:func:`~sparsa.kernels.cpu.tiles.ell_slots`).
 Batch > 1 is the same single call: every group's codes are unpacked once per four tokens.
 Inside :func:`fp32_path` weights bind to the fp32 path even where the VNNI path fits (tests
 compare the two on one CPU).
@@ -35,10 +39,11 @@ import torch
 
 from sparsa.formats.spqr import SpQR
 from sparsa.formats.bitpack import unpack_bits
+from sparsa.kernels.cpu import spqr_q8
 from sparsa.kernels.cpu.calls import bind_step, check_activations
 from sparsa.kernels.layouts import cached_layout
 from sparsa.kernels.cpu.tiles import (LANES, NIBBLE_BITS, THREE_BIT_GROUP, THREE_BIT_PAIR_BYTES, VNNI_COLUMNS, X_LEVELS,
-                                      X_PARTS, ell_slots, outlier_gather, tile_codes, tile_group, tile_group_vnni,
+                                      X_PARTS, ell_slots, outlier_free_codes, outlier_gather, tile_codes, tile_group, tile_group_vnni,
                                       vnni3_codes, vnni_codes)
 from sparsa.kernels.cpu.vnni import HAS_VNNI
 from sparsa.kernels.dispatch import register_linear_kernel
@@ -60,7 +65,7 @@ class SpQRLayout:
     perm: np.ndarray  # [in] int64, permuted column k is original column perm[k]
     outlier_slots: np.ndarray  # [tiles + 1] int64, tile t's outlier slots (16 lanes each) at slots[t] .. slots[t + 1]
     outlier_pos: np.ndarray  # [slots * 16] int16 (int32 past 32768 inputs), permuted column (0 in empty lanes)
-    outlier_delta: np.ndarray  # [slots * 16] fp32, stored value minus the dequantized weight (0 in empty lanes)
+    outlier_delta: np.ndarray  # [slots * 16] fp32, stored value minus the weight its (reset) code dequantizes to
     vnni: bool  # codes in a VNNI layout, for :func:`compiled_vnni`
     three_bit: bool  # that layout is the 3-bit one (3-bit codes, groups of 16 in pairs)
 
@@ -108,32 +113,22 @@ def spqr_layout(weight: SpQR, vnni: bool = True) -> SpQRLayout:
     n_stats = out_features * weight.groups
     scale_codes = unpack_bits(weight.scale_codes, weight.stat_bits, n_stats).view(out_features, -1)
     zero_codes = unpack_bits(weight.zero_codes, weight.stat_bits, n_stats).view(out_features, -1)
-    perm = weight.permutation()
-    position = torch.empty_like(perm)
-    position[perm] = torch.arange(in_features)
-    rows, cols, values = weight.outliers()
-    pos = position[cols]
-    s, z = weight.first_level_stats()
-    q = weight.unpacked_codes().clone()
-    g = pos // weight.group_size
-    # under an outlier the code is free: the one nearest the zero-point leaves |s * (q - z)| <= s / 2
-    # to cancel, so the correction is about the outlier itself, not a difference of large terms
-    q[rows, pos] = torch.round(z[rows, g]).clamp(0, 2**weight.bits - 1).to(torch.uint8)
-    dequantized = s[rows, g] * (q[rows, pos].float() - z[rows, g])
+    q, pos, delta = outlier_free_codes(weight)
+    rows = weight.outliers()[0]
     vnni = vnni and fits_vnni(weight)
     three_bit = vnni and weight.bits == 3 and weight.group_size == THREE_BIT_GROUP and weight.groups % 2 == 0
     none = np.zeros(0, np.uint8)
     slot_ptr, index = ell_slots(rows, weight.outlier_rowptr().diff(), out_features)
     ell_pos = torch.zeros(int(slot_ptr[-1]) * LANES, dtype=torch.int16 if in_features <= 2**15 else torch.int32)
     ell_delta = torch.zeros(int(slot_ptr[-1]) * LANES)
-    ell_pos[index], ell_delta[index] = pos.to(ell_pos.dtype), values.float() - dequantized
+    ell_pos[index], ell_delta[index] = pos.to(ell_pos.dtype), delta
     return SpQRLayout(
         codes=(vnni3_codes(q) if three_bit else vnni_codes(q, weight.group_size) if vnni else
                tile_codes(q, weight.group_size, nibbles)).numpy(), scale_codes=none if vnni else stat_tiles(scale_codes).numpy(),
         zero_codes=none if vnni else stat_tiles(zero_codes).numpy(),
         stat_codes=stat_tiles(scale_codes | (zero_codes << 4)).numpy() if vnni else none, scale_stats=weight.scale_stats.float().numpy(),
-        zero_stats=weight.zero_stats.float().numpy(), perm=perm.numpy(), outlier_slots=slot_ptr.numpy(),
-        outlier_pos=ell_pos.numpy(), outlier_delta=ell_delta.numpy(),
+        zero_stats=weight.zero_stats.float().numpy(), perm=weight.permutation().numpy(),
+        outlier_slots=slot_ptr.numpy(), outlier_pos=ell_pos.numpy(), outlier_delta=ell_delta.numpy(),
         vnni=vnni, three_bit=three_bit)
 
 
@@ -324,11 +319,35 @@ def compiled_vnni(group_size: int, three_bit: bool = False):
     return single
 
 
+WIDE_ONLY: ContextVar[bool] = ContextVar("sparsa_spqr_wide_only", default=False)  # set by wide_activations()
+
+
+@contextmanager
+def wide_activations() -> Iterator[None]:
+    """Inside the block, SpQR weights on the VNNI path bind to the 22-bit kernel at every token count,
+    not to int8 activations at decode (tests compare paths whose activations differ by less than an
+    int8 step); a binding made inside keeps its kernel after it."""
+    token = WIDE_ONLY.set(True)
+    try:
+        yield
+    finally:
+        WIDE_ONLY.reset(token)
+
+
+def takes_q8(weight: SpQR, tokens: int) -> bool:
+    """Whether ``tokens`` tokens of this weight run on int8 activations (:mod:`sparsa.kernels.cpu.spqr_q8`):
+    the VNNI path runs it (:func:`takes_vnni`), ``tokens`` is a decode's (at most ``spqr_q8.TOKENS``)
+    and :func:`wide_activations` is not in force."""
+    return tokens <= spqr_q8.TOKENS and takes_vnni(weight) and not WIDE_ONLY.get()
+
+
 def spqr_step(weight: SpQR, tokens: int = 1) -> tuple:
-    """``(kernel, operand)``: the VNNI or fp32 tile kernel (as :func:`takes_vnni` decides now) and the
-    arrays it reads (``kernel(x, *operand, y, tasks)``)."""
+    """``(kernel, operand)`` for ``tokens`` tokens: on the VNNI path (as :func:`takes_vnni` decides now)
+    the int8-activation kernel at decode (:func:`takes_q8`) or the 22-bit one, else the fp32 tile
+    kernel; and the arrays it reads (``kernel(x, *operand, y, tasks)``), the same for both VNNI kernels."""
     lay = cached_layout(weight, spqr_fp32_layout if FP32_ONLY.get() else spqr_layout)
-    kernel = (compiled_vnni(weight.group_size, lay.three_bit) if lay.vnni else
+    kernel = (spqr_q8.compiled(weight.group_size, lay.three_bit) if lay.vnni and takes_q8(weight, tokens) else
+              compiled_vnni(weight.group_size, lay.three_bit) if lay.vnni else
               compiled(weight.group_size, weight.bits <= NIBBLE_BITS))
     codes = (lay.stat_codes,) if lay.vnni else (lay.scale_codes, lay.zero_codes)
     return kernel, (lay.perm, lay.codes, *codes, lay.scale_stats, lay.zero_stats, weight.stat_group_size,

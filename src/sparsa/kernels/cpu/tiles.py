@@ -222,18 +222,20 @@ def vnni_codes(q: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 THREE_BIT_GROUP = 16  # the 3-bit VNNI layout takes groups of 16 columns, two at a time
-THREE_BIT_PAIR_BYTES = 192  # per tile and pair of groups: 2 x 64 bytes of 2-bit fields, 64 of high bits
+THREE_BIT_PAIR_BYTES = 192  # per tile and pair of groups: three 64-byte words, 3 bits per code
+_NIBBLES = (0x0F0F0F0F, 0x07070707)  # per byte, the low nibble's code: 4-bit layout, 3-bit layout
 
 
 def vnni3_codes(q: torch.Tensor) -> torch.Tensor:
     """3-bit codes ``q: [out, G * 16]`` (< 8, G even) in the 3-bit VNNI tile layout, 96 bytes per
     tile and group instead of the nibbles' 128.
 
-    Per tile and pair of groups: for each group, 16 rows x 4 bytes whose byte ``j`` holds the low
-    two bits of the group's columns ``j``, ``4 + j``, ``8 + j``, ``12 + j`` (bits 0-1, 2-3, 4-5,
-    6-7); then 16 rows x 4 bytes whose byte ``j`` holds the high bits of those four columns, the
-    first group's in bits 0-3 and the second's in bits 4-7. A mask (and a shift) then gives
-    ``vpdpbusd`` four codes per row.
+    Per tile and pair of groups (32 columns ``c``), three words ``w = 0, 1, 2`` of 16 rows x 4 bytes.
+    Byte ``j`` of word ``w`` holds, for its row, column ``8 w + j`` in bits 0-2 and ``8 w + 4 + j``
+    in bits 4-6 (columns 0-23 as in the nibble layout, a code per nibble), and bit ``w`` of
+    column ``24 + j`` in bit 3 and of column ``28 + j`` in bit 7. A mask (and a shift) gives
+    ``vpdpbusd`` four codes per row for six quads of columns; the last two quads take three
+    shifted masks of the words each (:func:`_vnni_group_codes`).
 
     Returns:
         [ceil(out / 16) * (G / 2) * 192] uint8; rows past ``out`` are 0.
@@ -241,13 +243,48 @@ def vnni3_codes(q: torch.Tensor) -> torch.Tensor:
     out_features, width = q.shape
     tiles, pairs = -(-out_features // LANES), width // (2 * THREE_BIT_GROUP)
     q = torch.cat([q.to(torch.uint8), q.new_zeros(tiles * LANES - out_features, width, dtype=torch.uint8)])
-    q = q.reshape(tiles, LANES, pairs, 2, 4, 4)  # [tile, row, pair, group, field f, j]: column 4 f + j
-    fields = torch.arange(4, dtype=torch.uint8)
-    low = ((q & 3) << (2 * fields)[:, None]).sum(dim=4, dtype=torch.uint8)  # [tile, row, pair, group, j]
-    high = (((q >> 2) & 1) << fields[:, None]).sum(dim=4, dtype=torch.uint8)  # bits 0-3 per group
-    high = high[:, :, :, 0] | (high[:, :, :, 1] << 4)  # [tile, row, pair, j]
-    blocks = torch.cat([low[:, :, :, 0], low[:, :, :, 1], high], dim=3)  # [tile, row, pair, 12]
-    return blocks.reshape(tiles, LANES, pairs, 3, 4).permute(0, 2, 3, 1, 4).contiguous().reshape(-1)
+    q = q.reshape(tiles, LANES, pairs, 32)
+    words = [q[..., 8 * w:8 * w + 4] | (q[..., 8 * w + 4:8 * w + 8] << 4) | (((q[..., 24:28] >> w) & 1) << 3)
+             | (((q[..., 28:32] >> w) & 1) << 7) for w in range(3)]  # each [tile, row, pair, byte]
+    return torch.stack(words, 3).permute(0, 2, 3, 1, 4).contiguous().reshape(-1)  # [tile, pair, word, row, byte]
+
+
+def _vnni_group_codes(context, builder, codes_type, codes, code_at, g: int, runs: int, three_bit: bool, words: dict):
+    """Group ``g``'s codes from the step's first group at ``code_at``, as ``[(operand, column)]``:
+    each operand 16 lanes of four codes (bytes) of the group's columns ``column .. column + 3``,
+    ready for ``vpdpbusd``. ``words`` caches the 3-bit layout's pair of groups between the two."""
+
+    def vec(value):
+        return ir.Constant(_V[_I32], [value] * LANES)
+
+    def load(offset):
+        return _load16(context, builder, codes_type, codes, builder.add(code_at, ir.Constant(code_at.type, offset)), _I32)
+
+    if not three_bit:
+        mask = vec(_NIBBLES[0])
+        out = []
+        for run in range(runs):
+            packed = load(4 * LANES * (runs * g + run))
+            out += [(builder.and_(packed, mask), VNNI_COLUMNS * run),
+                    (builder.and_(builder.lshr(packed, vec(4)), mask), VNNI_COLUMNS * run + 4)]
+        return out
+    pair = g // 2
+    if pair not in words:
+        words[pair] = [load(THREE_BIT_PAIR_BYTES * pair + 4 * LANES * w) for w in range(3)]
+    a, b, c = words[pair]
+    mask = vec(_NIBBLES[1])
+
+    def quads(word):
+        return builder.and_(word, mask), builder.and_(builder.lshr(word, vec(4)), mask)
+
+    if g % 2 == 0:
+        return list(zip((*quads(a), *quads(b)), (0, 4, 8, 12), strict=True))
+
+    def spare(bit):  # the three words' bit ``bit`` of each byte as the code's bits 0, 1, 2
+        parts = [builder.and_(builder.lshr(word, vec(bit - w)), vec(0x01010101 << w)) for w, word in enumerate((a, b, c))]
+        return builder.or_(builder.or_(parts[0], parts[1]), parts[2])
+
+    return list(zip((*quads(c), spare(3), spare(7)), (0, 4, 8, 12), strict=True))
 
 
 def _dpbusd(builder, acc, unsigned, signed):
@@ -257,7 +294,7 @@ def _dpbusd(builder, acc, unsigned, signed):
 
 
 def _group_stats(context, builder, ta, args, g: int):
-    """Per-lane ``s, m`` of group ``g`` of the call, from the packed code byte (scale code in the
+    """Per-lane ``s, z`` of group ``g`` of the call, from the packed code byte (scale code in the
     low nibble, zero code in the high one) and the run's fp32 grids."""
     stat_codes, stat_at, sstats, zstats, grid_at = args
     at = builder.add(stat_at, ir.Constant(stat_at.type, LANES * g))
@@ -273,7 +310,7 @@ def _group_stats(context, builder, ta, args, g: int):
     zero_code = builder.uitofp(builder.lshr(packed, ir.Constant(_V[_I32], [4] * LANES)), _V[_F32])
     s = _fma(builder, scale_code, grid(ta[2], sstats, pair), grid(ta[2], sstats, builder.add(pair, one)))
     z = _fma(builder, zero_code, grid(ta[3], zstats, pair), grid(ta[3], zstats, builder.add(pair, one)))
-    return s, builder.fneg(builder.fmul(s, z))
+    return s, z
 
 
 def _emit_vnni(context, builder, sig, args, groups: int, runs: int, tokens: int, three_bit: bool):
@@ -285,9 +322,7 @@ def _emit_vnni(context, builder, sig, args, groups: int, runs: int, tokens: int,
     xs_data = context.make_array(ta[8])(context, builder, xs).data
     acc_data = context.make_array(ta[0])(context, builder, acc).data
     zero = ir.Constant(_V[_I32], [0] * LANES)
-    mask = ir.Constant(_V[_I32], [0x0F0F0F0F] * LANES)
-    mask3, bit2 = ir.Constant(_V[_I32], [0x03030303] * LANES), ir.Constant(_V[_I32], [0x04040404] * LANES)
-    four, seven, fourteen = (ir.Constant(_V[_I32], [v] * LANES) for v in (4, 7, 14))
+    seven, fourteen = (ir.Constant(_V[_I32], [v] * LANES) for v in (7, 14))
 
     def const(value, like):
         return ir.Constant(like.type, value)
@@ -301,37 +336,20 @@ def _emit_vnni(context, builder, sig, args, groups: int, runs: int, tokens: int,
                                 _V[_F32].as_pointer()) for j in range(tokens)]
     totals = [builder.load(ptr, align=4) for ptr in pointers]
     token_base = [builder.add(xq_at, builder.mul(token_stride, const(j, token_stride))) for j in range(tokens)]
+    words: dict = {}
+    group_size = VNNI_COLUMNS * runs
     for g in range(groups):
         group_bytes = THREE_BIT_PAIR_BYTES // 2 if three_bit else 4 * LANES * runs
         _prefetch(context, builder, ta[2], codes, builder.add(code_at, const(PREFETCH_BYTES + group_bytes * g, code_at)))
         sums = [[zero] * X_PARTS for _ in range(tokens)]
-        if three_bit:  # group g is half of a pair: its 2-bit fields, plus the pair's high bits
-            pair_at = THREE_BIT_PAIR_BYTES * (g // 2)
-            fields = _load16(context, builder, ta[2], codes, builder.add(code_at, const(pair_at + 4 * LANES * (g % 2), code_at)), _I32)
-            high = _load16(context, builder, ta[2], codes, builder.add(code_at, const(pair_at + 8 * LANES, code_at)), _I32)
-            if g % 2:
-                high = builder.lshr(high, four)
-            unpacked = []
-            for f in range(4):  # field f: the 4 columns 4 f .. 4 f + 3 of the group
-                low2 = builder.and_(builder.lshr(fields, ir.Constant(_V[_I32], [2 * f] * LANES)), mask3)
-                shift = 2 - f
-                bit = (builder.shl(high, ir.Constant(_V[_I32], [shift] * LANES)) if shift > 0 else
-                       builder.lshr(high, ir.Constant(_V[_I32], [-shift] * LANES)) if shift < 0 else high)
-                unpacked.append(builder.or_(low2, builder.and_(bit, bit2)))
-            run_codes = [(unpacked[0], unpacked[1]), (unpacked[2], unpacked[3])]
-        else:
-            run_codes = []
-            for run in range(runs):
-                packed = _load16(context, builder, ta[2], codes, builder.add(code_at, const(4 * LANES * (runs * g + run), code_at)), _I32)
-                run_codes.append((builder.and_(packed, mask), builder.and_(builder.lshr(packed, four), mask)))
-        for run, (low, high_codes) in enumerate(run_codes):
+        for operand, column in _vnni_group_codes(context, builder, ta[2], codes, code_at, g, runs, three_bit, words):
             for j in range(tokens):
                 for part in range(X_PARTS):
                     base = builder.add(builder.add(token_base[j], builder.mul(part_stride, const(part, part_stride))),
-                                       const(VNNI_COLUMNS * (runs * g + run), xq_at))
-                    sums[j][part] = _dpbusd(builder, sums[j][part], low, x_word(base))
-                    sums[j][part] = _dpbusd(builder, sums[j][part], high_codes, x_word(builder.add(base, const(4, base))))
-        s, m = _group_stats(context, builder, ta[11:], args[11:], g)
+                                       const(group_size * g + column, xq_at))
+                    sums[j][part] = _dpbusd(builder, sums[j][part], operand, x_word(base))
+        s, z = _group_stats(context, builder, ta[11:], args[11:], g)
+        m = builder.fneg(builder.fmul(s, z))
         for j in range(tokens):
             p0, p1, p2 = sums[j]
             dot = builder.sitofp(builder.add(builder.add(builder.shl(p2, fourteen), builder.shl(p1, seven)), p0), _V[_F32])
@@ -374,7 +392,24 @@ def tile_group_vnni(groups: int, runs: int, tokens: int, three_bit: bool = False
     return step
 
 
-# -- outliers: per tile, slots of 16 lanes (one per row), gathered and added in one vector step ----
+# -- outliers: the codes under them, and per tile slots of 16 lanes (one per row) -----------------
+def outlier_free_codes(weight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the SpQR layouts make of ``weight``'s codes and outliers: (codes [out, in] with the code
+    under each outlier set nearest its zero-point, so the weight it dequantizes to is at most
+    ``s / 2`` and nothing large cancels; each outlier's permuted column, row-major; and its delta:
+    the stored value minus the weight those codes dequantize to, fp32)."""
+    perm = weight.permutation()
+    position = torch.empty_like(perm)
+    position[perm] = torch.arange(perm.numel())
+    rows, cols, values = weight.outliers()
+    pos = position[cols]
+    s, z = weight.first_level_stats()
+    q = weight.unpacked_codes().clone()
+    g = pos // weight.group_size
+    q[rows, pos] = torch.round(z[rows, g]).clamp(0, 2**weight.bits - 1).to(torch.uint8)
+    return q, pos, values.float() - s[rows, g] * (q[rows, pos].float() - z[rows, g])
+
+
 def ell_slots(rows: torch.Tensor, counts: torch.Tensor, out_features: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each of a CSR matrix's entries goes in the tile-slot layout.
 
