@@ -89,28 +89,40 @@ def test_vnni3_codes_put_every_code_where_the_kernel_reads_it(out, pairs, seed):
 
 
 @pytest.mark.parametrize("avx512", [False, True])
-@pytest.mark.parametrize("index_dtype", [np.int16, np.int32])
-def test_outlier_gather_adds_delta_times_gathered_x_on_each_path(monkeypatch, avx512, index_dtype):
-    """Both gather paths (``vgatherdps`` on AVX-512, LLVM's generic masked gather elsewhere) give
-    ``acc[l] += delta[l] * x[pos[l]]`` exactly; the AVX-512 one runs only where the CPU has it."""
+@pytest.mark.parametrize("index_dtype", [torch.int16, torch.int32])
+@settings(max_examples=10, deadline=None)
+@given(st.integers(1, 40), st.sampled_from([0.0, 0.05, 0.3, 1.0]), st.integers(0, 2**16))
+def test_outlier_slots_and_expand_add_every_entry_to_its_row(avx512, index_dtype, out, density, seed):
+    """Every tile's compact slots, expanded and gathered (:func:`tiles.outlier_expand`), add
+    ``delta * x[pos]`` of each CSR entry to its row's lane: the dense product, for any row counts, on
+    both gather paths (``vgatherdps`` on AVX-512, LLVM's generic masked gather elsewhere; the first
+    only where the CPU has it: the instruction would abort the process)."""
     if avx512 and not tiles.HAS_AVX512:
-        pytest.skip("this CPU lacks AVX-512: its gather instruction would abort the process")
-    monkeypatch.setattr(tiles, "HAS_AVX512", avx512)
+        pytest.skip("this CPU lacks AVX-512")
+    before = tiles.HAS_AVX512
+    tiles.HAS_AVX512 = avx512  # read when the intrinsic compiles, for the fresh function below
+    g = torch.Generator().manual_seed(seed)
+    inp = 37
+    dense = torch.where(torch.rand(out, inp, generator=g) < density, torch.randn(out, inp, generator=g), 0.0)
+    rows, pos = dense.nonzero(as_tuple=True)
+    slots, masks, starts, pos_s, delta_s = tiles.outlier_slots(rows, (dense != 0).sum(1), pos.to(index_dtype),
+                                                               dense[rows, pos], out)
+    assert masks.dtype == torch.int16 and pos_s.numel() == rows.numel()
+    assert int(masks.int().bitwise_and(0xFFFF).apply_(lambda m: bin(m).count("1")).sum()) == rows.numel()
+    x = torch.randn(5 + inp, generator=g)
 
-    @numba.njit  # a fresh function per case: the intrinsic's path is chosen when it compiles
-    def gather(acc, pos, delta, x):
-        tiles.outlier_gather(acc, 16, pos, delta, 3, x, 5)
+    @numba.njit
+    def expand_all(acc, slots, masks, starts, pos, delta, x):
+        for t in range(slots.shape[0] - 1):
+            tiles.outlier_expand(acc, LANES * t, masks, slots[t], slots[t + 1], starts[t], pos, delta, x, 5)
 
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(300).astype(np.float32)
-    pos = rng.integers(0, 295, 19).astype(index_dtype)
-    delta = rng.standard_normal(19).astype(np.float32)
-    acc = rng.standard_normal(40).astype(np.float32)
-    want = acc.copy()
-    want[16:32] = np.float32(delta[3:19] * x[5 + pos[3:19].astype(np.int64)] + acc[16:32])
-    gather(acc, pos, delta, x)
-    np.testing.assert_allclose(acc, want, rtol=1e-6, atol=1e-6)
-    assert np.array_equal(acc[:16], want[:16]) and np.array_equal(acc[32:], want[32:])
+    acc = np.zeros(-(-out // LANES) * LANES, np.float32)
+    try:
+        expand_all(acc, slots.numpy(), masks.numpy(), starts.numpy(), pos_s.numpy(), delta_s.numpy(), x.numpy())
+    finally:
+        tiles.HAS_AVX512 = before
+    np.testing.assert_allclose(acc[:out], (dense @ x[5:]).numpy(), rtol=1e-5, atol=1e-5)
+    assert not acc[out:].any()
 
 
 def test_cached_layout_keeps_one_layout_per_builder():

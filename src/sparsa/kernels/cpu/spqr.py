@@ -3,7 +3,7 @@
 Once per weight (:func:`spqr_layout`, cached while the weight is unchanged) the stored arrays
 are rearranged for the inner loop: codes in the tile layout of :mod:`sparsa.kernels.cpu.tiles`
 (two per byte up to 4 bits), the second-level codes of every (row, group) statistic as bytes
-in the same tile order, the fp16 (step, minimum) grids widened to fp32, and each outlier as
+in the same tile order, the fp16 (step, minimum) grids (widened to fp32 for the fp32 path), and each outlier as
 its permuted column and its *difference* to the dequantized weight it replaces (the code
 under it set nearest the zero-point, so that weight is small and nothing large cancels).
 
@@ -20,8 +20,8 @@ to four tokens at a time, the group's contribution with ``s, z`` decoded in regi
 * fp32 path (everything else): ``acc += s * sum_k (q - z) * xp`` in fp32; the step and minimum
   are one scalar pair when β2 is a multiple of 16, else decoded per lane first.
 
-Last, each tile adds its outlier corrections ``delta * xp[n, pos]``, 16 rows per gather
-(:func:`~sparsa.kernels.cpu.tiles.ell_slots`).
+Last, each tile adds its outlier corrections ``delta * xp[n, pos]``, up to 16 rows per gather
+(:func:`~sparsa.kernels.cpu.tiles.outlier_slots`: 6 bytes per outlier, 2 per gather).
 Batch > 1 is the same single call: every group's codes are unpacked once per four tokens.
 Inside :func:`fp32_path` weights bind to the fp32 path even where the VNNI path fits (tests
 compare the two on one CPU).
@@ -43,7 +43,7 @@ from sparsa.kernels.cpu import spqr_q8
 from sparsa.kernels.cpu.calls import bind_step, check_activations
 from sparsa.kernels.layouts import cached_layout
 from sparsa.kernels.cpu.tiles import (LANES, NIBBLE_BITS, THREE_BIT_GROUP, THREE_BIT_PAIR_BYTES, VNNI_COLUMNS, X_LEVELS,
-                                      X_PARTS, ell_slots, outlier_free_codes, outlier_gather, tile_codes, tile_group, tile_group_vnni,
+                                      X_PARTS, outlier_expand, outlier_free_codes, outlier_slots, tile_codes, tile_group, tile_group_vnni,
                                       vnni3_codes, vnni_codes)
 from sparsa.kernels.cpu.vnni import HAS_VNNI
 from sparsa.kernels.dispatch import register_linear_kernel
@@ -60,12 +60,14 @@ class SpQRLayout:
     scale_codes: np.ndarray  # fp32 path: [tiles * G * 16] uint8, second-level codes in tile order (VNNI: empty)
     zero_codes: np.ndarray  # fp32 path: [tiles * G * 16] uint8 (VNNI: empty)
     stat_codes: np.ndarray  # VNNI path: [tiles * G * 16] uint8, scale code | zero code << 4 (fp32: empty)
-    scale_stats: np.ndarray  # [T, G, 2] fp32 (step, minimum) per run of β2 rows
-    zero_stats: np.ndarray  # [T, G, 2] fp32
+    scale_stats: np.ndarray  # [T, G, 2] (step, minimum) per run of β2 rows: fp32 (fp32 path), fp16 bits as int16 (VNNI)
+    zero_stats: np.ndarray  # [T, G, 2] as scale_stats
     perm: np.ndarray  # [in] int64, permuted column k is original column perm[k]
-    outlier_slots: np.ndarray  # [tiles + 1] int64, tile t's outlier slots (16 lanes each) at slots[t] .. slots[t + 1]
-    outlier_pos: np.ndarray  # [slots * 16] int16 (int32 past 32768 inputs), permuted column (0 in empty lanes)
-    outlier_delta: np.ndarray  # [slots * 16] fp32, stored value minus the weight its (reset) code dequantizes to
+    outlier_slots: np.ndarray  # [tiles + 1] int64, tile t's outlier slots (up to 16 rows each) at slots[t] .. slots[t + 1]
+    outlier_masks: np.ndarray  # [slots] int16, bit l: the slot holds an entry of the tile's row l
+    outlier_starts: np.ndarray  # [tiles] int64, tile t's first entry
+    outlier_pos: np.ndarray  # [nnz] int16 (int32 past 32768 inputs), permuted column, slot order
+    outlier_delta: np.ndarray  # [nnz] fp32, stored value minus the weight its (reset) code dequantizes to
     vnni: bool  # codes in a VNNI layout, for :func:`compiled_vnni`
     three_bit: bool  # that layout is the 3-bit one (3-bit codes, groups of 16 in pairs)
 
@@ -105,6 +107,12 @@ def stat_tiles(codes: torch.Tensor) -> torch.Tensor:
     return padded.reshape(tiles, LANES, groups).transpose(1, 2).contiguous().reshape(-1)
 
 
+def grid(stats: torch.Tensor, vnni: bool) -> np.ndarray:
+    """A (step, minimum) grid [T, G, 2] for the kernels: its fp16 bits as int16 for the VNNI ones (half
+    the bytes; they widen in registers), fp32 for the fp32 path."""
+    return (stats.half().view(torch.int16) if vnni else stats.float()).contiguous().numpy()
+
+
 def spqr_layout(weight: SpQR, vnni: bool = True) -> SpQRLayout:
     """Rearrange ``weight`` for the kernel (once per weight; see the module docstring): in a VNNI
     layout where ``vnni`` and the weight fits it, else for the fp32 path."""
@@ -118,17 +126,15 @@ def spqr_layout(weight: SpQR, vnni: bool = True) -> SpQRLayout:
     vnni = vnni and fits_vnni(weight)
     three_bit = vnni and weight.bits == 3 and weight.group_size == THREE_BIT_GROUP and weight.groups % 2 == 0
     none = np.zeros(0, np.uint8)
-    slot_ptr, index = ell_slots(rows, weight.outlier_rowptr().diff(), out_features)
-    ell_pos = torch.zeros(int(slot_ptr[-1]) * LANES, dtype=torch.int16 if in_features <= 2**15 else torch.int32)
-    ell_delta = torch.zeros(int(slot_ptr[-1]) * LANES)
-    ell_pos[index], ell_delta[index] = pos.to(ell_pos.dtype), delta
+    slots, masks, starts, pos, delta = outlier_slots(rows, weight.outlier_rowptr().diff(), pos, delta, out_features)
     return SpQRLayout(
         codes=(vnni3_codes(q) if three_bit else vnni_codes(q, weight.group_size) if vnni else
                tile_codes(q, weight.group_size, nibbles)).numpy(), scale_codes=none if vnni else stat_tiles(scale_codes).numpy(),
         zero_codes=none if vnni else stat_tiles(zero_codes).numpy(),
-        stat_codes=stat_tiles(scale_codes | (zero_codes << 4)).numpy() if vnni else none, scale_stats=weight.scale_stats.float().numpy(),
-        zero_stats=weight.zero_stats.float().numpy(), perm=weight.permutation().numpy(),
-        outlier_slots=slot_ptr.numpy(), outlier_pos=ell_pos.numpy(), outlier_delta=ell_delta.numpy(),
+        stat_codes=stat_tiles(scale_codes | (zero_codes << 4)).numpy() if vnni else none, scale_stats=grid(weight.scale_stats, vnni),
+        zero_stats=grid(weight.zero_stats, vnni), perm=weight.permutation().numpy(),
+        outlier_slots=slots.numpy(), outlier_masks=masks.numpy(), outlier_starts=starts.numpy(),
+        outlier_pos=pos.to(torch.int16 if in_features <= 2**15 else torch.int32).numpy(), outlier_delta=delta.numpy(),
         vnni=vnni, three_bit=three_bit)
 
 
@@ -145,7 +151,7 @@ def compiled(group_size: int, nibbles: bool):
     chunk, loads = TOKEN_CHUNK, (-(-group_size // 2) if nibbles else group_size)  # 16-byte code loads per group
 
     @numba.njit(parallel=True, fastmath=True)
-    def spqr_tiles(x, perm, codes, sc, zc, sstats, zstats, stat_rows, slots, pos, delta, y, tasks):  # pragma: no cover
+    def spqr_tiles(x, perm, codes, sc, zc, sstats, zstats, stat_rows, slots, masks, starts, pos, delta, y, tasks):  # pragma: no cover
         """y[N, M] = x W^T for the layout's arrays (``stat_rows`` = β2)."""
         n_tokens, in_features = x.shape
         out_features = y.shape[1]
@@ -195,8 +201,7 @@ def compiled(group_size: int, nibbles: bool):
                             float_one(acc, n * LANES, codes, code_at, xp, n * width + x_at, width, s, z, 0)
                             n += 1
                 for n in range(n_tokens):
-                    for c in range(slots[t], slots[t + 1]):
-                        outlier_gather(acc, n * LANES, pos, delta, c * LANES, xp, n * width)
+                    outlier_expand(acc, n * LANES, masks, slots[t], slots[t + 1], starts[t], pos, delta, xp, n * width)
                 for lane in range(min(LANES, out_features - r0)):
                     for n in range(n_tokens):
                         y[n, r0 + lane] = acc[n * LANES + lane]
@@ -210,8 +215,8 @@ def compiled_vnni(group_size: int, three_bit: bool = False):
     token's largest magnitude), integer dot products per group, exact in int32; each step covers
     ``GROUP_BLOCK`` groups with the accumulators in registers.
 
-    Returns ``single(x, perm, codes, stat_codes, sstats, zstats, stat_rows, slots, pos, delta, y,
-    tasks)`` for one weight."""
+    Returns ``single(x, perm, codes, stat_codes, sstats, zstats, stat_rows, slots, masks, starts, pos, delta,
+    y, tasks)`` for one weight."""
     runs = group_size // VNNI_COLUMNS
     step_groups = 2 if three_bit else 1  # the 3-bit layout stores groups in pairs
     group_bytes = THREE_BIT_PAIR_BYTES // 2 if three_bit else runs * 4 * LANES
@@ -254,7 +259,7 @@ def compiled_vnni(group_size: int, three_bit: bool = False):
                 xs[n * groups + g] = total * inv
 
     @numba.njit(fastmath=True)
-    def tile(t, codes, stat_codes, grids_s, grids_z, stat_rows, slots, pos, delta, xp, xq, xs, step, finite, y,
+    def tile(t, codes, stat_codes, grids_s, grids_z, stat_rows, slots, masks, starts, pos, delta, xp, xq, xs, step, finite, y,
              acc):  # pragma: no cover - compiled
         """Rows ``16 t .. 16 t + 16`` of ``y`` for every token."""
         n_tokens, out_features = y.shape
@@ -291,14 +296,13 @@ def compiled_vnni(group_size: int, three_bit: bool = False):
         for n in range(n_tokens):  # back to activation units, then the outlier corrections
             for lane in range(LANES):
                 acc[n * LANES + lane] *= step[n]
-            for c in range(slots[t], slots[t + 1]):
-                outlier_gather(acc, n * LANES, pos, delta, c * LANES, xp, n * width)
+            outlier_expand(acc, n * LANES, masks, slots[t], slots[t + 1], starts[t], pos, delta, xp, n * width)
         for lane in range(min(LANES, out_features - r0)):
             for n in range(n_tokens):
                 y[n, r0 + lane] = acc[n * LANES + lane] if finite[n] else np.nan
 
     @numba.njit(parallel=True, fastmath=True)
-    def single(x, perm, codes, stat_codes, sstats, zstats, stat_rows, slots, pos, delta, y, tasks):  # pragma: no cover
+    def single(x, perm, codes, stat_codes, sstats, zstats, stat_rows, slots, masks, starts, pos, delta, y, tasks):  # pragma: no cover
         """y[N, M] = x W^T; a token with inf/nan activations gets nan outputs."""
         n_tokens, groups = x.shape[0], sstats.shape[1]
         step, finite = np.empty(n_tokens, np.float32), np.empty(n_tokens, np.bool_)
@@ -313,7 +317,7 @@ def compiled_vnni(group_size: int, three_bit: bool = False):
         for task in numba.prange(tasks):
             acc = np.empty(n_tokens * LANES, np.float32)
             for t in range(task * per_task, min(tiles, (task + 1) * per_task)):
-                tile(t, codes, stat_codes, grids_s, grids_z, stat_rows, slots, pos, delta, xp, xq, xs, step, finite,
+                tile(t, codes, stat_codes, grids_s, grids_z, stat_rows, slots, masks, starts, pos, delta, xp, xq, xs, step, finite,
                      y, acc)
 
     return single
@@ -351,7 +355,7 @@ def spqr_step(weight: SpQR, tokens: int = 1) -> tuple:
               compiled(weight.group_size, weight.bits <= NIBBLE_BITS))
     codes = (lay.stat_codes,) if lay.vnni else (lay.scale_codes, lay.zero_codes)
     return kernel, (lay.perm, lay.codes, *codes, lay.scale_stats, lay.zero_stats, weight.stat_group_size,
-                    lay.outlier_slots, lay.outlier_pos, lay.outlier_delta)
+                    lay.outlier_slots, lay.outlier_masks, lay.outlier_starts, lay.outlier_pos, lay.outlier_delta)
 
 
 spqr_bind = bind_step(spqr_step)  # x -> Y = X Wᵀ + b with the layout and kernel looked up once

@@ -33,7 +33,7 @@ from numba.extending import intrinsic
 
 from sparsa.formats.spqr import SpQR
 from sparsa.kernels.cpu.tiles import (LANES, PREFETCH_BYTES, THREE_BIT_PAIR_BYTES, VNNI_COLUMNS, _dpbusd, _fma,
-                                      _group_stats, _prefetch, _splat, _vnni_group_codes, outlier_free_codes, outlier_gather)
+                                      _group_stats, _prefetch, _splat, _vnni_group_codes, outlier_expand, outlier_free_codes)
 
 LEVELS = 127  # |xq| <= LEVELS
 CHUNK = 4  # tokens per step: a group's codes and statistics are decoded once for these
@@ -184,14 +184,14 @@ def quantize_groups(x, perm, group_size, xp, xq, d, sums):  # pragma: no cover -
 
 @functools.cache
 def compiled(group_size: int, three_bit: bool):
-    """``spqr_q8(x, perm, codes, stat_codes, sstats, zstats, stat_rows, slots, pos, delta, y, tasks)``,
+    """``spqr_q8(x, perm, codes, stat_codes, sstats, zstats, stat_rows, slots, masks, starts, pos, delta, y, tasks)``,
     y[N, M] = x W^T for the VNNI layout's arrays (``stat_rows`` = β2, a multiple of 16); a token
     with inf/nan activations gets nan outputs."""
     many, one = tile_rows(group_size, three_bit, CHUNK), tile_rows(group_size, three_bit, 1)
     group_bytes = THREE_BIT_PAIR_BYTES // 2 if three_bit else 4 * LANES * (group_size // VNNI_COLUMNS)
 
     @numba.njit(parallel=True, fastmath=True)
-    def spqr_q8(x, perm, codes, stat_codes, sstats, zstats, stat_rows, slots, pos, delta, y, tasks):  # pragma: no cover
+    def spqr_q8(x, perm, codes, stat_codes, sstats, zstats, stat_rows, slots, masks, starts, pos, delta, y, tasks):  # pragma: no cover
         n_tokens, groups = x.shape[0], sstats.shape[1]
         width = groups * group_size
         xp, xq = np.empty(n_tokens * width, np.float32), np.empty(n_tokens * width, np.int8)
@@ -218,8 +218,8 @@ def compiled(group_size: int, three_bit: bool):
                         one(acc, codes, code_at, xq, n * width, width, d, sums, n * groups, groups, stat_codes, stat_at,
                             grids_s, grids_z, grid_at, groups)
                     for j in range(count):
-                        for c in range(slots[t], slots[t + 1]):
-                            outlier_gather(acc, j * LANES, pos, delta, c * LANES, xp, (n + j) * width)
+                        outlier_expand(acc, j * LANES, masks, slots[t], slots[t + 1], starts[t], pos, delta, xp,
+                                       (n + j) * width)
                         for lane in range(min(LANES, out_features - r0)):
                             y[n + j, r0 + lane] = acc[j * LANES + lane] if finite[n + j] else np.nan
                     n += count

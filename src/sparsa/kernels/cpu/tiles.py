@@ -295,15 +295,18 @@ def _dpbusd(builder, acc, unsigned, signed):
 
 def _group_stats(context, builder, ta, args, g: int):
     """Per-lane ``s, z`` of group ``g`` of the call, from the packed code byte (scale code in the
-    low nibble, zero code in the high one) and the run's fp32 grids."""
+    low nibble, zero code in the high one) and the run's grids: fp32, or int16 holding fp16 bits
+    (widened exactly)."""
     stat_codes, stat_at, sstats, zstats, grid_at = args
     at = builder.add(stat_at, ir.Constant(stat_at.type, LANES * g))
     pair = builder.add(grid_at, ir.Constant(grid_at.type, 2 * g))
     one = ir.Constant(pair.type, 1)
 
     def grid(array_type, array, index):
-        data = context.make_array(array_type)(context, builder, array).data
-        return _splat(builder, builder.load(builder.gep(data, [index])))
+        value = builder.load(builder.gep(context.make_array(array_type)(context, builder, array).data, [index]))
+        if isinstance(value.type, ir.IntType):
+            value = builder.fpext(builder.bitcast(value, ir.HalfType()), _F32)
+        return _splat(builder, value)
 
     packed = builder.zext(_load16(context, builder, ta[0], stat_codes, at, _I8), _V[_I32])
     scale_code = builder.uitofp(builder.and_(packed, ir.Constant(_V[_I32], [15] * LANES)), _V[_F32])
@@ -453,22 +456,62 @@ def _gather16(builder, base, index):
     return builder.call(fn, [pointers, ir.Constant(_I32, 4), all_lanes, zeros])
 
 
+def outlier_slots(rows: torch.Tensor, counts: torch.Tensor, pos: torch.Tensor, delta: torch.Tensor,
+                  out_features: int) -> tuple[torch.Tensor, ...]:
+    """A CSR matrix's entries (``pos``, ``delta`` per entry, row-major) in the tile-slot layout, stored
+    compactly: the slots of :func:`ell_slots` keep only their occupied lanes, named by a 16-bit mask.
+
+    Returns:
+        (slot_ptr [tiles + 1] int64, masks [slots] int16 (bit ``l``: lane ``l`` holds an entry),
+        starts [tiles] int64 (tile ``t``'s first entry), pos and delta [nnz] in slot order, each
+        slot's entries by ascending lane).
+    """
+    slot_ptr, index = ell_slots(rows, counts, out_features)
+    order = torch.argsort(index)
+    masks = torch.zeros(int(slot_ptr[-1]), dtype=torch.int32).index_add_(0, index // LANES, 1 << (index % LANES).int())
+    tiles = slot_ptr.numel() - 1
+    rowptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).long()
+    starts = rowptr[torch.clamp(torch.arange(tiles) * LANES, max=out_features)]
+    return slot_ptr, masks.to(torch.int16), starts, pos[order], delta[order]
+
+
 @intrinsic
-def outlier_gather(typingctx, acc, acc_at, pos, delta, at, x, x_at):
-    """``acc[acc_at + l] += delta[at + l] * x[x_at + pos[at + l]]`` for the 16 lanes ``l`` (one
-    gather, :func:`_gather16`; ``pos`` int16 or int32, ``delta`` and ``x`` fp32)."""
+def outlier_expand(typingctx, acc, acc_at, masks, s0, s1, at, pos, delta, x, x_at):
+    """``acc[acc_at + l] += delta[e] * x[x_at + pos[e]]`` for slots ``s0 .. s1`` of a tile (:func:`outlier_slots`):
+    per slot, the entries from ``at`` on fill the lanes its mask sets (expand loads), one gather
+    (:func:`_gather16`) reads their activations; ``pos`` int16 or int32, ``delta`` and ``x`` fp32."""
 
     def codegen(context, builder, sig, args):
-        acc_a, acc_i, pos_a, delta_a, at_i, x_a, x_i = args
+        acc_a, acc_i, mask_a, s0_i, s1_i, at_i, pos_a, delta_a, x_a, x_i = args
         ta = sig.args
-        width = ta[2].dtype.bitwidth  # int16 (<= 32768 inputs) or int32 positions
-        index = _load16(context, builder, ta[2], pos_a, at_i, ir.IntType(width))
-        index = builder.sext(index, _V[_I32]) if width < 32 else index
-        weights = _load16(context, builder, ta[3], delta_a, at_i, _F32)
-        x_data = context.make_array(ta[5])(context, builder, x_a).data
-        gathered = _gather16(builder, builder.gep(x_data, [x_i]), index)
+        width = ta[6].dtype.bitwidth
+        v_pos = ir.VectorType(ir.IntType(width), LANES)
+        v_mask = ir.VectorType(ir.IntType(1), LANES)
+
+        def expand(array_type, array, index, vtype):
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vtype, [vtype.element.as_pointer(), v_mask, vtype]),
+                f"llvm.masked.expandload.v16{'f32' if vtype.element == _F32 else f'i{vtype.element.width}'}")
+            data = context.make_array(array_type)(context, builder, array).data
+            return builder.call(fn, [builder.gep(data, [index]), lanes, ir.Constant(vtype, None)])
+
+        mask_data = context.make_array(ta[2])(context, builder, mask_a).data
+        x_base = builder.gep(context.make_array(ta[8])(context, builder, x_a).data, [x_i])
         ptr = _pointer(context, builder, ta[0], acc_a, acc_i, _V[_F32])
-        builder.store(_fma(builder, weights, gathered, builder.load(ptr, align=4)), ptr, align=4)
+        total = cgutils.alloca_once_value(builder, builder.load(ptr, align=4))
+        cursor = cgutils.alloca_once_value(builder, at_i)
+        popcount = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(16), [ir.IntType(16)]),
+                                                  "llvm.ctpop.i16")
+        with cgutils.for_range(builder, s1_i, start=s0_i) as loop:
+            bits = builder.load(builder.gep(mask_data, [loop.index]))
+            lanes = builder.bitcast(bits, v_mask)
+            at = builder.load(cursor)
+            index = expand(ta[6], pos_a, at, v_pos)
+            index = builder.sext(index, _V[_I32]) if width < 32 else index
+            weights = expand(ta[7], delta_a, at, _V[_F32])
+            builder.store(_fma(builder, weights, _gather16(builder, x_base, index), builder.load(total)), total)
+            builder.store(builder.add(at, builder.zext(builder.call(popcount, [bits]), at.type)), cursor)
+        builder.store(builder.load(total), ptr, align=4)
         return context.get_dummy_value()
 
-    return types.void(acc, acc_at, pos, delta, at, x, x_at), codegen
+    return types.void(acc, acc_at, masks, s0, s1, at, pos, delta, x, x_at), codegen
