@@ -34,10 +34,8 @@ def test_run_decode_tiny_model_times_every_variant_and_writes_results(tiny_bench
         assert all(len(r) == tiny_bench.rounds for r in row["tokens_per_s_rounds"].values())
         assert row["tokens_per_s"]["b1t1"] == sorted(row["tokens_per_s_rounds"]["b1t1"])[tiny_bench.rounds // 2]
         kernels = row["kernels"]["1"]
-        if name == "dense fp32":  # nn.Linear, no dispatch: the compiled step's dense kernel, the head included
+        if name in ("dense fp32", "dense bf16"):  # nn.Linear, no dispatch: the step's dense kernel, the head included
             assert kernels == {"dense: sparsa.kernels.cpu.llama_step.compiled_step": 15}
-        elif name == "dense bf16":
-            assert kernels == {}
         elif name.startswith("torchao"):  # with `make peers`: torchao's own weight subclass, not our dispatch
             assert kernels == {} and row["reference_match"]["match"]
         else:

@@ -1,5 +1,7 @@
 """The lean decode loop against the Hugging Face model it wraps."""
 
+import copy
+
 import pytest
 import torch
 
@@ -161,10 +163,24 @@ def test_vnni_decode_paths_match_the_forced_fp32_path(spqr_llama, batch, one_thr
     for got in (on_q8, on_q8_modules):
         error = (got - on_fp32).abs().max()
         assert 1e-5 < error < Q8_LOGIT_ERROR, float(error)
-def test_lean_llama_bf16_takes_the_torch_path(tiny_llama):
-    lean = LeanLlama(tiny_llama.to(torch.bfloat16), 1, 8)
-    assert not lean.fused
-    assert lean.forward(prompt(1, 3), 0).dtype == torch.bfloat16
+def test_lean_llama_bf16_decodes_on_fp32_activations_in_the_compiled_step(tiny_llama):
+    """A bf16 model on the CPU: the compiled step reads its bf16 weights, widened exactly, on fp32
+    activations (the fp32 model with bf16-rounded weights, to fp32 rounding; its prefill runs torch's
+    bf16 products); ``fused=False`` keeps torch's bf16 path."""
+    ids = prompt(2, 7, seed=2)
+    model = tiny_llama.to(torch.bfloat16)  # in place
+    reference = LeanLlama(copy.deepcopy(model).float(), 2, 8)  # the same weights in fp32
+    reference.forward(ids[:, :4], 0)
+    lean, torch_path = LeanLlama(model, 2, 8), LeanLlama(model, 2, 8, fused=False)
+    assert lean.fused and lean.compiled_layers and lean.dtype == torch.float32 and not torch_path.fused
+    assert torch_path.forward(ids[:, :4], 0).dtype == torch.bfloat16
+    prefill = lean.forward(ids[:, :4], 0)
+    assert prefill.dtype == torch.float32
+    lean.k_cache.copy_(reference.k_cache)  # from here on, the steps alone: the same cache, the same tokens
+    lean.v_cache.copy_(reference.v_cache)
+    for t in range(4, 7):
+        torch.testing.assert_close(lean.forward(ids[:, t:t + 1], t), reference.forward(ids[:, t:t + 1], t),
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_greedy_decode_matches_hf_generate(tiny_llama):

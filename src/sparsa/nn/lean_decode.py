@@ -42,6 +42,8 @@ def bound_linear(module: nn.Module, example: torch.Tensor):
         return module.bound(example)
     if type(module) is nn.Linear:
         weight, bias = module.weight, module.bias
+        if weight.dtype != example.dtype and weight.dtype.is_floating_point:  # bf16 weights, fp32 activations
+            return lambda x: F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
         return lambda x: F.linear(x, weight, bias)  # positional: weight subclasses (torchao) dispatch on them
     return module
 
@@ -104,7 +106,8 @@ class LeanLlama:
         model: a ``LlamaForCausalLM`` (any of its linears may be ``SparseLinear``), in eval mode.
         batch: sequences decoded together.
         max_len: prompt + generated tokens the cache holds.
-        dtype: cache and activation dtype (default: the embedding's).
+        dtype: cache and activation dtype (default: the embedding's; fp32 for a bf16 model on the CPU
+            when ``fused``, whose compiled step widens bf16 weights in registers).
         fused: take the compiled single-token attention step where it applies (fp32 on the CPU).
     """
 
@@ -116,8 +119,10 @@ class LeanLlama:
         self.model, self.body, self.lm_head = model, body, model.lm_head
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
-        self.dtype = dtype or body.embed_tokens.weight.dtype
         device = body.embed_tokens.weight.device
+        self.dtype = dtype or body.embed_tokens.weight.dtype
+        if dtype is None and fused and device.type == "cpu" and self.dtype == torch.bfloat16:
+            self.dtype = torch.float32
         shape = (len(body.layers), batch, self.kv_heads, max_len, self.head_dim)
         self.k_cache = torch.zeros(shape, dtype=self.dtype, device=device)
         self.v_cache = torch.zeros(shape, dtype=self.dtype, device=device)

@@ -1,22 +1,40 @@
-"""Dense fp32 ``Y = X Wᵀ`` for a few tokens (numba): the dense projections of the compiled decode step.
+"""Dense ``Y = X Wᵀ`` for a few tokens (numba): the dense projections of the compiled decode step,
+fp32 or bf16 weights, fp32 activations.
 
 At decode a dense product is a matrix-vector product per token, bound by reading ``W`` once.
 Each task takes a run of rows; per row it reads ``W[r]`` once and forms the dot product with
 every token (the row stays in L1 between tokens), the reduction vectorized by LLVM under
-``fastmath`` (reassociation lets it keep several vector accumulators). The reference is
-``F.linear``.
+``fastmath`` (reassociation lets it keep several vector accumulators). bf16 weights (their bits,
+as int16) are widened to fp32 in registers (:func:`widen`: exact, a shift), so they cost half the
+bytes of fp32 and the arithmetic is fp32's. The reference is ``F.linear`` on the fp32 weights.
 """
 
 import numba
 import numpy as np
 import torch
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 ROWS_PER_TASK_MIN = 16  # fewer rows per task than this and the region's overhead outweighs the split
 
 
+@intrinsic
+def widen(typingctx, value):
+    """A weight as fp32: an fp32 one as it is, a bf16 one from its 16 bits (int16), exactly."""
+    if value == types.float32:
+        return types.float32(value), lambda context, builder, sig, args: args[0]
+    if isinstance(value, types.Integer) and value.bitwidth == 16:
+        def codegen(context, builder, sig, args):
+            bits = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
+            return builder.bitcast(bits, ir.FloatType())
+        return types.float32(value), codegen
+    return None
+
+
 @numba.njit(parallel=True, fastmath=True)
 def dense_rows(x, w, y, tasks):  # pragma: no cover - compiled
-    """y[N, M] = x[N, K] w[M, K]^T (fp32, every array C-contiguous)."""
+    """y[N, M] = x[N, K] w[M, K]^T (x, y fp32; w fp32, or bf16 bits as int16; every array C-contiguous)."""
     n_tokens = x.shape[0]
     out_features, in_features = w.shape
     tasks = max(1, min(tasks, out_features // ROWS_PER_TASK_MIN))
@@ -28,14 +46,16 @@ def dense_rows(x, w, y, tasks):  # pragma: no cover - compiled
                 xn = x[n]
                 total = np.float32(0.0)
                 for k in range(in_features):
-                    total += row[k] * xn[k]
+                    total += widen(row[k]) * xn[k]
                 y[n, r] = total
 
 
 def dense_step(weight: torch.Tensor) -> tuple | None:
     """``(kernel, operand)`` for the compiled decode step (``kernel(x, *operand, y, tasks)``), or None
-    unless ``weight`` is a plain (not a tensor subclass, as torchao's are) C-contiguous fp32 CPU matrix
-    (it is read in place, not copied)."""
-    if type(weight.data) is not torch.Tensor or weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.dim() != 2 or not weight.is_contiguous():
+    unless ``weight`` is a plain (not a tensor subclass, as torchao's are) C-contiguous fp32 or bf16
+    CPU matrix (it is read in place, not copied: bf16 as its int16 bits)."""
+    if (type(weight.data) is not torch.Tensor or weight.dtype not in (torch.float32, torch.bfloat16)
+            or weight.device.type != "cpu" or weight.dim() != 2 or not weight.is_contiguous()):
         return None
-    return dense_rows, (weight.detach().numpy(),)
+    w = weight.detach()
+    return dense_rows, ((w.view(torch.int16) if w.dtype == torch.bfloat16 else w).numpy(),)
