@@ -2,6 +2,10 @@
 
 __version__ = "0.1.0"
 
-from sparsa.import_noise import quiet_import_noise
+from sparsa.openmp import spin_before_sleeping
+
+spin_before_sleeping()  # before torch or numba loads an OpenMP runtime
+
+from sparsa.import_noise import quiet_import_noise  # noqa: E402
 
 quiet_import_noise()

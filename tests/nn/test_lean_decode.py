@@ -98,8 +98,8 @@ def test_compiled_layer_step_matches_the_module_path(spqr_llama, batch):
 
 def mixed_llama(model):
     """``model`` with a mix of formats: every MLP SpQR 3-bit, layer 0's attention Quant 4-bit g32 (the
-    int8-activation kernel on AVX2), layer 1's q and o Bitmap 50% and its k and v dense fp32, the head
-    Quant 4-bit g32 (untied)."""
+    int8-activation kernel on AVX2), layer 1's q and o Bitmap 50%, its v BlockSparse 1x16 at 50% and
+    its k dense fp32, the head Quant 4-bit g32 (untied)."""
     def where(*parts):
         return lambda module, name: isinstance(module, torch.nn.Linear) and any(p in name for p in parts)
 
@@ -110,21 +110,25 @@ def mixed_llama(model):
               progress=False)
     compress_(model, MagnitudeConfig(sparsity=0.5), filter_fn=where("layers.1.self_attn.q_proj",
                                                                     "layers.1.self_attn.o_proj"), progress=False)
+    compress_(model, MagnitudeConfig(sparsity=0.5, pattern="block:1x16"), filter_fn=where("layers.1.self_attn.v_proj"),
+              progress=False)
     return model
 
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_compiled_step_runs_a_mix_of_formats_as_the_module_path_does(tiny_llama, batch):
+    """Every format's compiled kernel in one step, against the module path (the SpQR products on the
+    22-bit kernel, continuous in its activations: int8 activations are checked on their own below)."""
     model = mixed_llama(tiny_llama)
     formats = {type(m).__name__ if not hasattr(m, "weight_format") else m.weight_format.format_name
                for m in model.modules() if isinstance(m, torch.nn.Linear) or hasattr(m, "weight_format")}
-    assert formats == {"quant", "spqr", "bitmap", "Linear"}
-    with recorded_kernels() as counts:
+    assert formats == {"quant", "spqr", "bitmap", "block", "Linear"}
+    with recorded_kernels() as counts, wide_activations():
         compiled = LeanLlama(model, batch, 12)
-    modules = LeanLlama(model, batch, 12, fused=False)
+        modules = LeanLlama(model, batch, 12, fused=False)
     step = "sparsa.kernels.cpu.llama_step.compiled_step"
     assert compiled.compiled_layers and {fmt: n for (fmt, kernel), n in counts.items() if kernel == step} == {
-        "quant": 5, "spqr": 6, "bitmap": 2, "dense": 2}
+        "quant": 5, "spqr": 6, "bitmap": 2, "block": 1, "dense": 1}
     assert len(compiled.table.kernels) >= 4  # one kind per kernel and operand type, at least one per format
     assert (q8.compiled(1) in compiled.table.kernels) == q8.HAS_AVX2
     got, expected = decode([compiled, modules], prompt(batch, 8, seed=7), 5)

@@ -47,7 +47,8 @@ class Compiled:
 
     ``tokens_in_lanes(x, crow, col, values, y, chunk_buffers, pads, tiles, row_parts)``: ``x [N,
     K]``; ``chunk_buffers [tasks, K, 16]``, ``pads [tasks, 16, K]`` and ``tiles [tasks, tile_rows *
-    16]`` fp32 scratch (64-byte aligned); the rows cut into ``row_parts`` runs. ``weights_in_lanes(x, crow, col, values, y)``."""
+    16]`` fp32 scratch (64-byte aligned); the rows cut into ``row_parts`` runs. ``weights_in_lanes(x, crow, col, values, y,
+    tasks)``: the block rows cut into ``tasks`` runs."""
 
     tokens_in_lanes: Callable
     weights_in_lanes: Callable
@@ -197,26 +198,42 @@ def _any_blocks(R: int, C: int, group: int):
 
 def _weights_in_lanes(R: int, C: int):
     @numba.njit(parallel=True, fastmath=True)
-    def weights_in_lanes(x, crow, col, values, y):  # pragma: no cover - compiled
-        """y[N, M] = x Wᵀ for x [N, K]; one block row per task, every token inside it."""
+    def weights_in_lanes(x, crow, col, values, y, tasks):  # pragma: no cover - compiled
+        """y[N, M] = x Wᵀ for x [N, K]; each task a run of block rows, every token inside each."""
         N = x.shape[0]
-        for br in numba.prange(crow.shape[0] - 1):
-            r0 = br * R
-            for n in range(N):
-                for i in range(R):
-                    y[n, r0 + i] = 0.0
+        for task in numba.prange(tasks):
+            acc = np.empty(C, np.float32)
+            for br in task_span(task, tasks, crow.shape[0] - 1):
+                block_row(x, crow, col, values, y, br, N, acc)
+
+    @numba.njit(fastmath=True)
+    def block_row(x, crow, col, values, y, br, N, acc):  # pragma: no cover - compiled
+        """Block row ``br``: per output row, ``C`` partial sums (``acc``) over its blocks, summed once."""
+        r0 = br * R
+        for n in range(N):
+            for i in range(R):
+                acc[:] = 0.0
                 for b in range(crow[br], crow[br + 1]):
                     k0 = col[b] * C
-                    for i in range(R):
-                        acc = np.float32(0.0)
-                        for j in range(C):
-                            acc += values[b, i, j] * x[n, k0 + j]
-                        y[n, r0 + i] += acc
+                    for j in range(C):
+                        acc[j] += values[b, i, j] * x[n, k0 + j]
+                y[n, r0 + i] = acc.sum()
 
     return weights_in_lanes
 
 
-@register_linear_kernel("block", "cpu", (torch.float32,), accepts=lambda w: w.values.dtype == torch.float32)
+def block_step(weight: BlockSparse, tokens: int = 1) -> tuple | None:
+    """``(kernel, operand)`` for the compiled decode step: the weights-in-lanes order for fewer than
+    ``TOKEN_LANES_MIN`` tokens (``kernel(x, crow, col, values, y, tasks)``), else None (the
+    tokens-in-lanes order needs per-call scratch: those calls go through :func:`block_sparse_linear`)."""
+    if tokens >= TOKEN_LANES_MIN or weight.values.dtype != torch.float32:
+        return None
+    return compiled(*weight.block).weights_in_lanes, tuple(a.contiguous().numpy() for a in (weight.crow, weight.col,
+                                                                                            weight.values))
+
+
+@register_linear_kernel("block", "cpu", (torch.float32,), accepts=lambda w: w.values.dtype == torch.float32,
+                        step=block_step)
 def block_sparse_linear(x: torch.Tensor, weight: BlockSparse, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``Y = X Wᵀ + b`` for an fp32 ``BlockSparse`` weight and fp32 activations on CPU (no autograd).
 
@@ -247,7 +264,8 @@ def block_sparse_linear(x: torch.Tensor, weight: BlockSparse, bias: torch.Tensor
         kernels.tokens_in_lanes(x2.contiguous().numpy(), crow, col, values, y.numpy(), chunk_buffers, pads, tiles,
                                 row_parts)
     else:
-        kernels.weights_in_lanes(x2.contiguous().numpy(), crow, col, values, y.numpy())
+        kernels.weights_in_lanes(x2.contiguous().numpy(), crow, col, values, y.numpy(),
+                                 TASKS_PER_THREAD * numba.get_num_threads())
     if bias is not None:
         y += bias
     return y.reshape(*lead, out_features)
