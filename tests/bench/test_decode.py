@@ -17,7 +17,7 @@ def tiny_bench(monkeypatch, tiny_llama, tiny_tokenizer):
     monkeypatch.setattr(decode, "load_model", lambda spec: SimpleNamespace(model=tiny_llama, tokenizer=tiny_tokenizer))
     monkeypatch.setattr(decode, "load_corpus", lambda name: Corpus(name, word_text(400, 1), word_text(200, 2), 2))
     return DecodeSettings(batches=(1, 2), prompt_tokens=6, new_tokens=5, match_tokens=4, nsamples=2, calib_seqlen=16,
-                          rounds=3, threads=(1,), llama_cpp=())
+                          rounds=3, threads=(1,), llama_cpp=(), long_prompt_tokens=12)
 
 
 def test_run_decode_tiny_model_times_every_variant_and_writes_results(tiny_bench, tmp_path):
@@ -33,6 +33,13 @@ def test_run_decode_tiny_model_times_every_variant_and_writes_results(tiny_bench
         assert len(row["tokens"]) == 4
         assert all(len(r) == tiny_bench.rounds for r in row["tokens_per_s_rounds"].values())
         assert row["tokens_per_s"]["b1t1"] == sorted(row["tokens_per_s_rounds"]["b1t1"])[tiny_bench.rounds // 2]
+        assert row["long_prompt_tokens_per_s"] > 0
+        if name.startswith("torchao"):  # no compiled step: no bytes counted, no floor
+            assert "bytes_per_token" not in row and "x_floor" not in row
+        else:  # the step's bytes, and a floor from the bandwidth measured in the run
+            assert row["bytes_per_token"] > 0 and row["floor_tokens_per_s"] == pytest.approx(
+                payload["bandwidth_gb_per_s"] * 1e9 / row["bytes_per_token"])
+            assert row["x_floor"] == pytest.approx(row["tokens_per_s"]["b1t1"] / row["floor_tokens_per_s"])
         kernels = row["kernels"]["1"]
         if name in ("dense fp32", "dense bf16"):  # nn.Linear, no dispatch: the step's dense kernel, the head included
             assert kernels == {"dense: sparsa.kernels.cpu.llama_step.compiled_step": 15}
@@ -92,7 +99,8 @@ def test_run_rounds_rotates_the_order_and_keeps_every_round(monkeypatch):
     monkeypatch.setattr(decode, "time_variant", lambda model, ids, n: calls.append(model) or (1.0, 1.0, 1.0))
     monkeypatch.setattr(decode, "time_llama_cpp", lambda gguf, threads, s: calls.append(gguf) or (1.0, 1.0, 1.0))
     s = DecodeSettings(batches=(1, 2), rounds=3, threads=(1,))
-    samples = decode.run_rounds({"a": "A", "b": "B"}, {"c": "C"}, s, torch.zeros(1, 4, dtype=torch.long), False)
+    samples = decode.run_rounds({"a": "A", "b": "B"}, {"c": "C"}, s, torch.zeros(1, 4, dtype=torch.long),
+                                torch.zeros(1, 0, dtype=torch.long), False)  # no long prompt
     assert calls == ["A", "A", "B", "B", "C", "B", "B", "C", "A", "A", "C", "A", "A", "B", "B"]  # C: batch 1 only
     assert all(len(v["b1t1"]) == 3 for v in samples.values()) and "b2t1" not in samples["c"]
 
@@ -135,8 +143,12 @@ def test_run_decode_times_llama_cpp_in_the_same_rounds(tiny_bench, tmp_path, mon
     calls = log.read_text().splitlines()
     q4_0 = str(llama_cpp.gguf_file("Q4_0"))
     assert (f"-m {q4_0} -t 1 -p 0 -n 4 -r 1 -o json -d 7" in calls  # 4 steps on a context of 7 = prompt 6 + 1
-            and f"-m {q4_0} -t 1 -p 6 -n 0 -r 1 -o json" in calls)
-    assert sum(f"-m {llama_cpp.smollm2_gguf()} " in c for c in calls) == 2 * settings.rounds  # Q4_1: the shipped file
+            and f"-m {q4_0} -t 1 -p 6 -n 0 -r 1 -o json" in calls and f"-m {q4_0} -t 1 -p 12 -n 0 -r 1 -o json" in calls)
+    # Q4_1 (the shipped file): decode, prompt and long prompt each round
+    assert sum(f"-m {llama_cpp.smollm2_gguf()} " in c for c in calls) == 3 * settings.rounds
+    assert rows["llama.cpp Q4_0"]["long_prompt_tokens_per_s"] == 900.0
+    gguf_bytes = llama_cpp.gguf_file("Q4_0").stat().st_size
+    assert gguf_bytes < rows["llama.cpp Q4_0"]["bytes_per_token"] < gguf_bytes + 10**6  # the file, and an f16 cache
     md = (tmp_path / "out" / "decode.md").read_text()
     assert "| llama.cpp Q4_0 | 100.0 |" in md and "llama.cpp abc1234 (b42)" in md
 

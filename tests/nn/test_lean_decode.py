@@ -187,6 +187,17 @@ def test_lean_llama_bf16_decodes_on_fp32_activations_in_the_compiled_step(tiny_l
                                    rtol=1e-5, atol=1e-5)
 
 
+def test_step_bytes_count_every_weight_the_compiled_step_reads_once(tiny_llama):
+    """Dense fp32: each projection's and the head's weight (a tied head's once) and the norms; a
+    bf16 model half the projections' bytes; none without a compiled step."""
+    linears = {m.weight.data_ptr(): m.weight.nbytes for m in tiny_llama.modules() if isinstance(m, torch.nn.Linear)}
+    norms = sum(m.weight.nbytes for name, m in tiny_llama.named_modules() if name.endswith("norm"))
+    assert LeanLlama(tiny_llama, 1, 4).step_bytes() == sum(linears.values()) + norms
+    assert LeanLlama(tiny_llama, 1, 4, fused=False).step_bytes() is None
+    half = LeanLlama(copy.deepcopy(tiny_llama).to(torch.bfloat16), 1, 4).step_bytes()
+    assert half == sum(linears.values()) // 2 + norms  # the norms are read as fp32 copies
+
+
 def test_greedy_decode_matches_hf_generate(tiny_llama):
     ids = prompt(2, 6, seed=1)
     out = greedy_decode(tiny_llama, ids, 10)

@@ -15,7 +15,13 @@ Each (batch, threads) cell (:meth:`DecodeSettings.cells`) has the key ``b<batch>
 (:mod:`sparsa.bench.llama_cpp`) runs in the same rounds at batch 1, one ``llama-bench`` process
 per type and thread count per round, on GGUF files of the same weights; without its tools its
 rows say why. Prompt tokens/s (batch 1) come from the same runs: sparsa's prefill of the
-prompt, llama.cpp's ``-p`` test.
+prompt, llama.cpp's ``-p`` test; a longer prompt (``long_prompt_tokens``) is prefilled once more
+per round at the first thread count.
+
+The byte floor: the bytes one decode step reads (the compiled step's weight arrays, each once,
+and the KV cache at the timed steps' mean position; llama.cpp: its GGUF file and an f16 cache)
+over the read bandwidth measured in the same process (:mod:`sparsa.bench.bandwidth`), at batch 1
+and the first thread count; ``x floor`` is tokens/s over that floor's.
 """
 
 import contextlib
@@ -27,13 +33,14 @@ import torch
 from tqdm.auto import tqdm
 
 from sparsa.bench import llama_cpp
+from sparsa.bench.bandwidth import read_bandwidth
 from sparsa.bench.results import batch_bars, machine, write_results
 from sparsa.compress import MagnitudeConfig, RTNConfig, SpQRConfig, compress_
 from sparsa.data import calibration_windows, load_corpus, tokenize
 from sparsa.data.tokens import bos_for
 from sparsa.errors import SparsaError
 from sparsa.kernels import linear_reference, kernel_name, recorded_kernels
-from sparsa.nn.lean_decode import greedy_decode
+from sparsa.nn.lean_decode import LeanLlama, greedy_decode
 from sparsa.nn.models import load_model
 from sparsa.nn.sparse_linear import decoded_weights
 from sparsa.nn.surgery import all_linears, decoder_linears
@@ -49,6 +56,7 @@ class DecodeSettings:
     model: str = "smollm2-135m"
     batches: tuple[int, ...] = (1, 8)
     prompt_tokens: int = 32
+    long_prompt_tokens: int = 512  # prefilled once more per round (batch 1, first thread count); 0: not timed
     new_tokens: int = 64
     match_tokens: int = 32
     variants: tuple[str, ...] = VARIANTS
@@ -63,7 +71,7 @@ class DecodeSettings:
     @classmethod
     def quick(cls) -> "DecodeSettings":
         return cls(batches=(1,), new_tokens=33, variants=("dense fp32", "spqr-3"), rounds=3, threads=(2,),
-                   llama_cpp=("Q4_0",))
+                   llama_cpp=("Q4_0",), long_prompt_tokens=0)
 
     def cells(self) -> list[tuple[int, int]]:
         """The (batch, threads) pairs timed: every batch at the first thread count, then batch 1 at
@@ -170,14 +178,34 @@ def reference_check(name: str, model, ids: torch.Tensor, n: int) -> dict:
     return row
 
 
+def step_bytes(model, gguf, config, s: DecodeSettings) -> int | None:
+    """Bytes one batch-1 decode step reads: sparsa's compiled step's weights (None without one) or
+    llama.cpp's GGUF file, plus the KV cache at the timed steps' mean position (fp32 for sparsa,
+    llama.cpp's default f16)."""
+    if model is not None:
+        weights, cache_bytes = LeanLlama(model, 1, s.prompt_tokens + s.new_tokens).step_bytes(), 4
+    elif gguf is not None:
+        weights, cache_bytes = gguf.stat().st_size, 2
+    else:
+        return None
+    if weights is None:
+        return None
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    position = s.prompt_tokens + s.new_tokens / 2
+    cache = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * cache_bytes * position
+    return int(weights + cache)
+
+
 def median(xs: list[float]) -> float:
     xs = sorted(xs)
     return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
 
 
-def run_rounds(models: dict, ggufs: dict, s: DecodeSettings, prompt: torch.Tensor, progress: bool) -> dict[str, dict]:
+def run_rounds(models: dict, ggufs: dict, s: DecodeSettings, prompt: torch.Tensor, long_prompt: torch.Tensor,
+               progress: bool) -> dict[str, dict]:
     """Round-robin timing of sparsa's ``models`` and llama.cpp's ``ggufs`` (batch 1 only), in an
-    order rotated each round: per runner, per cell, every round's (tokens/s, ms/step, prompt tokens/s)."""
+    order rotated each round: per runner, per cell, every round's (tokens/s, ms/step, prompt tokens/s),
+    and under ``"long"`` every round's prompt tokens/s of ``long_prompt`` (batch 1, first thread count)."""
     names = list(models) + list(ggufs)
     samples = {name: {} for name in names}
     for r in tqdm(range(s.rounds), desc="bench decode rounds", disable=not progress):
@@ -189,6 +217,11 @@ def run_rounds(models: dict, ggufs: dict, s: DecodeSettings, prompt: torch.Tenso
                     sample = (time_variant(models[name], batch_of(prompt, batch), s.new_tokens) if name in models
                               else time_llama_cpp(ggufs[name], threads, s))
                 samples[name].setdefault(cell(batch, threads), []).append(sample)
+            if long_prompt.numel():
+                with thread_count(s.threads[0]):
+                    samples[name].setdefault("long", []).append(
+                        long_prompt.numel() / greedy_decode(models[name], long_prompt, 1).prefill_seconds if name in models
+                        else llama_cpp.prefill_tokens_per_s(ggufs[name], s.threads[0], long_prompt.numel()).tokens_per_s)
     return samples
 
 
@@ -202,13 +235,19 @@ def table_cells(payload: dict) -> tuple[list[str], list[list[str]]]:
     the kernels the dispatcher ran (llama.cpp: its build)."""
     s = payload["settings"]
     cells = [(cell(b, t), b, t) for b, t in recorded_cells(s)]
+    long, first = s.get("long_prompt_tokens", 0), s["threads"][0]
+    floor = "bandwidth_gb_per_s" in payload
     header = ["variant", *(c for _, b, t in cells for c in (f"tokens/s (batch {b}, {t} thr.)", "x fp32")),
-              *(f"prompt tokens/s ({t} thr.)" for t in s["threads"]), "match", "kernel"]
+              *(f"prompt tokens/s ({t} thr.)" for t in s["threads"]),
+              *([f"prompt tokens/s ({long} tokens, {first} thr.)"] if long else []),
+              *([f"floor tokens/s (batch 1, {first} thr.)", "x floor"] if floor else []), "match", "kernel"]
+    extra = (1 if long else 0) + (2 if floor else 0)
     dense = next((r for r in payload["rows"] if r["variant"] == "dense fp32" and "skipped" not in r), None)
     rows = []
     for r in payload["rows"]:
         if "skipped" in r:
-            rows.append([r["variant"], *("n/a" for _ in range(2 * len(cells) + len(s["threads"]))), r["skipped"], ""])
+            rows.append([r["variant"], *("n/a" for _ in range(2 * len(cells) + len(s["threads"]) + extra)), r["skipped"],
+                         ""])
             continue
         out = []
         for key, _, _ in cells:
@@ -217,6 +256,11 @@ def table_cells(payload: dict) -> tuple[list[str], list[list[str]]]:
                     [f"{tps:.1f}", f"{tps / dense['tokens_per_s'][key]:.2f}x" if dense else "n/a"])
         out += [f"{r['prompt_tokens_per_s'][cell(1, t)]:.0f}" if cell(1, t) in r["prompt_tokens_per_s"] else "n/a"
                 for t in s["threads"]]
+        if long:
+            out.append(f"{r['long_prompt_tokens_per_s']:.0f}")
+        if floor:
+            out += (["n/a", "n/a"] if r.get("floor_tokens_per_s") is None else
+                    [f"{r['floor_tokens_per_s']:.0f}", f"{r['x_floor']:.2f}x"])
         match = r.get("reference_match")
         verdict = "-" if match is None else ("yes" if match["first_difference"] is None else
                                              f"near tie at step {match['first_difference']}" if match["near_tie"]
@@ -232,10 +276,19 @@ def settings_sentence(payload: dict) -> str:
             f"tokens/s; the median of {s['rounds']} round-robin rounds. `x fp32`: tokens/s over dense fp32 in the "
             f"same cell. `match`: the first {s['match_tokens']} greedy tokens against the reference path (decode "
             "the weights, dense matmul). `kernel`: what the dispatcher ran for the variant's compressed layers.")
+    if s.get("long_prompt_tokens"):
+        text += (f" The {s['long_prompt_tokens']}-token prompt is prefilled once more per round, at batch 1 and "
+                 f"{s['threads'][0]} threads.")
+    if "bandwidth_gb_per_s" in payload:
+        text += (f" `floor`: the read bandwidth measured in the same process ({payload['bandwidth_gb_per_s']:.1f} GB/s, "
+                 f"{s['threads'][0]} threads) over the bytes one batch-1 step reads (the compiled step's weight "
+                 "arrays, each once, and the KV cache at the timed steps' mean position; llama.cpp: its GGUF file and "
+                 "an f16 cache); `x floor`: tokens/s over the floor's.")
     if "llama_cpp" in payload:
         lc = payload["llama_cpp"]
+        long = f", `-p {s['long_prompt_tokens']} -n 0` for the long one" if s.get("long_prompt_tokens") else ""
         text += (f" llama.cpp {lc['build']} (`llama-bench -r 1` per round: `-p 0 -n {s['new_tokens'] - 1} -d "
-                 f"{s['prompt_tokens'] + 1}` for decode, `-p {s['prompt_tokens']} -n 0` for the prompt) on GGUF "
+                 f"{s['prompt_tokens'] + 1}` for decode, `-p {s['prompt_tokens']} -n 0` for the prompt{long}) on GGUF "
                  "files of the same weights, batch 1.")
     return text
 
@@ -299,6 +352,7 @@ def run_decode(s: DecodeSettings, *, out_dir="bench/results", name: str = "decod
     if "spqr-3" in s.variants:
         calibration = calibration_windows(tokenize(lm.tokenizer, corpus.calib), s.nsamples, s.calib_seqlen, s.seed,
                                           bos=bos_for(lm.tokenizer, s.bos), source="wiki calibration split")
+    long_prompt = tokenize(lm.tokenizer, corpus.eval[: 40 * s.long_prompt_tokens])[None, : s.long_prompt_tokens]
     rows, models = [], {}
     for variant in tqdm(s.variants, desc="bench decode: build", disable=not progress):
         model = compressed(copy.deepcopy(lm.model), variant, s, calibration)
@@ -309,15 +363,25 @@ def run_decode(s: DecodeSettings, *, out_dir="bench/results", name: str = "decod
                                                      for b in s.batches}})
         models[variant] = model
     ggufs, build = llama_cpp_files(s, rows)
-    samples = run_rounds(models, ggufs, s, prompt, progress)
+    with thread_count(s.threads[0]):
+        bandwidth = read_bandwidth(s.threads[0])
+    samples = run_rounds(models, ggufs, s, prompt, long_prompt, progress)
     for row in rows:
         if "skipped" in row:
             continue
-        runs = samples[row["variant"]]
+        runs = dict(samples[row["variant"]])
+        long = runs.pop("long", None)
         row["tokens_per_s"] = {c: median([t for t, _, _ in runs[c]]) for c in runs}
         row["ms_per_step"] = {c: median([ms for _, ms, _ in runs[c]]) for c in runs}
         row["prompt_tokens_per_s"] = {c: median([p for _, _, p in runs[c]]) for c in runs if c.startswith("b1t")}
         row["tokens_per_s_rounds"] = {c: [t for t, _, _ in runs[c]] for c in runs}
+        if long:
+            row["long_prompt_tokens_per_s"] = median(long)
+        read = step_bytes(models.get(row["variant"]), ggufs.get(row["variant"]), lm.model.config, s)
+        if read is not None:
+            row["bytes_per_token"] = read
+            row["floor_tokens_per_s"] = bandwidth * 1e9 / read
+            row["x_floor"] = row["tokens_per_s"][cell(1, s.threads[0])] / row["floor_tokens_per_s"]
         if row["variant"] in models:
             with thread_count(max(s.threads)):
                 row.update(reference_check(row["variant"], models[row["variant"]], batch_of(prompt, s.batches[0]),
@@ -326,7 +390,7 @@ def run_decode(s: DecodeSettings, *, out_dir="bench/results", name: str = "decod
     for row in rows:
         if dense and "skipped" not in row:
             row["x_dense_fp32"] = {c: v / dense["tokens_per_s"][c] for c, v in row["tokens_per_s"].items()}
-    payload = {"settings": asdict(s), "machine": machine("cpu"), "rows": rows}
+    payload = {"settings": asdict(s), "machine": machine("cpu"), "rows": rows, "bandwidth_gb_per_s": bandwidth}
     if build is not None:
         payload["llama_cpp"] = {"version": llama_cpp.VERSION, "build": build}
     if calibration is not None:

@@ -138,6 +138,15 @@ class LeanLlama:
         self.head = bound_linear(model.lm_head, example)
         self.compiled_layers = self.fused and compile_layers(self, body)
 
+    def step_bytes(self) -> int | None:
+        """Bytes of weights one compiled decode step reads (every array of its kernel table once, and
+        the norms), or None without a compiled step. The cache it reads comes on top."""
+        if not self.compiled_layers:
+            return None
+        arrays = {(a.ctypes.data, a.nbytes) for kind in self.table.operands for operand in kind for a in operand
+                  if isinstance(a, np.ndarray)}
+        return sum(n for _, n in arrays) + self.norm_in.nbytes + self.norm_post.nbytes + self.norm_final.nbytes
+
     @torch.no_grad()
     def forward(self, tokens: torch.Tensor, start: int, last_only: bool = False) -> torch.Tensor:
         """Logits [B, T, vocab] for ``tokens`` [B, T] at positions ``start .. start + T``; fills the cache.
