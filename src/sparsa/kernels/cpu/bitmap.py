@@ -2,12 +2,13 @@
 
 Once per weight (:func:`bitmap_layout`, cached) each row's presence bits are cut into 16-bit
 words (the row padded to a multiple of 16 columns) and each row's first value located. Per row
-and token, every non-empty word takes one step: ``vexpandps`` loads the word's kept values
-into the lanes its set bits name (zeros elsewhere), one FMA meets the 16 activations, and the
-popcount advances the value pointer. The 16 lanes are summed at the row's end. fp32 values
-only (others take the reference).
+and run of up to four tokens, every word takes one step (:func:`row_step`): ``vexpandps`` loads
+the word's kept values into the lanes its set bits name (zeros elsewhere), once for the run,
+one FMA per token meets its 16 activations, and the popcount advances the value pointer. Each
+token's 16 lanes are summed at the row's end. fp32 values only (others take the reference).
 """
 
+import functools
 from dataclasses import dataclass
 
 import numba
@@ -29,30 +30,55 @@ _F32, _I16 = ir.FloatType(), ir.IntType(16)
 _VF, _VB = ir.VectorType(_F32, WORD), ir.VectorType(ir.IntType(1), WORD)
 
 
-@intrinsic
-def expand_fma(typingctx, acc, values, at, bits, x, x_at):
-    """``acc[l] += v[l] * x[x_at + l]`` for the 16 lanes, ``v`` the values from ``values[at]`` on
-    expanded into the lanes whose bit is set in ``bits`` (0 elsewhere); returns how many were read."""
+@functools.cache
+def row_step(tokens: int):
+    """The step for one row and ``tokens`` tokens (compiled per count):
+    ``step(out, words, w_at, n_words, values, at, x, x_at, x_stride)`` sets ``out[j]`` to row · token
+    ``j`` for ``j < tokens``: per 16-bit word (``words[w_at + w]``), ``vexpandps`` loads the word's kept
+    values from ``values[at]`` on into the lanes its set bits name (zeros elsewhere), once for all
+    the tokens, one FMA per token meets its 16 activations (``x[x_at + j * x_stride + 16 w]``), and
+    the popcount advances ``at``; the ``tokens`` accumulators stay in registers over the row."""
 
     def codegen(context, builder, sig, args):
-        acc_a, val_a, at_i, bits_i, x_a, x_i = args
+        out_a, words_a, w_at, n_words, val_a, at_i, x_a, x_at, x_stride = args
+        i64 = ir.IntType(64)
 
         def data(i, a):
             return context.make_array(sig.args[i])(context, builder, a).data
 
-        word = builder.trunc(bits_i, _I16)
+        words_d, val_d, x_d = data(1, words_a), data(4, val_a), data(6, x_a)
         expand = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VF, [_F32.as_pointer(), _VB, _VF]),
                                                 "llvm.masked.expandload.v16f32")
-        w = builder.call(expand, [builder.gep(data(1, val_a), [at_i]), builder.bitcast(word, _VB),
-                                  ir.Constant(_VF, [0.0] * WORD)])
-        xv = builder.load(builder.bitcast(builder.gep(data(4, x_a), [x_i]), _VF.as_pointer()), align=4)
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VF, [_VF] * 3), "llvm.fma.v16f32")
-        ptr = builder.bitcast(data(0, acc_a), _VF.as_pointer())
-        builder.store(builder.call(fma, [w, xv, builder.load(ptr, align=4)]), ptr, align=4)
         popcount = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I16, [_I16]), "llvm.ctpop.i16")
-        return builder.zext(builder.call(popcount, [word]), ir.IntType(64))
+        zero = ir.Constant(_VF, [0.0] * WORD)
+        accs = [cgutils.alloca_once_value(builder, zero) for _ in range(tokens)]
+        cursor = cgutils.alloca_once_value(builder, at_i)
+        rows = [builder.add(x_at, builder.mul(x_stride, ir.Constant(i64, j))) for j in range(tokens)]
+        with cgutils.for_range(builder, n_words) as loop:
+            word = builder.trunc(builder.load(builder.gep(words_d, [builder.add(w_at, loop.index)])), _I16)
+            at = builder.load(cursor)
+            w = builder.call(expand, [builder.gep(val_d, [at]), builder.bitcast(word, _VB), zero])
+            column = builder.mul(loop.index, ir.Constant(i64, WORD))
+            for j in range(tokens):
+                xv = builder.load(builder.bitcast(builder.gep(x_d, [builder.add(rows[j], column)]), _VF.as_pointer()),
+                                  align=4)
+                builder.store(builder.call(fma, [w, xv, builder.load(accs[j])]), accs[j])
+            builder.store(builder.add(at, builder.zext(builder.call(popcount, [word]), i64)), cursor)
+        out_d = data(0, out_a)
+        for j in range(tokens):
+            v = builder.load(accs[j])
+            total = builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+            for lane in range(1, WORD):
+                total = builder.fadd(total, builder.extract_element(v, ir.Constant(ir.IntType(32), lane)))
+            builder.store(total, builder.gep(out_d, [ir.Constant(i64, j)]))
+        return context.get_dummy_value()
 
-    return types.int64(acc, values, at, bits, x, x_at), codegen
+    @intrinsic
+    def step(typingctx, out, words, w_at, n_words, values, at, x, x_at, x_stride):
+        return types.void(out, words, w_at, n_words, values, at, x, x_at, x_stride), codegen
+
+    return step
 
 
 @dataclass(frozen=True)
@@ -74,6 +100,10 @@ def bitmap_layout(weight: Bitmap) -> BitmapLayout:
     return BitmapLayout(words=words.numpy(), rowptr=rowptr.numpy())
 
 
+CHUNK = 4  # tokens per row step: each word's values are expanded once for these
+_many, _one = row_step(CHUNK), row_step(1)
+
+
 @numba.njit(parallel=True, fastmath=True)
 def bitmap_rows(x, words, rowptr, values, y, tasks):  # pragma: no cover - compiled
     """y[N, M] = x W^T from the layout and the kept values."""
@@ -81,21 +111,21 @@ def bitmap_rows(x, words, rowptr, values, y, tasks):  # pragma: no cover - compi
     out_features, n_words = words.shape
     width = n_words * WORD
     xp = zero_padded_rows(x, width)
+    flat = words.reshape(-1)
     per_task = (out_features + tasks - 1) // tasks
     for task in numba.prange(tasks):
-        acc = np.empty(WORD, np.float32)
+        out = np.empty(CHUNK, np.float32)
         for r in range(task * per_task, min(out_features, (task + 1) * per_task)):
-            for n in range(n_tokens):
-                acc[:] = 0.0
-                at = rowptr[r]
-                for w in range(n_words):
-                    bits = words[r, w]
-                    if bits:
-                        at += expand_fma(acc, values, at, bits, xp, n * width + w * WORD)
-                total = np.float32(0.0)
-                for lane in range(WORD):
-                    total += acc[lane]
-                y[n, r] = total
+            n = 0
+            while n < n_tokens:
+                count = CHUNK if n + CHUNK <= n_tokens else 1
+                if count == CHUNK:
+                    _many(out, flat, r * n_words, n_words, values, rowptr[r], xp, n * width, width)
+                else:
+                    _one(out, flat, r * n_words, n_words, values, rowptr[r], xp, n * width, width)
+                for j in range(count):
+                    y[n + j, r] = out[j]
+                n += count
 
 
 def bitmap_step(weight: Bitmap, tokens: int = 1) -> tuple:
