@@ -4,8 +4,8 @@ numba's parallel regions run on GNU libgomp (its ``omp`` threading layer). Betwe
 a worker spins for a while, then sleeps on a futex; waking it costs microseconds. libgomp's
 default spin is short here: an empty region called from compiled code took 2.8 us, against
 1.2 us with ``GOMP_SPINCOUNT=30000`` (about 10-30 us of spinning; the same from 30,000 to
-1,000,000), on the 2-core EPYC of the bench. The compiled decode step runs one region per
-product, 211 per SmolLM2 token, so that is about 0.3 ms a token. Workers still sleep once a
+1,000,000), on the 2-core EPYC of the bench. Kernels called one by one (prefill, the bound
+products) run one region each. Workers still sleep once a
 process stops issuing regions (for example between tokens, in Python). A user's own
 ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` wins.
 """

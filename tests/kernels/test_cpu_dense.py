@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sparsa.kernels.cpu.dense import dense_rows, dense_step
+from sparsa.kernels.cpu.calls import parallel
+from sparsa.kernels.cpu.dense import DENSE, dense_step
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -17,8 +18,8 @@ def test_dense_rows_matches_f_linear(out_features, in_features, tokens, tasks, d
     w, x = torch.randn(out_features, in_features, generator=g).to(dtype), torch.randn(tokens, in_features, generator=g)
     y = np.full((tokens, out_features), np.nan, np.float32)
     kernel, operand = dense_step(w)
-    assert kernel is dense_rows and operand[0].ctypes.data == w.data_ptr()  # read in place
-    kernel(x.numpy(), *operand, y, tasks)
+    assert kernel is DENSE and operand[0].ctypes.data == w.data_ptr()  # read in place
+    parallel(kernel)(x.numpy(), operand, kernel.scratch_for(operand, tokens), y, tasks)
     torch.testing.assert_close(torch.from_numpy(y), F.linear(x, w.float()), rtol=1e-5, atol=1e-5)
 
 

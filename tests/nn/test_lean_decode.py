@@ -2,6 +2,7 @@
 
 import copy
 
+import numba
 import pytest
 import torch
 
@@ -10,7 +11,7 @@ from sparsa.compress import MagnitudeConfig, RTNConfig, SpQRConfig, compress_
 from sparsa.errors import SparsaError
 from sparsa.kernels import recorded_kernels
 from sparsa.kernels.cpu import q8
-from sparsa.kernels.cpu.dense import dense_rows
+from sparsa.kernels.cpu.dense import DENSE
 from sparsa.kernels.cpu.spqr import fp32_path, takes_q8, takes_vnni, wide_activations
 from sparsa.kernels.cpu.vnni import HAS_VNNI
 from sparsa.nn import sparse_linears
@@ -137,6 +138,27 @@ def test_compiled_step_runs_a_mix_of_formats_as_the_module_path_does(tiny_llama,
     torch.testing.assert_close(compiled.v_cache, modules.v_cache, rtol=1e-4, atol=1e-4)
 
 
+def test_compiled_step_gives_the_same_bytes_on_any_thread_count(tiny_llama):
+    """The step's threads take chunks of independent output rows: one thread or three (more than
+    the schedule was cut for), the logits and caches are bit-identical."""
+    model = mixed_llama(tiny_llama)
+    threads = numba.get_num_threads()
+    runs = []
+    try:
+        for count in (threads, 1, min(3, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(count)
+            lean = LeanLlama(model, 2, 12) if not runs else runs[0][0]
+            if runs:
+                lean.k_cache.zero_()
+                lean.v_cache.zero_()
+            runs.append((lean, decode([lean], prompt(2, 8, seed=3), 4)[0], lean.k_cache.clone()))
+    finally:
+        numba.set_num_threads(threads)
+    assert runs[0][0].compiled_layers
+    for _, logits, cache in runs[1:]:
+        assert torch.equal(logits, runs[0][1]) and torch.equal(cache, runs[0][2])
+
+
 @pytest.mark.skipif(not HAS_VNNI, reason="this CPU lacks AVX-512 VNNI (no avx512_vnni in /proc/cpuinfo): "
                                          "every SpQR product here already takes the fp32 path")
 @pytest.mark.parametrize("batch", [1, 3])
@@ -151,7 +173,7 @@ def test_vnni_decode_paths_match_the_forced_fp32_path(spqr_llama, batch, one_thr
         fp32_compiled = LeanLlama(spqr_llama, batch, 12)
     assert all(takes_vnni(w) and takes_q8(w, batch) for w in weights)
     assert all(lean.compiled_layers for lean in (compiled, q8_compiled, fp32_compiled))
-    kernels = [set(lean.table.kernels) - {dense_rows} for lean in (compiled, q8_compiled, fp32_compiled)]  # the head is dense
+    kernels = [set(lean.table.kernels) - {DENSE} for lean in (compiled, q8_compiled, fp32_compiled)]  # the head is dense
     assert kernels[0].isdisjoint(kernels[1]) and kernels[0].isdisjoint(kernels[2]) and kernels[1].isdisjoint(kernels[2])
     on_compiled, on_modules, on_q8, on_q8_modules, on_fp32, on_fp32_compiled = decode(
         [compiled, modules, q8_compiled, q8_modules, fp32, fp32_compiled], prompt(batch, 8, seed=5), 5)

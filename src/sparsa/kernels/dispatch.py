@@ -69,9 +69,9 @@ def register_linear_kernel(format_name: str, device_type: str, dtypes: tuple[tor
     """Decorator: file a kernel for a format on a device type for the given activation dtypes,
     optionally only for the weights ``accepts`` approves, and optionally with ``bind(weight,
     bias)``, which prepares everything once and returns ``x -> y`` for repeated calls, and
-    ``step(weight, tokens) -> (compiled kernel, operand tuple)``, the product for ``tokens`` rows of
-    activations as a compiled function that a compiled caller runs as ``kernel(x [N, in], *operand,
-    y [N, out], tasks)``."""
+    ``step(weight, tokens) -> (kernel, operand tuple)``, the product for ``tokens`` rows of
+    activations in a form compiled callers run on their own threads (on the CPU a
+    :class:`sparsa.kernels.cpu.calls.RowKernel`)."""
 
     def decorate(fn: LinearKernel) -> LinearKernel:
         for dtype in dtypes:
@@ -124,7 +124,7 @@ def bind_linear(weight: Format, bias: torch.Tensor | None, example: torch.Tensor
 
 
 def step_kernel(weight: Format, example: torch.Tensor, tokens: int) -> tuple | None:
-    """``(compiled kernel, operand)`` of the kernel :func:`linear` would run for this weight and
+    """``(kernel, operand)`` (see :func:`register_linear_kernel`'s ``step``) of the kernel :func:`linear` would run for this weight and
     ``tokens`` rows of activations like ``example``, for compiled callers (the decode step); None
     when that kernel has no compiled form (the reference, or a kernel without ``step``)."""
     entry = LINEAR_KERNELS.get((weight.format_name, example.device.type, example.dtype))

@@ -28,10 +28,9 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from sparsa.errors import SparsaError
 from sparsa.kernels import record_kernel, step_kernel
-from sparsa.kernels.cpu.calls import TASKS_PER_THREAD
 from sparsa.kernels.cpu.decode_attention import rotary_attention_step
 from sparsa.kernels.cpu.dense import dense_step
-from sparsa.kernels.cpu.llama_step import StepBuffers, compiled_step, kernel_table
+from sparsa.kernels.cpu.llama_step import Schedule, StepBuffers, compiled_step, kernel_table
 from sparsa.nn.sparse_linear import SparseLinear
 
 
@@ -49,7 +48,7 @@ def bound_linear(module: nn.Module, example: torch.Tensor):
 
 
 def step_product(module: nn.Module, example: torch.Tensor, tokens: int) -> tuple | None:
-    """``(compiled kernel, operand)`` of a bias-free projection for the compiled step: a
+    """``(RowKernel, operand)`` of a bias-free projection for the compiled step: a
     ``SparseLinear``'s dispatched kernel for ``tokens`` rows (not in reference mode), or a dense fp32 ``nn.Linear``'s
     :func:`~sparsa.kernels.cpu.dense.dense_step`; None when it has none."""
     if getattr(module, "bias", None) is not None:
@@ -80,7 +79,8 @@ def compile_layers(lean: "LeanLlama", body: nn.Module) -> bool:
     products = [step_product(m, example, lean.batch) for m in modules]
     if any(p is None for p in products):
         return False
-    lean.table = kernel_table(products)
+    lean.table = kernel_table([(*p, m.out_features) for p, m in zip(products, modules)], lean.batch)
+    lean.schedule = Schedule.of(lean.table.units, numba.get_num_threads()).as_tuple()
     lean.step = compiled_step(lean.table.kernels)
     lean.norm_in = torch.stack([l.input_layernorm.weight.detach().float() for l in body.layers]).numpy()
     lean.norm_post = torch.stack([l.post_attention_layernorm.weight.detach().float() for l in body.layers]).numpy()
@@ -143,7 +143,7 @@ class LeanLlama:
         the norms), or None without a compiled step. The cache it reads comes on top."""
         if not self.compiled_layers:
             return None
-        arrays = {(a.ctypes.data, a.nbytes) for kind in self.table.operands for operand in kind for a in operand
+        arrays = {(a.ctypes.data, a.nbytes) for kind in self.table.entries for operand, _ in kind for a in operand
                   if isinstance(a, np.ndarray)}
         return sum(n for _, n in arrays) + self.norm_in.nbytes + self.norm_post.nbytes + self.norm_final.nbytes
 
@@ -168,9 +168,9 @@ class LeanLlama:
         if step and self.compiled_layers:
             logits = np.empty((B, self.lm_head.out_features), np.float32)
             t = self.table
-            self.step(x.reshape(B, -1).contiguous().numpy(), t.operands, t.kinds, t.index, self.norm_in,
+            self.step(x.reshape(B, -1).contiguous().numpy(), t.entries, t.kinds, t.index, self.schedule, self.norm_in,
                       self.norm_post, self.norm_final, self.eps, self.k_layers_all, self.v_layers_all, cos1, sin1,
-                      start, self.buffers, logits, TASKS_PER_THREAD * numba.get_num_threads())
+                      start, self.buffers, logits)
             return torch.from_numpy(logits).view(B, 1, -1)
         for i, layer in enumerate(self.body.layers):
             q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj = self.projections[i]

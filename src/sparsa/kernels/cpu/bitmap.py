@@ -21,7 +21,7 @@ from numba.extending import intrinsic
 
 from sparsa.errors import SparsaError
 from sparsa.formats.bitmap import Bitmap
-from sparsa.kernels.cpu.calls import bind_step, zero_padded_rows
+from sparsa.kernels.cpu.calls import RowKernel, bind_step, pad_rows
 from sparsa.kernels.layouts import cached_layout
 from sparsa.kernels.dispatch import register_linear_kernel
 
@@ -104,36 +104,50 @@ CHUNK = 4  # tokens per row step: each word's values are expanded once for these
 _many, _one = row_step(CHUNK), row_step(1)
 
 
-@numba.njit(parallel=True, fastmath=True)
-def bitmap_rows(x, words, rowptr, values, y, tasks):  # pragma: no cover - compiled
-    """y[N, M] = x W^T from the layout and the kept values."""
+@numba.njit
+def bitmap_prepare(x, operand, scratch):  # pragma: no cover - compiled
+    """The activations zero-padded to whole words."""
+    pad_rows(x, scratch[0])
+
+
+@numba.njit(fastmath=True)
+def bitmap_rows(x, operand, scratch, y, first, last):  # pragma: no cover - compiled
+    """Rows ``first .. last`` of y[N, M] = x W^T from the layout and the kept values
+    (``operand = (words, rowptr, values)``, ``scratch = (xp,)``)."""
+    words, rowptr, values = operand
+    xp = scratch[0]
     n_tokens = x.shape[0]
-    out_features, n_words = words.shape
+    n_words = words.shape[1]
     width = n_words * WORD
-    xp = zero_padded_rows(x, width)
     flat = words.reshape(-1)
-    per_task = (out_features + tasks - 1) // tasks
-    for task in numba.prange(tasks):
-        out = np.empty(CHUNK, np.float32)
-        for r in range(task * per_task, min(out_features, (task + 1) * per_task)):
-            n = 0
-            while n < n_tokens:
-                count = CHUNK if n + CHUNK <= n_tokens else 1
-                if count == CHUNK:
-                    _many(out, flat, r * n_words, n_words, values, rowptr[r], xp, n * width, width)
-                else:
-                    _one(out, flat, r * n_words, n_words, values, rowptr[r], xp, n * width, width)
-                for j in range(count):
-                    y[n + j, r] = out[j]
-                n += count
+    out = np.empty(CHUNK, np.float32)
+    for r in range(first, last):
+        n = 0
+        while n < n_tokens:
+            count = CHUNK if n + CHUNK <= n_tokens else 1
+            if count == CHUNK:
+                _many(out, flat, r * n_words, n_words, values, rowptr[r], xp, n * width, width)
+            else:
+                _one(out, flat, r * n_words, n_words, values, rowptr[r], xp, n * width, width)
+            for j in range(count):
+                y[n + j, r] = out[j]
+            n += count
+
+
+def bitmap_scratch(operand: tuple, tokens: int) -> tuple:
+    """``(xp,)``: ``tokens`` rows of the padded width."""
+    return (np.empty(tokens * operand[0].shape[1] * WORD, np.float32),)
+
+
+BITMAP = RowKernel(bitmap_prepare, bitmap_rows, 1, bitmap_scratch)
 
 
 def bitmap_step(weight: Bitmap, tokens: int = 1) -> tuple:
-    """``(kernel, operand)``: :func:`bitmap_rows` and the arrays it reads (``kernel(x, *operand, y, tasks)``)."""
+    """``(RowKernel, operand)``: :data:`BITMAP` and the arrays it reads."""
     if weight.values.dtype != torch.float32:
         raise SparsaError(f"the Bitmap CPU kernel needs fp32 values, got {weight.values.dtype}")
     lay = cached_layout(weight, bitmap_layout)
-    return bitmap_rows, (lay.words, lay.rowptr, weight.values.contiguous().numpy())
+    return BITMAP, (lay.words, lay.rowptr, weight.values.contiguous().numpy())
 
 
 bitmap_bind = bind_step(bitmap_step)  # x -> Y = X Wᵀ + b with the layout looked up once

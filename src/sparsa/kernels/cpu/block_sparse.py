@@ -32,7 +32,7 @@ import torch
 from sparsa.errors import SparsaError
 from sparsa.formats.block_sparse import BlockSparse
 from sparsa.kernels.cpu import block_steps
-from sparsa.kernels.cpu.calls import check_activations, task_span
+from sparsa.kernels.cpu.calls import RowKernel, check_activations, no_scratch, parallel, read_as_is, task_span
 from sparsa.kernels.cpu.transpose import store_tile, transpose16
 from sparsa.kernels.dispatch import register_linear_kernel
 
@@ -47,11 +47,11 @@ class Compiled:
 
     ``tokens_in_lanes(x, crow, col, values, y, chunk_buffers, pads, tiles, row_parts)``: ``x [N,
     K]``; ``chunk_buffers [tasks, K, 16]``, ``pads [tasks, 16, K]`` and ``tiles [tasks, tile_rows *
-    16]`` fp32 scratch (64-byte aligned); the rows cut into ``row_parts`` runs. ``weights_in_lanes(x, crow, col, values, y,
-    tasks)``: the block rows cut into ``tasks`` runs."""
+    16]`` fp32 scratch (64-byte aligned); the rows cut into ``row_parts`` runs. ``weights_in_lanes``: a
+    :class:`~sparsa.kernels.cpu.calls.RowKernel` over block rows (few tokens)."""
 
     tokens_in_lanes: Callable
-    weights_in_lanes: Callable
+    weights_in_lanes: RowKernel
     tile_rows: int
 
 
@@ -197,14 +197,14 @@ def _any_blocks(R: int, C: int, group: int):
 
 
 def _weights_in_lanes(R: int, C: int):
-    @numba.njit(parallel=True, fastmath=True)
-    def weights_in_lanes(x, crow, col, values, y, tasks):  # pragma: no cover - compiled
-        """y[N, M] = x Wᵀ for x [N, K]; each task a run of block rows, every token inside each."""
+    @numba.njit(fastmath=True)
+    def block_rows(x, operand, scratch, y, first, last):  # pragma: no cover - compiled
+        """Block rows ``first .. last`` of y[N, M] = x Wᵀ for x [N, K] (``operand = (crow, col, values)``), every token in each."""
+        crow, col, values = operand
         N = x.shape[0]
-        for task in numba.prange(tasks):
-            acc = np.empty(C, np.float32)
-            for br in task_span(task, tasks, crow.shape[0] - 1):
-                block_row(x, crow, col, values, y, br, N, acc)
+        acc = np.empty(C, np.float32)
+        for br in range(first, last):
+            block_row(x, crow, col, values, y, br, N, acc)
 
     @numba.njit(fastmath=True)
     def block_row(x, crow, col, values, y, br, N, acc):  # pragma: no cover - compiled
@@ -219,12 +219,12 @@ def _weights_in_lanes(R: int, C: int):
                         acc[j] += values[b, i, j] * x[n, k0 + j]
                 y[n, r0 + i] = acc.sum()
 
-    return weights_in_lanes
+    return RowKernel(read_as_is, block_rows, R, no_scratch)
 
 
 def block_step(weight: BlockSparse, tokens: int = 1) -> tuple | None:
-    """``(kernel, operand)`` for the compiled decode step: the weights-in-lanes order for fewer than
-    ``TOKEN_LANES_MIN`` tokens (``kernel(x, crow, col, values, y, tasks)``), else None (the
+    """``(RowKernel, operand)`` for the compiled decode step: the weights-in-lanes order for fewer than
+    ``TOKEN_LANES_MIN`` tokens (a :class:`~sparsa.kernels.cpu.calls.RowKernel`), else None (the
     tokens-in-lanes order needs per-call scratch: those calls go through :func:`block_sparse_linear`)."""
     if tokens >= TOKEN_LANES_MIN or weight.values.dtype != torch.float32:
         return None
@@ -264,8 +264,8 @@ def block_sparse_linear(x: torch.Tensor, weight: BlockSparse, bias: torch.Tensor
         kernels.tokens_in_lanes(x2.contiguous().numpy(), crow, col, values, y.numpy(), chunk_buffers, pads, tiles,
                                 row_parts)
     else:
-        kernels.weights_in_lanes(x2.contiguous().numpy(), crow, col, values, y.numpy(),
-                                 TASKS_PER_THREAD * numba.get_num_threads())
+        parallel(kernels.weights_in_lanes)(x2.contiguous().numpy(), (crow, col, values), (), y.numpy(),
+                                           TASKS_PER_THREAD * numba.get_num_threads())
     if bias is not None:
         y += bias
     return y.reshape(*lead, out_features)

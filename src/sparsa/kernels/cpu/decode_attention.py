@@ -18,8 +18,56 @@ import math
 import numba
 import numpy as np
 
+from sparsa.kernels.cpu.fast_exp import exp32
 
-@numba.njit(fastmath=True, cache=True)
+
+@numba.njit(fastmath=True, error_model="numpy", cache=True)  # IEEE division: no zero check, so it vectorizes
+def attend_group(q, k, v, cos, sin, k_cache, v_cache, pos, out, b, kh):  # pragma: no cover - compiled
+    """Sequence ``b``'s kv head ``kh``: write ``rot(k)``, ``v`` at cache position ``pos``, then ``out`` for
+    the query heads that share it (arguments as :func:`rotary_attention_step`'s)."""
+    hd = cos.shape[0]
+    heads, kv_heads = q.shape[1] // hd, k.shape[1] // hd
+    group, half = heads // kv_heads, hd // 2
+    scale = np.float32(1.0 / math.sqrt(hd))
+    base = kh * hd
+    for i in range(half):
+        lo, hi = k[b, base + i], k[b, base + i + half]
+        k_cache[b, kh, pos, i] = lo * cos[i] - hi * sin[i]
+        k_cache[b, kh, pos, i + half] = hi * cos[i + half] + lo * sin[i + half]
+    for i in range(hd):
+        v_cache[b, kh, pos, i] = v[b, base + i]
+    keys, values = k_cache[b, kh], v_cache[b, kh]  # [L, hd]
+    qr = np.empty(hd, np.float32)
+    scores = np.empty(pos + 1, np.float32)
+    acc = np.empty(hd, np.float32)
+    for h in range(kh * group, (kh + 1) * group):
+        base = h * hd
+        for i in range(half):
+            lo, hi = q[b, base + i], q[b, base + i + half]
+            qr[i] = (lo * cos[i] - hi * sin[i]) * scale
+            qr[i + half] = (hi * cos[i + half] + lo * sin[i + half]) * scale
+        top = -np.inf
+        for j in range(pos + 1):
+            dot = np.float32(0.0)
+            for i in range(hd):
+                dot += qr[i] * keys[j, i]
+            scores[j] = dot
+            top = max(top, dot)
+        total = np.float32(0.0)
+        for j in range(pos + 1):
+            scores[j] = exp32(scores[j] - top)
+            total += scores[j]
+        acc[:] = 0.0
+        for j in range(pos + 1):
+            p = scores[j]
+            for i in range(hd):
+                acc[i] += p * values[j, i]
+        inv = np.float32(1.0) / total
+        for i in range(hd):
+            out[b, base + i] = acc[i] * inv
+
+
+@numba.njit(cache=True)
 def rotary_attention_step(q, k, v, cos, sin, k_cache, v_cache, pos, out):  # pragma: no cover - compiled
     """Write ``rot(k)``, ``v`` at cache position ``pos`` and ``out`` = attention of ``rot(q)``.
 
@@ -29,41 +77,6 @@ def rotary_attention_step(q, k, v, cos, sin, k_cache, v_cache, pos, out):  # pra
         k_cache, v_cache: [B, kv_heads, L, hd] fp32, positions ``< pos`` filled; ``pos < L``.
         out: [B, heads * hd] fp32, written.
     """
-    batch, hd = q.shape[0], cos.shape[0]
-    heads, kv_heads = q.shape[1] // hd, k.shape[1] // hd
-    group, half = heads // kv_heads, hd // 2
-    scale = np.float32(1.0 / math.sqrt(hd))
-    qr = np.empty(hd, np.float32)
-    scores = np.empty(pos + 1, np.float32)
-    for b in range(batch):
-        for kh in range(kv_heads):
-            base = kh * hd
-            for i in range(half):
-                lo, hi = k[b, base + i], k[b, base + i + half]
-                k_cache[b, kh, pos, i] = lo * cos[i] - hi * sin[i]
-                k_cache[b, kh, pos, i + half] = hi * cos[i + half] + lo * sin[i + half]
-            for i in range(hd):
-                v_cache[b, kh, pos, i] = v[b, base + i]
-        for h in range(heads):
-            kh, base = h // group, h * hd
-            for i in range(half):
-                lo, hi = q[b, base + i], q[b, base + i + half]
-                qr[i] = lo * cos[i] - hi * sin[i]
-                qr[i + half] = hi * cos[i + half] + lo * sin[i + half]
-            top = -np.inf
-            for j in range(pos + 1):
-                dot = np.float32(0.0)
-                for i in range(hd):
-                    dot += qr[i] * k_cache[b, kh, j, i]
-                scores[j] = dot * scale
-                top = max(top, scores[j])
-            total = np.float32(0.0)
-            for j in range(pos + 1):
-                scores[j] = np.exp(scores[j] - top)
-                total += scores[j]
-            for i in range(hd):
-                out[b, base + i] = 0.0
-            for j in range(pos + 1):
-                p = scores[j] / total
-                for i in range(hd):
-                    out[b, base + i] += p * v_cache[b, kh, j, i]
+    for b in range(q.shape[0]):
+        for kh in range(k.shape[1] // cos.shape[0]):
+            attend_group(q, k, v, cos, sin, k_cache, v_cache, pos, out, b, kh)

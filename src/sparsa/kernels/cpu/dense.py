@@ -2,7 +2,7 @@
 fp32 or bf16 weights, fp32 activations.
 
 At decode a dense product is a matrix-vector product per token, bound by reading ``W`` once.
-Each task takes a run of rows; per row it reads ``W[r]`` once and forms the dot product with
+A unit is 16 rows; per row it reads ``W[r]`` once and forms the dot product with
 every token (the row stays in L1 between tokens), the reduction vectorized by LLVM under
 ``fastmath`` (reassociation lets it keep several vector accumulators). bf16 weights (their bits,
 as int16) are widened to fp32 in registers (:func:`widen`: exact, a shift), so they cost half the
@@ -16,7 +16,9 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-ROWS_PER_TASK_MIN = 16  # fewer rows per task than this and the region's overhead outweighs the split
+from sparsa.kernels.cpu.calls import RowKernel, no_scratch, read_as_is
+
+UNIT = 16  # rows per unit of work: fewer per task and the scheduling outweighs the rows
 
 
 @intrinsic
@@ -32,30 +34,32 @@ def widen(typingctx, value):
     return None
 
 
-@numba.njit(parallel=True, fastmath=True)
-def dense_rows(x, w, y, tasks):  # pragma: no cover - compiled
-    """y[N, M] = x[N, K] w[M, K]^T (x, y fp32; w fp32, or bf16 bits as int16; every array C-contiguous)."""
+@numba.njit(fastmath=True)
+def dense_rows(x, operand, scratch, y, first, last):  # pragma: no cover - compiled
+    """Rows ``UNIT first .. UNIT last`` of y[N, M] = x[N, K] w[M, K]^T (x, y fp32; ``operand = (w,)``,
+    w fp32, or bf16 bits as int16; every array C-contiguous)."""
+    w = operand[0]
     n_tokens = x.shape[0]
     out_features, in_features = w.shape
-    tasks = max(1, min(tasks, out_features // ROWS_PER_TASK_MIN))
-    per_task = (out_features + tasks - 1) // tasks
-    for task in numba.prange(tasks):
-        for r in range(task * per_task, min(out_features, (task + 1) * per_task)):
-            row = w[r]
-            for n in range(n_tokens):
-                xn = x[n]
-                total = np.float32(0.0)
-                for k in range(in_features):
-                    total += widen(row[k]) * xn[k]
-                y[n, r] = total
+    for r in range(first * UNIT, min(out_features, last * UNIT)):
+        row = w[r]
+        for n in range(n_tokens):
+            xn = x[n]
+            total = np.float32(0.0)
+            for k in range(in_features):
+                total += widen(row[k]) * xn[k]
+            y[n, r] = total
+
+
+DENSE = RowKernel(read_as_is, dense_rows, UNIT, no_scratch)
 
 
 def dense_step(weight: torch.Tensor) -> tuple | None:
-    """``(kernel, operand)`` for the compiled decode step (``kernel(x, *operand, y, tasks)``), or None
-    unless ``weight`` is a plain (not a tensor subclass, as torchao's are) C-contiguous fp32 or bf16
-    CPU matrix (it is read in place, not copied: bf16 as its int16 bits)."""
+    """``(RowKernel, operand)`` for the compiled decode step, or None unless ``weight`` is a plain (not
+    a tensor subclass, as torchao's are) C-contiguous fp32 or bf16 CPU matrix (it is read in place,
+    not copied: bf16 as its int16 bits)."""
     if (type(weight.data) is not torch.Tensor or weight.dtype not in (torch.float32, torch.bfloat16)
             or weight.device.type != "cpu" or weight.dim() != 2 or not weight.is_contiguous()):
         return None
     w = weight.detach()
-    return dense_rows, ((w.view(torch.int16) if w.dtype == torch.bfloat16 else w).numpy(),)
+    return DENSE, ((w.view(torch.int16) if w.dtype == torch.bfloat16 else w).numpy(),)

@@ -31,6 +31,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from sparsa.kernels.cpu.calls import RowKernel
 from sparsa.kernels.cpu.tiles import _pointer  # &array[index] as a typed pointer, shared by the IR steps
 
 BLOCK = 32  # activation columns per int8 scale
@@ -184,30 +185,37 @@ def quantize_blocks(x, width, xq, d, sums):  # pragma: no cover - compiled
 
 
 @functools.cache
-def compiled(blocks_per_group: int):
-    """The kernel for groups of ``32 * blocks_per_group`` columns:
-    ``quant_q8(x, codes, scale, minimum, blocks, y, tasks)``, y[N, M] = x W^T."""
+def compiled(blocks_per_group: int) -> RowKernel:
+    """The kernel for groups of ``32 * blocks_per_group`` columns: units of a quad of rows;
+    ``operand = (codes, scale, minimum, blocks)``, ``scratch = (xq, d, sums)`` (:func:`quantize_blocks`)."""
     step = quad_rows(blocks_per_group)
 
-    @numba.njit(parallel=True, fastmath=True)
-    def quant_q8(x, codes, scale, minimum, blocks, y, tasks):  # pragma: no cover - compiled
-        n_tokens = x.shape[0]
-        out_features = y.shape[1]
-        width = blocks * BLOCK
-        xq = np.empty(n_tokens * width, np.int8)
-        d, sums = np.empty(n_tokens * blocks, np.float32), np.empty(n_tokens * blocks, np.float32)
-        quantize_blocks(x, width, xq, d, sums)
-        quads = (out_features + QUAD - 1) // QUAD
-        groups = blocks // blocks_per_group
-        tasks = max(1, min(tasks, quads))
-        per_task = (quads + tasks - 1) // tasks
-        for task in numba.prange(tasks):
-            out = np.empty(QUAD, np.float32)
-            for u in range(task * per_task, min(quads, (task + 1) * per_task)):
-                for n in range(n_tokens):
-                    step(codes, u * blocks * QUAD * (BLOCK // 2), scale, minimum, u * groups * QUAD, xq, n * width,
-                         d, sums, n * blocks, blocks, out)
-                    for i in range(min(QUAD, out_features - u * QUAD)):
-                        y[n, u * QUAD + i] = out[i]
+    @numba.njit
+    def prepare(x, operand, scratch):  # pragma: no cover - compiled
+        xq, d, sums = scratch
+        quantize_blocks(x, operand[3] * BLOCK, xq, d, sums)
 
-    return quant_q8
+    @numba.njit(fastmath=True)
+    def rows(x, operand, scratch, y, first, last):  # pragma: no cover - compiled
+        """Quads ``first .. last`` of y[N, M] = x W^T."""
+        codes, scale, minimum, blocks = operand
+        xq, d, sums = scratch
+        n_tokens, out_features = y.shape
+        width = blocks * BLOCK
+        groups = blocks // blocks_per_group
+        out = np.empty(QUAD, np.float32)
+        for u in range(first, last):
+            for n in range(n_tokens):
+                step(codes, u * blocks * QUAD * (BLOCK // 2), scale, minimum, u * groups * QUAD, xq, n * width,
+                     d, sums, n * blocks, blocks, out)
+                for i in range(min(QUAD, out_features - u * QUAD)):
+                    y[n, u * QUAD + i] = out[i]
+
+    return RowKernel(prepare, rows, QUAD, scratch_for)
+
+
+def scratch_for(operand: tuple, tokens: int) -> tuple:
+    """``(xq, d, sums)`` for ``tokens`` tokens of a weight of ``operand[3]`` blocks a row."""
+    blocks = operand[3]
+    return (np.empty(tokens * blocks * BLOCK, np.int8), np.empty(tokens * blocks, np.float32),
+            np.empty(tokens * blocks, np.float32))

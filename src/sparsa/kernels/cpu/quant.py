@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from sparsa.formats.quant import Quant, group_count, pad_groups
-from sparsa.kernels.cpu.calls import bind_step, check_activations, zero_padded_rows
+from sparsa.kernels.cpu.calls import RowKernel, bind_step, check_activations, pad_rows
 from sparsa.kernels.layouts import cached_layout
 from sparsa.kernels.cpu import q8
 from sparsa.kernels.cpu.spqr import FP32_ONLY, TOKEN_CHUNK
@@ -58,43 +58,48 @@ def quant_layout(weight: Quant) -> QuantLayout:
 
 
 @functools.cache
-def compiled(group_size: int, nibbles: bool):
-    """The tile kernel for one group size and code packing."""
+def compiled(group_size: int, nibbles: bool) -> RowKernel:
+    """The tile kernel for one group size and code packing: units of 16 rows (a tile);
+    ``operand = (codes, scale, minimum, groups)``, ``scratch = (xp,)`` the zero-padded activations."""
     many, one = (tile_group(group_size, n, nibbles, "half") for n in (TOKEN_CHUNK, 1))
     loads = -(-group_size // 2) if nibbles else group_size
     chunk = TOKEN_CHUNK
 
-    @numba.njit(parallel=True, fastmath=True)
-    def quant_tiles(x, codes, scale, minimum, groups, y, tasks):  # pragma: no cover - compiled
-        """y[N, M] = x W^T (``groups`` = G)."""
-        n_tokens = x.shape[0]
-        out_features = y.shape[1]
-        width = groups * group_size
-        xp = zero_padded_rows(x, width)
-        tiles = (out_features + LANES - 1) // LANES
-        per_task = (tiles + tasks - 1) // tasks
-        for task in numba.prange(tasks):
-            acc = np.empty(n_tokens * LANES, np.float32)
-            for t in range(task * per_task, min(tiles, (task + 1) * per_task)):
-                acc[:] = 0.0
-                for g in range(groups):
-                    code_at = (t * groups + g) * loads * LANES
-                    stat_at = (t * groups + g) * LANES
-                    n = 0
-                    while n + chunk <= n_tokens:
-                        many(acc, n * LANES, codes, code_at, xp, n * width + g * group_size, width, scale, minimum,
-                             stat_at)
-                        n += chunk
-                    while n < n_tokens:
-                        one(acc, n * LANES, codes, code_at, xp, n * width + g * group_size, width, scale, minimum,
-                            stat_at)
-                        n += 1
-                r0 = t * LANES
-                for lane in range(min(LANES, out_features - r0)):
-                    for n in range(n_tokens):
-                        y[n, r0 + lane] = acc[n * LANES + lane]
+    @numba.njit
+    def prepare(x, operand, scratch):  # pragma: no cover - compiled
+        pad_rows(x, scratch[0])
 
-    return quant_tiles
+    @numba.njit(fastmath=True)
+    def rows(x, operand, scratch, y, first, last):  # pragma: no cover - compiled
+        """Tiles ``first .. last`` of y[N, M] = x W^T."""
+        codes, scale, minimum, groups = operand
+        xp = scratch[0]
+        n_tokens, out_features = y.shape
+        width = groups * group_size
+        acc = np.empty(n_tokens * LANES, np.float32)
+        for t in range(first, last):
+            acc[:] = 0.0
+            for g in range(groups):
+                code_at = (t * groups + g) * loads * LANES
+                stat_at = (t * groups + g) * LANES
+                n = 0
+                while n + chunk <= n_tokens:
+                    many(acc, n * LANES, codes, code_at, xp, n * width + g * group_size, width, scale, minimum,
+                         stat_at)
+                    n += chunk
+                while n < n_tokens:
+                    one(acc, n * LANES, codes, code_at, xp, n * width + g * group_size, width, scale, minimum,
+                        stat_at)
+                    n += 1
+            r0 = t * LANES
+            for lane in range(min(LANES, out_features - r0)):
+                for n in range(n_tokens):
+                    y[n, r0 + lane] = acc[n * LANES + lane]
+
+    def scratch_for(operand: tuple, tokens: int) -> tuple:
+        return (np.empty(tokens * operand[3] * group_size, np.float32),)
+
+    return RowKernel(prepare, rows, LANES, scratch_for)
 
 
 Q8_TOKENS = 8  # up to this many tokens per call (decode) take the int8-activation kernel where it fits
@@ -117,8 +122,8 @@ def q8_layout(weight: Quant) -> QuantLayout:
 
 
 def quant_step(weight: Quant, tokens: int = 1) -> tuple:
-    """``(kernel, operand)`` for ``tokens`` tokens: the int8-activation kernel where it fits
-    (:func:`fits_q8`), else the fp32 tile kernel, and the arrays it reads (``kernel(x, *operand, y, tasks)``)."""
+    """``(RowKernel, operand)`` for ``tokens`` tokens: the int8-activation kernel where it fits
+    (:func:`fits_q8`), else the fp32 tile kernel, and the arrays it reads."""
     if fits_q8(weight, tokens):
         lay = cached_layout(weight, q8_layout)
         blocks = group_count(weight.shape[1], weight.group_size) * weight.group_size // q8.BLOCK

@@ -40,7 +40,7 @@ import torch
 from sparsa.formats.spqr import SpQR
 from sparsa.formats.bitpack import unpack_bits
 from sparsa.kernels.cpu import spqr_q8
-from sparsa.kernels.cpu.calls import bind_step, check_activations
+from sparsa.kernels.cpu.calls import RowKernel, bind_step, check_activations
 from sparsa.kernels.layouts import cached_layout
 from sparsa.kernels.cpu.tiles import (LANES, NIBBLE_BITS, THREE_BIT_GROUP, THREE_BIT_PAIR_BYTES, VNNI_COLUMNS, X_LEVELS,
                                       X_PARTS, outlier_expand, outlier_free_codes, outlier_slots, tile_codes, tile_group, tile_group_vnni,
@@ -145,68 +145,68 @@ def spqr_fp32_layout(weight: SpQR) -> SpQRLayout:
 
 @functools.cache
 def compiled(group_size: int, nibbles: bool):
-    """The tile kernel for one group size and code packing (the step unrolls over the group)."""
+    """The tile kernel for one group size and code packing (the step unrolls over the group): units
+    of one tile; ``operand = (perm, codes, sc, zc, sstats, zstats, stat_rows, slots, masks, starts, pos,
+    delta)``, ``scratch = (xp,)`` the permuted activations."""
     coded_many, coded_one = (tile_group(group_size, n, nibbles, "coded") for n in (TOKEN_CHUNK, 1))
     float_many, float_one = (tile_group(group_size, n, nibbles, "float") for n in (TOKEN_CHUNK, 1))
     chunk, loads = TOKEN_CHUNK, (-(-group_size // 2) if nibbles else group_size)  # 16-byte code loads per group
 
-    @numba.njit(parallel=True, fastmath=True)
-    def spqr_tiles(x, perm, codes, sc, zc, sstats, zstats, stat_rows, slots, masks, starts, pos, delta, y, tasks):  # pragma: no cover
-        """y[N, M] = x W^T for the layout's arrays (``stat_rows`` = β2)."""
-        n_tokens, in_features = x.shape
-        out_features = y.shape[1]
+    @numba.njit
+    def prepare(x, operand, scratch):  # pragma: no cover - compiled
+        permute(x, operand[0], scratch[0])
+
+    @numba.njit(fastmath=True)
+    def rows(x, operand, scratch, y, first, last):  # pragma: no cover - compiled
+        """Tiles ``first .. last`` of y[N, M] = x W^T for the layout's arrays (``stat_rows`` = β2)."""
+        perm, codes, sc, zc, sstats, zstats, stat_rows, slots, masks, starts, pos, delta = operand
+        xp = scratch[0]
+        n_tokens, out_features = y.shape
         groups = sstats.shape[1]
         width = groups * group_size
-        xp = np.empty(n_tokens * width, np.float32)
-        for n in range(n_tokens):
-            for k in range(in_features):
-                xp[n * width + k] = x[n, perm[k]]
-        tiles = (out_features + LANES - 1) // LANES
         aligned = stat_rows % LANES == 0
-        per_task = (tiles + tasks - 1) // tasks
-        for task in numba.prange(tasks):
-            acc = np.empty(n_tokens * LANES, np.float32)
-            s = np.empty(LANES, np.float32)
-            z = np.empty(LANES, np.float32)
-            for t in range(task * per_task, min(tiles, (task + 1) * per_task)):
-                acc[:] = 0.0
-                r0 = t * LANES
-                for g in range(groups):
-                    code_at = (t * groups + g) * loads * LANES
-                    stat_at = (t * groups + g) * LANES
-                    x_at = g * group_size
-                    if aligned:  # the tile's 16 rows share one (step, minimum) pair per statistic
-                        run = r0 // stat_rows
-                        s_step, s_min = np.float32(sstats[run, g, 0]), np.float32(sstats[run, g, 1])
-                        z_step, z_min = np.float32(zstats[run, g, 0]), np.float32(zstats[run, g, 1])
-                        n = 0
-                        while n + chunk <= n_tokens:
-                            coded_many(acc, n * LANES, codes, code_at, xp, n * width + x_at, width,
-                                       sc, zc, stat_at, s_step, s_min, z_step, z_min)
-                            n += chunk
-                        while n < n_tokens:
-                            coded_one(acc, n * LANES, codes, code_at, xp, n * width + x_at, width,
-                                      sc, zc, stat_at, s_step, s_min, z_step, z_min)
-                            n += 1
-                    else:  # runs end inside the tile: decode s and z lane by lane
-                        for lane in range(LANES):
-                            run = min(r0 + lane, out_features - 1) // stat_rows
-                            s[lane] = np.float32(sc[stat_at + lane]) * sstats[run, g, 0] + sstats[run, g, 1]
-                            z[lane] = np.float32(zc[stat_at + lane]) * zstats[run, g, 0] + zstats[run, g, 1]
-                        n = 0
-                        while n + chunk <= n_tokens:
-                            float_many(acc, n * LANES, codes, code_at, xp, n * width + x_at, width, s, z, 0)
-                            n += chunk
-                        while n < n_tokens:
-                            float_one(acc, n * LANES, codes, code_at, xp, n * width + x_at, width, s, z, 0)
-                            n += 1
+        acc = np.empty(n_tokens * LANES, np.float32)
+        s = np.empty(LANES, np.float32)
+        z = np.empty(LANES, np.float32)
+        for t in range(first, last):
+            acc[:] = 0.0
+            r0 = t * LANES
+            for g in range(groups):
+                code_at = (t * groups + g) * loads * LANES
+                stat_at = (t * groups + g) * LANES
+                x_at = g * group_size
+                if aligned:  # the tile's 16 rows share one (step, minimum) pair per statistic
+                    run = r0 // stat_rows
+                    s_step, s_min = np.float32(sstats[run, g, 0]), np.float32(sstats[run, g, 1])
+                    z_step, z_min = np.float32(zstats[run, g, 0]), np.float32(zstats[run, g, 1])
+                    n = 0
+                    while n + chunk <= n_tokens:
+                        coded_many(acc, n * LANES, codes, code_at, xp, n * width + x_at, width,
+                                   sc, zc, stat_at, s_step, s_min, z_step, z_min)
+                        n += chunk
+                    while n < n_tokens:
+                        coded_one(acc, n * LANES, codes, code_at, xp, n * width + x_at, width,
+                                  sc, zc, stat_at, s_step, s_min, z_step, z_min)
+                        n += 1
+                else:  # runs end inside the tile: decode s and z lane by lane
+                    for lane in range(LANES):
+                        run = min(r0 + lane, out_features - 1) // stat_rows
+                        s[lane] = np.float32(sc[stat_at + lane]) * sstats[run, g, 0] + sstats[run, g, 1]
+                        z[lane] = np.float32(zc[stat_at + lane]) * zstats[run, g, 0] + zstats[run, g, 1]
+                    n = 0
+                    while n + chunk <= n_tokens:
+                        float_many(acc, n * LANES, codes, code_at, xp, n * width + x_at, width, s, z, 0)
+                        n += chunk
+                    while n < n_tokens:
+                        float_one(acc, n * LANES, codes, code_at, xp, n * width + x_at, width, s, z, 0)
+                        n += 1
+            for n in range(n_tokens):
+                outlier_expand(acc, n * LANES, masks, slots[t], slots[t + 1], starts[t], pos, delta, xp, n * width)
+            for lane in range(min(LANES, out_features - r0)):
                 for n in range(n_tokens):
-                    outlier_expand(acc, n * LANES, masks, slots[t], slots[t + 1], starts[t], pos, delta, xp, n * width)
-                for lane in range(min(LANES, out_features - r0)):
-                    for n in range(n_tokens):
-                        y[n, r0 + lane] = acc[n * LANES + lane]
+                    y[n, r0 + lane] = acc[n * LANES + lane]
 
-    return spqr_tiles
+    return RowKernel(prepare, rows, LANES, permuted_scratch(group_size))
 
 
 @functools.cache
@@ -215,8 +215,8 @@ def compiled_vnni(group_size: int, three_bit: bool = False):
     token's largest magnitude), integer dot products per group, exact in int32; each step covers
     ``GROUP_BLOCK`` groups with the accumulators in registers.
 
-    Returns ``single(x, perm, codes, stat_codes, sstats, zstats, stat_rows, slots, masks, starts, pos, delta,
-    y, tasks)`` for one weight."""
+    Returns the :class:`~sparsa.kernels.cpu.calls.RowKernel` (units of one tile; ``operand = (perm,
+    codes, stat_codes, sstats, zstats, stat_rows, slots, masks, starts, pos, delta)``)."""
     runs = group_size // VNNI_COLUMNS
     step_groups = 2 if three_bit else 1  # the 3-bit layout stores groups in pairs
     group_bytes = THREE_BIT_PAIR_BYTES // 2 if three_bit else runs * 4 * LANES
@@ -247,6 +247,8 @@ def compiled_vnni(group_size: int, three_bit: bool = False):
             base = n * X_PARTS * width
             for k in range(in_features):
                 row[k] = x[n, perm[k]]
+            row[in_features:] = 0.0
+            xq[base:base + X_PARTS * width] = 0
             for k in range(in_features):
                 q = min(max(np.int32(np.floor(row[k] * inv + np.float32(0.5))), -X_LEVELS), X_LEVELS)
                 xq[base + k] = q & 127
@@ -301,26 +303,52 @@ def compiled_vnni(group_size: int, three_bit: bool = False):
             for n in range(n_tokens):
                 y[n, r0 + lane] = acc[n * LANES + lane] if finite[n] else np.nan
 
-    @numba.njit(parallel=True, fastmath=True)
-    def single(x, perm, codes, stat_codes, sstats, zstats, stat_rows, slots, masks, starts, pos, delta, y, tasks):  # pragma: no cover
-        """y[N, M] = x W^T; a token with inf/nan activations gets nan outputs."""
-        n_tokens, groups = x.shape[0], sstats.shape[1]
-        step, finite = np.empty(n_tokens, np.float32), np.empty(n_tokens, np.bool_)
+    @numba.njit
+    def prepare(x, operand, scratch):  # pragma: no cover - compiled
+        step, finite, xp, xq, xs = scratch
         scales(x, step, finite)
-        xp = np.empty(n_tokens * groups * group_size, np.float32)
-        xq = np.empty(n_tokens * X_PARTS * groups * group_size, np.int8)  # token n, part p at (n * parts + p) * width
-        xs = np.empty(n_tokens * groups, np.float32)
-        quantize(x, perm, step, xp, xq, xs)
-        tiles = (y.shape[1] + LANES - 1) // LANES
-        per_task = (tiles + tasks - 1) // tasks
-        grids_s, grids_z = sstats.reshape(-1), zstats.reshape(-1)
-        for task in numba.prange(tasks):
-            acc = np.empty(n_tokens * LANES, np.float32)
-            for t in range(task * per_task, min(tiles, (task + 1) * per_task)):
-                tile(t, codes, stat_codes, grids_s, grids_z, stat_rows, slots, masks, starts, pos, delta, xp, xq, xs, step, finite,
-                     y, acc)
+        quantize(x, operand[0], step, xp, xq, xs)
 
-    return single
+    @numba.njit(fastmath=True)
+    def rows(x, operand, scratch, y, first, last):  # pragma: no cover - compiled
+        """Tiles ``first .. last`` of y[N, M] = x W^T; a token with inf/nan activations gets nan outputs."""
+        perm, codes, stat_codes, sstats, zstats, stat_rows, slots, masks, starts, pos, delta = operand
+        step, finite, xp, xq, xs = scratch
+        grids_s, grids_z = sstats.reshape(-1), zstats.reshape(-1)
+        acc = np.empty(x.shape[0] * LANES, np.float32)
+        for t in range(first, last):
+            tile(t, codes, stat_codes, grids_s, grids_z, stat_rows, slots, masks, starts, pos, delta, xp, xq, xs, step,
+                 finite, y, acc)
+
+    def scratch_for(operand: tuple, tokens: int) -> tuple:
+        """``(step, finite, xp, xq, xs)``: per token its step and finiteness, the permuted activations,
+        their three int8 parts (token ``n``, part ``p`` at ``(n * 3 + p) * width``) and group sums."""
+        groups = operand[3].shape[1]
+        width = groups * group_size
+        return (np.empty(tokens, np.float32), np.empty(tokens, np.bool_), np.empty(tokens * width, np.float32),
+                np.empty(tokens * X_PARTS * width, np.int8), np.empty(tokens * groups, np.float32))
+
+    return RowKernel(prepare, rows, LANES, scratch_for)
+
+
+def permuted_scratch(group_size: int):
+    """``scratch_for`` of the fp32 tile kernel: ``(xp,)``, ``tokens`` rows of ``G * group_size`` fp32."""
+
+    def scratch_for(operand: tuple, tokens: int) -> tuple:
+        return (np.empty(tokens * operand[4].shape[1] * group_size, np.float32),)
+
+    return scratch_for
+
+
+@numba.njit
+def permute(x, perm, xp):  # pragma: no cover - compiled
+    """``xp`` (N flat rows of ``width >= in``) = the columns of ``x [N, in]`` in ``perm`` order, zeros past ``in``."""
+    n_tokens, in_features = x.shape
+    width = xp.shape[0] // n_tokens
+    for n in range(n_tokens):
+        for k in range(in_features):
+            xp[n * width + k] = x[n, perm[k]]
+        xp[n * width + in_features:(n + 1) * width] = 0.0
 
 
 WIDE_ONLY: ContextVar[bool] = ContextVar("sparsa_spqr_wide_only", default=False)  # set by wide_activations()
@@ -346,9 +374,9 @@ def takes_q8(weight: SpQR, tokens: int) -> bool:
 
 
 def spqr_step(weight: SpQR, tokens: int = 1) -> tuple:
-    """``(kernel, operand)`` for ``tokens`` tokens: on the VNNI path (as :func:`takes_vnni` decides now)
+    """``(RowKernel, operand)`` for ``tokens`` tokens: on the VNNI path (as :func:`takes_vnni` decides now)
     the int8-activation kernel at decode (:func:`takes_q8`) or the 22-bit one, else the fp32 tile
-    kernel; and the arrays it reads (``kernel(x, *operand, y, tasks)``), the same for both VNNI kernels."""
+    kernel; and the arrays it reads, the same for both VNNI kernels."""
     lay = cached_layout(weight, spqr_fp32_layout if FP32_ONLY.get() else spqr_layout)
     kernel = (spqr_q8.compiled(weight.group_size, lay.three_bit) if lay.vnni and takes_q8(weight, tokens) else
               compiled_vnni(weight.group_size, lay.three_bit) if lay.vnni else

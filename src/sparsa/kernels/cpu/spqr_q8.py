@@ -32,6 +32,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from sparsa.formats.spqr import SpQR
+from sparsa.kernels.cpu.calls import RowKernel
 from sparsa.kernels.cpu.tiles import (LANES, PREFETCH_BYTES, THREE_BIT_PAIR_BYTES, VNNI_COLUMNS, _dpbusd, _fma,
                                       _group_stats, _prefetch, _splat, _vnni_group_codes, outlier_expand, outlier_free_codes)
 
@@ -183,45 +184,53 @@ def quantize_groups(x, perm, group_size, xp, xq, d, sums):  # pragma: no cover -
 
 
 @functools.cache
-def compiled(group_size: int, three_bit: bool):
-    """``spqr_q8(x, perm, codes, stat_codes, sstats, zstats, stat_rows, slots, masks, starts, pos, delta, y, tasks)``,
-    y[N, M] = x W^T for the VNNI layout's arrays (``stat_rows`` = β2, a multiple of 16); a token
-    with inf/nan activations gets nan outputs."""
+def compiled(group_size: int, three_bit: bool) -> RowKernel:
+    """The kernel for the VNNI layout's arrays: units of one tile; ``operand = (perm, codes, stat_codes,
+    sstats, zstats, stat_rows, slots, masks, starts, pos, delta)`` (``stat_rows`` = β2, a multiple of
+    16), ``scratch = (finite, xp, xq, d, sums)`` (:func:`quantize_groups`); a token with inf/nan
+    activations gets nan outputs."""
     many, one = tile_rows(group_size, three_bit, CHUNK), tile_rows(group_size, three_bit, 1)
     group_bytes = THREE_BIT_PAIR_BYTES // 2 if three_bit else 4 * LANES * (group_size // VNNI_COLUMNS)
 
-    @numba.njit(parallel=True, fastmath=True)
-    def spqr_q8(x, perm, codes, stat_codes, sstats, zstats, stat_rows, slots, masks, starts, pos, delta, y, tasks):  # pragma: no cover
-        n_tokens, groups = x.shape[0], sstats.shape[1]
-        width = groups * group_size
-        xp, xq = np.empty(n_tokens * width, np.float32), np.empty(n_tokens * width, np.int8)
-        d, sums = np.empty(n_tokens * groups, np.float32), np.empty(n_tokens * groups, np.float32)
-        finite = np.empty(n_tokens, np.bool_)
+    @numba.njit
+    def prepare(x, operand, scratch):  # pragma: no cover - compiled
+        finite, xp, xq, d, sums = scratch
         finite_rows(x, finite)
-        quantize_groups(x, perm, group_size, xp, xq, d, sums)
-        out_features = y.shape[1]
-        tiles = (out_features + LANES - 1) // LANES
-        per_task = (tiles + tasks - 1) // tasks
-        grids_s, grids_z = sstats.reshape(-1), zstats.reshape(-1)
-        for task in numba.prange(tasks):
-            acc = np.empty(CHUNK * LANES, np.float32)
-            for t in range(task * per_task, min(tiles, (task + 1) * per_task)):
-                r0 = t * LANES
-                code_at, stat_at, grid_at = t * groups * group_bytes, t * groups * LANES, (r0 // stat_rows) * groups * 2
-                n = 0
-                while n < n_tokens:
-                    count = CHUNK if n + CHUNK <= n_tokens else 1
-                    if count == CHUNK:
-                        many(acc, codes, code_at, xq, n * width, width, d, sums, n * groups, groups, stat_codes, stat_at,
-                             grids_s, grids_z, grid_at, groups)
-                    else:
-                        one(acc, codes, code_at, xq, n * width, width, d, sums, n * groups, groups, stat_codes, stat_at,
-                            grids_s, grids_z, grid_at, groups)
-                    for j in range(count):
-                        outlier_expand(acc, j * LANES, masks, slots[t], slots[t + 1], starts[t], pos, delta, xp,
-                                       (n + j) * width)
-                        for lane in range(min(LANES, out_features - r0)):
-                            y[n + j, r0 + lane] = acc[j * LANES + lane] if finite[n + j] else np.nan
-                    n += count
+        quantize_groups(x, operand[0], group_size, xp, xq, d, sums)
 
-    return spqr_q8
+    @numba.njit(fastmath=True)
+    def rows(x, operand, scratch, y, first, last):  # pragma: no cover - compiled
+        """Tiles ``first .. last`` of y[N, M] = x W^T."""
+        perm, codes, stat_codes, sstats, zstats, stat_rows, slots, masks, starts, pos, delta = operand
+        finite, xp, xq, d, sums = scratch
+        n_tokens, out_features = y.shape
+        groups = sstats.shape[1]
+        width = groups * group_size
+        grids_s, grids_z = sstats.reshape(-1), zstats.reshape(-1)
+        acc = np.empty(CHUNK * LANES, np.float32)
+        for t in range(first, last):
+            r0 = t * LANES
+            code_at, stat_at, grid_at = t * groups * group_bytes, t * groups * LANES, (r0 // stat_rows) * groups * 2
+            n = 0
+            while n < n_tokens:
+                count = CHUNK if n + CHUNK <= n_tokens else 1
+                if count == CHUNK:
+                    many(acc, codes, code_at, xq, n * width, width, d, sums, n * groups, groups, stat_codes, stat_at,
+                         grids_s, grids_z, grid_at, groups)
+                else:
+                    one(acc, codes, code_at, xq, n * width, width, d, sums, n * groups, groups, stat_codes, stat_at,
+                        grids_s, grids_z, grid_at, groups)
+                for j in range(count):
+                    outlier_expand(acc, j * LANES, masks, slots[t], slots[t + 1], starts[t], pos, delta, xp,
+                                   (n + j) * width)
+                    for lane in range(min(LANES, out_features - r0)):
+                        y[n + j, r0 + lane] = acc[j * LANES + lane] if finite[n + j] else np.nan
+                n += count
+
+    def scratch_for(operand: tuple, tokens: int) -> tuple:
+        groups = operand[3].shape[1]
+        width = groups * group_size
+        return (np.empty(tokens, np.bool_), np.empty(tokens * width, np.float32), np.empty(tokens * width, np.int8),
+                np.empty(tokens * groups, np.float32), np.empty(tokens * groups, np.float32))
+
+    return RowKernel(prepare, rows, LANES, scratch_for)
