@@ -90,3 +90,16 @@ def test_q8_activations_round_each_block_of_32_to_int8():
     xq, d, sums = q8_activations(x)
     assert d[0, 0] == 1 and d[0, 1] == torch.tensor(2.0) / 127 and sums.tolist() == [[0.0, -0.5]]
     assert xq[0, 32:35].tolist() == [64, -127, 32] and not xq[0, :32].any()  # 63.5 rounds to even
+
+
+@pytest.mark.skipif(not q8.HAS_AVX2, reason="this CPU lacks AVX2")
+def test_q8_kernel_takes_denormal_activations_as_zero_blocks():
+    """A block whose largest activation over 127 underflows to 0 gets the all-zero step (1), not a
+    division by zero (which would stop one thread of the decode step and leave the others waiting)."""
+    weight = Quant.from_dense(torch.randn(16, 64), bits=4, group_size=32)
+    x = torch.full((1, 64), 1e-44)
+    assert fits_q8(weight, 1)
+    xq, d, _ = q8_activations(x)
+    assert d.tolist() == [[1.0, 1.0]] and not xq.any()
+    y = quant_linear(x, weight)
+    assert bool(y.isfinite().all()) and float(y.abs().max()) < 1e-38

@@ -136,3 +136,6 @@ def test_int8_activation_kernel_matches_its_torch_reference(bits, b1, tokens):
     bad = x.clone()
     bad[0, 5] = float("inf")
     assert bool(spqr_linear(bad, fmt)[0].isnan().all()) and bool(spqr_linear(bad, fmt)[1:].isfinite().all())
+    tiny = torch.full_like(x, 1e-44)  # largest / 127 underflows: the all-zero group's step, not a division by 0
+    assert bool((q8_activations(tiny, fmt.group_size)[1] == 1).all())
+    assert bool(spqr_linear(tiny, fmt).isfinite().all())

@@ -104,13 +104,13 @@ CHUNK = 4  # tokens per row step: each word's values are expanded once for these
 _many, _one = row_step(CHUNK), row_step(1)
 
 
-@numba.njit
+@numba.njit(error_model="numpy")
 def bitmap_prepare(x, operand, scratch):  # pragma: no cover - compiled
     """The activations zero-padded to whole words."""
     pad_rows(x, scratch[0])
 
 
-@numba.njit(fastmath=True)
+@numba.njit(fastmath=True, error_model="numpy")
 def bitmap_rows(x, operand, scratch, y, first, last):  # pragma: no cover - compiled
     """Rows ``first .. last`` of y[N, M] = x W^T from the layout and the kept values
     (``operand = (words, rowptr, values)``, ``scratch = (xp,)``)."""

@@ -70,7 +70,7 @@ def compiled(R: int, C: int) -> Compiled:
     return Compiled(_chunk_driver(rows, units), _weights_in_lanes(R, C), tile_rows)
 
 
-@numba.njit(inline="always")
+@numba.njit(inline="always", error_model="numpy")
 def load_chunk(x, n0, xc, pad):  # pragma: no cover - compiled
     """``xc[k, n] = x[n0 + n, k]`` for ``n < 16`` (0 past the last token): one 16-token chunk of
     ``x [N, K]`` as ``[K, 16]``, whole 16 x 16 blocks through registers. A chunk of fewer than
@@ -97,7 +97,7 @@ def _chunk_driver(rows_of_chunk, units_of):
     chunks than jobs wanted, so each core reads the weight, shared and read-only, and its own
     tokens."""
 
-    @numba.njit(parallel=True, fastmath=True)
+    @numba.njit(parallel=True, fastmath=True, error_model="numpy")
     def tokens_in_lanes(x, crow, col, values, y, chunk_buffers, pads, tiles, row_parts):  # pragma: no cover - compiled
         n_tokens, tasks = x.shape[0], tiles.shape[0]
         n_units = units_of(crow.shape[0] - 1)
@@ -118,7 +118,7 @@ def _chunk_driver(rows_of_chunk, units_of):
 
 
 def _tile_units(group: int):
-    @numba.njit(inline="always")
+    @numba.njit(inline="always", error_model="numpy")
     def units(n_block_rows):  # pragma: no cover - compiled
         """Output tiles of ``group`` block rows."""
         return (n_block_rows + group - 1) // group
@@ -127,7 +127,7 @@ def _tile_units(group: int):
 
 
 def _slice_units(parts: int):
-    @numba.njit(inline="always")
+    @numba.njit(inline="always", error_model="numpy")
     def units(n_block_rows):  # pragma: no cover - compiled
         """16-row slices of the block rows."""
         return n_block_rows * parts
@@ -140,7 +140,7 @@ def _row_blocks(C: int):
     written to ``Y`` through a 16 x 16 register transpose."""
     step = block_steps.row_block_step(C)
 
-    @numba.njit(inline="always")
+    @numba.njit(inline="always", error_model="numpy")
     def rows_of_chunk(xc, crow, col, values, y, tile, n0, width, u0, u1):  # pragma: no cover - compiled
         out_features = y.shape[1]
         for t in range(u0, u1):
@@ -158,7 +158,7 @@ def _column_blocks(R: int):
     16-row slice of a block row, storing straight into ``Y``."""
     step, parts = block_steps.column_block_step, R // LANES
 
-    @numba.njit(inline="always")
+    @numba.njit(inline="always", error_model="numpy")
     def rows_of_chunk(xc, crow, col, values, y, tile, n0, width, u0, u1):  # pragma: no cover - compiled
         out_features = y.shape[1]
         for u in range(u0, u1):
@@ -172,7 +172,7 @@ def _column_blocks(R: int):
 def _any_blocks(R: int, C: int, group: int):
     """Any ``R x C``: tiles of ``group`` block rows accumulated in memory, block by block."""
 
-    @numba.njit(inline="always")
+    @numba.njit(inline="always", error_model="numpy")
     def rows_of_chunk(xc, crow, col, values, y, tile, n0, width, u0, u1):  # pragma: no cover - compiled
         n_block_rows = crow.shape[0] - 1
         for t in range(u0, u1):
@@ -197,7 +197,7 @@ def _any_blocks(R: int, C: int, group: int):
 
 
 def _weights_in_lanes(R: int, C: int):
-    @numba.njit(fastmath=True)
+    @numba.njit(fastmath=True, error_model="numpy")
     def block_rows(x, operand, scratch, y, first, last):  # pragma: no cover - compiled
         """Block rows ``first .. last`` of y[N, M] = x Wᵀ for x [N, K] (``operand = (crow, col, values)``), every token in each."""
         crow, col, values = operand
@@ -206,7 +206,7 @@ def _weights_in_lanes(R: int, C: int):
         for br in range(first, last):
             block_row(x, crow, col, values, y, br, N, acc)
 
-    @numba.njit(fastmath=True)
+    @numba.njit(fastmath=True, error_model="numpy")
     def block_row(x, crow, col, values, y, br, N, acc):  # pragma: no cover - compiled
         """Block row ``br``: per output row, ``C`` partial sums (``acc``) over its blocks, summed once."""
         r0 = br * R

@@ -68,7 +68,7 @@ def parallel(kernel: RowKernel):
     """``run(x, operand, scratch, y, tasks)``: ``kernel`` in one parallel region of ``tasks`` equal runs of units."""
     prepare, rows, unit = kernel.prepare, kernel.rows, kernel.unit
 
-    @numba.njit(parallel=True)
+    @numba.njit(parallel=True, error_model="numpy")
     def run(x, operand, scratch, y, tasks):  # pragma: no cover - compiled
         prepare(x, operand, scratch)
         units = (y.shape[1] + unit - 1) // unit
@@ -108,12 +108,12 @@ def no_scratch(operand: tuple, tokens: int) -> tuple:
     return ()
 
 
-@numba.njit
+@numba.njit(error_model="numpy")
 def read_as_is(x, operand, scratch):  # pragma: no cover - compiled
     """``prepare`` of a kernel that reads the activations as they are."""
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def pad_rows(x, out):  # pragma: no cover - compiled
     """``x [N, K]`` into ``out``, one flat fp32 array of N rows of ``width >= K`` (zeros past K)."""
     n_tokens, in_features = x.shape
@@ -124,7 +124,7 @@ def pad_rows(x, out):  # pragma: no cover - compiled
         out[n * width + in_features:(n + 1) * width] = 0.0
 
 
-@numba.njit(inline="always")
+@numba.njit(inline="always", error_model="numpy")
 def task_span(task, tasks, count):  # pragma: no cover - compiled
     """The ``range`` of ``count`` jobs that task ``task`` of ``tasks`` takes: runs that differ by at most one job."""
     return range(task * count // tasks, (task + 1) * count // tasks)

@@ -21,7 +21,7 @@ import numpy as np
 from sparsa.kernels.cpu.fast_exp import exp32
 
 
-@numba.njit(fastmath=True, error_model="numpy", cache=True)  # IEEE division: no zero check, so it vectorizes
+@numba.njit(fastmath=True, error_model="numpy", cache=True)
 def attend_group(q, k, v, cos, sin, k_cache, v_cache, pos, out, b, kh):  # pragma: no cover - compiled
     """Sequence ``b``'s kv head ``kh``: write ``rot(k)``, ``v`` at cache position ``pos``, then ``out`` for
     the query heads that share it (arguments as :func:`rotary_attention_step`'s)."""
@@ -67,7 +67,7 @@ def attend_group(q, k, v, cos, sin, k_cache, v_cache, pos, out, b, kh):  # pragm
             out[b, base + i] = acc[i] * inv
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def rotary_attention_step(q, k, v, cos, sin, k_cache, v_cache, pos, out):  # pragma: no cover - compiled
     """Write ``rot(k)``, ``v`` at cache position ``pos`` and ``out`` = attention of ``rot(q)``.
 

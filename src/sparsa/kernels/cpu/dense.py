@@ -34,7 +34,7 @@ def widen(typingctx, value):
     return None
 
 
-@numba.njit(fastmath=True)
+@numba.njit(fastmath=True, error_model="numpy")
 def dense_rows(x, operand, scratch, y, first, last):  # pragma: no cover - compiled
     """Rows ``UNIT first .. UNIT last`` of y[N, M] = x[N, K] w[M, K]^T (x, y fp32; ``operand = (w,)``,
     w fp32, or bf16 bits as int16; every array C-contiguous)."""

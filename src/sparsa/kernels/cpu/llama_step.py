@@ -26,7 +26,9 @@ the q k v rows (chunks of units of all three, :class:`Schedule`), the attention 
 sequence and kv head), the o activations, the o rows, the norm and the gate and up
 activations, their rows, the SiLU and the down activations, the down rows. A thread that
 finds no task left waits, so one thread alone finishes the step too, and the bytes do not
-depend on how the chunks fell. Every buffer is allocated once per model
+depend on how the chunks fell. Every function the threads run is compiled with numba's
+``error_model="numpy"`` (IEEE division, as the kernels here all are): a Python-style
+``ZeroDivisionError`` would end one thread's walk and leave the others waiting for its tasks. Every buffer is allocated once per model
 (:class:`StepBuffers`). The reference is :class:`sparsa.nn.lean_decode.LeanLlama`'s
 per-module path.
 """
@@ -115,7 +117,7 @@ class Schedule:
         return (self.product, self.first, self.last, self.starts)
 
 
-@numba.njit(fastmath=True, cache=True)
+@numba.njit(fastmath=True, cache=True, error_model="numpy")
 def rms_norm_rows(x, weight, eps, out):  # pragma: no cover - compiled
     """out[b] = x[b] / sqrt(mean(x[b]^2) + eps) * weight (fp32, as ``F.rms_norm`` then the scale)."""
     batch, dim = x.shape
@@ -128,7 +130,7 @@ def rms_norm_rows(x, weight, eps, out):  # pragma: no cover - compiled
             out[b, k] = (x[b, k] * r) * weight[k]
 
 
-@numba.njit(fastmath=True, error_model="numpy", cache=True)  # IEEE division: no zero check, so it vectorizes
+@numba.njit(fastmath=True, error_model="numpy", cache=True)
 def silu_times(gate, up):  # pragma: no cover - compiled
     """gate = silu(gate) * up, in place ([B, I] fp32)."""
     for b in range(gate.shape[0]):
@@ -157,7 +159,7 @@ INPUT_OF = (0, 0, 0, 4, 0, 0, 6)  # per product of a layer, its input among the 
 OUTPUT_OF = (1, 2, 3, 5, 6, 7, 5)  # and its output (q, k, v, delta, gate, up, delta)
 
 
-@numba.njit
+@numba.njit(error_model="numpy")
 def product_buffers(product, layers, buffers, logits):  # pragma: no cover - compiled
     """(input, output) of product ``product`` of the step (:data:`INPUT_OF`, :data:`OUTPUT_OF`; ``buffers``
     as :meth:`StepBuffers.as_tuple`); the head (the last) reads ``h`` into ``logits``."""
@@ -173,9 +175,9 @@ def compiled_step(kernels: tuple):
     namespace = {f"p{kind}": kernel.prepare for kind, kernel in enumerate(kernels)}
     namespace.update({f"r{kind}": kernel.rows for kind, kernel in enumerate(kernels)})
     exec(dispatch_source(len(kernels)), namespace)  # noqa: S102 - generated from a fixed template
-    prepare, rows = numba.njit(namespace["prepare"]), numba.njit(namespace["rows"])
+    prepare, rows = (numba.njit(error_model="numpy")(namespace[name]) for name in ("prepare", "rows"))
 
-    @numba.njit
+    @numba.njit(error_model="numpy")
     def solo(stage, i, x, entries, kinds, index, norm_in, norm_post, norm_final, eps, buffers):  # pragma: no cover
         """The one task before rows phase ``stage`` of layer ``i`` (``i`` = layers: the head's): the
         residual add, norm and activations it needs."""
@@ -202,7 +204,7 @@ def compiled_step(kernels: tuple):
             rms_norm_rows(x, norm_final, eps, h)
             prepare(kinds[at], index[at], h, entries)
 
-    @numba.njit
+    @numba.njit(error_model="numpy")
     def rows_phase(counts, phase, r, schedule, entries, kinds, index, layers, buffers, logits):  # pragma: no cover
         """Take chunks of rows phase ``r`` until none is left, then wait for the others' chunks."""
         product, first, last, starts = schedule
@@ -218,7 +220,7 @@ def compiled_step(kernels: tuple):
             take(counts, 2 * phase + 1)
         wait_for(counts, 2 * phase + 1, chunks)
 
-    @numba.njit
+    @numba.njit(error_model="numpy")
     def worker(x, entries, kinds, index, schedule, norm_in, norm_post, norm_final, eps, k_cache, v_cache, cos, sin,
                pos, buffers, logits, counts):  # pragma: no cover - compiled
         """One thread's walk through the step's phases (any number of threads, one included, finish it):
@@ -246,7 +248,7 @@ def compiled_step(kernels: tuple):
                     wait_for(counts, 2 * phase + 1, batch * kv_heads)
                     phase += 1
 
-    @numba.njit(parallel=True)
+    @numba.njit(parallel=True, error_model="numpy")
     def llama_step(x, entries, kinds, index, schedule, norm_in, norm_post, norm_final, eps, k_cache, v_cache, cos, sin,
                    pos, buffers, logits):  # pragma: no cover - compiled
         """Advance ``x [B, D]`` (embedded tokens at position ``pos``) through every layer, filling the

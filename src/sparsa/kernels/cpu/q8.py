@@ -69,7 +69,7 @@ def q8_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     as the kernel forms them (an all-zero block gets d = 1)."""
     blocks = x.reshape(x.shape[0], x.shape[1] // BLOCK, BLOCK)
     top = blocks.abs().amax(-1)
-    d = torch.where(top > 0, top / LEVELS, torch.ones_like(top))
+    d = torch.where(top / LEVELS > 0, top / LEVELS, torch.ones_like(top))
     xq = torch.round(blocks * (1 / d)[..., None]).clamp(-LEVELS, LEVELS).to(torch.int8)
     return xq.reshape(x.shape), d, blocks.sum(-1)
 
@@ -164,7 +164,7 @@ def quad_rows(blocks_per_group: int):
     return step
 
 
-@numba.njit(fastmath=True)
+@numba.njit(fastmath=True, error_model="numpy")
 def quantize_blocks(x, width, xq, d, sums):  # pragma: no cover - compiled
     """``x [N, K]`` -> ``xq`` (N rows of ``width >= K`` int8, zeros past K), ``d`` and ``sums`` (N rows of
     ``width / 32``), as :func:`q8_activations`."""
@@ -176,7 +176,8 @@ def quantize_blocks(x, width, xq, d, sums):  # pragma: no cover - compiled
             for k in range(b * BLOCK, min(in_features, (b + 1) * BLOCK)):
                 top = max(top, abs(x[n, k]))
                 total += x[n, k]
-            step = top / np.float32(LEVELS) if top > 0 else np.float32(1.0)
+            step = top / np.float32(LEVELS)
+            step = step if step > 0 else np.float32(1.0)  # an all-zero (or all-denormal) block
             inv = np.float32(1.0) / step
             for k in range(b * BLOCK, (b + 1) * BLOCK):
                 v = x[n, k] * inv if k < in_features else np.float32(0.0)
@@ -190,12 +191,12 @@ def compiled(blocks_per_group: int) -> RowKernel:
     ``operand = (codes, scale, minimum, blocks)``, ``scratch = (xq, d, sums)`` (:func:`quantize_blocks`)."""
     step = quad_rows(blocks_per_group)
 
-    @numba.njit
+    @numba.njit(error_model="numpy")
     def prepare(x, operand, scratch):  # pragma: no cover - compiled
         xq, d, sums = scratch
         quantize_blocks(x, operand[3] * BLOCK, xq, d, sums)
 
-    @numba.njit(fastmath=True)
+    @numba.njit(fastmath=True, error_model="numpy")
     def rows(x, operand, scratch, y, first, last):  # pragma: no cover - compiled
         """Quads ``first .. last`` of y[N, M] = x W^T."""
         codes, scale, minimum, blocks = operand

@@ -65,11 +65,11 @@ def compiled(group_size: int, nibbles: bool) -> RowKernel:
     loads = -(-group_size // 2) if nibbles else group_size
     chunk = TOKEN_CHUNK
 
-    @numba.njit
+    @numba.njit(error_model="numpy")
     def prepare(x, operand, scratch):  # pragma: no cover - compiled
         pad_rows(x, scratch[0])
 
-    @numba.njit(fastmath=True)
+    @numba.njit(fastmath=True, error_model="numpy")
     def rows(x, operand, scratch, y, first, last):  # pragma: no cover - compiled
         """Tiles ``first .. last`` of y[N, M] = x W^T."""
         codes, scale, minimum, groups = operand

@@ -152,11 +152,11 @@ def compiled(group_size: int, nibbles: bool):
     float_many, float_one = (tile_group(group_size, n, nibbles, "float") for n in (TOKEN_CHUNK, 1))
     chunk, loads = TOKEN_CHUNK, (-(-group_size // 2) if nibbles else group_size)  # 16-byte code loads per group
 
-    @numba.njit
+    @numba.njit(error_model="numpy")
     def prepare(x, operand, scratch):  # pragma: no cover - compiled
         permute(x, operand[0], scratch[0])
 
-    @numba.njit(fastmath=True)
+    @numba.njit(fastmath=True, error_model="numpy")
     def rows(x, operand, scratch, y, first, last):  # pragma: no cover - compiled
         """Tiles ``first .. last`` of y[N, M] = x W^T for the layout's arrays (``stat_rows`` = β2)."""
         perm, codes, sc, zc, sstats, zstats, stat_rows, slots, masks, starts, pos, delta = operand
@@ -225,7 +225,7 @@ def compiled_vnni(group_size: int, three_bit: bool = False):
                                                     steps[step_groups, TOKEN_CHUNK], steps[step_groups, 1])
     chunk, block = TOKEN_CHUNK, GROUP_BLOCK
 
-    @numba.njit(fastmath=True)
+    @numba.njit(fastmath=True, error_model="numpy")
     def scales(x, step, finite):  # pragma: no cover - compiled
         """Each token's activation step (largest magnitude / X_LEVELS) and whether it is finite."""
         for n in range(x.shape[0]):
@@ -233,9 +233,9 @@ def compiled_vnni(group_size: int, three_bit: bool = False):
             for k in range(x.shape[1]):
                 top = max(top, abs(x[n, k]))
             finite[n] = top < np.inf
-            step[n] = top / np.float32(X_LEVELS) if top > 0 and finite[n] else np.float32(1.0)
+            step[n] = top / np.float32(X_LEVELS) if top / np.float32(X_LEVELS) > 0 and finite[n] else np.float32(1.0)
 
-    @numba.njit(fastmath=True)
+    @numba.njit(fastmath=True, error_model="numpy")
     def quantize(x, perm, step, xp, xq, xs):  # pragma: no cover - compiled
         """Permuted activations ``xp``, their three int8 parts ``xq`` and group sums / step ``xs``."""
         n_tokens, in_features = x.shape
@@ -260,7 +260,7 @@ def compiled_vnni(group_size: int, three_bit: bool = False):
                     total += row[k]
                 xs[n * groups + g] = total * inv
 
-    @numba.njit(fastmath=True)
+    @numba.njit(fastmath=True, error_model="numpy")
     def tile(t, codes, stat_codes, grids_s, grids_z, stat_rows, slots, masks, starts, pos, delta, xp, xq, xs, step, finite, y,
              acc):  # pragma: no cover - compiled
         """Rows ``16 t .. 16 t + 16`` of ``y`` for every token."""
@@ -303,13 +303,13 @@ def compiled_vnni(group_size: int, three_bit: bool = False):
             for n in range(n_tokens):
                 y[n, r0 + lane] = acc[n * LANES + lane] if finite[n] else np.nan
 
-    @numba.njit
+    @numba.njit(error_model="numpy")
     def prepare(x, operand, scratch):  # pragma: no cover - compiled
         step, finite, xp, xq, xs = scratch
         scales(x, step, finite)
         quantize(x, operand[0], step, xp, xq, xs)
 
-    @numba.njit(fastmath=True)
+    @numba.njit(fastmath=True, error_model="numpy")
     def rows(x, operand, scratch, y, first, last):  # pragma: no cover - compiled
         """Tiles ``first .. last`` of y[N, M] = x W^T; a token with inf/nan activations gets nan outputs."""
         perm, codes, stat_codes, sstats, zstats, stat_rows, slots, masks, starts, pos, delta = operand
@@ -340,7 +340,7 @@ def permuted_scratch(group_size: int):
     return scratch_for
 
 
-@numba.njit
+@numba.njit(error_model="numpy")
 def permute(x, perm, xp):  # pragma: no cover - compiled
     """``xp`` (N flat rows of ``width >= in``) = the columns of ``x [N, in]`` in ``perm`` order, zeros past ``in``."""
     n_tokens, in_features = x.shape

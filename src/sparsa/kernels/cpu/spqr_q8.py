@@ -49,7 +49,7 @@ def q8_activations(xp: torch.Tensor, group_size: int) -> tuple[torch.Tensor, tor
     d [N, G], group sums [N, G]) as the kernel forms them (an all-zero group gets d = 1)."""
     groups = xp.reshape(xp.shape[0], xp.shape[1] // group_size, group_size)
     top = groups.abs().amax(-1)
-    d = torch.where(top > 0, top / LEVELS, torch.ones_like(top))
+    d = torch.where(top / LEVELS > 0, top / LEVELS, torch.ones_like(top))
     xq = torch.round(groups * (1 / d)[..., None]).clamp(-LEVELS, LEVELS).to(torch.int8)
     return xq.reshape(xp.shape), d, groups.sum(-1)
 
@@ -147,7 +147,7 @@ def tile_rows(group_size: int, three_bit: bool, tokens: int):
     return step
 
 
-@numba.njit
+@numba.njit(error_model="numpy")
 def finite_rows(x, finite):  # pragma: no cover - compiled
     """``finite[n]``: whether token ``n`` of ``x [N, in]`` has no inf or nan (no fastmath: it would assume so)."""
     for n in range(x.shape[0]):
@@ -157,7 +157,7 @@ def finite_rows(x, finite):  # pragma: no cover - compiled
         finite[n] = total == 0.0
 
 
-@numba.njit(fastmath=True)
+@numba.njit(fastmath=True, error_model="numpy")
 def quantize_groups(x, perm, group_size, xp, xq, d, sums):  # pragma: no cover - compiled
     """``x [N, in]`` -> permuted ``xp`` and ``xq`` (N rows of ``G * group_size``, zeros past ``in``),
     ``d`` and ``sums`` (N rows of G) as :func:`q8_activations` (finite tokens; others are garbage)."""
@@ -175,7 +175,8 @@ def quantize_groups(x, perm, group_size, xp, xq, d, sums):  # pragma: no cover -
             for k in range(group_size):
                 top = max(top, abs(block[k]))
                 total += block[k]
-            step = top / np.float32(LEVELS) if top > 0 else np.float32(1.0)
+            step = top / np.float32(LEVELS)
+            step = step if step > 0 else np.float32(1.0)  # an all-zero (or all-denormal) group
             inv = np.float32(1.0) / step
             at = n * width + g * group_size
             for k in range(group_size):
@@ -192,13 +193,13 @@ def compiled(group_size: int, three_bit: bool) -> RowKernel:
     many, one = tile_rows(group_size, three_bit, CHUNK), tile_rows(group_size, three_bit, 1)
     group_bytes = THREE_BIT_PAIR_BYTES // 2 if three_bit else 4 * LANES * (group_size // VNNI_COLUMNS)
 
-    @numba.njit
+    @numba.njit(error_model="numpy")
     def prepare(x, operand, scratch):  # pragma: no cover - compiled
         finite, xp, xq, d, sums = scratch
         finite_rows(x, finite)
         quantize_groups(x, operand[0], group_size, xp, xq, d, sums)
 
-    @numba.njit(fastmath=True)
+    @numba.njit(fastmath=True, error_model="numpy")
     def rows(x, operand, scratch, y, first, last):  # pragma: no cover - compiled
         """Tiles ``first .. last`` of y[N, M] = x W^T."""
         perm, codes, stat_codes, sstats, zstats, stat_rows, slots, masks, starts, pos, delta = operand
