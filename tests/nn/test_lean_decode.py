@@ -90,6 +90,9 @@ def test_compiled_layer_step_matches_the_module_path(spqr_llama, batch):
     with wide_activations():
         compiled, modules = LeanLlama(spqr_llama, batch, 12), LeanLlama(spqr_llama, batch, 12, fused=False)
     assert compiled.compiled_layers and not modules.compiled_layers
+    # q, k and v (and gate and up) read one input in one permutation: its first product prepares it for all
+    shared = compiled.table.prepare_kinds.reshape(-1)[:-1].reshape(-1, 7) == -1
+    assert (shared == [False, True, True, False, False, True, False]).all()
     got, expected = decode([compiled, modules], ids, 5)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(compiled.k_cache, modules.k_cache, rtol=1e-4, atol=1e-4)

@@ -168,9 +168,9 @@ class LeanLlama:
         if step and self.compiled_layers:
             logits = np.empty((B, self.lm_head.out_features), np.float32)
             t = self.table
-            self.step(x.reshape(B, -1).contiguous().numpy(), t.entries, t.kinds, t.index, self.schedule, self.norm_in,
-                      self.norm_post, self.norm_final, self.eps, self.k_layers_all, self.v_layers_all, cos1, sin1,
-                      start, self.buffers, logits)
+            self.step(x.reshape(B, -1).contiguous().numpy(), t.entries, t.kinds, t.index, t.prepare_kinds,
+                      self.schedule, self.norm_in, self.norm_post, self.norm_final, self.eps, self.k_layers_all,
+                      self.v_layers_all, cos1, sin1, start, self.buffers, logits)
             return torch.from_numpy(logits).view(B, 1, -1)
         for i, layer in enumerate(self.body.layers):
             q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj = self.projections[i]

@@ -57,6 +57,7 @@ class RowKernel:
     rows: Callable
     unit: int
     scratch_for: Callable[[tuple, int], tuple]
+    prepare_reads: tuple[int, ...] = ()  # the operand entries prepare reads beyond its sizes (SpQR: the permutation)
 
     def units(self, out_features: int) -> int:
         """Units of ``out_features`` output rows."""

@@ -47,7 +47,7 @@ from sparsa.kernels.cpu.fast_exp import exp32
 PRODUCTS_PER_LAYER = 7  # q, k, v, o, gate, up, down
 CHUNKS_PER_THREAD = 4  # runs of units a rows phase is cut into, per thread: the threads even out the uneven ones
 ROWS_PHASES = ((0, 1, 2), (3,), (4, 5), (6,))
-PHASES_PER_LAYER = 9  # per rows phase a task alone (norm, activations) and the rows; and the attention  # products of a layer that run in one phase (they share their input)
+PHASES_PER_LAYER = 9  # per rows phase a task alone (norm, activations) and the rows; and the attention
 
 
 @dataclass(frozen=True)
@@ -59,28 +59,46 @@ class KernelTable:
     kinds: np.ndarray  # [products] int64, each product's kind (layer-major, q .. down, the head last)
     index: np.ndarray  # [products] int64, its entry's place in that kind's list
     units: np.ndarray  # [products] int64, units of work of its output
+    prepare_kinds: np.ndarray  # [products] int64, its kind, or -1 where an earlier product prepares its scratch
+
+
+def same_input(product: int, products: int) -> list[int]:
+    """The earlier products of the step that read the same activations as ``product`` (of ``products``):
+    those of its rows phase (:data:`ROWS_PHASES`) before it."""
+    if product == products - 1:
+        return []
+    layer, slot = divmod(product, PRODUCTS_PER_LAYER)
+    group = next(g for g in ROWS_PHASES if slot in g)
+    return [PRODUCTS_PER_LAYER * layer + j for j in group if j < slot]
 
 
 def kernel_table(products: list[tuple], tokens: int) -> KernelTable:
     """Group ``[(RowKernel, operand, out_features)]`` (in step order) by kernel and entry type (products
     of one kind share a compiled call site, so any mix of formats compiles once per mix), each product
-    with its own scratch for ``tokens`` tokens."""
+    with scratch for ``tokens`` tokens: its own, or that of an earlier product with the same input,
+    kernel and :attr:`~sparsa.kernels.cpu.calls.RowKernel.prepare_reads` (SpQR's q, k and v, and gate
+    and up, share one activation order), which then prepares it once for both."""
     keys: dict = {}
     lists: list[List] = []
-    kinds, index, units = [], [], []
-    for kernel, operand, out_features in products:
-        entry = (operand, kernel.scratch_for(operand, tokens))
+    kinds, index, units, prepare_kinds, scratches = [], [], [], [], []
+    for p, (kernel, operand, out_features) in enumerate(products):
+        source = next((q for q in same_input(p, len(products)) if products[q][0] is kernel and all(
+            np.array_equal(products[q][1][i], operand[i]) for i in kernel.prepare_reads)), None)
+        scratch = kernel.scratch_for(operand, tokens) if source is None else scratches[source]
+        entry = (operand, scratch)
         key = (kernel, numba.typeof(entry))
         if key not in keys:
             keys[key] = len(lists)
             lists.append(List())
         kind = keys[key]
         kinds.append(kind)
+        prepare_kinds.append(kind if source is None else -1)
         index.append(len(lists[kind]))
         units.append(kernel.units(out_features))
+        scratches.append(scratch)
         lists[kind].append(entry)
-    return KernelTable(tuple(kernel for kernel, _ in keys), tuple(lists), np.array(kinds, np.int64),
-                       np.array(index, np.int64), np.array(units, np.int64))
+    return KernelTable(tuple(kernel for kernel, _ in keys), tuple(lists), *(
+        np.array(a, np.int64) for a in (kinds, index, units, prepare_kinds)))
 
 
 @dataclass(frozen=True)
@@ -178,9 +196,9 @@ def compiled_step(kernels: tuple):
     prepare, rows = (numba.njit(error_model="numpy")(namespace[name]) for name in ("prepare", "rows"))
 
     @numba.njit(error_model="numpy")
-    def solo(stage, i, x, entries, kinds, index, norm_in, norm_post, norm_final, eps, buffers):  # pragma: no cover
+    def solo(stage, i, x, entries, prepare_kinds, index, norm_in, norm_post, norm_final, eps, buffers):  # pragma: no cover
         """The one task before rows phase ``stage`` of layer ``i`` (``i`` = layers: the head's): the
-        residual add, norm and activations it needs."""
+        residual add, norm and activations it needs (``prepare_kinds``: kind -1 prepares nothing)."""
         h, q, k, v, attended, delta, gate, up = buffers
         at = PRODUCTS_PER_LAYER * i
         if stage == 0:  # the residual of the last MLP, the norm, the q k v activations
@@ -188,21 +206,21 @@ def compiled_step(kernels: tuple):
                 x += delta
             rms_norm_rows(x, norm_in[i], eps, h)
             for j in range(3):
-                prepare(kinds[at + j], index[at + j], h, entries)
+                prepare(prepare_kinds[at + j], index[at + j], h, entries)
         elif stage == 1:
-            prepare(kinds[at + 3], index[at + 3], attended, entries)
+            prepare(prepare_kinds[at + 3], index[at + 3], attended, entries)
         elif stage == 2:  # the attention's residual, the norm, the gate and up activations
             x += delta
             rms_norm_rows(x, norm_post[i], eps, h)
-            prepare(kinds[at + 4], index[at + 4], h, entries)
-            prepare(kinds[at + 5], index[at + 5], h, entries)
+            prepare(prepare_kinds[at + 4], index[at + 4], h, entries)
+            prepare(prepare_kinds[at + 5], index[at + 5], h, entries)
         elif stage == 3:
             silu_times(gate, up)
-            prepare(kinds[at + 6], index[at + 6], gate, entries)
+            prepare(prepare_kinds[at + 6], index[at + 6], gate, entries)
         else:
             x += delta
             rms_norm_rows(x, norm_final, eps, h)
-            prepare(kinds[at], index[at], h, entries)
+            prepare(prepare_kinds[at], index[at], h, entries)
 
     @numba.njit(error_model="numpy")
     def rows_phase(counts, phase, r, schedule, entries, kinds, index, layers, buffers, logits):  # pragma: no cover
@@ -221,7 +239,7 @@ def compiled_step(kernels: tuple):
         wait_for(counts, 2 * phase + 1, chunks)
 
     @numba.njit(error_model="numpy")
-    def worker(x, entries, kinds, index, schedule, norm_in, norm_post, norm_final, eps, k_cache, v_cache, cos, sin,
+    def worker(x, entries, kinds, index, prepare_kinds, schedule, norm_in, norm_post, norm_final, eps, k_cache, v_cache, cos, sin,
                pos, buffers, logits, counts):  # pragma: no cover - compiled
         """One thread's walk through the step's phases (any number of threads, one included, finish it):
         per layer four times a task alone and a rows phase, the attention after the first; then the head's."""
@@ -232,7 +250,7 @@ def compiled_step(kernels: tuple):
         for i in range(layers + 1):
             for stage in range(4) if i < layers else range(4, 5):
                 if take(counts, 2 * phase) == 0:
-                    solo(stage, i, x, entries, kinds, index, norm_in, norm_post, norm_final, eps, buffers)
+                    solo(stage, i, x, entries, prepare_kinds, index, norm_in, norm_post, norm_final, eps, buffers)
                     take(counts, 2 * phase + 1)
                 wait_for(counts, 2 * phase + 1, 1)
                 rows_phase(counts, phase + 1, r, schedule, entries, kinds, index, layers, buffers, logits)
@@ -249,7 +267,7 @@ def compiled_step(kernels: tuple):
                     phase += 1
 
     @numba.njit(parallel=True, error_model="numpy")
-    def llama_step(x, entries, kinds, index, schedule, norm_in, norm_post, norm_final, eps, k_cache, v_cache, cos, sin,
+    def llama_step(x, entries, kinds, index, prepare_kinds, schedule, norm_in, norm_post, norm_final, eps, k_cache, v_cache, cos, sin,
                    pos, buffers, logits):  # pragma: no cover - compiled
         """Advance ``x [B, D]`` (embedded tokens at position ``pos``) through every layer, filling the
         caches [layers, B, kv_heads, L, hd]; ``logits [B, vocab]`` = the head's output. One parallel
@@ -257,7 +275,7 @@ def compiled_step(kernels: tuple):
         threads = numba.get_num_threads()
         counts = np.zeros(2 * (PHASES_PER_LAYER * norm_in.shape[0] + 2), np.int64)
         for _ in numba.prange(threads):
-            worker(x, entries, kinds, index, schedule, norm_in, norm_post, norm_final, eps, k_cache, v_cache, cos,
+            worker(x, entries, kinds, index, prepare_kinds, schedule, norm_in, norm_post, norm_final, eps, k_cache, v_cache, cos,
                    sin, pos, buffers, logits, counts)
 
     return llama_step

@@ -206,7 +206,7 @@ def compiled(group_size: int, nibbles: bool):
                 for n in range(n_tokens):
                     y[n, r0 + lane] = acc[n * LANES + lane]
 
-    return RowKernel(prepare, rows, LANES, permuted_scratch(group_size))
+    return RowKernel(prepare, rows, LANES, permuted_scratch(group_size), prepare_reads=(0,))
 
 
 @functools.cache
@@ -328,7 +328,7 @@ def compiled_vnni(group_size: int, three_bit: bool = False):
         return (np.empty(tokens, np.float32), np.empty(tokens, np.bool_), np.empty(tokens * width, np.float32),
                 np.empty(tokens * X_PARTS * width, np.int8), np.empty(tokens * groups, np.float32))
 
-    return RowKernel(prepare, rows, LANES, scratch_for)
+    return RowKernel(prepare, rows, LANES, scratch_for, prepare_reads=(0,))
 
 
 def permuted_scratch(group_size: int):
