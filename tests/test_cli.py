@@ -28,6 +28,7 @@ def words(tmp_path):
     (["compress", "M", "-o", "X", "--method", "magnitude", "--pattern", "2:4", "--sparsity", "0.7"],
      "--sparsity 0.7 disagrees with --pattern 2:4"),
     (["compress", "M", "-o", "X", "--method", "rtn", "--sparsity", "0.5"], "--method rtn does not take --sparsity"),
+    (["compress", "M", "-o", "X", "--method", "spqr", "--symmetric"], "--method spqr does not take --symmetric"),
     (["eval", "/no/such/model"], "MODEL '/no/such/model' is not smollm2-135m"),
     (["eval", "M", "--ppl", "ptb"], "--ppl 'ptb': unknown corpus"),
     (["eval", "x.gguf"], "x.gguf: no such GGUF file"),
@@ -73,6 +74,19 @@ def test_cli_compress_then_eval_json_contract(capsys, hf_dir, words, tmp_path):
     assert 1 < result["ppl"][str(words)] < 1e4
     code, out, _ = run(capsys, "eval", str(hf_dir), "--text-file", str(words), "--seqlen", "64", "--json", "--quiet")
     assert last_json(out)["bits_per_param"] == 32.0
+
+
+def test_cli_compress_symmetric_writes_4_5_bits_and_loads_back(capsys, hf_dir, words, tmp_path):
+    """``--symmetric`` at 4 bits, g32: GGUF Q4_0's grid, no minimum stored, 4.5 bits per weight."""
+    code, out, _ = run(capsys, "compress", str(hf_dir), "-o", str(tmp_path / "ck"), "--method", "rtn", "--bits", "4",
+                       "--group-size", "32", "--symmetric", "--json", "--quiet")
+    assert code == 0 and last_json(out)["bits_per_param"] == 4.5
+    formats = json.loads((tmp_path / "ck" / "sparsa.json").read_text())["formats"]
+    assert formats and all(f["meta"]["symmetric"] is True for f in formats.values())
+    code, out, _ = run(capsys, "eval", str(tmp_path / "ck"), "--text-file", str(words), "--seqlen", "64", "--json",
+                       "--quiet")
+    result = last_json(out)
+    assert code == 0 and result["bits_per_param"] == 4.5 and 1 < result["ppl"][str(words)] < 1e4
 
 
 def test_cli_eval_text_too_short_errors(capsys, hf_dir, tmp_path):

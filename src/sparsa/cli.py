@@ -117,7 +117,7 @@ def cmd_compress(args) -> dict:
         bits=args.bits, group_size=args.group_size, sparsity=args.sparsity, pattern=args.pattern,
         outlier_threshold=args.outlier_threshold, nsamples=args.nsamples, seqlen=args.seqlen,
         calib=None if args.recover else args.calib,
-        percdamp=args.percdamp, act_order=args.act_order, static_groups=args.static_groups,
+        percdamp=args.percdamp, act_order=args.act_order, static_groups=args.static_groups, symmetric=args.symmetric,
         simplified_outliers=args.simplified_outliers, stat_bits=args.stat_bits, stat_group_size=args.stat_group_size,
         budget=args.budget)
     check_device(args.device)
@@ -335,6 +335,9 @@ def add_compress(sub, common) -> None:
                    help="solve columns by decreasing Hessian diagonal (gptq, spqr; default on)")
     p.add_argument("--static-groups", action="store_true", default=None,
                    help="gptq: fit group grids on the original weights (implied by act-order with groups)")
+    p.add_argument("--symmetric", action="store_true", default=None,
+                   help="rtn, gptq: symmetric grids with no stored minimum, GGUF Q4_0's rule "
+                        "(4.5 bits/param at --bits 4 --group-size 32)")
     p.add_argument("--outlier-threshold", type=float, help="spqr: outlier threshold tau (default: recipe)")
     p.add_argument("--simplified-outliers", action="store_true", default=None,
                    help="spqr: skip the leave-one-out refit (faster, worse)")

@@ -126,7 +126,7 @@ def test_rtn_config_nonpositive_group_size_raises(group_size):
 
 def test_rtn_config_to_dict_holds_method_version_and_fields():
     assert RTNConfig(bits=3, group_size=64).to_dict() == {"method": "rtn", "version": VERSION, "bits": 3,
-                                                          "group_size": 64}
+                                                          "group_size": 64, "symmetric": False}
 
 
 # -- from_flags -----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from sparsa.compress.config import GPTQConfig
 from sparsa.compress.gptq import gptq_solve
 from sparsa.compress.hessian import HessianAccumulator, prepare_hessian
 from sparsa.errors import SparsaError
-from sparsa.formats.quant import Quant, grid_codes, minmax_stats
+from sparsa.formats.quant import Quant, grid_codes, grid_stats
 
 
 def layer(out=24, inp=64, tokens=500, seed=0):
@@ -19,7 +19,7 @@ def layer(out=24, inp=64, tokens=500, seed=0):
     return W, X, acc.H
 
 
-def obq_reference(W, H, bits, group_size, percdamp):
+def obq_reference(W, H, bits, group_size, percdamp, symmetric=False):
     """Quantize column by column with the explicit inverse Hessian update (GPTQ eq. 2-3, no
     Cholesky, no lazy blocks), in float64; groups fitted when reached (identity order)."""
     W, H = W.double().clone(), H.double().clone()
@@ -28,7 +28,7 @@ def obq_reference(W, H, bits, group_size, percdamp):
     Q = torch.zeros_like(W)
     for j in range(W.shape[1]):
         if j % group_size == 0:
-            scale, minimum = minmax_stats(W[:, j:j + group_size], bits)
+            scale, minimum = grid_stats(W[:, j:j + group_size], bits, symmetric)
         q = grid_codes(W[:, j], scale, minimum, bits).double() * scale.double() + minimum.double()
         Q[:, j] = q
         err = (W[:, j] - q) / Hinv[j, j]
@@ -46,22 +46,26 @@ def test_hessian_accumulator_batches_equal_one_pass():
     assert acc.n == 300
 
 
-def test_gptq_solve_matches_column_by_column_reference():
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_gptq_solve_matches_column_by_column_reference(symmetric):
     W, _, H = layer()
-    config = GPTQConfig(bits=3, group_size=16, act_order=False, percdamp=0.01)
+    config = GPTQConfig(bits=3, group_size=16, act_order=False, percdamp=0.01, symmetric=symmetric)
     _, Q, _ = gptq_solve(W, H, config, where="t")
-    ref = obq_reference(W, H, 3, 16, 0.01)
+    ref = obq_reference(W, H, 3, 16, 0.01, symmetric)
     same = (Q - ref).abs() < 1e-3
     assert same.float().mean() > 0.99  # rare rounding ties may flip one code and its followers
     assert torch.allclose(Q[:, :8], ref[:, :8], atol=1e-4)
 
 
+@pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("act_order", [False, True])
-def test_gptq_format_decodes_to_solver_weights_and_beats_rtn(act_order):
+def test_gptq_format_decodes_to_solver_weights_and_beats_rtn(act_order, symmetric):
     W, X, H = layer(seed=1)
-    fmt, Q, loss = gptq_solve(W, H, GPTQConfig(bits=3, group_size=32, act_order=act_order), where="t")
+    config = GPTQConfig(bits=3, group_size=32, act_order=act_order, symmetric=symmetric)
+    fmt, Q, loss = gptq_solve(W, H, config, where="t")
     assert isinstance(fmt, Quant) and torch.equal(fmt.to_dense(), Q)
-    rtn = Quant.from_dense(W, bits=3, group_size=32).to_dense()
+    assert fmt.symmetric == symmetric and (fmt.minimum is None) == symmetric
+    rtn = Quant.from_dense(W, bits=3, group_size=32, symmetric=symmetric).to_dense()
     assert ((X @ (Q - W).T) ** 2).mean() < 0.8 * ((X @ (rtn - W).T) ** 2).mean()
     assert loss.shape == (W.shape[0],) and bool((loss >= 0).all())
 

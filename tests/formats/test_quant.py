@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from sparsa.errors import SparsaError
 from sparsa.formats.bitpack import pack_bits
-from sparsa.formats.quant import Quant, check_group_size, minmax_quantize
+from sparsa.formats.quant import Quant, check_group_size, group_quantize, pad_groups
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -122,9 +122,9 @@ def test_quant_nbytes_any_shape_matches_codes_plus_fp16_scale_and_minimum(case):
     assert fmt.nbytes == sum(t.numel() * t.element_size() for t in fmt.to_state_dict().values())
 
 
-def test_quant_meta_lists_shape_bits_group_size():
+def test_quant_meta_lists_shape_bits_group_size_symmetric():
     fmt = Quant.from_dense(torch.randn(3, 8), bits=3, group_size=4)
-    assert fmt.meta() == {"shape": [3, 8], "bits": 3, "group_size": 4}
+    assert fmt.meta() == {"shape": [3, 8], "bits": 3, "group_size": 4, "symmetric": False}
     assert fmt.ARRAYS == ("codes", "scale", "minimum")
     assert fmt.codes.dtype == torch.uint8 and fmt.codes.shape == (9,)
     assert fmt.scale.shape == (3, 2) and fmt.minimum.shape == (3, 2)
@@ -160,9 +160,9 @@ def test_quant_all_zero_weight_decodes_to_zero():
     assert int(fmt.codes.sum()) == 0
 
 
-def test_minmax_quantize_known_group_gives_known_codes():
+def test_group_quantize_known_group_gives_known_codes():
     W = torch.tensor([[0.0, 1.0, 2.0, 3.0, 1.4, 0.6, 3.0, 0.0]])
-    codes, scale, minimum = minmax_quantize(W, 2, 4)
+    codes, scale, minimum = group_quantize(W, 2, 4)
     assert codes.tolist() == [[0, 1, 2, 3, 1, 1, 3, 0]]
     assert scale.tolist() == [[1.0, 1.0]] and minimum.tolist() == [[0.0, 0.0]]
     assert scale.dtype == torch.float16 and minimum.dtype == torch.float16
@@ -297,7 +297,7 @@ def test_quant_from_state_dict_extra_array_raises():
 def test_quant_from_state_dict_wrong_meta_keys_raises():
     meta = {"shape": [2, 8], "bits": 3}
     with pytest.raises(SparsaError, match=re.escape(
-            "f:w: quant metadata has keys ['bits', 'shape'], expected ['bits', 'group_size', 'shape']")):
+            "f:w: quant metadata has keys ['bits', 'shape'], expected ['bits', 'group_size', 'shape', 'symmetric']")):
         load(good_quant().to_state_dict(), meta)
 
 
@@ -309,3 +309,64 @@ def test_quant_codes_pack_unpacked_codes_row_major():
 def test_quant_from_dense_beyond_fp16_range_raises():
     with pytest.raises(SparsaError, match="big: weights beyond the fp16 range"):
         Quant.from_dense(torch.tensor([[-70000.0, 0.0, 1.0, 2.0]]), bits=4, group_size=4, where="big")
+
+
+# -- symmetric grids (GGUF Q4_0's rule) --------------------------------------------------------
+def test_symmetric_quant_known_group_gives_q4_0_codes():
+    """The value of largest magnitude sets scale = value / -8 and gets code 0; the rest round to
+    ``w / scale + 8``, clamped to 15 (Q4_0's grid, with the stored fp16 scale)."""
+    fmt = Quant.from_dense(torch.tensor([[1.0, -2.0, 0.5, 4.0]]), bits=4, group_size=4, symmetric=True)
+    assert fmt.symmetric and fmt.minimum is None and fmt.scale.tolist() == [[-0.5]]
+    assert fmt.unpacked_codes().tolist() == [[6, 12, 7, 0]]
+    assert fmt.to_dense().tolist() == [[1.0, -2.0, 0.5, 4.0]]
+    assert fmt.meta()["symmetric"] is True and list(fmt.arrays()) == ["codes", "scale"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 8), st.sampled_from([4, 7, 32]), st.integers(1, 9), st.integers(1, 70), st.integers(0, 2**16))
+def test_symmetric_quant_any_weight_within_half_step_and_decodes_as_q_minus_half(bits, group_size, out, inp, seed):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(out, inp, generator=g) * 2
+    fmt = Quant.from_dense(W, bits=bits, group_size=group_size, symmetric=True)
+    half = 2 ** (bits - 1)
+    q = pad_groups(fmt.unpacked_codes(), group_size).float()
+    expected = ((q - half) * fmt.scale.float()[..., None]).reshape(out, -1)[:, :inp]
+    assert torch.equal(fmt.to_dense(), expected)  # q * s + (-half * s) is exact in fp32
+    step = fmt.scale.float().abs().repeat_interleave(group_size, 1)[:, :inp]
+    fp16 = W.abs() * 2 ** -10  # the fp16 rounding of the scale, carried over at most `half` steps
+    err, top = (fmt.to_dense() - W).abs(), fmt.unpacked_codes() == 2 ** bits - 1
+    assert bool((err[~top] <= (step / 2 + fp16 + 1e-6)[~top]).all())
+    assert bool((err <= step + fp16 + 1e-6).all())  # the grid has one step less on the far side
+    assert fmt.nbytes == fmt.codes.numel() + 2 * fmt.scale.numel()
+
+
+def test_symmetric_quant_state_dict_roundtrip_is_bit_exact_and_stores_no_minimum():
+    fmt = Quant.from_dense(torch.randn(5, 40), bits=4, group_size=32, symmetric=True)
+    state = fmt.to_state_dict()
+    assert list(state) == ["codes", "scale"]
+    back = load(state, fmt.meta())
+    assert back.symmetric and back.minimum is None
+    assert torch.equal(back.codes, fmt.codes) and torch.equal(back.scale, fmt.scale)
+    assert torch.equal(back.to_dense(), fmt.to_dense())
+
+
+def test_quant_meta_without_symmetric_loads_as_min_max():
+    """Checkpoints written before the symmetric grid have no ``symmetric`` key: min-max, as they were."""
+    fmt = good_quant()
+    meta = {k: v for k, v in fmt.meta().items() if k != "symmetric"}
+    back = load(fmt.to_state_dict(), meta)
+    assert not back.symmetric and torch.equal(back.minimum, fmt.minimum)
+
+
+def test_symmetric_quant_with_a_stored_minimum_raises():
+    fmt = good_quant()
+    with pytest.raises(SparsaError, match=re.escape("f:w: unexpected arrays ['minimum']")):
+        load(fmt.to_state_dict(), {**fmt.meta(), "symmetric": True})
+
+
+def test_symmetric_quant_scale_whose_minimum_overflows_fp16_raises():
+    fmt = Quant.from_dense(torch.randn(2, 8), bits=4, group_size=4, symmetric=True)
+    scale = fmt.scale.clone()
+    scale[0, 0] = 9000.0  # -8 * 9000 is beyond fp16
+    with pytest.raises(SparsaError, match=r"f:w: scale holds inf/nan or \|scale\| beyond 65504 / 8"):
+        load({"codes": fmt.codes, "scale": scale}, fmt.meta())

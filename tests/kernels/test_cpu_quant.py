@@ -22,13 +22,15 @@ TOKEN_COUNTS = [0, 1, 9, 16, 17, 32, 33, 40]  # the README's 0 to 40 tokens: its
 
 
 def check_quant_linear(bits: int, group_size: int, out: int, inp: int, tokens: int, with_bias: bool,
-                       seed: int) -> None:
+                       seed: int, symmetric: bool = False) -> None:
     """``quant_linear`` on a random [out, inp] W quantized to ``bits`` in groups of ``group_size``
-    and ``tokens`` random activations: on the fp32 tiles within fp32 rounding of the exact product;
-    where the int8-activation kernel takes the weight and token count, within fp32 rounding of its
-    reference and within the activations' rounding of the exact product."""
+    (min-max or symmetric grids) and ``tokens`` random activations: on the fp32 tiles within fp32
+    rounding of the exact product; where the int8-activation kernel takes the weight and token
+    count, within fp32 rounding of its reference and within the activations' rounding of the exact
+    product."""
     g = torch.Generator().manual_seed(seed)
-    fmt = Quant.from_dense(torch.randn(out, inp, generator=g) * 3, bits=bits, group_size=group_size)
+    fmt = Quant.from_dense(torch.randn(out, inp, generator=g) * 3, bits=bits, group_size=group_size,
+                           symmetric=symmetric)
     x = torch.randn(tokens, inp, generator=g)
     bias = torch.randn(out, generator=g) if with_bias else None
     W = fmt.to_dense().double()
@@ -44,7 +46,7 @@ def check_quant_linear(bits: int, group_size: int, out: int, inp: int, tokens: i
     else:
         width = -(-inp // group_size) * group_size
         q = pad_groups(fmt.unpacked_codes(), group_size).reshape(out, width)
-        ref = q8_reference(F.pad(x, (0, width - inp)), q, fmt.scale, fmt.minimum, group_size)
+        ref = q8_reference(F.pad(x, (0, width - inp)), q, fmt.scale, fmt.group_minimum(), group_size)
         ref = ref.double() + (0 if bias is None else bias.double())
         assert y.shape == (tokens, out) and bool(((y.double() - ref).abs() <= 2 * bound).all())
         # the activations' rounding, at most max|x| / 254 per activation, meets s * q (the minimum's term is exact)
@@ -55,14 +57,30 @@ def check_quant_linear(bits: int, group_size: int, out: int, inp: int, tokens: i
 
 @settings(max_examples=40, deadline=None)
 @given(st.sampled_from([2, 3, 4, 8]), st.sampled_from([16, 32, 5]), st.integers(1, 40), st.integers(1, 70),
-       st.integers(0, 40), st.booleans(), st.integers(0, 2**16))
-def test_quant_linear_random_weights_match_reference(bits, group_size, out, inp, tokens, with_bias, seed):
-    check_quant_linear(bits, group_size, out, inp, tokens, with_bias, seed)
+       st.integers(0, 40), st.booleans(), st.integers(0, 2**16), st.booleans())
+def test_quant_linear_random_weights_match_reference(bits, group_size, out, inp, tokens, with_bias, seed, symmetric):
+    check_quant_linear(bits, group_size, out, inp, tokens, with_bias, seed, symmetric)
 
 
+@pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("tokens", TOKEN_COUNTS)
-def test_quant_linear_each_token_count_matches_reference(tokens):
-    check_quant_linear(4, 32, 37, 70, tokens, True, seed=tokens)  # ragged rows, a short last group
+def test_quant_linear_each_token_count_matches_reference(tokens, symmetric):
+    check_quant_linear(4, 32, 37, 70, tokens, True, seed=tokens, symmetric=symmetric)  # ragged rows, a short last group
+
+
+@pytest.mark.skipif(not q8.HAS_AVX2, reason="this CPU lacks AVX2")
+def test_q8_kernel_of_a_symmetric_weight_reads_no_minimum():
+    """The symmetric q8 kernel computes the minimum from the scale: its layout has no minimum array
+    (fewer bytes per token), and it differs from the min-max kernel only in that."""
+    from sparsa.kernels.cpu.quant import quant_step
+
+    weight = Quant.from_dense(torch.randn(16, 64), bits=4, group_size=32, symmetric=True)
+    kernel, operand = quant_step(weight, 1)
+    assert kernel is q8.compiled(1, 8) and kernel is not q8.compiled(1) and operand[2].size == 0
+    stored = Quant(shape=weight.shape, bits=4, group_size=32, codes=weight.codes, scale=weight.scale,
+                   minimum=weight.group_minimum())  # the same grid with its minimum stored
+    x = torch.randn(3, 64)
+    assert torch.equal(quant_linear(x, weight), quant_linear(x, stored))
 
 
 def test_quant_linear_dispatches_and_keeps_leading_dims():

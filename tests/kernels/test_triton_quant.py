@@ -18,14 +18,16 @@ pytestmark = needs_triton
 @st.composite
 def quant_case(draw):
     """2..8-bit codes whose stream positions cross bytes, groups that do not divide the row
-    (a short last group), rows past one 64-row tile, 0..40 tokens, maybe a bias."""
+    (a short last group), rows past one 64-row tile, 0..40 tokens, maybe a bias, min-max or
+    symmetric grids."""
     bits, group_size = draw(st.integers(2, 8)), draw(st.sampled_from([7, 16, 32, 64]))
     out_features, in_features = draw(st.integers(1, 80)), draw(st.integers(1, 140))
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
     W = torch.randn(out_features, in_features, generator=g)
     x = torch.randn(draw(st.integers(0, 40)), in_features, generator=g)
     bias = torch.randn(out_features, generator=g) if draw(st.booleans()) else None
-    return Quant.from_dense(W, bits=bits, group_size=group_size), x, bias, draw(st.sampled_from(DTYPES))
+    fmt = Quant.from_dense(W, bits=bits, group_size=group_size, symmetric=draw(st.booleans()))
+    return fmt, x, bias, draw(st.sampled_from(DTYPES))
 
 
 @settings(max_examples=25, deadline=None)

@@ -103,15 +103,15 @@ def test_compiled_layer_step_matches_the_module_path(spqr_llama, batch):
 def mixed_llama(model):
     """``model`` with a mix of formats: every MLP SpQR 3-bit, layer 0's attention Quant 4-bit g32 (the
     int8-activation kernel on AVX2), layer 1's q and o Bitmap 50%, its v BlockSparse 1x16 at 50% and
-    its k dense fp32, the head Quant 4-bit g32 (untied)."""
+    its k dense fp32, the head Quant 4-bit g32 on a symmetric grid (untied)."""
     def where(*parts):
         return lambda module, name: isinstance(module, torch.nn.Linear) and any(p in name for p in parts)
 
     windows = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(0))
     compress_(model, SpQRConfig(bits=3, stat_group_size=16, nsamples=4, seqlen=32), calibration=windows,
               filter_fn=where("mlp."), progress=False)  # calibrated methods filter names inside each block
-    compress_(model, RTNConfig(bits=4, group_size=32), filter_fn=where("layers.0.self_attn", "lm_head"),
-              progress=False)
+    compress_(model, RTNConfig(bits=4, group_size=32), filter_fn=where("layers.0.self_attn"), progress=False)
+    compress_(model, RTNConfig(bits=4, group_size=32, symmetric=True), filter_fn=where("lm_head"), progress=False)
     compress_(model, MagnitudeConfig(sparsity=0.5), filter_fn=where("layers.1.self_attn.q_proj",
                                                                     "layers.1.self_attn.o_proj"), progress=False)
     compress_(model, MagnitudeConfig(sparsity=0.5, pattern="block:1x16"), filter_fn=where("layers.1.self_attn.v_proj"),
@@ -135,6 +135,7 @@ def test_compiled_step_runs_a_mix_of_formats_as_the_module_path_does(tiny_llama,
         "quant": 5, "spqr": 6, "bitmap": 2, "block": 1, "dense": 1}
     assert len(compiled.table.kernels) >= 4  # one kind per kernel and operand type, at least one per format
     assert (q8.compiled(1) in compiled.table.kernels) == q8.HAS_AVX2
+    assert (q8.compiled(1, 8) in compiled.table.kernels) == q8.HAS_AVX2  # the symmetric head
     got, expected = decode([compiled, modules], prompt(batch, 8, seed=7), 5)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(compiled.k_cache, modules.k_cache, rtol=1e-4, atol=1e-4)

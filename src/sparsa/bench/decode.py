@@ -46,7 +46,8 @@ from sparsa.nn.sparse_linear import decoded_weights
 from sparsa.nn.surgery import all_linears, decoder_linears
 
 NEAR_TIE = 1e-3
-VARIANTS = ("dense fp32", "dense bf16", "spqr-3", "quant-4", "bitmap-50%", "block-70%", "torchao int8 weight-only")
+VARIANTS = ("dense fp32", "dense bf16", "spqr-3", "quant-4", "quant-4 sym", "bitmap-50%", "block-70%",
+            "torchao int8 weight-only")
 
 
 @dataclass(frozen=True)
@@ -119,9 +120,10 @@ def compressed(model, name: str, s: DecodeSettings, calibration):
         return model
     config = {"spqr-3": SpQRConfig(bits=3, nsamples=s.nsamples, seqlen=s.calib_seqlen),
               "quant-4": RTNConfig(bits=4, group_size=32),
+              "quant-4 sym": RTNConfig(bits=4, group_size=32, symmetric=True),  # Q4_0's grid, 4.5 bits
               "bitmap-50%": MagnitudeConfig(sparsity=0.5),
               "block-70%": MagnitudeConfig(sparsity=0.7, pattern="block:1x16")}[name]
-    quantized = name in ("spqr-3", "quant-4")  # these take the output head too; pruning it would wreck the model
+    quantized = name in ("spqr-3", "quant-4", "quant-4 sym")  # these take the output head too; pruning it would wreck the model
     compress_(model, config, calibration=calibration if config.needs_calibration else None, progress=False,
               filter_fn=all_linears if quantized else decoder_linears)
     return model

@@ -76,12 +76,14 @@ class RTNConfig(MethodConfig):
         bits: bits per weight code, 2..8.
         group_size: input columns sharing one fp16 scale and minimum (the last group of a row
             is shorter when it does not divide in_features).
+        symmetric: symmetric grids, no stored minimum (GGUF Q4_0's rule; 4.5 bits/param at 4 bits, g32).
     """
 
     head_by_default: ClassVar[bool] = True
     method: ClassVar[str] = "rtn"
     bits: int = 4
     group_size: int = 128
+    symmetric: bool = False
 
     def __post_init__(self):
         if not 2 <= self.bits <= 8:
@@ -168,6 +170,7 @@ class GPTQConfig(CalibratedConfig):
         group_size: input columns per fp16 scale/minimum; 0 = one group per row.
         act_order: solve columns by decreasing ``diag H``; with groups this implies static groups.
         static_groups: fit every group's grid on the original weights before the solve.
+        symmetric: symmetric grids, no stored minimum (GGUF Q4_0's rule).
     """
 
     head_by_default: ClassVar[bool] = True
@@ -176,6 +179,7 @@ class GPTQConfig(CalibratedConfig):
     group_size: int = 128
     act_order: bool = True
     static_groups: bool = False
+    symmetric: bool = False
 
     def __post_init__(self):
         super().__post_init__()

@@ -14,7 +14,7 @@ from sparsa.compress.hessian import prepare_hessian
 from sparsa.compress.obs import obs_solve
 from sparsa.compress.registry import register_method
 from sparsa.formats.bitpack import pack_bits
-from sparsa.formats.quant import Quant, grid_codes, group_count, minmax_stats, pad_groups
+from sparsa.formats.quant import Quant, grid_codes, grid_stats, group_count, pad_groups
 
 BLOCKSIZE = 128
 
@@ -22,15 +22,17 @@ BLOCKSIZE = 128
 class GPTQStep:
     """Column step: round to the group grid; records codes (solve order) and grids (original order)."""
 
-    def __init__(self, W: torch.Tensor, bits: int, group_size: int, perm: torch.Tensor, static: bool):
+    def __init__(self, W: torch.Tensor, bits: int, group_size: int, perm: torch.Tensor, static: bool,
+                 symmetric: bool):
         out_features, in_features = W.shape
         self.bits, self.group_size, self.perm, self.static = bits, group_size, perm, static
+        self.symmetric = symmetric
         self.codes = torch.zeros(out_features, in_features, dtype=torch.uint8, device=W.device)
         self.scale = torch.zeros(out_features, group_count(in_features, group_size), dtype=torch.float16,
                                  device=W.device)
         self.minimum = torch.zeros_like(self.scale)
         if static:  # W here is in original column order
-            self.scale, self.minimum = minmax_stats(pad_groups(W, group_size), bits)
+            self.scale, self.minimum = grid_stats(pad_groups(W, group_size), bits, symmetric)
 
     def begin_block(self, W1, Hinv1, start):
         pass
@@ -38,7 +40,8 @@ class GPTQStep:
     def column(self, W1, Hinv1, i, j):
         group = int(self.perm[j]) // self.group_size
         if not self.static and j % self.group_size == 0:  # identity order: group = j // group_size
-            self.scale[:, group], self.minimum[:, group] = minmax_stats(W1[:, i:i + self.group_size], self.bits)
+            self.scale[:, group], self.minimum[:, group] = grid_stats(W1[:, i:i + self.group_size], self.bits,
+                                                                     self.symmetric)
         scale, minimum = self.scale[:, group], self.minimum[:, group]
         codes = grid_codes(W1[:, i], scale, minimum, self.bits)
         self.codes[:, j] = codes.to(torch.uint8)
@@ -57,13 +60,14 @@ def gptq_solve(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig, *, where: s
     W = W.float().clone()
     W[:, prep.dead] = 0
     static = config.static_groups or (config.act_order and group_size < in_features)
-    step = GPTQStep(W, config.bits, group_size, prep.perm, static)
+    step = GPTQStep(W, config.bits, group_size, prep.perm, static, config.symmetric)
     blocksize = group_size * max(1, BLOCKSIZE // group_size)  # groups never straddle a block
     Qp, loss = obs_solve(W[:, prep.perm], prep.Hinv, step, blocksize)
     codes, Q = torch.empty_like(step.codes), torch.empty_like(Qp)
     codes[:, prep.perm], Q[:, prep.perm] = step.codes, Qp
     fmt = Quant(shape=(out_features, in_features), bits=config.bits, group_size=group_size,
-                codes=pack_bits(codes, config.bits), scale=step.scale, minimum=step.minimum)
+                codes=pack_bits(codes, config.bits), scale=step.scale,
+                minimum=None if config.symmetric else step.minimum, symmetric=config.symmetric)
     return fmt, Q, loss
 
 

@@ -4,7 +4,7 @@ A format is plain data: a frozen dataclass whose tensor fields are listed in ``A
 whose other fields are small JSON-able metadata. It holds a 2-D weight ``W: [out, in]``.
 """
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from typing import ClassVar
 
 import torch
@@ -38,8 +38,9 @@ class Format:
 
     # -- structure ---------------------------------------------------------------------
     def arrays(self) -> dict[str, torch.Tensor]:
-        """The tensors that make up the format, by name (what the checkpoint stores)."""
-        return {name: getattr(self, name) for name in self.ARRAYS}
+        """The tensors that make up the format, by name (what the checkpoint stores; an array
+        field that is None is left out)."""
+        return {name: getattr(self, name) for name in self.ARRAYS if getattr(self, name) is not None}
 
     def meta(self) -> dict:
         """The non-tensor fields, JSON-able (tuples become lists)."""
@@ -60,6 +61,12 @@ class Format:
         """Exact bytes of the arrays, i.e. what the checkpoint writes for this weight."""
         return sum(t.numel() * t.element_size() for t in self.arrays().values())
 
+    @classmethod
+    def array_names(cls, meta: dict) -> tuple[str, ...]:
+        """The arrays a weight with metadata ``meta`` stores: ``ARRAYS``, unless a format leaves
+        some out for some metadata."""
+        return cls.ARRAYS
+
     def to(self, device) -> "Format":
         """The same format with every array on ``device``."""
         return replace(self, **{k: v.to(device) for k, v in self.arrays().items()})
@@ -74,19 +81,22 @@ class Format:
         """Rebuild from stored arrays + metadata, validating everything before returning.
 
         Args:
-            arrays: name -> tensor, exactly ``cls.ARRAYS``.
-            meta: name -> value, exactly the non-array fields (lists allowed for tuples).
+            arrays: name -> tensor, exactly ``cls.array_names(meta)``.
+            meta: name -> value, the non-array fields (lists allowed for tuples); a field with a
+                default (added after checkpoints were written) may be absent.
             where: names the tensor in errors, e.g. ``"model-00001-of-00001.safetensors:q_proj"``.
         """
         meta_names = {f.name for f in fields(cls)} - set(cls.ARRAYS)
-        check(set(meta) == meta_names, where,
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+        check(required - set(cls.ARRAYS) <= set(meta) <= meta_names, where,
               f"{cls.format_name} metadata has keys {sorted(meta)}, expected {sorted(meta_names)}")
-        missing = sorted(set(cls.ARRAYS) - set(arrays))
-        extra = sorted(set(arrays) - set(cls.ARRAYS))
+        names = cls.array_names(meta)
+        missing = sorted(set(names) - set(arrays))
+        extra = sorted(set(arrays) - set(names))
         check(not missing, where, f"missing arrays {missing}")
         check(not extra, where, f"unexpected arrays {extra}")
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in meta.items()}
-        fmt = cls(**kwargs, **arrays)
+        fmt = cls(**kwargs, **{name: arrays.get(name) for name in cls.ARRAYS})
         fmt.validate(where)
         return fmt
 

@@ -1,9 +1,15 @@
-"""``Quant``: plain b-bit group quantization with a floating-point scale and minimum per group.
+"""``Quant``: plain b-bit group quantization with a floating-point scale (and minimum) per group.
 
 Each row of ``W: [out, in]`` is cut into groups of ``group_size`` consecutive input columns (the
-last group is shorter when ``group_size`` does not divide ``in``, as in GPTQ); group ``(i, j)`` stores ``scale[i, j]`` and ``minimum[i, j]`` (fp16) and every weight in it a
-``bits``-bit code ``q``, so ``W ≈ q * scale + minimum`` (the GGUF Q4_1 convention: a float
-minimum rather than an integer zero-point). Storage: ``bits + 32 / group_size`` bits/param.
+last group is shorter when ``group_size`` does not divide ``in``, as in GPTQ); group ``(i, j)``
+stores ``scale[i, j]`` and ``minimum[i, j]`` (fp16) and every weight in it a ``bits``-bit code
+``q``, so ``W ≈ q * scale + minimum`` (the GGUF Q4_1 convention: a float minimum rather than an
+integer zero-point). Storage: ``bits + 32 / group_size`` bits/param.
+
+Symmetric weights store no minimum: it is ``-2**(bits-1) * scale``, so ``W ≈ (q - 2**(bits-1)) *
+scale`` (the GGUF Q4_0 convention), ``bits + 16 / group_size`` bits/param. Their scale is the
+group's value of largest magnitude over ``-2**(bits-1)`` (so it may be negative): that value gets
+code 0 exactly, and the grid reaches ``2**(bits-1) - 1`` steps the other way.
 """
 
 from dataclasses import dataclass
@@ -38,15 +44,40 @@ def minmax_stats(Wg: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tenso
     return ((hi - lo) / (2**bits - 1)).to(torch.float16), lo.to(torch.float16)
 
 
+def symmetric_minimum(scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """The minimum a symmetric grid implies: ``-2**(bits-1) * scale`` (fp16, exact unless it overflows)."""
+    return scale * -(2 ** (bits - 1))
+
+
+def symmetric_stats(Wg: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric grid of each group along the last axis (GGUF Q4_0's rule at 4 bits).
+
+    Args:
+        Wg: [..., g] float weights, one group per last-axis row.
+    Returns:
+        scale, minimum: [...] fp16; scale = the value of largest |w| over ``-2**(bits-1)``, minimum
+        the implied :func:`symmetric_minimum`; an all-zero group gets scale 0.
+    """
+    Wg = Wg.float()
+    extreme = Wg.gather(-1, Wg.abs().argmax(dim=-1, keepdim=True))[..., 0]
+    scale = (extreme / -(2 ** (bits - 1))).to(torch.float16)
+    return scale, symmetric_minimum(scale, bits)
+
+
+def grid_stats(Wg: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`symmetric_stats` or :func:`minmax_stats` of each group along the last axis."""
+    return symmetric_stats(Wg, bits) if symmetric else minmax_stats(Wg, bits)
+
+
 def grid_codes(W: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor, bits: int) -> torch.Tensor:
     """Round-to-nearest codes of ``W`` on the grid ``q * scale + minimum`` (scale 0 -> code 0).
 
     Args:
-        W: [..., k] float; scale, minimum: fp16 broadcastable to W.
+        W: [..., k] float; scale, minimum: fp16 broadcastable to W (a symmetric scale may be negative).
     Returns:
         [..., k] float codes in [0, 2**bits) (exact integers).
     """
-    step = torch.where(scale > 0, scale.float(), torch.ones_like(scale, dtype=torch.float32))
+    step = torch.where(scale != 0, scale.float(), torch.ones_like(scale, dtype=torch.float32))
     return torch.round((W.float() - minimum.float()) / step).clamp_(0, 2**bits - 1)
 
 
@@ -64,19 +95,20 @@ def pad_groups(W: torch.Tensor, group_size: int) -> torch.Tensor:
     return W.reshape(W.shape[0], -1, group_size)
 
 
-def minmax_quantize(W: torch.Tensor, bits: int, group_size: int):
-    """Asymmetric min-max round-to-nearest over groups of input columns.
+def group_quantize(W: torch.Tensor, bits: int, group_size: int, symmetric: bool = False):
+    """Round-to-nearest over groups of input columns, on min-max (or symmetric) grids.
 
     Args:
         W: [out, in] float weight.
         bits: 2..8.
         group_size: input columns per group (the last group may be shorter).
+        symmetric: :func:`symmetric_stats` grids instead of min-max ones.
     Returns:
         codes [out, in] uint8 in [0, 2**bits), scale [out, G] fp16, minimum [out, G] fp16.
     """
     out_features, in_features = W.shape
     Wg = pad_groups(W, group_size)
-    scale, minimum = minmax_stats(Wg, bits)
+    scale, minimum = grid_stats(Wg, bits, symmetric)
     codes = grid_codes(Wg, scale[..., None], minimum[..., None], bits)
     return codes.to(torch.uint8).reshape(out_features, -1)[:, :in_features], scale, minimum
 
@@ -92,7 +124,8 @@ class Quant(Format):
         group_size: input columns per group (the last group may be shorter).
         codes: [ceil(out * in * bits / 8)] uint8, codes packed row-major (see ``bitpack``).
         scale: [out, ceil(in / group_size)] fp16.
-        minimum: [out, ceil(in / group_size)] fp16.
+        minimum: [out, ceil(in / group_size)] fp16; None if symmetric.
+        symmetric: the minimum is implied, ``-2**(bits-1) * scale``, not stored.
     """
 
     ARRAYS = ("codes", "scale", "minimum")
@@ -101,21 +134,32 @@ class Quant(Format):
     group_size: int
     codes: torch.Tensor
     scale: torch.Tensor
-    minimum: torch.Tensor
+    minimum: torch.Tensor | None
+    symmetric: bool = False
 
     @classmethod
-    def from_dense(cls, W: torch.Tensor, *, bits: int, group_size: int, where: str = "weight") -> "Quant":
-        """Quantize ``W: [out, in]`` round-to-nearest with min-max groups."""
+    def array_names(cls, meta: dict) -> tuple[str, ...]:
+        return ("codes", "scale") if meta.get("symmetric") is True else cls.ARRAYS
+
+    @classmethod
+    def from_dense(cls, W: torch.Tensor, *, bits: int, group_size: int, symmetric: bool = False,
+                   where: str = "weight") -> "Quant":
+        """Quantize ``W: [out, in]`` round-to-nearest with min-max (or symmetric) groups."""
         if not MIN_BITS <= bits <= MAX_BITS:
             raise SparsaError(f"{where}: --bits {bits} is outside {MIN_BITS}..{MAX_BITS}")
         if group_size <= 0:
             raise SparsaError(f"{where}: --group-size {group_size} must be positive")
-        codes, scale, minimum = minmax_quantize(W, bits, group_size)
+        codes, scale, minimum = group_quantize(W, bits, group_size, symmetric)
         if not (torch.isfinite(scale).all() and torch.isfinite(minimum).all()):
             raise SparsaError(f"{where}: weights beyond the fp16 range (|w| > 65504) or non-finite; "
                               "cannot store fp16 group statistics")
         return cls(shape=tuple(W.shape), bits=bits, group_size=group_size,
-                   codes=pack_bits(codes, bits), scale=scale, minimum=minimum)
+                   codes=pack_bits(codes, bits), scale=scale, minimum=None if symmetric else minimum,
+                   symmetric=symmetric)
+
+    def group_minimum(self) -> torch.Tensor:
+        """[out, G] fp16: the stored minimum, or the one a symmetric grid implies."""
+        return symmetric_minimum(self.scale, self.bits) if self.minimum is None else self.minimum
 
     def unpacked_codes(self) -> torch.Tensor:
         """Codes as [out, in] uint8."""
@@ -124,7 +168,7 @@ class Quant(Format):
     def to_dense(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         out_features, in_features = self.shape
         q = pad_groups(self.unpacked_codes(), self.group_size).float()  # [out, G, g]
-        W = q * self.scale.float()[..., None] + self.minimum.float()[..., None]
+        W = q * self.scale.float()[..., None] + self.group_minimum().float()[..., None]
         return W.reshape(out_features, -1)[:, :in_features].to(dtype or torch.float32)
 
     def validate(self, where: str) -> None:
@@ -136,6 +180,11 @@ class Quant(Format):
         groups = (self.shape[0], group_count(self.shape[1], self.group_size))
         check_array(self.codes, where, "codes", (torch.uint8,), (packed_nbytes(self.numel, self.bits),))
         check_array(self.scale, where, "scale", (torch.float16,), groups)
-        check_array(self.minimum, where, "minimum", (torch.float16,), groups)
-        check(bool(torch.isfinite(self.scale).all() and torch.isfinite(self.minimum).all()), where,
-              "scale or minimum holds inf/nan")
+        check(isinstance(self.symmetric, bool), where, f"symmetric={self.symmetric!r} is not a boolean")
+        check(self.symmetric == (self.minimum is None), where,
+              "a symmetric weight stores no minimum" if self.symmetric else "minimum is missing")
+        if self.minimum is not None:
+            check_array(self.minimum, where, "minimum", (torch.float16,), groups)
+        check(bool(torch.isfinite(self.scale).all() and torch.isfinite(self.group_minimum()).all()), where,
+              "scale or minimum holds inf/nan" if self.minimum is not None
+              else f"scale holds inf/nan or |scale| beyond 65504 / {2 ** (self.bits - 1)} (the implied minimum overflows fp16)")

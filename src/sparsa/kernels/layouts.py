@@ -21,7 +21,7 @@ def cached_layout(weight: Format, build: Callable[[Format], object]) -> object:
     hit = built.get(build)
     if hit is not None and all(t._version == v for t, v in zip(hit[0], hit[1], strict=True)):
         return hit[2]
-    tensors = tuple(getattr(weight, name) for name in weight.ARRAYS)  # frozen: always these objects
+    tensors = tuple(weight.arrays().values())  # frozen: always these objects
     layout = build(weight)
     built[build] = (tensors, tuple(t._version for t in tensors), layout)
     return layout

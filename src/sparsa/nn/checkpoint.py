@@ -124,7 +124,7 @@ def build_manifest(model: nn.Module, method: dict, stored: dict) -> dict:
     formats, params, nbytes = {}, 0, 0
     for fqn, module in sparse_linears(model):
         fmt = module.weight_format
-        on_disk = sum(stored[f"{fqn}.{array}"].nbytes for array in fmt.ARRAYS)
+        on_disk = sum(stored[f"{fqn}.{array}"].nbytes for array in fmt.arrays())
         if on_disk != fmt.nbytes:
             raise RuntimeError(f"{fqn}: {on_disk} bytes written, format.nbytes says {fmt.nbytes}")
         formats[fqn] = {"format": fmt.format_name, "meta": fmt.meta(), "bytes": on_disk}
@@ -193,10 +193,11 @@ def build_formats(manifest: dict, tensors: dict, weight_map: dict, directory: Pa
     for fqn, entry in manifest["formats"].items():
         cls = get_format(entry["format"])
         where = f"{directory / weight_map.get(f'{fqn}.{cls.ARRAYS[0]}', MANIFEST)}:{fqn}"
-        missing = [a for a in cls.ARRAYS if f"{fqn}.{a}" not in tensors]
+        names = cls.array_names(entry["meta"])
+        missing = [a for a in names if f"{fqn}.{a}" not in tensors]
         if missing:
             raise SparsaError(f"{where}: tensor {fqn}.{missing[0]} is missing")
-        arrays = {a: tensors.pop(f"{fqn}.{a}") for a in cls.ARRAYS}
+        arrays = {a: tensors.pop(f"{fqn}.{a}") for a in names}
         fmt = cls.from_state_dict(arrays, entry["meta"], where=where)
         if fmt.nbytes != entry["bytes"]:
             raise SparsaError(f"{where}: {fmt.nbytes} bytes stored, the manifest says {entry['bytes']}")

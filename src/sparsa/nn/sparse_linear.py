@@ -38,9 +38,9 @@ class SparseLinear(nn.Module):
         """The format around this module's buffers; the same object while the buffers are the same
         tensors (kernels key their prepared layouts on it), rebuilt when any is replaced or moved."""
         buffers, fmt = self._buffers, self._format
-        if fmt is None or any(getattr(fmt, name) is not buffers[name] for name in self.format_cls.ARRAYS):
+        if fmt is None or any(getattr(fmt, name) is not buffers.get(name) for name in self.format_cls.ARRAYS):
             meta = {k: tuple(v) if isinstance(v, list) else v for k, v in self.format_meta.items()}
-            fmt = self._format = self.format_cls(**meta, **{name: buffers[name] for name in self.format_cls.ARRAYS})
+            fmt = self._format = self.format_cls(**meta, **{name: buffers.get(name) for name in self.format_cls.ARRAYS})
         return fmt
 
     def _apply(self, fn, recurse=True):

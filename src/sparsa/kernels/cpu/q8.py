@@ -11,7 +11,9 @@ multiple of 32 columns)::
 
 The integer dot products are exact (|q · xq| <= 32 * 15 * 127); the only approximation is the
 activations' rounding, at most ``d / 2`` per activation, as in llama.cpp. The minimum's term uses
-the exact fp32 block sum. :func:`q8_reference` is the same arithmetic in torch.
+the exact fp32 block sum. :func:`q8_reference` is the same arithmetic in torch. A symmetric weight
+(GGUF Q4_0's grid) stores no minimum; the step computes it, ``m = -zero * s``, and reads
+nothing but the scale.
 
 Layout (:func:`row_codes`): rows in quads; per quad, block by block, the four rows' 16 bytes
 (byte ``j`` holds column ``j`` in the low nibble and column ``16 + j`` in the high one), so a
@@ -107,7 +109,7 @@ def _call(builder, name, ret, args):
 
 
 @functools.cache
-def quad_rows(blocks_per_group: int):
+def quad_rows(blocks_per_group: int, zero: int):
     """The step for groups of ``32 * blocks_per_group`` columns. Call (element offsets into 1-D arrays)::
 
         quad_rows(codes, code_at, scale, minimum, stat_at, xq, x_at, d, sums, block_at, blocks, out)
@@ -115,6 +117,7 @@ def quad_rows(blocks_per_group: int):
     ``codes`` uint8 (the quad's blocks at ``code_at``), ``scale``/``minimum`` int16 fp16 bits (the
     quad's groups at ``stat_at``), ``xq`` int8 (the token's blocks at ``x_at``), ``d``/``sums`` fp32
     (at ``block_at``), ``blocks`` the row's block count; writes ``out[0:4]`` (fp32), the quad's outputs.
+    ``zero > 0``: a symmetric weight, ``minimum = -zero * scale`` (``minimum`` is not read).
     """
 
     def codegen(context, builder, sig, args):
@@ -135,8 +138,12 @@ def quad_rows(blocks_per_group: int):
             g = builder.udiv(b, ir.Constant(i64, blocks_per_group)) if blocks_per_group > 1 else b
             base = builder.add(code_at, builder.mul(b, ir.Constant(i64, QUAD * BLOCK // 2)))
             sbase = builder.add(stat_at, builder.mul(g, ir.Constant(i64, QUAD)))
-            s4 = builder.fmul(_halves4(context, builder, ta[2], scale, sbase), _splat(builder, db, 4))  # s * d per row
-            m4 = _halves4(context, builder, ta[3], minimum, sbase)
+            s_raw = _halves4(context, builder, ta[2], scale, sbase)
+            s4 = builder.fmul(s_raw, _splat(builder, db, 4))  # s * d per row
+            if zero:  # exact: a power of two times an fp16 value
+                m4 = builder.fmul(s_raw, ir.Constant(_V4F, [float(-zero)] * QUAD))
+            else:
+                m4 = _halves4(context, builder, ta[3], minimum, sbase)
             builder.store(_call(builder, "llvm.fma.v4f32", _V4F, [m4, _splat(builder, sb, 4), builder.load(macc)]), macc)
             for i in range(QUAD):
                 raw = builder.load(_pointer(context, builder, ta[0], codes, builder.add(base, ir.Constant(i64, 16 * i)),
@@ -185,11 +192,16 @@ def quantize_blocks(x, width, xq, d, sums):  # pragma: no cover - compiled
             d[n * blocks + b], sums[n * blocks + b] = step, total
 
 
-@functools.cache
-def compiled(blocks_per_group: int) -> RowKernel:
+def compiled(blocks_per_group: int, zero: int = 0) -> RowKernel:
     """The kernel for groups of ``32 * blocks_per_group`` columns: units of a quad of rows;
-    ``operand = (codes, scale, minimum, blocks)``, ``scratch = (xq, d, sums)`` (:func:`quantize_blocks`)."""
-    step = quad_rows(blocks_per_group)
+    ``operand = (codes, scale, minimum, blocks)``, ``scratch = (xq, d, sums)`` (:func:`quantize_blocks`);
+    ``zero > 0``: a symmetric weight (:func:`quad_rows`). One object per distinct kernel."""
+    return _compiled(blocks_per_group, zero)
+
+
+@functools.cache
+def _compiled(blocks_per_group: int, zero: int) -> RowKernel:
+    step = quad_rows(blocks_per_group, zero)
 
     @numba.njit(error_model="numpy")
     def prepare(x, operand, scratch):  # pragma: no cover - compiled

@@ -37,7 +37,7 @@ class QuantLayout:
 
     codes: np.ndarray  # [tiles * G * loads * 16] uint8, tile layout over G * group_size columns (q8: quad layout)
     scale: np.ndarray  # [tiles * G * 16] int16, fp16 bits, tile order (q8: quad order)
-    minimum: np.ndarray  # [tiles * G * 16] int16, fp16 bits, tile order (q8: quad order)
+    minimum: np.ndarray  # [tiles * G * 16] int16, fp16 bits, tile order (q8: quad order; empty if symmetric)
 
 
 def half_tiles(stat: torch.Tensor) -> np.ndarray:
@@ -54,7 +54,7 @@ def quant_layout(weight: Quant) -> QuantLayout:
     q = q.reshape(weight.shape[0], -1)
     q[:, weight.shape[1]:] = 0  # padded columns meet zero activations; zero codes keep it obvious
     return QuantLayout(codes=tile_codes(q, weight.group_size, weight.bits <= NIBBLE_BITS).numpy(),
-                       scale=half_tiles(weight.scale), minimum=half_tiles(weight.minimum))
+                       scale=half_tiles(weight.scale), minimum=half_tiles(weight.group_minimum()))
 
 
 @functools.cache
@@ -117,8 +117,8 @@ def q8_layout(weight: Quant) -> QuantLayout:
     """Rearrange ``weight`` for the int8-activation kernel (once per weight): codes in quads of rows."""
     q = pad_groups(weight.unpacked_codes(), weight.group_size).reshape(weight.shape[0], -1)
     q[:, weight.shape[1]:] = 0
-    return QuantLayout(codes=q8.row_codes(q).numpy(), scale=q8.quad_stats(weight.scale).numpy(),
-                       minimum=q8.quad_stats(weight.minimum).numpy())
+    minimum = np.empty(0, np.int16) if weight.symmetric else q8.quad_stats(weight.minimum).numpy()
+    return QuantLayout(codes=q8.row_codes(q).numpy(), scale=q8.quad_stats(weight.scale).numpy(), minimum=minimum)
 
 
 def quant_step(weight: Quant, tokens: int = 1) -> tuple:
@@ -127,7 +127,8 @@ def quant_step(weight: Quant, tokens: int = 1) -> tuple:
     if fits_q8(weight, tokens):
         lay = cached_layout(weight, q8_layout)
         blocks = group_count(weight.shape[1], weight.group_size) * weight.group_size // q8.BLOCK
-        return q8.compiled(weight.group_size // q8.BLOCK), (lay.codes, lay.scale, lay.minimum, blocks)
+        kernel = q8.compiled(weight.group_size // q8.BLOCK, 2 ** (weight.bits - 1) if weight.symmetric else 0)
+        return kernel, (lay.codes, lay.scale, lay.minimum, blocks)
     lay = cached_layout(weight, quant_layout)
     kernel = compiled(weight.group_size, weight.bits <= NIBBLE_BITS)
     return kernel, (lay.codes, lay.scale, lay.minimum, group_count(weight.shape[1], weight.group_size))
