@@ -29,20 +29,23 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from sparsa.errors import SparsaError
 from sparsa.kernels import record_kernel, step_kernel
 from sparsa.kernels.cpu.decode_attention import rotary_attention_step
-from sparsa.kernels.cpu.dense import dense_step
+from sparsa.kernels.cpu.dense import dense_linear, dense_step
 from sparsa.kernels.cpu.llama_step import Schedule, StepBuffers, compiled_step, kernel_table
 from sparsa.nn.sparse_linear import SparseLinear
 
 
 def bound_linear(module: nn.Module, example: torch.Tensor):
     """``x -> module(x)`` without the per-call module machinery: a ``SparseLinear``'s bound kernel
-    or, for a dense ``nn.Linear``, ``F.linear`` on its weight."""
+    or, for a dense ``nn.Linear``, :func:`~sparsa.kernels.cpu.dense.dense_linear` (oneDNN for fp32
+    on the CPU) or ``F.linear`` on its weight."""
     if isinstance(module, SparseLinear):
         return module.bound(example)
     if type(module) is nn.Linear:
         weight, bias = module.weight, module.bias
         if weight.dtype != example.dtype and weight.dtype.is_floating_point:  # bf16 weights, fp32 activations
             return lambda x: F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
+        if example.device.type == "cpu" and example.dtype == torch.float32:
+            return lambda x: dense_linear(x, weight, bias)  # F.linear for weight subclasses (torchao)
         return lambda x: F.linear(x, weight, bias)  # positional: weight subclasses (torchao) dispatch on them
     return module
 
