@@ -157,6 +157,11 @@ class Quant(Format):
                    codes=pack_bits(codes, bits), scale=scale, minimum=None if symmetric else minimum,
                    symmetric=symmetric)
 
+    @property
+    def implied_zero(self) -> int:
+        """The code a symmetric grid centres on, ``2**(bits-1)``; 0 when the minimum is stored."""
+        return 2 ** (self.bits - 1) if self.symmetric else 0
+
     def group_minimum(self) -> torch.Tensor:
         """[out, G] fp16: the stored minimum, or the one a symmetric grid implies."""
         return symmetric_minimum(self.scale, self.bits) if self.minimum is None else self.minimum

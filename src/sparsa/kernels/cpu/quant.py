@@ -127,7 +127,7 @@ def quant_step(weight: Quant, tokens: int = 1) -> tuple:
     if fits_q8(weight, tokens):
         lay = cached_layout(weight, q8_layout)
         blocks = group_count(weight.shape[1], weight.group_size) * weight.group_size // q8.BLOCK
-        kernel = q8.compiled(weight.group_size // q8.BLOCK, 2 ** (weight.bits - 1) if weight.symmetric else 0)
+        kernel = q8.compiled(weight.group_size // q8.BLOCK, weight.implied_zero)
         return kernel, (lay.codes, lay.scale, lay.minimum, blocks)
     lay = cached_layout(weight, quant_layout)
     kernel = compiled(weight.group_size, weight.bits <= NIBBLE_BITS)

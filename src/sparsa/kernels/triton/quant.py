@@ -71,6 +71,6 @@ def quant_linear_triton(x: torch.Tensor, weight: Quant, bias: torch.Tensor | Non
         _quant_kernel[grid](x2, weight.codes, weight.scale, minimum, y if bias is None else bias, y,
                             n_tokens, out_features, in_features, weight.codes.numel(), weight.scale.shape[1],
                             weight.group_size, x2.stride(0), y.stride(0), BITS=weight.bits,
-                            ZERO=2 ** (weight.bits - 1) if weight.symmetric else 0, HAS_BIAS=bias is not None,
+                            ZERO=weight.implied_zero, HAS_BIAS=bias is not None,
                             IEEE=x.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=BLOCK_K)
     return y.reshape(*x.shape[:-1], out_features)
