@@ -8,7 +8,7 @@ import torch
 
 from conftest import word_text
 from sparsa.bench import decode
-from sparsa.bench.decode import NEAR_TIE, DecodeSettings, first_mismatch, run_decode
+from sparsa.bench.decode import NEAR_TIE, DecodeSettings, first_mismatch, match_verdict, run_decode
 from sparsa.data.corpora import Corpus
 
 
@@ -67,6 +67,16 @@ def test_first_mismatch_divergence_counts_only_at_a_near_tie():
     wrong = first_mismatch(other, ref, torch.ones(1, 4), 4)
     assert not wrong["match"] and wrong["first_difference"] == 2
     assert first_mismatch(other, ref, torch.ones(1, 4), 2)["first_difference"] is None
+
+
+def test_match_verdict_names_the_step_the_gap_and_the_fp32_activation_check():
+    ref, other = torch.tensor([[1, 2, 3, 4]]), torch.tensor([[1, 2, 9, 4]])
+    gaps = torch.tensor([[1.0, 1.0, 0.04, 1.0]])
+    wrong = first_mismatch(other, ref, gaps, 4)
+    assert match_verdict(None) == "-" and match_verdict(first_mismatch(ref, ref, gaps, 4)) == "yes"
+    assert match_verdict(wrong) == "NO: step 2 (top-2 gap 0.040)"
+    wrong["fp32_activations"] = first_mismatch(ref, ref, gaps, 4)
+    assert match_verdict(wrong) == "NO: step 2 (top-2 gap 0.040); fp32 activations: yes"
 
 
 def test_cli_bench_decode_quick_json_reports_ratio_to_dense(tiny_bench, tmp_path, monkeypatch, capsys):

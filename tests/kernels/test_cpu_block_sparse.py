@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from sparsa.errors import SparsaError
 from sparsa.formats import BlockSparse
 from sparsa.kernels import linear, linear_reference, select_linear_kernel
-from sparsa.kernels.cpu.block_sparse import TOKEN_LANES_MIN, block_sparse_linear
+from sparsa.kernels.cpu.block_sparse import block_sparse_linear, token_lanes_min
 
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5)}
 
@@ -16,7 +16,7 @@ TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5)}
 @st.composite
 def block_case(draw):
     """A random BSR weight (some block rows empty), activations with 0..24 tokens, maybe a bias."""
-    r, c = draw(st.sampled_from([(1, 16), (16, 1), (32, 1), (4, 1), (1, 1), (1, 3), (2, 3), (8, 8)]))
+    r, c = draw(st.sampled_from([(1, 16), (16, 1), (32, 1), (4, 1), (1, 1), (1, 3), (2, 3), (8, 8), (2, 16), (1, 32)]))
     rows, cols = draw(st.integers(1, 6)), draw(st.integers(1, 6))
     density = draw(st.sampled_from([0.0, 0.1, 0.5, 1.0]))
     seed = draw(st.integers(0, 2**16))
@@ -39,9 +39,10 @@ def test_block_sparse_linear_random_blocks_match_reference(case):
     torch.testing.assert_close(y, linear_reference(x, fmt, bias), **TOL[torch.float32])
 
 
-@pytest.mark.parametrize("tokens", [1, TOKEN_LANES_MIN - 1, TOKEN_LANES_MIN, 37])
+@pytest.mark.parametrize("offset", [-1000, -1, 0, 33])  # one token, the last count of each order, one past
 @pytest.mark.parametrize("block", [(1, 16), (16, 1), (4, 1)], ids=str)
-def test_block_sparse_linear_both_loop_orders_match_reference(tokens, block):
+def test_block_sparse_linear_both_loop_orders_match_reference(offset, block):
+    tokens = max(1, token_lanes_min(block[1]) + offset)
     g = torch.Generator().manual_seed(tokens)
     keep = torch.rand(64 // block[0], 48 // block[1], generator=g) < 0.2
     keep[1] = False  # an empty block row
@@ -53,12 +54,14 @@ def test_block_sparse_linear_both_loop_orders_match_reference(tokens, block):
     assert torch.equal(y[:, block[0]:2 * block[0]], torch.zeros(tokens, block[0]))  # the empty block row
 
 
-@pytest.mark.parametrize("tokens", [TOKEN_LANES_MIN, 16, 17, 40])
+@pytest.mark.parametrize("offset", [0, 12, 13, 36])
 @pytest.mark.parametrize("block", [(1, 16), (1, 5), (16, 1), (32, 1)], ids=str)
-def test_block_sparse_register_steps_match_reference_on_ragged_tiles(tokens, block):
-    """Row blocks over 37 rows (a last tile of 5 rows), column blocks of 16 and 32 rows; token
-    counts that end on, just past and inside a 16-token chunk; empty block rows; a bias."""
+def test_block_sparse_register_steps_match_reference_on_ragged_tiles(offset, block):
+    """The tokens-in-lanes order: row blocks over 37 rows (a last tile of 5 rows), column blocks of
+    16 and 32 rows; token counts that end on, just past and inside a 16-token chunk; empty block
+    rows; a bias."""
     r, c = block
+    tokens = token_lanes_min(c) + offset
     rows = 37 if r == 1 else 96
     g = torch.Generator().manual_seed(tokens * 100 + r)
     keep = torch.rand(rows // r, 80 // c, generator=g) < 0.3
@@ -67,6 +70,22 @@ def test_block_sparse_register_steps_match_reference_on_ragged_tiles(tokens, blo
     fmt = BlockSparse.from_dense(W, block=block)
     x, bias = torch.randn(tokens, W.shape[1], generator=g), torch.randn(rows, generator=g)
     torch.testing.assert_close(block_sparse_linear(x, fmt, bias), x @ W.T + bias, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("block", [(1, 16), (1, 32), (2, 16)], ids=str)
+def test_block_sparse_token_rows_match_reference_for_every_token_group(block):
+    """The weights-in-lanes order for widths of a multiple of 16: every token count below the
+    tokens-in-lanes order's (groups of 8, 4, 2 and 1), block rows of 0 to all blocks (counts
+    that do and do not fill the one-token step's partial sums)."""
+    r, c = block
+    g = torch.Generator().manual_seed(r * 100 + c)
+    keep = torch.rand(40, 9, generator=g) < 0.5
+    keep[0], keep[1] = False, True
+    W = torch.randn(40 * r, 9 * c, generator=g) * keep.repeat_interleave(r, 0).repeat_interleave(c, 1)
+    fmt = BlockSparse.from_dense(W, block=block)
+    for tokens in range(1, token_lanes_min(c)):
+        x = torch.randn(tokens, W.shape[1], generator=g)
+        torch.testing.assert_close(block_sparse_linear(x, fmt), x @ W.T, **TOL[torch.float32])
 
 
 def test_block_sparse_linear_leading_dims_and_strided_input_match_reference():

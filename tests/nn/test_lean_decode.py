@@ -119,10 +119,11 @@ def mixed_llama(model):
     return model
 
 
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("batch", [1, 3, 8])
 def test_compiled_step_runs_a_mix_of_formats_as_the_module_path_does(tiny_llama, batch):
     """Every format's compiled kernel in one step, against the module path (the SpQR products on the
-    22-bit kernel, continuous in its activations: int8 activations are checked on their own below)."""
+    22-bit kernel, continuous in its activations: int8 activations are checked on their own below).
+    At batch 8 the 1x16 block product runs its register-blocked token rows in the step."""
     model = mixed_llama(tiny_llama)
     formats = {type(m).__name__ if not hasattr(m, "weight_format") else m.weight_format.format_name
                for m in model.modules() if isinstance(m, torch.nn.Linear) or hasattr(m, "weight_format")}

@@ -9,7 +9,10 @@ dispatcher (:func:`sparsa.kernels.recorded_kernels`); a compressed variant any o
 fell back to the reference kernel fails the run instead of reporting under a kernel's name.
 Compressed variants also decode through the reference path (weights decoded once, dense
 matmuls): their greedy tokens must match it, except where the reference's top-2 logit gap is
-below ``NEAR_TIE`` (reported, not hidden).
+below ``NEAR_TIE`` (reported, not hidden). A variant that diverges elsewhere decodes once more
+with fp32 activations (:func:`~sparsa.kernels.cpu.spqr.fp32_path`): the int8-activation kernels
+(as llama.cpp's Q8 activations) move logits by a few hundredths, enough to flip a close pair, and
+the second check says whether that, or the weights' kernel, is the cause.
 
 Each (batch, threads) cell (:meth:`DecodeSettings.cells`) has the key ``b<batch>t<threads>``. llama.cpp
 (:mod:`sparsa.bench.llama_cpp`) runs in the same rounds at batch 1, one ``llama-bench`` process
@@ -40,6 +43,7 @@ from sparsa.data import calibration_windows, load_corpus, tokenize
 from sparsa.data.tokens import bos_for
 from sparsa.errors import SparsaError
 from sparsa.kernels import linear_reference, kernel_name, recorded_kernels
+from sparsa.kernels.cpu.spqr import fp32_path
 from sparsa.nn.lean_decode import LeanLlama, greedy_decode
 from sparsa.nn.models import load_model
 from sparsa.nn.sparse_linear import decoded_weights
@@ -177,6 +181,10 @@ def reference_check(name: str, model, ids: torch.Tensor, n: int) -> dict:
         with decoded_weights(model):
             ref = greedy_decode(model, ids, n)
         row["reference_match"] = first_mismatch(out.tokens, ref.tokens, ref.top2_gap, n)
+        if not row["reference_match"]["match"]:
+            with fp32_path():
+                fp32 = greedy_decode(model, ids, n)
+            row["reference_match"]["fp32_activations"] = first_mismatch(fp32.tokens, ref.tokens, ref.top2_gap, n)
     return row
 
 
@@ -263,12 +271,23 @@ def table_cells(payload: dict) -> tuple[list[str], list[list[str]]]:
         if floor:
             out += (["n/a", "n/a"] if r.get("floor_tokens_per_s") is None else
                     [f"{r['floor_tokens_per_s']:.0f}", f"{r['x_floor']:.2f}x"])
-        match = r.get("reference_match")
-        verdict = "-" if match is None else ("yes" if match["first_difference"] is None else
-                                             f"near tie at step {match['first_difference']}" if match["near_tie"]
-                                             else f"NO: step {match['first_difference']}")
-        rows.append([r["variant"], *out, verdict, kernel_label(r)])
+        rows.append([r["variant"], *out, match_verdict(r.get("reference_match")), kernel_label(r)])
     return header, rows
+
+
+def match_verdict(match: dict | None) -> str:
+    """The ``match`` cell: yes, a near tie, or the step of divergence with the reference's top-2 gap
+    there and the fp32-activation decode's own verdict."""
+    if match is None:
+        return "-"
+    if match["first_difference"] is None:
+        return "yes"
+    if match["near_tie"]:
+        return f"near tie at step {match['first_difference']}"
+    text = f"NO: step {match['first_difference']} (top-2 gap {match['reference_top2_gap']:.3f})"
+    if "fp32_activations" in match:
+        text += "; fp32 activations: " + match_verdict(match["fp32_activations"])
+    return text
 
 
 def settings_sentence(payload: dict) -> str:
