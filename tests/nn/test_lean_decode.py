@@ -12,6 +12,7 @@ from sparsa.errors import SparsaError
 from sparsa.kernels import recorded_kernels
 from sparsa.kernels.cpu import q8
 from sparsa.kernels.cpu.dense import DENSE
+from sparsa.kernels.cpu.quant import Q8_TOKENS
 from sparsa.kernels.cpu.spqr import fp32_path, takes_q8, takes_vnni, wide_activations
 from sparsa.kernels.cpu.vnni import HAS_VNNI
 from sparsa.nn import sparse_linears
@@ -135,8 +136,9 @@ def test_compiled_step_runs_a_mix_of_formats_as_the_module_path_does(tiny_llama,
     assert compiled.compiled_layers and {fmt: n for (fmt, kernel), n in counts.items() if kernel == step} == {
         "quant": 5, "spqr": 6, "bitmap": 2, "block": 1, "dense": 1}
     assert len(compiled.table.kernels) >= 4  # one kind per kernel and operand type, at least one per format
-    assert (q8.compiled(1) in compiled.table.kernels) == q8.HAS_AVX2
-    assert (q8.compiled(1, 8) in compiled.table.kernels) == q8.HAS_AVX2  # the symmetric head
+    quant_q8 = q8.HAS_AVX2 and batch <= Q8_TOKENS  # from 4 tokens the tile kernel runs Quant
+    assert (q8.compiled(1) in compiled.table.kernels) == quant_q8
+    assert (q8.compiled(1, 8) in compiled.table.kernels) == quant_q8  # the symmetric head
     got, expected = decode([compiled, modules], prompt(batch, 8, seed=7), 5)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(compiled.k_cache, modules.k_cache, rtol=1e-4, atol=1e-4)

@@ -2,7 +2,8 @@
 
 Weights with codes of at most 4 bits and groups of a multiple of 32 columns run, on AVX2 CPUs, the
 int8-activation kernel of :mod:`sparsa.kernels.cpu.q8` instead at decode, up to :data:`Q8_TOKENS`
-tokens per call (llama.cpp's scheme: activations rounded to int8 per block of 32, exact integer
+tokens per call (batch 1 to 3; the tile kernel shares each dequantized tile among four tokens and
+is the faster from four) (llama.cpp's scheme: activations rounded to int8 per block of 32, exact integer
 dot products; some 1.7x the tile kernel's throughput); longer inputs and everything inside
 :func:`~sparsa.kernels.cpu.spqr.fp32_path` take the fp32 tiles below.
 
@@ -102,13 +103,15 @@ def compiled(group_size: int, nibbles: bool) -> RowKernel:
     return RowKernel(prepare, rows, LANES, scratch_for)
 
 
-Q8_TOKENS = 8  # up to this many tokens per call (decode) take the int8-activation kernel where it fits
+Q8_TOKENS = 3  # up to this many tokens per call take the int8-activation kernel where it fits: it runs one
+# token per pass over the codes, the tile kernel four; a 1536x576 4-bit g32 product took 24/39/60 us at 1/2/3
+# tokens against the tiles' 34/58/77, and 88/167 us at 4/8 against the tiles' 52/97 (2 threads, Zen 4)
 
 
 def fits_q8(weight: Quant, tokens: int = 1) -> bool:
     """Whether the int8-activation kernel (:mod:`sparsa.kernels.cpu.q8`) runs this weight for
-    ``tokens`` tokens: at most :data:`Q8_TOKENS` (decode; longer inputs, prefill and evaluation,
-    keep fp32 activations), AVX2, codes of at most 4 bits, groups of a multiple of 32 columns,
+    ``tokens`` tokens: at most :data:`Q8_TOKENS` (decode at small batch; longer inputs, prefill and
+    evaluation, keep fp32 activations), AVX2, codes of at most 4 bits, groups of a multiple of 32 columns,
     and :func:`fp32_path` not in force."""
     return tokens <= Q8_TOKENS and q8.HAS_AVX2 and weight.bits <= NIBBLE_BITS and weight.group_size % q8.BLOCK == 0 and not FP32_ONLY.get()
 
