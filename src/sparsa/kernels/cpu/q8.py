@@ -19,7 +19,9 @@ Layout (:func:`row_codes`): rows in quads; per quad, block by block, the four ro
 (byte ``j`` holds column ``j`` in the low nibble and column ``16 + j`` in the high one), so a
 quad's block is one 64-byte cache line; the fp16 scale and minimum per (row, group) in the same
 quad order. One step (:func:`quad_rows`, an LLVM IR intrinsic) runs a quad of rows for one token
-over every block, the four accumulators in registers.
+over every block, the four accumulators in registers, each block requesting the codes
+``PREFETCH_BYTES`` ahead: SmolLM2 quant-4 sym decode ran 1.11-1.27x the tokens/s of the step
+without it (4 alternating runs, 2 threads, Zen 4).
 """
 
 import functools
@@ -34,7 +36,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from sparsa.kernels.cpu.calls import RowKernel
-from sparsa.kernels.cpu.tiles import _pointer  # &array[index] as a typed pointer, shared by the IR steps
+from sparsa.kernels.cpu.tiles import PREFETCH_BYTES, _pointer, _prefetch  # shared by the IR steps
 
 BLOCK = 32  # activation columns per int8 scale
 QUAD = 4  # rows per step
@@ -137,6 +139,7 @@ def quad_rows(blocks_per_group: int, zero: int):
             sb = builder.load(_pointer(context, builder, ta[8], sums, builder.add(block_at, b), _F32))
             g = builder.udiv(b, ir.Constant(i64, blocks_per_group)) if blocks_per_group > 1 else b
             base = builder.add(code_at, builder.mul(b, ir.Constant(i64, QUAD * BLOCK // 2)))
+            _prefetch(context, builder, ta[0], codes, builder.add(base, ir.Constant(i64, PREFETCH_BYTES)))
             sbase = builder.add(stat_at, builder.mul(g, ir.Constant(i64, QUAD)))
             s_raw = _halves4(context, builder, ta[2], scale, sbase)
             s4 = builder.fmul(s_raw, _splat(builder, db, 4))  # s * d per row
