@@ -1,4 +1,17 @@
-"""sparsa: make models and solvers sparse, small and fast on CPU and GPU."""
+"""sparsa: make models and solvers sparse, small and fast on CPU and GPU.
+
+The package is layered; imports point down only, and packages of one layer never import each
+other (``tests/test_layers.py`` reads every import and holds the code to it)::
+
+    cli (cli*.py)                               flags in, one library call, its summary out
+    demo                                        the main job on the embedded model
+    bench                                       benchmarks, peers in the same run
+    compress  attention  sfm  merge  evaluate   engines: algorithms and their pipelines
+    nn                                          SparseLinear, surgery, decode, checkpoints, models
+    kernels                                     compute on formats: reference, cpu (numba), triton
+    formats  data                               compressed layouts; corpora, scenes
+    errors  atomic  json_safe  openmp  import_noise   shared by every layer
+"""
 
 __version__ = "0.1.0"
 

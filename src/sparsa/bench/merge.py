@@ -19,7 +19,7 @@ Each task vector is ``theta_t - theta_base``. Methods:
   centroid router on the input features per batch and per sample (ours;
   :mod:`sparsa.merge.router`); Auto-FlexSwitch: FlexSwitch vectors chosen by the learned-metric
   KNN vote; on the digits, the centroid row again with the task vectors as sparse side branches of
-  the linear layers instead of rebuilt weights (:mod:`sparsa.nn.switch_linear`). Routed rows never
+  the linear layers instead of rebuilt weights (:mod:`sparsa.merge.switch_linear`). Routed rows never
   see the task: only the batch's inputs.
 
 Per method: the metric per task and normalized to ``individual`` (accuracy over individual's;

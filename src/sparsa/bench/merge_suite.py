@@ -233,8 +233,8 @@ class DigitsTasks:
 
     def side_branch(self, vectors):
         """``evaluate(task_weights, x, y) -> (right, samples)`` on a base model whose linear layers apply
-        the compressed task vectors as sparse side branches (:class:`~sparsa.nn.switch_linear.Switch`)."""
-        from sparsa.nn.switch_linear import Switch
+        the compressed task vectors as sparse side branches (:class:`~sparsa.merge.switch_linear.Switch`)."""
+        from sparsa.merge.switch_linear import Switch
 
         model = make_model(self.settings, self.base)
         switch = Switch(model, vectors)

@@ -10,6 +10,7 @@ from sparsa.formats.registry import FORMATS, get_format, register_format
 from sparsa.formats.sign_mask import SignMask
 from sparsa.formats.sparse_quant import SparseQuant
 from sparsa.formats.spqr import SpQR
+from sparsa.formats.task_vector import CompressedTaskVector
 
-__all__ = ["FORMATS", "Bitmap", "BlockSparse", "BlockSparseInt8", "Format", "NM", "Quant", "SignMask", "SparseQuant",
-           "SpQR", "get_format", "register_format"]
+__all__ = ["FORMATS", "Bitmap", "BlockSparse", "BlockSparseInt8", "CompressedTaskVector", "Format", "NM", "Quant",
+           "SignMask", "SparseQuant", "SpQR", "get_format", "register_format"]

@@ -14,8 +14,8 @@ import torch
 
 from sparsa.errors import SparsaError
 from sparsa.formats.sign_mask import SignMask
+from sparsa.formats.task_vector import CompressedTaskVector
 from sparsa.merge.task_vector import check_same_tensors
-from sparsa.merge.tswitch import CompressedTaskVector
 
 
 def signed_codes(mask: SignMask) -> torch.Tensor:

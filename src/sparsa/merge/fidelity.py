@@ -4,8 +4,8 @@ from collections.abc import Mapping
 
 import torch
 
+from sparsa.formats.task_vector import CompressedTaskVector
 from sparsa.merge.task_vector import iter_task_vector
-from sparsa.merge.tswitch import CompressedTaskVector
 
 
 def task_vector_fidelity(base: Mapping[str, torch.Tensor], finetuned: Mapping[str, torch.Tensor],

@@ -13,10 +13,11 @@ import torch
 from tqdm.auto import tqdm
 
 from sparsa.merge import baselines  # noqa: F401  (registers the methods below)
+from sparsa.formats.task_vector import CompressedTaskVector
 from sparsa.merge.config import MergeConfig
 from sparsa.merge.registry import METHODS, get_method
 from sparsa.merge.task_vector import check_same_tensors, iter_task_vector
-from sparsa.merge.tswitch import CompressedTaskVector, compress_task_vector
+from sparsa.merge.tswitch import compress_task_vector
 
 TENSORWISE = ("task_arithmetic", "ties", "dare")  # static methods whose tensor results need that tensor only
 

@@ -13,11 +13,10 @@ Per tensor of a task vector ``tau`` (every tensor of one or more dimensions; 0-d
 """
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-
 import torch
 
 from sparsa.formats.sign_mask import SignMask
+from sparsa.formats.task_vector import CompressedTaskVector
 from sparsa.merge.config import TSwitchConfig
 
 
@@ -52,35 +51,6 @@ def compress_tensor(tau: torch.Tensor, config: TSwitchConfig, name: str = "tenso
     signs = torch.sign(tau) * keep
     return SignMask.from_ternary(signs, tensor_scale(tau, keep, config.scale_norm), encoding=config.encoding,
                                  group_size=config.group_size, where=name)
-
-
-@dataclass
-class CompressedTaskVector:
-    """A task vector as SignMasks (``masks``) plus the 0-d tensors it keeps raw (``raw``, fp32)."""
-
-    masks: dict[str, SignMask]
-    raw: dict[str, torch.Tensor]
-
-    @property
-    def numel(self) -> int:
-        return sum(m.numel for m in self.masks.values()) + len(self.raw)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of every stored array (mask positions, signs, scales, raw scalars)."""
-        return sum(m.nbytes for m in self.masks.values()) + 4 * len(self.raw)
-
-    @property
-    def bits_per_param(self) -> float:
-        return 8 * self.nbytes / max(self.numel, 1)
-
-    def tensor(self, name: str) -> torch.Tensor:
-        """``tau_hat`` of one tensor, fp32."""
-        return self.raw[name].clone() if name in self.raw else self.masks[name].to_dense(torch.float32)
-
-    def decompress(self) -> dict[str, torch.Tensor]:
-        """``{name: tau_hat}`` fp32."""
-        return {n: self.tensor(n) for n in (*self.masks, *self.raw)}
 
 
 def compress_task_vector(tau: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from sparsa.atomic import MERGE, check_output_dir, output_directory
 from sparsa.errors import SparsaError
 from sparsa.formats.sign_mask import SignMask
-from sparsa.merge.tswitch import CompressedTaskVector
+from sparsa.formats.task_vector import CompressedTaskVector
 from sparsa.nn.checkpoint import INDEX, SHARD_BYTES, write_shards
 from sparsa.nn.safetensors_io import read_header
 

@@ -5,11 +5,11 @@ import torch
 from torch import nn
 
 from sparsa.errors import SparsaError
+from sparsa.formats.sign_mask import SignMask
 from sparsa.merge.bank import SwitchBank
 from sparsa.merge.config import TSwitchConfig
+from sparsa.merge.switch_linear import Switch, SwitchedLinear, sparse_delta
 from sparsa.merge.tswitch import compress_task_vector
-from sparsa.nn.switch_linear import Switch, SwitchedLinear, sparse_delta
-from sparsa.formats.sign_mask import SignMask
 
 
 def tiny():

@@ -22,8 +22,8 @@ from torch import nn
 
 from sparsa.errors import SparsaError
 from sparsa.formats.sign_mask import SignMask
+from sparsa.formats.task_vector import CompressedTaskVector
 from sparsa.merge.bank import SwitchBank
-from sparsa.merge.tswitch import CompressedTaskVector
 from sparsa.nn.surgery import set_submodule
 
 
