@@ -189,6 +189,25 @@ def test_spqr_to_dense_requested_dtype_casts_fp32_decode(parts, dtype):
 
 @FAST
 @given(spqr_case())
+def test_spqr_outlier_free_codes_plus_deltas_decode_to_the_dense_weight(parts):
+    """The kernels' form: codes under outliers reset near the zero-point, each outlier a delta on
+    top; dequantized and summed they give ``to_dense`` (permuted columns), to fp32 rounding."""
+    fmt = SpQR.from_parts(**parts)
+    q, pos, delta = fmt.outlier_free_codes()
+    rows = fmt.outliers()[0]
+    s, z = fmt.first_level_stats()
+    g = fmt.group_size
+    expanded = q.view(fmt.shape[0], fmt.groups, g).float()
+    w = (s[..., None] * (expanded - z[..., None])).view(fmt.shape)
+    w = w.index_put((rows, pos), delta, accumulate=True)
+    assert q.dtype == torch.uint8 and pos.shape == delta.shape == rows.shape
+    nearest = torch.round(z[rows, pos // g]).clamp(0, 2**fmt.bits - 1)  # the code nearest the zero-point
+    assert torch.equal(q[rows, pos].float(), nearest)
+    torch.testing.assert_close(w, fmt.to_dense()[:, fmt.permutation()], rtol=1e-5, atol=1e-4)
+
+
+@FAST
+@given(spqr_case())
 def test_spqr_from_parts_accessors_return_the_parts(parts):
     fmt = SpQR.from_parts(**parts)
     assert torch.equal(fmt.unpacked_codes(), parts["codes"])

@@ -15,7 +15,7 @@ from sparsa.kernels import linear, linear_reference, select_linear_kernel
 from sparsa.kernels.cpu.spqr import fits_vnni, fp32_path, spqr_linear, takes_q8, takes_vnni
 from sparsa.kernels.cpu import spqr_q8
 from sparsa.kernels.cpu.spqr_q8 import q8_activations, q8_reference
-from sparsa.kernels.cpu.tiles import X_LEVELS, outlier_free_codes
+from sparsa.kernels.cpu.tiles import X_LEVELS
 from sparsa.kernels.cpu.vnni import HAS_VNNI
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4)}
@@ -36,7 +36,7 @@ def assert_fp32_close(y: torch.Tensor, x: torch.Tensor, fmt, bias=None) -> None:
     bound = 1e-5 * (x.double().abs() @ W.abs().T) + 1e-6
     if takes_vnni(fmt):
         s, z = fmt.first_level_stats()
-        q, _, _ = outlier_free_codes(fmt)  # permuted column order
+        q, _, _ = fmt.outlier_free_codes()  # permuted column order
         g = fmt.group_size
         deq = (s.double()[..., None] * (q.view(fmt.shape[0], fmt.groups, g).double() - z.double()[..., None]))
         deq = deq.view(fmt.shape).abs()

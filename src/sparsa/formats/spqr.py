@@ -232,6 +232,24 @@ class SpQR(Format):
         """[in] int64; permuted column k is original column ``perm[k]``."""
         return unpack_bits(self.perm, index_bits(self.shape[1]), self.shape[1]).long()
 
+    def outlier_free_codes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What every kernel layout makes of the codes and outliers: (codes [out, in] uint8, permuted
+        columns, with the code under each outlier set to the one nearest its zero-point, so the
+        weight it dequantizes to is small (at most ``s / 2`` when the zero-point is in the code
+        range) and nothing large cancels; each outlier's permuted
+        column [nnz] int64, row-major; and its delta [nnz] fp32: the stored value minus the weight
+        those codes dequantize to). The kernels add ``delta * x[column]`` to the code's product."""
+        perm = self.permutation()
+        position = torch.empty_like(perm)
+        position[perm] = torch.arange(perm.numel(), device=perm.device)  # original column -> permuted
+        rows, cols, values = self.outliers()
+        pos = position[cols]
+        s, z = self.first_level_stats()
+        q = self.unpacked_codes().clone()
+        g = pos // self.group_size
+        q[rows, pos] = torch.round(z[rows, g]).clamp(0, 2**self.bits - 1).to(torch.uint8)
+        return q, pos, values.float() - s[rows, g] * (q[rows, pos].float() - z[rows, g])
+
     def to_dense(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         out_features, in_features = self.shape
         s, z = self.first_level_stats()  # [out, G] each

@@ -43,7 +43,7 @@ from sparsa.kernels.cpu import spqr_q8
 from sparsa.kernels.cpu.calls import RowKernel, bind_step, check_activations
 from sparsa.kernels.layouts import cached_layout
 from sparsa.kernels.cpu.tiles import (LANES, NIBBLE_BITS, THREE_BIT_GROUP, THREE_BIT_PAIR_BYTES, VNNI_COLUMNS, X_LEVELS,
-                                      X_PARTS, outlier_expand, outlier_free_codes, outlier_slots, tile_codes, tile_group, tile_group_vnni,
+                                      X_PARTS, outlier_expand, outlier_slots, tile_codes, tile_group, tile_group_vnni,
                                       vnni3_codes, vnni_codes)
 from sparsa.kernels.cpu.vnni import HAS_VNNI
 from sparsa.kernels.dispatch import register_linear_kernel
@@ -121,7 +121,7 @@ def spqr_layout(weight: SpQR, vnni: bool = True) -> SpQRLayout:
     n_stats = out_features * weight.groups
     scale_codes = unpack_bits(weight.scale_codes, weight.stat_bits, n_stats).view(out_features, -1)
     zero_codes = unpack_bits(weight.zero_codes, weight.stat_bits, n_stats).view(out_features, -1)
-    q, pos, delta = outlier_free_codes(weight)
+    q, pos, delta = weight.outlier_free_codes()
     rows = weight.outliers()[0]
     vnni = vnni and fits_vnni(weight)
     three_bit = vnni and weight.bits == 3 and weight.group_size == THREE_BIT_GROUP and weight.groups % 2 == 0

@@ -34,7 +34,7 @@ from numba.extending import intrinsic
 from sparsa.formats.spqr import SpQR
 from sparsa.kernels.cpu.calls import RowKernel
 from sparsa.kernels.cpu.tiles import (LANES, PREFETCH_BYTES, THREE_BIT_PAIR_BYTES, VNNI_COLUMNS, _dpbusd, _fma,
-                                      _group_stats, _prefetch, _splat, _vnni_group_codes, outlier_expand, outlier_free_codes)
+                                      _group_stats, _prefetch, _splat, _vnni_group_codes, outlier_expand)
 
 LEVELS = 127  # |xq| <= LEVELS
 CHUNK = 4  # tokens per step: a group's codes and statistics are decoded once for these
@@ -57,7 +57,7 @@ def q8_activations(xp: torch.Tensor, group_size: int) -> tuple[torch.Tensor, tor
 def q8_reference(x: torch.Tensor, weight: SpQR) -> torch.Tensor:
     """The kernel's arithmetic in torch: ``x [N, in]`` fp32 -> [N, out] fp32."""
     xp = x[:, weight.permutation()]
-    q, pos, delta = outlier_free_codes(weight)
+    q, pos, delta = weight.outlier_free_codes()
     rows = weight.outliers()[0]
     xq, d, sums = q8_activations(xp, weight.group_size)
     s, z = weight.first_level_stats()

@@ -395,24 +395,7 @@ def tile_group_vnni(groups: int, runs: int, tokens: int, three_bit: bool = False
     return step
 
 
-# -- outliers: the codes under them, and per tile slots of 16 lanes (one per row) -----------------
-def outlier_free_codes(weight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """What the SpQR layouts make of ``weight``'s codes and outliers: (codes [out, in] with the code
-    under each outlier set nearest its zero-point, so the weight it dequantizes to is at most
-    ``s / 2`` and nothing large cancels; each outlier's permuted column, row-major; and its delta:
-    the stored value minus the weight those codes dequantize to, fp32)."""
-    perm = weight.permutation()
-    position = torch.empty_like(perm)
-    position[perm] = torch.arange(perm.numel())
-    rows, cols, values = weight.outliers()
-    pos = position[cols]
-    s, z = weight.first_level_stats()
-    q = weight.unpacked_codes().clone()
-    g = pos // weight.group_size
-    q[rows, pos] = torch.round(z[rows, g]).clamp(0, 2**weight.bits - 1).to(torch.uint8)
-    return q, pos, values.float() - s[rows, g] * (q[rows, pos].float() - z[rows, g])
-
-
+# -- outliers: per tile slots of 16 lanes (one per row) -------------------------------------------
 def ell_slots(rows: torch.Tensor, counts: torch.Tensor, out_features: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each of a CSR matrix's entries goes in the tile-slot layout.
 

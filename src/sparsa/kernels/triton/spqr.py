@@ -94,21 +94,15 @@ class SpQRGpuLayout:
 
 def spqr_gpu_layout(weight: SpQR) -> SpQRGpuLayout:
     """Build :class:`SpQRGpuLayout` from ``weight`` (torch ops on the weight's device)."""
-    (out_features, in_features), groups, group_size = weight.shape, weight.groups, weight.group_size
+    (out_features, _), groups, group_size = weight.shape, weight.groups, weight.group_size
     code_bits = triton.next_power_of_2(max(2, weight.bits))
     slots = max(triton.next_power_of_2(group_size), 32 // code_bits)
     perm = weight.permutation()
-    rows, cols, values = weight.outliers()
-    s, z = weight.first_level_stats()  # [out, G]
-    position = torch.empty_like(perm)
-    position[perm] = torch.arange(in_features, device=perm.device)  # original column -> permuted index
-    k = position[cols]
-    g, slot = k // group_size, k % group_size
+    _, z = weight.first_level_stats()  # [out, G]
+    codes, _, delta = weight.outlier_free_codes()
     near_zero = z.round().clamp(0, 2**weight.bits - 1).long()  # [out, G]
     q = near_zero[:, :, None].repeat(1, 1, slots)  # [out, G, slots], pad slots included
-    q[:, :, :group_size] = weight.unpacked_codes().view(out_features, groups, group_size)
-    q[rows, g, slot] = near_zero[rows, g]
-    delta = values.float() - s[rows, g] * (q[rows, g, slot].float() - z[rows, g])
+    q[:, :, :group_size] = codes.view(out_features, groups, group_size)
     shifts = torch.arange(0, 32, code_bits, device=q.device)
     words = (q.view(out_features, -1, 32 // code_bits) << shifts).sum(-1)  # [out, words], < 2**32
     words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
@@ -120,7 +114,7 @@ def spqr_gpu_layout(weight: SpQR) -> SpQRGpuLayout:
     padded_perm = torch.full((groups, slots), -1, dtype=torch.int32, device=perm.device)
     padded_perm[:, :group_size] = perm.view(groups, group_size).to(torch.int32)
     return SpQRGpuLayout(code_bits, slots, words, stat_codes, padded_perm.view(-1),
-                         weight.outlier_rowptr().to(torch.int32), cols.to(torch.int32), delta)
+                         weight.outlier_rowptr().to(torch.int32), weight.outlier_col.to(torch.int32), delta)
 
 
 @triton.jit
