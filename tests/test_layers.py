@@ -11,7 +11,7 @@ SRC = pathlib.Path(sparsa.__file__).parent
 
 # top-level module or package under sparsa -> its layer (lower imports nothing higher)
 LAYERS = {
-    "": 0, "errors": 0, "atomic": 0, "json_safe": 0, "openmp": 0, "import_noise": 0,
+    "": 0, "errors": 0, "atomic": 0, "json_safe": 0, "openmp": 0, "import_noise": 0, "registry": 0,
     "formats": 1, "data": 1,
     "kernels": 2,
     "nn": 3,
@@ -21,7 +21,7 @@ LAYERS = {
     "cli": 7, "cli_attention": 7, "cli_ba": 7, "cli_bench": 7, "cli_merge": 7, "cli_types": 7,
     "__main__": 8,
 }
-SHARED = {"", "errors", "atomic", "json_safe", "openmp", "import_noise"}  # one layer, importable by all
+SHARED = {"", "errors", "atomic", "json_safe", "openmp", "import_noise", "registry"}  # one layer, importable by all
 ONE_LAYER_MAY_SHARE = {7}  # the command modules form one program
 
 

@@ -10,7 +10,7 @@ other (``tests/test_layers.py`` reads every import and holds the code to it)::
     nn                                          SparseLinear, surgery, decode, checkpoints, models
     kernels                                     compute on formats: reference, cpu (numba), triton
     formats  data                               compressed layouts; corpora, scenes
-    errors  atomic  json_safe  openmp  import_noise   shared by every layer
+    errors  atomic  registry  json_safe  openmp  import_noise   shared by every layer
 """
 
 __version__ = "0.1.0"

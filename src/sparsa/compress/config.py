@@ -4,8 +4,15 @@ from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
 from sparsa.errors import SparsaError
+from sparsa.formats.quant import MAX_BITS, MIN_BITS
 
 VERSION = 1
+
+
+def check_bits(flag: str, value: int) -> None:
+    """Raise unless a code width (``--bits``, ``--stat-bits``) is one the formats store."""
+    if not MIN_BITS <= value <= MAX_BITS:
+        raise SparsaError(f"{flag} {value} is outside {MIN_BITS}..{MAX_BITS}")
 
 
 @dataclass(frozen=True)
@@ -86,8 +93,7 @@ class RTNConfig(MethodConfig):
     symmetric: bool = False
 
     def __post_init__(self):
-        if not 2 <= self.bits <= 8:
-            raise SparsaError(f"--bits {self.bits} is outside 2..8")
+        check_bits("--bits", self.bits)
         if self.group_size <= 0:
             raise SparsaError(f"--group-size {self.group_size} must be positive")
 
@@ -183,8 +189,7 @@ class GPTQConfig(CalibratedConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not 2 <= self.bits <= 8:
-            raise SparsaError(f"--bits {self.bits} is outside 2..8")
+        check_bits("--bits", self.bits)
         if self.group_size < 0:
             raise SparsaError(f"--group-size {self.group_size} must be positive (or 0 for whole rows)")
 
@@ -230,9 +235,8 @@ class SpQRConfig(CalibratedConfig):
         if self.percdamp is None:
             object.__setattr__(self, "percdamp", recipe_damp)
         super().__post_init__()
-        for flag, value in (("--bits", self.bits), ("--stat-bits", self.stat_bits)):
-            if not 2 <= value <= 8:
-                raise SparsaError(f"{flag} {value} is outside 2..8")
+        check_bits("--bits", self.bits)
+        check_bits("--stat-bits", self.stat_bits)
         if self.group_size <= 0 or self.stat_group_size <= 0:
             raise SparsaError("--group-size and --stat-group-size must be positive")
         if not self.outlier_threshold > 0:
@@ -259,8 +263,8 @@ class SparseGPTConfig(PatternMixin, CalibratedConfig):
     def __post_init__(self):
         super().__post_init__()
         object.__setattr__(self, "sparsity", resolve_sparsity(self.pattern, self.sparsity))
-        if self.bits is not None and not 2 <= self.bits <= 8:
-            raise SparsaError(f"--bits {self.bits} is outside 2..8")
+        if self.bits is not None:
+            check_bits("--bits", self.bits)
         if self.group_size <= 0:
             raise SparsaError(f"--group-size {self.group_size} must be positive")
 

@@ -3,8 +3,8 @@
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sparsa.errors import SparsaError
 from sparsa.formats.base import Format
+from sparsa.registry import Registry
 
 # fn(W [out, in], config, where=fqn) -> format holding the compressed W
 WeightFn = Callable[..., Format]
@@ -22,7 +22,7 @@ class Method:
     driver: Callable | None = None
 
 
-METHODS: dict[str, Method] = {}
+METHODS: Registry = Registry("compression method", asked="--method", listing="choose from")
 
 
 def register_method(config_cls: type, *, reference_url: str = "", driver: bool = False):
@@ -31,8 +31,8 @@ def register_method(config_cls: type, *, reference_url: str = "", driver: bool =
     ``fn(model, config, method, windows, *, filter_fn, device, progress) -> totals``."""
 
     def decorate(fn):
-        METHODS[config_cls.method] = Method(config_cls.method, config_cls, None if driver else fn, reference_url,
-                                            fn if driver else None)
+        METHODS.add(config_cls.method, Method(config_cls.method, config_cls, None if driver else fn, reference_url,
+                                              fn if driver else None))
         return fn
 
     return decorate
@@ -40,7 +40,4 @@ def register_method(config_cls: type, *, reference_url: str = "", driver: bool =
 
 def get_method(name: str) -> Method:
     """The method called ``name``; a SparsaError lists the known ones otherwise."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise SparsaError(f"unknown --method {name!r}; choose from {', '.join(sorted(METHODS))}") from None
+    return METHODS.lookup(name)

@@ -15,6 +15,7 @@ import torch
 
 from sparsa.formats.base import Format
 from sparsa.kernels.reference import linear_reference
+from sparsa.registry import Registry
 
 LinearKernel = Callable[[torch.Tensor, Format, torch.Tensor | None], torch.Tensor]
 BoundLinear = Callable[[torch.Tensor], torch.Tensor]  # x [..., in] -> [..., out] for one weight
@@ -33,7 +34,7 @@ class Registered:
 
 
 # (format name, device type, activation dtype) -> kernel; anything absent runs the reference.
-LINEAR_KERNELS: dict[tuple[str, str, torch.dtype], Registered] = {}
+LINEAR_KERNELS: Registry = Registry("linear kernel")  # (format name, device type, dtype) -> Registered
 RECORDERS: list[Counter] = []  # open :func:`recorded_kernels` blocks
 
 
@@ -75,7 +76,7 @@ def register_linear_kernel(format_name: str, device_type: str, dtypes: tuple[tor
 
     def decorate(fn: LinearKernel) -> LinearKernel:
         for dtype in dtypes:
-            LINEAR_KERNELS[(format_name, device_type, dtype)] = Registered(fn, accepts, bind, step)
+            LINEAR_KERNELS.add((format_name, device_type, dtype), Registered(fn, accepts, bind, step))
         return fn
 
     return decorate

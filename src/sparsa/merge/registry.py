@@ -15,6 +15,7 @@ from typing import Any
 
 from sparsa.errors import SparsaError
 from sparsa.merge.params import Param
+from sparsa.registry import Registry
 
 KINDS = ("static", "per_task")
 
@@ -49,7 +50,7 @@ class MergeMethod:
         return self.fn(task_vectors, generator=generator, **params)
 
 
-METHODS: dict[str, MergeMethod] = {}
+METHODS: Registry = Registry("merge method")
 
 
 def _defaults(fn: Callable[..., Any]) -> dict[str, Any]:
@@ -76,16 +77,14 @@ def register_method(name: str, *, reference_url: str, kind: str, params: dict[st
     specs = dict(params or {})
 
     def decorate(fn):
-        if name in METHODS:
-            raise RuntimeError(f"merge method {name!r} registered twice")
         defaults = _defaults(fn)
         if set(specs) != set(defaults):
             raise RuntimeError(f"merge method {name!r}: params= declares {sorted(specs)}, "
                                f"its keyword parameters are {sorted(defaults)}")
         for key, default in defaults.items():
             specs[key].check(key, default, f"merge method {name!r} default")
-        METHODS[name] = MergeMethod(name=name, fn=fn, reference_url=reference_url, kind=kind, params=defaults,
-                                    specs=specs)
+        METHODS.add(name, MergeMethod(name=name, fn=fn, reference_url=reference_url, kind=kind, params=defaults,
+                                      specs=specs))
         return fn
 
     return decorate
@@ -93,7 +92,4 @@ def register_method(name: str, *, reference_url: str, kind: str, params: dict[st
 
 def get_method(name: str) -> MergeMethod:
     """The method called ``name``; a SparsaError lists the known ones otherwise."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise SparsaError(f"unknown merge method {name!r}; known: {', '.join(sorted(METHODS))}") from None
+    return METHODS.lookup(name)
