@@ -1,6 +1,8 @@
 """``sparsa ba``: bundle adjustment of a BAL file, a COLMAP model or a synthetic scene; under
 ``torchrun --nproc-per-node N -m sparsa ba ...`` the points are split across the N processes."""
 
+from dataclasses import replace
+
 from sparsa.cli_types import DEVICE_HELP, number
 from sparsa.errors import SparsaError
 
@@ -78,19 +80,27 @@ def add_output_flags(p) -> None:
     p.add_argument("--text", action="store_true", help="COLMAP output in text instead of binary")
 
 
+def add_solver_flags(p, d, per: str) -> None:
+    """``--loss``, ``--loss-scale`` and ``--max-iters`` with the defaults of BA options ``d`` (``per``: what
+    the iterations are counted over, e.g. " per BA round")."""
+    from sparsa.sfm.config import LOSSES
+
+    p.add_argument("--loss", choices=LOSSES, default=d.loss, help=f"BA robust loss (default {d.loss})")
+    p.add_argument("--loss-scale", type=number(float, 0, low_open=True), default=d.loss_scale,
+                   help=f"BA robust loss scale (default {d.loss_scale:g} px)")
+    p.add_argument("--max-iters", type=number(int, 0), default=d.max_iterations,
+                   help=f"LM iterations{per}, accepted and rejected steps (default {d.max_iterations} iterations)")
+
+
 def add_ba(sub, common) -> None:
-    from sparsa.sfm.config import LINEAR_SOLVERS, LOSSES, BAOptions
+    from sparsa.sfm.config import LINEAR_SOLVERS, BAOptions
 
     d = BAOptions()
     p = sub.add_parser("ba", parents=[common], help="bundle adjustment (Levenberg-Marquardt, Schur complement)")
     p.add_argument("problem", help="a BAL file (.txt/.bz2), a COLMAP model directory, or "
                                    "synthetic:cameras=C,points=P,seed=S[,model=M,track=T,noise=PX,outliers=F]")
     p.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default %(default)s)")
-    p.add_argument("--loss", choices=LOSSES, default=d.loss, help=f"robust loss (default {d.loss})")
-    p.add_argument("--loss-scale", type=number(float, 0, low_open=True), default=d.loss_scale,
-                   help=f"robust loss scale (default {d.loss_scale:g} px)")
-    p.add_argument("--max-iters", type=number(int, 0), default=d.max_iterations,
-                   help=f"LM iterations, accepted and rejected steps (default {d.max_iterations} iterations)")
+    add_solver_flags(p, d, "")
     p.add_argument("--linear-solver", choices=LINEAR_SOLVERS, default=d.linear_solver,
                    help=f"reduced camera system: dense Cholesky, PCG, or auto (dense up to "
                         f"{d.dense_schur_max_size} camera unknowns; default {d.linear_solver})")
@@ -117,7 +127,7 @@ def cmd_sfm(args) -> dict:
 
     from sparsa.cli_types import check_device
     from sparsa.sfm.align import centre_errors
-    from sparsa.sfm.config import BAOptions, GPOptions
+    from sparsa.sfm.config import SFM_BA_OPTIONS, GPOptions
     from sparsa.sfm.filters import keep_observations
     from sparsa.sfm.pipeline import run_sfm
     from sparsa.sfm.scenes import check_scene_output, load_scene, save_scene
@@ -131,8 +141,8 @@ def cmd_sfm(args) -> dict:
     if len(torch.unique(scene.obs_image)) < scene.n_images:
         raise SparsaError(f"{args.problem}: an image sees no point with a track of two or more views")
     gp_options = GPOptions(max_iterations=args.gp_max_iters, seed=args.seed)
-    ba_options = BAOptions(max_iterations=args.max_iters, loss=args.loss, loss_scale=args.loss_scale,
-                           refine_focal_length=not args.fix_intrinsics, refine_extra_params=not args.fix_intrinsics)
+    ba_options = replace(SFM_BA_OPTIONS, max_iterations=args.max_iters, loss=args.loss, loss_scale=args.loss_scale,
+                         refine_focal_length=not args.fix_intrinsics, refine_extra_params=not args.fix_intrinsics)
     result, report = run_sfm(scene, gp_options, ba_options, filter_px=args.filter_px, device=args.device,
                              progress=not args.quiet)
     errors = centre_errors(result, truth if truth is not None else scene)
@@ -166,7 +176,7 @@ def sfm_table(r: dict) -> str:
 
 
 def add_sfm(sub, common) -> None:
-    from sparsa.sfm.config import LOSSES, BAOptions, GPOptions
+    from sparsa.sfm.config import SFM_BA_OPTIONS, SFM_FILTER_PX, GPOptions
 
     d = GPOptions()
     p = sub.add_parser("sfm", parents=[common], help="global positioning + bundle adjustment from known rotations")
@@ -175,12 +185,8 @@ def add_sfm(sub, common) -> None:
     p.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default %(default)s)")
     p.add_argument("--gp-max-iters", type=number(int, 0), default=d.max_iterations,
                    help=f"global positioning LM iterations (default {d.max_iterations} iterations)")
-    p.add_argument("--max-iters", type=number(int, 0), default=BAOptions.max_iterations,
-                   help="LM iterations per BA round (default %(default)s iterations)")
-    p.add_argument("--loss", choices=LOSSES, default="huber", help="BA robust loss (default %(default)s)")
-    p.add_argument("--loss-scale", type=number(float, 0, low_open=True), default=1.0,
-                   help="BA robust loss scale (default %(default)g px)")
-    p.add_argument("--filter-px", type=number(float, 0, low_open=True), default=4.0,
+    add_solver_flags(p, SFM_BA_OPTIONS, " per BA round")
+    p.add_argument("--filter-px", type=number(float, 0, low_open=True), default=SFM_FILTER_PX,
                    help="after BA rounds 1-3 drop observations above 3x, 2x, 1x this error (default %(default)g px)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the random GP start (default %(default)s)")
     p.add_argument("--fix-intrinsics", action="store_true",

@@ -104,3 +104,7 @@ class GPOptions(LMOptions):
     function_tolerance: float = 1e-8
     init_range: float = 100.0
     seed: int = 0
+
+
+SFM_BA_OPTIONS = BAOptions(loss="huber")  # sfm's BA rounds: a robust loss, GP's positions being rough
+SFM_FILTER_PX = 4.0  # sfm drops observations above 3x, 2x, 1x this reprojection error after BA rounds 1-3 (px)

@@ -9,7 +9,7 @@ import torch
 from sparsa.data.scene import Scene
 from sparsa.errors import SparsaError
 from sparsa.sfm.ba import scene_residuals, solve_ba
-from sparsa.sfm.config import BAOptions, GPOptions
+from sparsa.sfm.config import SFM_FILTER_PX, BAOptions, GPOptions
 from sparsa.sfm.filters import keep_observations
 from sparsa.sfm.gp import solve_gp
 from sparsa.sfm.summary import BASummary
@@ -38,7 +38,7 @@ def filter_observations(scene: Scene, threshold_px: float) -> tuple[Scene, dict]
     return out, {"threshold_px": threshold_px, **dropped}
 
 
-def run_sfm(scene: Scene, gp_options: GPOptions, ba_options: BAOptions, *, filter_px: float = 4.0,
+def run_sfm(scene: Scene, gp_options: GPOptions, ba_options: BAOptions, *, filter_px: float = SFM_FILTER_PX,
             device: str = "cpu", progress: bool = False) -> tuple[Scene, SfMReport]:
     """GP (centres and points from the scene's rotations), then one BA round per filter factor.
 
