@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from sparsa.cli import demo_table
+from sparsa.cli.model import demo_table
 from conftest import last_json, word_text
 from conftest import run_cli as run
 

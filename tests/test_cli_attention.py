@@ -36,7 +36,7 @@ def test_cli_attention_eval_json_reports_recall_density_error(capsys, hf_dir, wo
 
 
 def test_attention_eval_table_shows_the_bounds_and_each_gap():
-    from sparsa.cli_attention import attention_eval_table
+    from sparsa.cli.attention import attention_eval_table
 
     overall = {"anchor": {"recall": 0.97, "density": 0.28, "gap_to_optimum": 0.0123, "rel_err": 0.05,
                           "close_share": 0.9},

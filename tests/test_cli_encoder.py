@@ -36,14 +36,14 @@ def test_cli_compress_recover_causal_directory_raises(tiny_llama, tmp_path, caps
 
 
 def test_cli_compress_recover_tiny_encoder_writes_loadable_checkpoint(tiny_encoder, tmp_path, monkeypatch, capsys):
-    from sparsa import cli
+    from sparsa.compress import pipeline
     from sparsa.data import sentences
     from sparsa.nn.encoders import embed, load_encoder
 
     tiny_encoder.model.save_pretrained(tmp_path / "hf")
     tiny_encoder.tokenizer.save_pretrained(tmp_path / "hf")
     monkeypatch.setattr(sentences, "corpus_sentences", lambda name, n: (word_sentences(32), word_sentences(n, 1)))
-    monkeypatch.setattr(cli, "HELD_OUT_SENTENCES", 16)
+    monkeypatch.setattr(pipeline, "HELD_OUT_SENTENCES", 16)
     out = tmp_path / "ck"
     assert main(["compress", str(tmp_path / "hf"), "-o", str(out), *RECOVER, "--recover-steps", "3",
                  "--recover-lr", "1e-3", "--json", "--quiet"]) == 0

@@ -3,10 +3,11 @@
 The package is layered; imports point down only, and packages of one layer never import each
 other (``tests/test_layers.py`` reads every import and holds the code to it)::
 
-    cli (cli*.py)                               flags in, one library call, its summary out
+    cli                                         flags in, one library call, its summary out
     demo                                        the main job on the embedded model
     bench                                       benchmarks, peers in the same run
-    compress  attention  sfm  merge  evaluate   engines: algorithms and their pipelines
+    compress  attention  sfm  merge             engines: algorithms and their pipelines
+    evaluate                                    perplexity and embedding agreement of models
     nn                                          SparseLinear, surgery, decode, checkpoints, models
     kernels                                     compute on formats: reference, cpu (numba), triton
     formats  data                               compressed layouts; corpora, scenes

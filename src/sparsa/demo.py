@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sparsa.bench.results import machine, write_results
 from sparsa.compress import SpQRConfig, compress_
-from sparsa.data import calibration_windows, load_corpus, tokenize
+from sparsa.compress.pipeline import calibration_for
 from sparsa.data.tokens import bos_for
 from sparsa.evaluate import load_texts, perplexities
 from sparsa.nn import linear_footprint
@@ -59,9 +59,7 @@ def demo_rows(*, ppl: str, seqlen: int, windows: int, nsamples: int, calib_seqle
     with tempfile.TemporaryDirectory() as scratch:
         target = Path(scratch) / "demo-checkpoint"
         lm = load_model(DEFAULT_MODEL)
-        calibration = calibration_windows(tokenize(lm.tokenizer, load_corpus(config.calib).calib), config.nsamples,
-                                          config.seqlen, seed=0, bos=bos_for(lm.tokenizer, bos),
-                                          source=f"{config.calib} calibration split")
+        calibration = calibration_for(config, lm.tokenizer, 0, bos_for(lm.tokenizer, bos))
         start = time.perf_counter()
         compress_(lm.model, config, calibration=calibration, progress=progress)
         save_checkpoint(lm.model, lm.tokenizer, target, method=config.to_dict())

@@ -39,7 +39,8 @@ from sparsa.bench import llama_cpp
 from sparsa.bench.bandwidth import read_bandwidth
 from sparsa.bench.results import batch_bars, machine, write_results
 from sparsa.compress import MagnitudeConfig, RTNConfig, SpQRConfig, compress_
-from sparsa.data import calibration_windows, load_corpus, tokenize
+from sparsa.compress.pipeline import calibration_for
+from sparsa.data import load_corpus, tokenize
 from sparsa.data.tokens import bos_for
 from sparsa.errors import SparsaError
 from sparsa.kernels import linear_reference, kernel_name, recorded_kernels
@@ -109,6 +110,11 @@ def thread_count(threads: int):
         numba.set_num_threads(before[1])
 
 
+def spqr_config(s: "DecodeSettings") -> SpQRConfig:
+    """The spqr-3 variant's config: 3-bit, calibrated on ``s.nsamples`` windows of ``s.calib_seqlen`` tokens."""
+    return SpQRConfig(bits=3, nsamples=s.nsamples, seqlen=s.calib_seqlen)
+
+
 def compressed(model, name: str, s: DecodeSettings, calibration):
     """``model`` (a private copy) turned into variant ``name``; a string says why it cannot run."""
     if name == "dense fp32":
@@ -122,7 +128,7 @@ def compressed(model, name: str, s: DecodeSettings, calibration):
             return f"torchao is not installed ({e.name})"
         quantize_(model, Int8WeightOnlyConfig())
         return model
-    config = {"spqr-3": SpQRConfig(bits=3, nsamples=s.nsamples, seqlen=s.calib_seqlen),
+    config = {"spqr-3": spqr_config(s),
               "quant-4": RTNConfig(bits=4, group_size=32),
               "quant-4 sym": RTNConfig(bits=4, group_size=32, symmetric=True),  # Q4_0's grid, 4.5 bits
               "bitmap-50%": MagnitudeConfig(sparsity=0.5),
@@ -371,8 +377,7 @@ def run_decode(s: DecodeSettings, *, out_dir="bench/results", name: str = "decod
     prompt = tokenize(lm.tokenizer, corpus.eval[: 40 * s.prompt_tokens])[None, : s.prompt_tokens]
     calibration = None
     if "spqr-3" in s.variants:
-        calibration = calibration_windows(tokenize(lm.tokenizer, corpus.calib), s.nsamples, s.calib_seqlen, s.seed,
-                                          bos=bos_for(lm.tokenizer, s.bos), source="wiki calibration split")
+        calibration = calibration_for(spqr_config(s), lm.tokenizer, s.seed, bos_for(lm.tokenizer, s.bos))
     long_prompt = tokenize(lm.tokenizer, corpus.eval[: 40 * s.long_prompt_tokens])[None, : s.long_prompt_tokens]
     rows, models = [], {}
     for variant in tqdm(s.variants, desc="bench decode: build", disable=not progress):

@@ -1,67 +1,13 @@
-"""``sparsa`` command line: parses flags, calls the Python API, prints tables or ``--json``.
-
-Errors print one ``sparsa: error: ...`` line on stderr and exit non-zero (a traceback only
-with ``--debug``).
-"""
+"""``sparsa eval``, ``compress``, ``generate`` and ``demo``: the commands on language models."""
 
 import argparse
-import logging
-import sys
 import time
 
-from sparsa.cli_attention import add_attention
-from sparsa.cli_ba import add_ba, add_sfm
-from sparsa.cli_bench import add_bench
-from sparsa.cli_merge import add_merge, add_merge_eval
-from sparsa.cli_types import DEVICE_HELP, add_bos_flag, check_device, number
-from sparsa import json_safe
+from sparsa.cli._common import (DEVICE_HELP, DTYPES, add_attention_flags, add_bos_flag, check_device, number,
+                                torch_dtype, use_attention)
 from sparsa.errors import SparsaError
 
-HELD_OUT_SENTENCES = 512  # compress --recover: wiki evaluation-split sentences its embeddings are checked on
-DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-          "float16": "float16", "fp16": "float16"}
 
-
-class Parser(argparse.ArgumentParser):
-    """argparse with the ``sparsa: error:`` one-line error format."""
-
-    def error(self, message):
-        fail(f"{self.prog}: {message}")
-
-
-def fail(message: str, code: int = 2):
-    print(f"sparsa: error: {' '.join(str(message).split())}", file=sys.stderr)
-    sys.exit(code)
-
-
-def torch_dtype(name: str | None):
-    import torch
-
-    return None if name is None else getattr(torch, DTYPES[name])
-
-
-def use_attention(model, args) -> dict:
-    """``--attention anchor``: AnchorAttention for every prefill of ``model``; returns what to report."""
-    chosen = {name: value for name in ("theta", "identify") if (value := getattr(args, name)) is not None}
-    if args.attention != "anchor":
-        if chosen:
-            raise SparsaError(f"--{next(iter(chosen))} applies only with --attention anchor")
-        return {}
-    from sparsa.attention.config import AnchorConfig
-    from sparsa.attention.hf import use_anchor_attention_
-
-    config = AnchorConfig(**chosen)
-    use_anchor_attention_(model, config)
-    return {"attention": {"implementation": "anchor", **config.to_dict()}}
-
-
-def emit(result: dict, as_json: bool, table) -> None:
-    """Print ``result`` as one JSON line (NaN and inf as null, named under ``non_finite``), or as the
-    human table ``table(result)`` returns."""
-    print(json_safe.dumps(result) if as_json else table(result), flush=True)
-
-
-# -- commands ------------------------------------------------------------------------------
 def cmd_eval(args) -> dict:
     from sparsa.data.tokens import bos_for
     from sparsa.evaluate import load_texts, perplexities
@@ -101,17 +47,8 @@ def bos_text(bos: dict) -> str:
 
 
 def cmd_compress(args) -> dict:
-    from pathlib import Path
-
-    import torch
-
-    from sparsa.compress import compress_, get_method
-    from sparsa.data import calibration_windows, load_corpus, tokenize
-    from sparsa.data.tokens import bos_for
-    from sparsa.atomic import CHECKPOINT, check_output_dir
-    from sparsa.nn.checkpoint import save_checkpoint
-    from sparsa.nn.models import load_model
-    from sparsa.nn.surgery import all_linears, decoder_linears
+    from sparsa.compress import get_method
+    from sparsa.compress.pipeline import compress_checkpoint, recover_checkpoint
 
     config = get_method(args.method).config_cls.from_flags(
         bits=args.bits, group_size=args.group_size, sparsity=args.sparsity, pattern=args.pattern,
@@ -124,92 +61,20 @@ def cmd_compress(args) -> dict:
     if args.recover:
         if args.head:  # given as --head
             raise SparsaError("--head applies to causal LMs; --recover prunes an encoder, which has no output head")
-        return compress_recovered(args, config)
+        return recover_checkpoint(args.model, config, args.output, seed=args.seed, steps=args.recover_steps,
+                                  lr=args.recover_lr, calib=args.calib, device=args.device, force=args.force,
+                                  progress=not args.quiet).to_dict()
     if args.recover_steps is not None or args.recover_lr is not None:
         raise SparsaError("--recover-steps and --recover-lr apply only with --recover")
-    if args.device != "cpu" and not config.needs_calibration:
-        raise SparsaError(f"--device {args.device}: --method {args.method} runs on the CPU (no calibration)")
-    out = Path(args.output)
-    check_output_dir(out, CHECKPOINT, force=args.force)  # before the model loads: fail fast, write nothing
-    corpus = load_corpus(config.calib) if config.needs_calibration else None
-    torch.manual_seed(args.seed)
-    lm = load_model(args.model, dtype=torch_dtype(args.dtype))
-    if lm.manifest is not None:
-        raise SparsaError(f"{args.model}: already a sparsa checkpoint; compress a dense model")
-    windows, bos = None, None  # bos: the calibration windows' BOS record, None without calibration
-    if corpus is not None:
-        rule = bos_for(lm.tokenizer, args.bos)
-        windows = calibration_windows(tokenize(lm.tokenizer, corpus.calib), config.nsamples, config.seqlen,
-                                      args.seed, bos=rule, source=f"{config.calib} calibration split")
-        bos = rule.to_dict()
-    start = time.perf_counter()
-    head = config.head_by_default if args.head is None else args.head
-    summary = compress_(lm.model, config, calibration=windows, device=args.device, progress=not args.quiet,
-                        filter_fn=all_linears if head else decoder_linears)
-    manifest = save_checkpoint(lm.model, lm.tokenizer, out,
-                               method={**config.to_dict(), "seed": args.seed, "bos": bos}, force=args.force)
-    return {"dir": str(out), "method": config.method, "bits_per_param": manifest["bits_per_param"],
-            "bytes": manifest["bytes"], "params": manifest["params"], "layers": summary.layers, "bos": bos,
-            "seconds": round(time.perf_counter() - start, 3), "head": head, "block_errors": summary.block_errors,
-            **({"choices": summary.choices} if summary.choices else {})}
-
-
-def compress_recovered(args, config) -> dict:
-    """``compress --recover``: gradual block pruning of a sentence encoder, distilling its dense embeddings."""
-    from dataclasses import asdict
-    from pathlib import Path
-
-    import torch
-
-    from sparsa.compress.recover import RecoverConfig
-    from sparsa.compress.recover_encoder import recover_encoder_
-    from sparsa.data.sentences import corpus_sentences
-    from sparsa.evaluate.embeddings import embedding_agreement
-    from sparsa.atomic import CHECKPOINT, check_output_dir
-    from sparsa.nn.checkpoint import save_checkpoint
-    from sparsa.nn.encoders import check_encoder_spec, embed, load_encoder
-
-    if args.method != "magnitude":
-        raise SparsaError(f"--recover prunes blocks by magnitude while distilling; use --method magnitude, "
-                          f"not {args.method}")
-    if config.parsed_pattern.kind != "block":
-        raise SparsaError(f"--recover needs --pattern block:RxC (e.g. block:1x16), not {config.pattern}")
-    if args.device != "cpu":
-        raise SparsaError(f"--device {args.device}: --recover runs on the CPU")
-    check_encoder_spec(args.model)
-    out = Path(args.output)
-    check_output_dir(out, CHECKPOINT, force=args.force)
-    recover = RecoverConfig(sparsity=config.sparsity, block=config.parsed_pattern.block, seed=args.seed,
-                            **{k: v for k, v in {"steps": args.recover_steps, "lr": args.recover_lr}.items()
-                               if v is not None})
-    calib, held_out = corpus_sentences(args.calib or "wiki", HELD_OUT_SENTENCES)
-    torch.manual_seed(args.seed)
-    encoder = load_encoder(args.model)
-    if encoder.manifest is not None:
-        raise SparsaError(f"{args.model}: already a sparsa checkpoint; compress a dense model")
-    dense = embed(encoder, held_out)
-    start = time.perf_counter()
-    summary = recover_encoder_(encoder, recover, sentences=calib, progress=not args.quiet)
-    agreement = embedding_agreement(dense, embed(encoder, held_out))
-    manifest = save_checkpoint(encoder.model, encoder.tokenizer, out,
-                               method={**config.to_dict(), "recover": asdict(recover), "seed": args.seed},
-                               force=args.force)
-    return {"dir": str(out), "method": config.method, "bits_per_param": manifest["bits_per_param"],
-            "bytes": manifest["bytes"], "params": manifest["params"], "layers": summary.layers,
-            "seconds": round(time.perf_counter() - start, 3),
-            "recover": {"steps": recover.steps, "lr": recover.lr, "final_loss": summary.losses[-1],
-                        "calibration_sentences": len(calib), **agreement.to_dict()}}
+    return compress_checkpoint(args.model, config, args.output, seed=args.seed, device=args.device, head=args.head,
+                               bos=args.bos, dtype=torch_dtype(args.dtype), force=args.force,
+                               progress=not args.quiet).to_dict()
 
 
 def compress_table(r: dict) -> str:
-    line = (f"wrote {r['dir']}: {r['method']}, {r['layers']} layers, {r['bits_per_param']:.3f} bits/param, "
-            f"{r['bytes']:,} bytes for {r['params']:,} params, {r['seconds']:.1f} s")
-    if "recover" not in r:
-        return line
-    a = r["recover"]
-    return (f"{line}\nrecovery {a['steps']} steps: embedding cosine to dense {a['cosine_mean']:.4f} mean, "
-            f"{a['cosine_min']:.4f} min; top-{a['k']} neighbour overlap {a['topk_overlap']:.3f} "
-            f"({a['sentences']} held-out sentences)")
+    from sparsa.compress.pipeline import CheckpointSummary
+
+    return CheckpointSummary(**r).brief()
 
 
 def cmd_generate(args) -> dict:
@@ -281,18 +146,6 @@ def demo_table(r: dict) -> str:
                      + f"{row['bytes']:>14,}{row['bits_per_param']:>12.3f}"
                      + ("           -" if row["seconds"] is None else f"{row['seconds']:>12.1f}"))
     return "\n".join(lines)
-
-
-# -- parser ----------------------------------------------------------------------------------
-def add_attention_flags(p) -> None:
-    p.add_argument("--attention", choices=("sdpa", "anchor"), default="sdpa",
-                   help="prefill attention: sdpa (dense, default) or anchor (AnchorAttention; decode stays dense)")
-    from sparsa.attention.config import IDENTIFY, AnchorConfig
-
-    p.add_argument("--theta", type=float,
-                   help=f"--attention anchor: threshold in natural-log units (default {AnchorConfig.theta:g})")
-    p.add_argument("--identify", choices=IDENTIFY,
-                   help=f"--attention anchor: stripe identification rule (default {AnchorConfig.identify})")
 
 
 def add_eval(sub, common) -> None:
@@ -391,51 +244,3 @@ def add_demo(sub, common) -> None:
     p.add_argument("--out", help="also write the table, settings and machine to OUT/demo.{json,md} "
                                  "(default: not written; make demo writes bench/results)")
     p.set_defaults(run=cmd_demo, table=demo_table)
-
-
-def build_parser() -> Parser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
-    common.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
-    common.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser = Parser(prog="sparsa", description="Make models sparse, small and fast.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (add_eval, add_compress, add_generate, add_demo, add_ba, add_sfm, add_merge, add_merge_eval):
-        add(sub, common)
-    add_bench(sub, common, Parser)
-    add_attention(sub, common, Parser)
-    return parser
-
-
-def quiet_libraries(debug: bool) -> None:
-    """Library logs and Hugging Face progress bars only with --debug."""
-    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(message)s")
-    if not debug:
-        import transformers
-
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        quiet_libraries(args.debug)
-        result = args.run(args)
-        if result is not None:  # None: a worker process of a distributed run, rank 0 reports
-            emit(result, args.json, args.table)
-    except SparsaError as err:
-        if args.debug:
-            raise
-        fail(str(err))
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
-    except Exception as err:  # noqa: BLE001  the contract: one line, no traceback without --debug
-        if args.debug:
-            raise
-        fail(f"{type(err).__name__}: {err} (rerun with --debug for the traceback)", 1)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

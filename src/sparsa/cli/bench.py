@@ -4,12 +4,17 @@ Every command writes ``bench/results/<name>.{json,md,png}`` and returns the JSON
 prints with ``--json`` (a table otherwise).
 """
 
-from sparsa.cli_types import DEVICE_HELP, number
+from sparsa.cli._common import DEVICE_HELP, number
+
+
+def chosen(settings_class, name: str, quick: bool):
+    """``(settings, results name)``: the class's ``quick()`` settings and ``<name>_quick``, or its defaults and ``name``."""
+    return (settings_class.quick(), f"{name}_quick") if quick else (settings_class(), name)
 
 
 def cmd_bench_quality(args) -> dict:
     from sparsa.bench.quality import QualitySettings, run_quality
-    from sparsa.cli_types import check_device
+    from sparsa.cli._common import check_device
 
     check_device(args.device)
     settings = QualitySettings(model=args.model, nsamples=args.nsamples, calib_seqlen=args.calib_seqlen,
@@ -23,9 +28,8 @@ def cmd_bench_quality(args) -> dict:
 def cmd_bench_spmm(args) -> dict:
     from sparsa.bench.spmm import SpmmSettings, run_spmm
 
-    settings = SpmmSettings.quick() if args.quick else SpmmSettings()
-    payload = run_spmm(settings, out_dir=args.out, name="spmm_quick" if args.quick else "spmm",
-                       progress=not args.quiet)
+    settings, name = chosen(SpmmSettings, "spmm", args.quick)
+    payload = run_spmm(settings, out_dir=args.out, name=name, progress=not args.quiet)
     return {"out": args.out, "quick": args.quick, "ratios": payload["ratios"],
             "ms": [{"case": r["case"], **c["ms"]} for r, c in zip(payload["ratios"], payload["cases"])],
             "skipped": {n: why for c in payload["cases"] for n, why in c["skipped"].items()}}
@@ -46,9 +50,8 @@ def cmd_bench_decode(args) -> dict:
 
     from sparsa.bench.decode import DecodeSettings, run_decode
 
-    settings = replace(DecodeSettings.quick() if args.quick else DecodeSettings(), bos=args.bos)
-    payload = run_decode(settings, out_dir=args.out, name="decode_quick" if args.quick else "decode",
-                         progress=not args.quiet)
+    settings, name = chosen(DecodeSettings, "decode", args.quick)
+    payload = run_decode(replace(settings, bos=args.bos), out_dir=args.out, name=name, progress=not args.quiet)
     return {"out": args.out, "quick": args.quick, "rows": payload["rows"], "llama_cpp": payload.get("llama_cpp")}
 
 
@@ -100,8 +103,7 @@ def bench_encoder_table(r: dict) -> str:
 def cmd_bench_ba(args) -> dict:
     from sparsa.bench.ba import BABenchSettings, run_ba_bench
 
-    settings = BABenchSettings.quick() if args.quick else BABenchSettings()
-    name = "ba_quick" if args.quick else "ba"
+    settings, name = chosen(BABenchSettings, "ba", args.quick)
     payload = run_ba_bench(settings, out_dir=args.out, name=name, progress=not args.quiet)
     rows = [{k: v for k, v in r.items() if k != "log"} for r in payload["rows"]]
     return {"out": args.out, "name": name, "machine": payload["machine"], "rows": rows}
@@ -158,8 +160,7 @@ def bench_merge_table(r: dict) -> str:
 def cmd_bench_gpu(args) -> dict:
     from sparsa.bench.gpu import GpuSettings, run_gpu
 
-    settings = GpuSettings.quick() if args.quick else GpuSettings()
-    name = "gpu_quick" if args.quick else "gpu"
+    settings, name = chosen(GpuSettings, "gpu", args.quick)
     payload = run_gpu(settings, out_dir=args.out, name=name, progress=not args.quiet)
     if "skipped" in payload:
         return {"skipped": payload["skipped"]}
@@ -188,7 +189,7 @@ def bench_quality_table(r: dict) -> str:
 
 def add_bench(sub, common, parser_class) -> None:
     """The ``sparsa bench`` subcommands (``parser_class``: the CLI's error-reporting parser)."""
-    from sparsa.cli_types import add_bos_flag
+    from sparsa.cli._common import add_bos_flag
 
     p = sub.add_parser("bench", parents=[common], help="benchmarks; results under bench/results/")
     bench = p.add_subparsers(dest="bench", required=True, parser_class=parser_class)

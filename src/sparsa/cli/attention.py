@@ -1,6 +1,6 @@
 """``sparsa attention ...``: AnchorAttention on a model's real attention, and its kernel benchmark."""
 
-from sparsa.cli_types import DEVICE_HELP, number
+from sparsa.cli._common import DEVICE_HELP, number
 from sparsa.errors import SparsaError
 
 SWEEP_THETAS = (2.0, 3.0, 4.0, 5.0, 7.0, 9.0)
@@ -19,7 +19,7 @@ def cmd_attention_eval(args) -> dict:
     from sparsa.attention.evaluate import evaluate_attention
     from sparsa.bench.attention_sweep import write_sweep
     from sparsa.bench.results import machine
-    from sparsa.cli_types import check_device
+    from sparsa.cli._common import check_device
     from sparsa.data import load_corpus, read_text_file, tokenize
     from sparsa.nn.models import load_model
 

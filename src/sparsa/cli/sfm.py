@@ -3,7 +3,7 @@
 
 from dataclasses import replace
 
-from sparsa.cli_types import DEVICE_HELP, number
+from sparsa.cli._common import DEVICE_HELP, number
 from sparsa.errors import SparsaError
 
 TOLERANCE = number(float, 0)  # a finite number >= 0
@@ -24,7 +24,7 @@ def ba_options(args):
 def cmd_ba(args) -> dict:
     import torch
 
-    from sparsa.cli_types import check_device
+    from sparsa.cli._common import check_device
     from sparsa.sfm.distributed import init_comm, solve_ba_distributed
     from sparsa.sfm.filters import drop_unusable
     from sparsa.sfm.scenes import check_scene_output, load_scene, save_scene
@@ -125,7 +125,7 @@ def add_ba(sub, common) -> None:
 def cmd_sfm(args) -> dict:
     import torch
 
-    from sparsa.cli_types import check_device
+    from sparsa.cli._common import check_device
     from sparsa.sfm.align import centre_errors
     from sparsa.sfm.config import SFM_BA_OPTIONS, GPOptions
     from sparsa.sfm.filters import keep_observations
