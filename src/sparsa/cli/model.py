@@ -1,7 +1,6 @@
 """``sparsa eval``, ``compress``, ``generate`` and ``demo``: the commands on language models."""
 
 import argparse
-import time
 
 from sparsa.cli._common import (DEVICE_HELP, DTYPES, add_attention_flags, add_bos_flag, check_device, number,
                                 torch_dtype, use_attention)
@@ -78,55 +77,19 @@ def compress_table(r: dict) -> str:
 
 
 def cmd_generate(args) -> dict:
-    import torch
+    from functools import partial
 
-    from sparsa.nn.lean_decode import greedy_decode
-    from sparsa.nn.models import load_model
+    from sparsa.nn.generate import generate
 
     check_device(args.device)
-    if not args.prompt:
-        raise SparsaError("--prompt '': empty; give the text to continue, e.g. --prompt 'Once upon a time'")
-    lm = load_model(args.model, dtype=torch_dtype(args.dtype))
-    lm.model.to(args.device)
-    attention = use_attention(lm.model, args)
-    ids = lm.tokenizer(args.prompt, return_tensors="pt").input_ids.to(args.device)
-    check_context(ids.shape[1], args.max_new_tokens, lm.model.config)
-    timing = {}
-    if lm.model.config.model_type == "llama" and not attention:  # the lean loop: static cache, the dispatched kernels
-        start = time.perf_counter()
-        greedy_decode(lm.model, ids[:, :2], 2)  # compiles the kernels (once per process), untimed
-        timing["warmup_s"] = round(time.perf_counter() - start, 3)
-        out = greedy_decode(lm.model, ids, args.max_new_tokens)
-        new_ids, seconds = out.tokens[0], out.prefill_seconds + out.decode_seconds
-        timing["prefill_s"] = round(out.prefill_seconds, 4)
-        if args.max_new_tokens > 1:
-            timing["decode_tokens_per_s"] = out.tokens_per_s
-    else:
-        start = time.perf_counter()
-        with torch.no_grad():
-            new_ids = lm.model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=False)[0, ids.shape[1]:]
-        seconds = time.perf_counter() - start
-    eos = lm.tokenizer.eos_token_id
-    ends = (new_ids == eos).nonzero() if eos is not None else new_ids.new_zeros(0, 1)
-    text_ids = new_ids[: int(ends[0])] if ends.numel() else new_ids  # the text stops at end-of-sequence
-    return {"text": lm.tokenizer.decode(text_ids, skip_special_tokens=True),
-            "new_tokens": len(new_ids), "tokens_per_s": len(new_ids) / seconds, **timing, **attention}
-
-
-def check_context(prompt_tokens: int, new_tokens: int, config) -> None:
-    """SparsaError unless ``--prompt`` has tokens and prompt + ``--max-new-tokens`` fit the model's context."""
-    if prompt_tokens == 0:
-        raise SparsaError("--prompt: the text tokenizes to no tokens; give words the model's tokenizer knows")
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit and prompt_tokens + new_tokens > limit:
-        fix = (f"lower --max-new-tokens to {limit - prompt_tokens} or shorten the prompt" if prompt_tokens < limit
-               else "shorten the prompt")
-        raise SparsaError(f"--prompt of {prompt_tokens} tokens + --max-new-tokens {new_tokens} = "
-                          f"{prompt_tokens + new_tokens} tokens exceeds the model's context of {limit} tokens; {fix}")
+    return generate(args.model, args.prompt, max_new_tokens=args.max_new_tokens, device=args.device,
+                    dtype=torch_dtype(args.dtype), prepare=partial(use_attention, args=args)).to_dict()
 
 
 def generate_table(r: dict) -> str:
-    return f"{r['text']}\n\n[{r['new_tokens']} tokens, {r['tokens_per_s']:.1f} tokens/s]"
+    from sparsa.nn.generate import GenerateSummary
+
+    return GenerateSummary(r["text"], r["new_tokens"], r["tokens_per_s"]).brief()
 
 
 def cmd_demo(args) -> dict:
