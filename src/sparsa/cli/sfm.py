@@ -22,39 +22,15 @@ def ba_options(args):
 
 
 def cmd_ba(args) -> dict:
-    import torch
-
     from sparsa.cli._common import check_device
-    from sparsa.sfm.distributed import init_comm, solve_ba_distributed
-    from sparsa.sfm.filters import drop_unusable
-    from sparsa.sfm.scenes import check_scene_output, load_scene, save_scene
+    from sparsa.sfm.problems import adjust_problem
 
     check_device(args.device)
     if args.fix_images and not all(i.strip().isdigit() for i in args.fix_images.split(",")):
         raise SparsaError(f"--fix-images {args.fix_images!r}: expected comma-separated image indices")
-    options = ba_options(args)
-    torch.set_num_threads(args.threads or torch.get_num_threads())
-    scene, _ = load_scene(args.problem)
-    if args.out:
-        check_scene_output(args.out, source=args.problem, text=args.text, force=args.force)
-    scene, filtered = drop_unusable(scene)
-    comm = init_comm(args.device)
-    result, summary = solve_ba_distributed(scene, options, device=args.device, progress=not args.quiet, comm=comm)
-    comm.close()
-    if comm.rank != 0:  # rank 0 reports and writes
-        return None
-    out = {"problem": args.problem, "initial_cost": summary.initial_cost, "final_cost": summary.final_cost,
-           "iterations": summary.iterations, "seconds": summary.seconds, "rmse_px": summary.final_rmse,
-           "initial_rmse_px": summary.initial_rmse, "termination": summary.termination,
-           "message": summary.message, "linear_solver": summary.linear_solver_used, "device": args.device,
-           "cameras": scene.n_cameras, "images": scene.n_images, "points": scene.n_points,
-           "observations": scene.n_observations, "processes": comm.world_size, "filtered": filtered,
-           "summary": summary.to_dict(log=args.log)}
-    if args.out:
-        out["out"] = save_scene(result, args.out, source=args.problem, text=args.text, force=args.force)
-    if not args.json:
-        out["report"] = summary.full()
-    return out
+    return adjust_problem(args.problem, ba_options(args), out=args.out, text=args.text, force=args.force,
+                          device=args.device, threads=args.threads, progress=not args.quiet, log=args.log,
+                          report=not args.json)
 
 
 def ba_table(r: dict) -> str:
@@ -123,39 +99,16 @@ def add_ba(sub, common) -> None:
 
 
 def cmd_sfm(args) -> dict:
-    import torch
-
     from sparsa.cli._common import check_device
-    from sparsa.sfm.align import centre_errors
     from sparsa.sfm.config import SFM_BA_OPTIONS, GPOptions
-    from sparsa.sfm.filters import keep_observations
-    from sparsa.sfm.pipeline import run_sfm
-    from sparsa.sfm.scenes import check_scene_output, load_scene, save_scene
+    from sparsa.sfm.problems import reconstruct_problem
 
     check_device(args.device)
-    torch.set_num_threads(args.threads or torch.get_num_threads())
-    scene, truth = load_scene(args.problem)
-    if args.out:
-        check_scene_output(args.out, source=args.problem, text=args.text, force=args.force)
-    scene, short_tracks = keep_observations(scene, torch.ones(scene.n_observations, dtype=torch.bool))
-    if len(torch.unique(scene.obs_image)) < scene.n_images:
-        raise SparsaError(f"{args.problem}: an image sees no point with a track of two or more views")
-    gp_options = GPOptions(max_iterations=args.gp_max_iters, seed=args.seed)
     ba_options = replace(SFM_BA_OPTIONS, max_iterations=args.max_iters, loss=args.loss, loss_scale=args.loss_scale,
                          refine_focal_length=not args.fix_intrinsics, refine_extra_params=not args.fix_intrinsics)
-    result, report = run_sfm(scene, gp_options, ba_options, filter_px=args.filter_px, device=args.device,
-                             progress=not args.quiet)
-    errors = centre_errors(result, truth if truth is not None else scene)
-    out = {"problem": args.problem, "images": scene.n_images, "points": result.n_points,
-           "observations": result.n_observations, "rmse_px": report.ba[-1].final_rmse,
-           "seconds": report.gp.seconds + sum(b.seconds for b in report.ba),
-           "centre_error": {"reference": "ground truth" if truth is not None else "input poses",
-                            "median": float(errors.median()), "max": float(errors.max())},
-           "gp": report.gp.to_dict(), "ba": [b.to_dict() for b in report.ba], "filtered": report.filtered,
-           "short_tracks": short_tracks}
-    if args.out:
-        out["out"] = save_scene(result, args.out, source=args.problem, text=args.text, force=args.force)
-    return out
+    return reconstruct_problem(args.problem, GPOptions(max_iterations=args.gp_max_iters, seed=args.seed), ba_options,
+                               filter_px=args.filter_px, out=args.out, text=args.text, force=args.force,
+                               device=args.device, threads=args.threads, progress=not args.quiet)
 
 
 def sfm_table(r: dict) -> str:
