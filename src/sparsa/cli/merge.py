@@ -1,46 +1,10 @@
 """``sparsa merge CONFIG.yaml -o DIR``: mergekit-style merges and T-Switch compressed task vectors."""
 
-from pathlib import Path
-
-from sparsa.errors import SparsaError
-
-MANIFEST_VERSION = 1
-
-
-def read_yaml(path: Path):
-    import yaml
-
-    try:
-        return yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise SparsaError(f"{path}: cannot read the merge config ({err.strerror})") from None
-    except yaml.YAMLError as err:
-        raise SparsaError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-
 
 def cmd_merge(args) -> dict:
-    from sparsa.merge.config import MergeConfig
-    from sparsa.merge.run import merge_models, tensorwise_methods
-    from sparsa.nn.merge_io import check_output, write_merged, write_switch_bank
-    from sparsa.nn.safetensors_io import LazyTensors
+    from sparsa.merge.pipeline import merge_from_yaml
 
-    path = Path(args.config)
-    raw = read_yaml(path)
-    config = MergeConfig.from_dict(raw, str(path), tensorwise_methods())
-    check_output(Path(args.out), force=args.force)
-    base = LazyTensors(config.base_model)
-    models = {m.name: LazyTensors(m.model) for m in config.models}
-    result = merge_models(config, base, models, progress=not args.quiet)
-    manifest = {"version": MANIFEST_VERSION, "merge_method": config.merge_method, "base_model": config.base_model,
-                "models": {m.name: m.model for m in config.models}, "config": raw}
-    if result.compressed is not None:
-        written = write_switch_bank(args.out, result.compressed, manifest, force=args.force)
-        tasks = {t: {k: info[k] for k in ("nbytes", "numel", "bits_per_param")} for t, info in written["tasks"].items()}
-        return {"out": args.out, "merge_method": config.merge_method, "file_bytes": written["file_bytes"],
-                "tasks": tasks}
-    write_merged(args.out, result.merged, manifest, base_model=config.base_model, force=args.force)
-    return {"out": args.out, "merge_method": config.merge_method, "tensors": len(result.merged),
-            "params": sum(t.numel() for t in result.merged.values())}
+    return merge_from_yaml(args.config, args.out, force=args.force, progress=not args.quiet)
 
 
 def merge_table(r: dict) -> str:
@@ -64,19 +28,9 @@ def add_merge(sub, common) -> None:
 
 
 def cmd_merge_eval(args) -> dict:
-    from sparsa.merge.fidelity import task_vector_fidelity
-    from sparsa.nn.merge_io import read_switch_bank
-    from sparsa.nn.safetensors_io import LazyTensors
+    from sparsa.merge.pipeline import evaluate_bank
 
-    manifest, bank = read_switch_bank(args.dir)
-    base = LazyTensors(manifest["base_model"])
-    tasks = {}
-    for task, ctv in bank.items():
-        row = {"nbytes": ctv.nbytes, "numel": ctv.numel, "bits_per_param": ctv.bits_per_param}
-        row.update(task_vector_fidelity(base, LazyTensors(manifest["models"][task]), ctv, f"model {task!r}"))
-        tasks[task] = row
-    return {"dir": args.dir, "merge_method": manifest["merge_method"], "file_bytes": manifest["file_bytes"],
-            "tasks": tasks}
+    return evaluate_bank(args.dir)
 
 
 def merge_eval_table(r: dict) -> str:

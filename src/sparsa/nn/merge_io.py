@@ -24,8 +24,16 @@ from sparsa.nn.checkpoint import INDEX, SHARD_BYTES, write_shards
 from sparsa.nn.safetensors_io import read_header
 
 MERGE_MANIFEST = MERGE.manifest
+MANIFEST_VERSION = 1  # of merge.json
 BANK_FILE = "switch.safetensors"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
+
+
+def merge_manifest(merge_method: str, base_model: str, models: dict[str, str], config: dict) -> dict:
+    """``merge.json``'s fields before writing adds its own: the version, the method, the base and
+    each task's model, and the merge config as given."""
+    return {"version": MANIFEST_VERSION, "merge_method": merge_method, "base_model": base_model, "models": models,
+            "config": config}
 
 
 def check_output(out_dir: Path, *, force: bool = False) -> None:
