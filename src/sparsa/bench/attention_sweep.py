@@ -6,7 +6,13 @@ largest probabilities; ``optimum``, each head's largest probabilities at AnchorA
 count in that head) and every selector's ``gap_to_optimum`` at its own per-head pair counts.
 """
 
+from dataclasses import replace
+
+from sparsa.attention.evaluate import evaluate_attention
 from sparsa.bench.results import machine, write_results
+from sparsa.data import load_corpus, read_text_file, tokenize
+from sparsa.errors import SparsaError
+from sparsa.nn.models import load_model
 
 SELECTORS = ("anchor", "vertical_slash", "flex_blocks", "per_row_topk", "optimum", "streaming")
 
@@ -72,3 +78,39 @@ def write_sweep(reports, out_dir, *, model: str, device: str) -> dict:
     payload = sweep_payload(reports, model=model, device=device)
     paths = write_results(out_dir, "attention_sweep", payload, sweep_markdown(payload), sweep_figure(payload))
     return {"files": [str(p) for p in paths], "rows": payload["rows"]}
+
+
+SWEEP_THETAS = (2.0, 3.0, 4.0, 5.0, 7.0, 9.0)  # the thresholds a sweep adds to the one asked
+
+
+def evaluate_anchor(model_spec: str, config, *, seqlen: int = 4096, text_file: str | None = None,
+                    device: str = "cpu", sweep: bool = False, out=None, baselines: bool = True,
+                    layers: bool = False, progress: bool = True) -> dict:
+    """What ``sparsa attention eval`` runs: AnchorAttention ``config`` (an ``AnchorConfig``) on the
+    real attention of ``model_spec`` over the first ``seqlen`` tokens of ``text_file`` (default the
+    wiki evaluation split): recall, density and error against dense, the baselines beside it
+    (``baselines``), per-layer figures (``layers``), and with ``sweep`` every threshold of
+    ``SWEEP_THETAS`` too, written to ``out`` as a table and a plot."""
+    thetas = sorted(set(SWEEP_THETAS) | {config.theta}) if sweep else [config.theta]
+    text = read_text_file(text_file) if text_file else load_corpus("wiki").eval
+    source = text_file or "wiki evaluation split"
+    lm = load_model(model_spec)
+    limit = getattr(lm.model.config, "max_position_embeddings", None)
+    if limit and seqlen > limit:
+        raise SparsaError(f"--seqlen {seqlen} exceeds the model's context of {limit} tokens")
+    if seqlen < 2:
+        raise SparsaError(f"--seqlen {seqlen} must be at least 2")
+    ids = tokenize(lm.tokenizer, text)
+    if ids.numel() < seqlen:
+        raise SparsaError(f"{source}: {ids.numel()} tokens, fewer than --seqlen {seqlen}")
+    lm.model.to(device)
+    ids = ids[:seqlen][None].to(device)
+    reports = evaluate_attention(lm.model, ids, [replace(config, theta=t) for t in thetas], baselines=baselines,
+                                 progress=progress)
+    report = reports[thetas.index(config.theta)]
+    result = {"model": model_spec, "text": source, "machine": machine(device), **report.to_dict()}
+    if not layers:
+        del result["layers"]
+    if sweep:
+        result["sweep"] = write_sweep(reports, out, model=model_spec, device=device)
+    return result

@@ -1,9 +1,6 @@
 """``sparsa attention ...``: AnchorAttention on a model's real attention, and its kernel benchmark."""
 
 from sparsa.cli._common import DEVICE_HELP, number
-from sparsa.errors import SparsaError
-
-SWEEP_THETAS = (2.0, 3.0, 4.0, 5.0, 7.0, 9.0)
 
 
 def attention_config(args):
@@ -14,40 +11,13 @@ def attention_config(args):
 
 
 def cmd_attention_eval(args) -> dict:
-    from dataclasses import replace
-
-    from sparsa.attention.evaluate import evaluate_attention
-    from sparsa.bench.attention_sweep import write_sweep
-    from sparsa.bench.results import machine
+    from sparsa.bench.attention_sweep import evaluate_anchor
     from sparsa.cli._common import check_device
-    from sparsa.data import load_corpus, read_text_file, tokenize
-    from sparsa.nn.models import load_model
 
     check_device(args.device)
-    config = attention_config(args)
-    text = read_text_file(args.text_file) if args.text_file else load_corpus("wiki").eval
-    source = args.text_file or "wiki evaluation split"
-    lm = load_model(args.model)
-    limit = getattr(lm.model.config, "max_position_embeddings", None)
-    if limit and args.seqlen > limit:
-        raise SparsaError(f"--seqlen {args.seqlen} exceeds the model's context of {limit} tokens")
-    if args.seqlen < 2:
-        raise SparsaError(f"--seqlen {args.seqlen} must be at least 2")
-    ids = tokenize(lm.tokenizer, text)
-    if ids.numel() < args.seqlen:
-        raise SparsaError(f"{source}: {ids.numel()} tokens, fewer than --seqlen {args.seqlen}")
-    lm.model.to(args.device)
-    ids = ids[: args.seqlen][None].to(args.device)
-    thetas = sorted(set(SWEEP_THETAS) | {config.theta}) if args.sweep else [config.theta]
-    reports = evaluate_attention(lm.model, ids, [replace(config, theta=t) for t in thetas],
-                                 baselines=not args.no_baselines, progress=not args.quiet)
-    report = reports[thetas.index(config.theta)]
-    result = {"model": args.model, "text": source, "machine": machine(args.device), **report.to_dict()}
-    if not args.layers:
-        del result["layers"]
-    if args.sweep:
-        result["sweep"] = write_sweep(reports, args.out, model=args.model, device=args.device)
-    return result
+    return evaluate_anchor(args.model, attention_config(args), seqlen=args.seqlen, text_file=args.text_file,
+                           device=args.device, sweep=args.sweep, out=args.out, baselines=not args.no_baselines,
+                           layers=args.layers, progress=not args.quiet)
 
 
 def attention_eval_table(r: dict) -> str:
@@ -92,6 +62,7 @@ def attention_bench_table(r: dict) -> str:
 def add_attention(sub, common, parser_class) -> None:
     """The ``sparsa attention`` subcommands (``parser_class``: the CLI's error-reporting parser)."""
     from sparsa.attention.config import IDENTIFY, AnchorConfig
+    from sparsa.bench.attention_sweep import SWEEP_THETAS
 
     d = AnchorConfig()
     p = sub.add_parser("attention", parents=[common], help="AnchorAttention: stripe-sparse long-context prefill")

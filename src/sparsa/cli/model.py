@@ -8,25 +8,14 @@ from sparsa.errors import SparsaError
 
 
 def cmd_eval(args) -> dict:
-    from sparsa.data.tokens import bos_for
-    from sparsa.evaluate import load_texts, perplexities
-    from sparsa.nn import linear_footprint
-    from sparsa.nn.models import load_model
+    from functools import partial
+
+    from sparsa.evaluate.report import evaluate_model
 
     check_device(args.device)
-    texts = load_texts(args.ppl, args.text_file)
-    lm = load_model(args.model, dtype=torch_dtype(args.dtype))
-    lm.model.to(args.device)
-    attention = use_attention(lm.model, args)
-    bos = bos_for(lm.tokenizer, args.bos)
-    results = perplexities(lm.model, lm.tokenizer, texts, seqlen=args.seqlen, max_windows=args.windows, bos=bos,
-                           device=args.device, progress=not args.quiet)
-    params, nbytes = linear_footprint(lm.model)
-    return {"model": args.model, "ppl": {k: r.ppl for k, r in results.items()},
-            "bits_per_param": 8 * nbytes / params, "bytes": nbytes, "params": params, "seqlen": args.seqlen,
-            "bos": bos.to_dict(), "windows": {k: r.windows for k, r in results.items()},
-            "predicted_tokens": {k: r.predicted_tokens for k, r in results.items()},
-            "seconds": {k: round(r.seconds, 3) for k, r in results.items()}, **attention}
+    return evaluate_model(args.model, ppl=args.ppl, text_file=args.text_file, seqlen=args.seqlen, windows=args.windows,
+                          bos=args.bos, dtype=torch_dtype(args.dtype), device=args.device,
+                          prepare=partial(use_attention, args=args), progress=not args.quiet)
 
 
 def eval_table(r: dict) -> str:
