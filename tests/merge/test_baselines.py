@@ -1,4 +1,4 @@
-"""Tests for sparsa.merge.baselines and sparsa.merge.registry: hand-computed merges, properties, errors."""
+"""Tests for sparsa.merge.methods and sparsa.merge.registry: hand-computed merges, properties, errors."""
 
 import re
 
@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from sparsa.errors import SparsaError
-from sparsa.merge.baselines import dare, emr, storage_bits, tall_masks, task_arithmetic, ties
+from sparsa.merge.methods.dare import dare
+from sparsa.merge.methods.emr import emr
+from sparsa.merge.methods.tall_masks import tall_masks
+from sparsa.merge.methods.task_arithmetic import task_arithmetic
+from sparsa.merge.methods.ties import ties
+from sparsa.merge.registry import storage_bits
 from sparsa.merge.registry import METHODS, MergeMethod, get_method, register_method
 
 T = torch.tensor

@@ -46,7 +46,7 @@ from sparsa.bench.merge_report import figure, markdown
 from sparsa.bench.merge_suite import DigitsTasks, SuiteSettings, build_suite
 from sparsa.bench.results import machine, write_results
 from sparsa.merge.bank import SwitchBank
-from sparsa.merge.baselines import storage_bits
+from sparsa.merge.registry import storage_bits
 from sparsa.merge.config import FlexSwitchConfig, RouterConfig, TSwitchConfig
 from sparsa.merge.flexswitch import flexswitch
 from sparsa.merge.registry import get_method

@@ -8,7 +8,8 @@ from sparsa.cli._common import DEVICE_HELP, number
 
 
 def chosen(settings_class, name: str, quick: bool):
-    """``(settings, results name)``: the class's ``quick()`` settings and ``<name>_quick``, or its defaults and ``name``."""
+    """``(settings, results name)``: the class's ``quick()`` settings and ``<name>_quick``, or its defaults
+    and ``name``."""
     return (settings_class.quick(), f"{name}_quick") if quick else (settings_class(), name)
 
 

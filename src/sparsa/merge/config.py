@@ -150,7 +150,7 @@ class MergeConfig:
 
     Args:
         merge_method: ``tswitch`` (compressed task vectors, one per model) or a static method of
-            :mod:`sparsa.merge.baselines` that merges tensor by tensor (``task_arithmetic``, ``ties``,
+            :mod:`sparsa.merge.methods` that merges tensor by tensor (``task_arithmetic``, ``ties``,
             ``dare``).
         base_model: path of the base (a ``.safetensors`` file or a directory of safetensors weights).
         models: the fine-tuned models, each with a task ``name`` (default: the file or directory

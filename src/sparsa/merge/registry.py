@@ -31,6 +31,7 @@ class MergeMethod:
         kind: ``"static"`` or ``"per_task"`` (see the module docstring).
         params: Parameter name -> default, read from ``fn``'s keyword-only parameters (``generator`` excluded).
         specs: Parameter name -> its declared type and range.
+        storage: ``(numel_per_task, tasks) -> bits`` the method stores to serve the tasks.
     """
 
     name: str
@@ -39,6 +40,7 @@ class MergeMethod:
     kind: str
     params: dict[str, Any] = field(default_factory=dict)
     specs: dict[str, Param] = field(default_factory=dict)
+    storage: Callable[[int, int], int] | None = None
 
     def __call__(self, task_vectors, *, generator=None, **params):
         """Run ``fn``; a SparsaError names any parameter the method does not take or a value out of its range."""
@@ -62,7 +64,8 @@ def _defaults(fn: Callable[..., Any]) -> dict[str, Any]:
     return out
 
 
-def register_method(name: str, *, reference_url: str, kind: str, params: dict[str, Param] | None = None):
+def register_method(name: str, *, reference_url: str, kind: str, params: dict[str, Param] | None = None,
+                    storage: Callable[[int, int], int] | None = None):
     """Function decorator: file ``fn`` under ``name``; the function itself is returned unchanged.
 
     Args:
@@ -71,6 +74,7 @@ def register_method(name: str, *, reference_url: str, kind: str, params: dict[st
         kind: ``"static"`` (one merged task vector) or ``"per_task"`` (one reconstruction per task).
         params: The type and range of each keyword parameter of ``fn``; every one must be declared
             (RuntimeError otherwise) and its default must pass.
+        storage: ``(numel_per_task, tasks) -> bits`` stored to serve ``tasks`` tasks (:func:`storage_bits`).
     """
     if kind not in KINDS:
         raise ValueError(f"merge method {name!r}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -84,7 +88,7 @@ def register_method(name: str, *, reference_url: str, kind: str, params: dict[st
         for key, default in defaults.items():
             specs[key].check(key, default, f"merge method {name!r} default")
         METHODS.add(name, MergeMethod(name=name, fn=fn, reference_url=reference_url, kind=kind, params=defaults,
-                                      specs=specs))
+                                      specs=specs, storage=storage))
         return fn
 
     return decorate
@@ -93,3 +97,19 @@ def register_method(name: str, *, reference_url: str, kind: str, params: dict[st
 def get_method(name: str) -> MergeMethod:
     """The method called ``name``; a SparsaError lists the known ones otherwise."""
     return METHODS.lookup(name)
+
+
+def storage_bits(name: str, numel_per_task: int, tasks: int) -> int:
+    """Bits the method ``name`` stores to serve ``tasks`` tasks of ``numel_per_task`` parameters each
+    (each method's ``storage`` formula; e.g. the static merges keep one fp32 vector, ``32 * numel``).
+
+    Raises:
+        SparsaError: an unknown method, one registered without a formula, or counts out of range.
+    """
+    method = get_method(name)
+    if numel_per_task < 0 or tasks < 1:
+        raise SparsaError(f"storage_bits: need numel_per_task >= 0 and tasks >= 1, got {numel_per_task}, {tasks}")
+    if method.storage is None:
+        known = ", ".join(sorted(n for n, m in METHODS.items() if m.storage is not None))
+        raise SparsaError(f"storage_bits: no formula for merge method {name!r}; known: {known}")
+    return method.storage(numel_per_task, tasks)

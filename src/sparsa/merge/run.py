@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from sparsa.merge import baselines  # noqa: F401  (registers the methods below)
+from sparsa.merge import methods  # noqa: F401  (registers the methods below)
 from sparsa.formats.task_vector import CompressedTaskVector
 from sparsa.merge.config import MergeConfig
 from sparsa.merge.registry import METHODS, get_method
