@@ -13,7 +13,7 @@ from conftest import last_json, run_cli
 from sparsa.merge.config import TSwitchConfig
 from sparsa.merge.registry import get_method
 from sparsa.merge.task_vector import task_vector
-from sparsa.merge.tswitch import compress_task_vector
+from sparsa.merge.methods.tswitch import compress_task_vector
 from sparsa.nn.merge_io import read_switch_bank
 from sparsa.nn.safetensors_io import LazyTensors
 

@@ -7,7 +7,7 @@ import pytest
 from sparsa.bench.merge import MergeBenchSettings, run_merge_bench
 from sparsa.bench.merge_suite import SuiteSettings, build_suite
 from sparsa.merge.config import FlexSwitchConfig, RouterConfig, TSwitchConfig
-from sparsa.merge.tswitch import compress_task_vector
+from sparsa.merge.methods.tswitch import compress_task_vector
 
 TINY = MergeBenchSettings(suite=SuiteSettings(domains=("identity", "rot90", "invert"), dim=16, depth=1, heads=2,
                                               pretrain_steps=20, finetune_steps=40),

@@ -10,7 +10,7 @@ from sparsa.merge.bank import SwitchBank
 from sparsa.merge.config import RouterConfig, TSwitchConfig
 from sparsa.merge.router import CentroidRouter, KNNRouter, MetricKNNRouter
 from sparsa.merge.task_vector import apply_task_vector, task_vector
-from sparsa.merge.tswitch import compress_task_vector
+from sparsa.merge.methods.tswitch import compress_task_vector
 
 
 def clusters(tasks=3, per=20, d=5, seed=0):

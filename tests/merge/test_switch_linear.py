@@ -9,7 +9,7 @@ from sparsa.formats.sign_mask import SignMask
 from sparsa.merge.bank import SwitchBank
 from sparsa.merge.config import TSwitchConfig
 from sparsa.merge.switch_linear import Switch, SwitchedLinear, sparse_delta
-from sparsa.merge.tswitch import compress_task_vector
+from sparsa.merge.methods.tswitch import compress_task_vector
 
 
 def tiny():

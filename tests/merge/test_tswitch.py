@@ -7,7 +7,7 @@ import torch
 
 from sparsa.errors import SparsaError
 from sparsa.merge.config import TSwitchConfig
-from sparsa.merge.tswitch import compress_task_vector, compress_tensor, keep_by_sign, tensor_scale
+from sparsa.merge.methods.tswitch import compress_task_vector, compress_tensor, keep_by_sign, tensor_scale
 
 TAU = torch.tensor([0.5, -0.1, 0.2, -0.8, 0.05, -0.3, 0.9, 0.0, -0.02, 0.4])
 # positives 0.5 0.2 0.05 0.9 0.4 (5) -> keep round(0.4*5)=2: 0.9, 0.5; negatives -0.1 -0.8 -0.3 -0.02 (4) -> 2: -0.8, -0.3

@@ -46,16 +46,15 @@ from sparsa.bench.merge_report import figure, markdown
 from sparsa.bench.merge_suite import DigitsTasks, SuiteSettings, build_suite
 from sparsa.bench.results import machine, write_results
 from sparsa.merge.bank import SwitchBank
-from sparsa.merge.registry import storage_bits
 from sparsa.merge.config import FlexSwitchConfig, RouterConfig, TSwitchConfig
 from sparsa.merge.flexswitch import flexswitch
-from sparsa.merge.registry import get_method
+from sparsa.merge.methods.tswitch import compress_task_vector
+from sparsa.merge.registry import METHODS, get_method, storage_bits
 from sparsa.merge.router import CentroidRouter, KNNRouter, MetricKNNRouter
 from sparsa.merge.task_vector import apply_task_vector
-from sparsa.merge.tswitch import compress_task_vector
 
-STATIC = ("task_arithmetic", "ties", "dare")
-PER_TASK = ("emr", "tall_masks")
+STATIC = tuple(n for n, m in METHODS.items() if m.kind == "static")  # task_arithmetic, ties, dare
+PER_TASK = tuple(n for n, m in METHODS.items() if m.kind == "per_task")  # emr, tall_masks
 ROUTED = ("auto_switch", "auto_switch_vote", "auto_switch_metric", "auto_switch_centroid", "auto_switch_per_sample",
           "auto_flexswitch")
 

@@ -1,6 +1,6 @@
 """A compressed task vector: every tensor of a fine-tune's difference from its base as a
 :class:`~sparsa.formats.sign_mask.SignMask`, plus the 0-d tensors kept raw (T-Switch's output,
-:func:`sparsa.merge.tswitch.compress_task_vector`; read and written by :mod:`sparsa.nn.merge_io`)."""
+:func:`sparsa.merge.methods.tswitch.compress_task_vector`; read and written by :mod:`sparsa.nn.merge_io`)."""
 
 from dataclasses import dataclass
 

@@ -149,12 +149,11 @@ class MergeConfig:
     """A mergekit-style merge (``sparsa merge CONFIG.yaml``).
 
     Args:
-        merge_method: ``tswitch`` (compressed task vectors, one per model) or a static method of
-            :mod:`sparsa.merge.methods` that merges tensor by tensor (``task_arithmetic``, ``ties``,
-            ``dare``).
+        merge_method: a compressed method (``tswitch``: one compressed task vector per model) or a
+            static one that merges tensor by tensor (``task_arithmetic``, ``ties``, ``dare``).
         base_model: path of the base (a ``.safetensors`` file or a directory of safetensors weights).
         models: the fine-tuned models, each with a task ``name`` (default: the file or directory
-            name) and ``parameters`` (``tswitch`` only: any of its config fields, per task).
+            name) and ``parameters`` (compressed methods only: any of the method's, for that task).
         parameters: the method's parameters (``tswitch``: ``TSwitchConfig`` fields).
         dtype: of a static merge's output tensors (default: the base's).
     """
@@ -166,8 +165,9 @@ class MergeConfig:
     dtype: str | None = None
 
     @classmethod
-    def from_dict(cls, raw, where: str, static_methods: dict) -> "MergeConfig":
-        """Validate a parsed YAML document; ``static_methods``: name -> its parameters' :class:`Param` specs.
+    def from_dict(cls, raw, where: str, methods: dict) -> "MergeConfig":
+        """Validate a parsed YAML document; ``methods``: name -> the method (its ``kind`` and ``specs``, the
+        :class:`Param` of each parameter), as :func:`sparsa.merge.registry.model_methods` gives them.
 
         Raises:
             SparsaError ``"{where}: ..."`` naming the key at fault.
@@ -181,12 +181,13 @@ class MergeConfig:
             if key not in raw:
                 raise SparsaError(f"{where}: missing key {key!r}")
         method = raw["merge_method"]
-        known = ("tswitch", *sorted(static_methods))
+        known = sorted(methods, key=lambda n: (methods[n].kind != "compressed", n))  # compressed ones first
         if method not in known:
             raise SparsaError(f"{where}: merge_method {method!r} is not one of {', '.join(known)}")
-        specs = TSWITCH_SPECS if method == "tswitch" else static_methods[method]
+        specs = methods[method].specs
         params = check_parameters(raw.get("parameters") or {}, specs, f"{where}: parameters")
-        models = tuple(model_entry(m, i, method, f"{where}: models[{i}]") for i, m in enumerate(raw["models"] or []))
+        per_task = specs if methods[method].kind == "compressed" else {}  # compressed methods: per-model parameters
+        models = tuple(model_entry(m, i, per_task, f"{where}: models[{i}]") for i, m in enumerate(raw["models"] or []))
         if not models:
             raise SparsaError(f"{where}: models lists no fine-tuned model")
         names = [m.name for m in models]
@@ -196,15 +197,11 @@ class MergeConfig:
         dtype = raw.get("dtype")
         if dtype is not None and dtype not in DTYPES:
             raise SparsaError(f"{where}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-        config = cls(method, str(raw["base_model"]), models, params, dtype)
-        if method == "tswitch":
-            for m in models:
-                config.tswitch_config(m)  # validates every task's values now, before any compute
-        return config
+        return cls(method, str(raw["base_model"]), models, params, dtype)
 
-    def tswitch_config(self, entry: ModelEntry) -> TSwitchConfig:
-        """The T-Switch config of one model: global parameters, overridden by the model's own."""
-        return TSwitchConfig(**{**self.parameters, **entry.parameters})
+    def task_parameters(self, entry: ModelEntry) -> dict:
+        """The parameters of one model's compression: the global ones, overridden by the model's own."""
+        return {**self.parameters, **entry.parameters}
 
 
 def check_parameters(params, specs: dict[str, Param], where: str) -> dict:
@@ -217,7 +214,8 @@ def check_parameters(params, specs: dict[str, Param], where: str) -> dict:
     return check_values(params, specs, where)
 
 
-def model_entry(raw, index: int, method: str, where: str) -> ModelEntry:
+def model_entry(raw, index: int, specs: dict[str, Param], where: str) -> ModelEntry:
+    """One ``models`` item; ``specs``: the parameters it may set for itself (none for static methods)."""
     if not isinstance(raw, dict) or "model" not in raw:
         raise SparsaError(f"{where}: expected a mapping with a 'model' path")
     unknown = sorted(set(raw) - set(MODEL_KEYS))
@@ -225,6 +223,5 @@ def model_entry(raw, index: int, method: str, where: str) -> ModelEntry:
         raise SparsaError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(MODEL_KEYS)}")
     path = str(raw["model"])
     name = str(raw.get("name") or Path(path).name.removesuffix(".safetensors"))
-    specs = TSWITCH_SPECS if method == "tswitch" else {}
     params = check_parameters(raw.get("parameters") or {}, specs, f"{where} (model {name!r}).parameters")
     return ModelEntry(path, name, params)

@@ -42,7 +42,7 @@ from sparsa.errors import SparsaError
 from sparsa.formats.sign_mask import SignMask
 from sparsa.formats.task_vector import CompressedTaskVector
 from sparsa.merge.config import FlexSwitchConfig
-from sparsa.merge.tswitch import keep_by_sign
+from sparsa.merge.methods.tswitch import keep_by_sign
 
 LossFn = Callable[[dict[str, torch.Tensor], int], torch.Tensor]
 

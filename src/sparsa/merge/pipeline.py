@@ -8,7 +8,8 @@ from pathlib import Path
 from sparsa.errors import SparsaError
 from sparsa.merge.config import MergeConfig
 from sparsa.merge.fidelity import task_vector_fidelity
-from sparsa.merge.run import merge_models, tensorwise_methods
+from sparsa.merge.registry import model_methods
+from sparsa.merge.run import merge_models
 from sparsa.nn.merge_io import check_output, merge_manifest, read_switch_bank, write_merged, write_switch_bank
 from sparsa.nn.safetensors_io import LazyTensors
 
@@ -30,7 +31,7 @@ def merge_from_yaml(config_path, out_dir, *, force: bool = False, progress: bool
     methods (its bytes per task), a merged model otherwise (its tensor and parameter counts)."""
     path = Path(config_path)
     raw = read_yaml(path)
-    config = MergeConfig.from_dict(raw, str(path), tensorwise_methods())
+    config = MergeConfig.from_dict(raw, str(path), model_methods())
     check_output(Path(out_dir), force=force)
     base = LazyTensors(config.base_model)
     models = {m.name: LazyTensors(m.model) for m in config.models}

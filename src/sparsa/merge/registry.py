@@ -5,7 +5,12 @@ A merge method takes ``task_vectors: dict[task, dict[tensor name, Tensor]]`` (ea
 
 * ``kind="static"``: one merged task vector ``dict[str, Tensor]`` added to ``theta_base`` for every task, or
 * ``kind="per_task"``: ``dict[task, dict[str, Tensor]]``, one reconstructed task vector per task (the task id is
-  needed at inference to pick it).
+  needed at inference to pick it);
+
+or, for ``kind="compressed"``, takes one task's vector (``(name, tensor)`` pairs, one tensor in
+memory at a time) and returns its :class:`~sparsa.formats.task_vector.CompressedTaskVector`: a
+switch bank holds one per task. ``sparsa merge`` runs the static methods (a merged model) and the
+compressed ones (a switch bank); :func:`merge_models` dispatches on the kind.
 """
 
 import inspect
@@ -17,7 +22,7 @@ from sparsa.errors import SparsaError
 from sparsa.merge.params import Param
 from sparsa.registry import Registry
 
-KINDS = ("static", "per_task")
+KINDS = ("static", "per_task", "compressed")
 
 
 @dataclass(frozen=True)
@@ -26,9 +31,9 @@ class MergeMethod:
 
     Attributes:
         name: Registry name (``"ties"``).
-        fn: The plain function ``fn(task_vectors, *, generator=None, **params)``.
+        fn: The plain function ``fn(task_vectors, *, generator=None, **params)`` (compressed: one task's vector).
         reference_url: Where the method is described (paper).
-        kind: ``"static"`` or ``"per_task"`` (see the module docstring).
+        kind: ``"static"``, ``"per_task"`` or ``"compressed"`` (see the module docstring).
         params: Parameter name -> default, read from ``fn``'s keyword-only parameters (``generator`` excluded).
         specs: Parameter name -> its declared type and range.
         storage: ``(numel_per_task, tasks) -> bits`` the method stores to serve the tasks.
@@ -71,7 +76,8 @@ def register_method(name: str, *, reference_url: str, kind: str, params: dict[st
     Args:
         name: Registry name; registering it twice raises RuntimeError.
         reference_url: Paper or page that defines the method.
-        kind: ``"static"`` (one merged task vector) or ``"per_task"`` (one reconstruction per task).
+        kind: ``"static"`` (one merged task vector), ``"per_task"`` (one reconstruction per task) or
+            ``"compressed"`` (one compressed task vector per task, from that task's vector alone).
         params: The type and range of each keyword parameter of ``fn``; every one must be declared
             (RuntimeError otherwise) and its default must pass.
         storage: ``(numel_per_task, tasks) -> bits`` stored to serve ``tasks`` tasks (:func:`storage_bits`).
@@ -113,3 +119,9 @@ def storage_bits(name: str, numel_per_task: int, tasks: int) -> int:
         known = ", ".join(sorted(n for n, m in METHODS.items() if m.storage is not None))
         raise SparsaError(f"storage_bits: no formula for merge method {name!r}; known: {known}")
     return method.storage(numel_per_task, tasks)
+
+
+def model_methods() -> dict[str, MergeMethod]:
+    """The methods ``sparsa merge`` runs on models: the static ones (a merged model, tensor by tensor)
+    and the compressed ones (a switch bank, task by task)."""
+    return {name: m for name, m in METHODS.items() if m.kind in ("static", "compressed")}

@@ -1,9 +1,11 @@
 """Run a :class:`~sparsa.merge.config.MergeConfig` over models given as tensor mappings (lazy
 readers welcome): one tensor of each model in memory at a time, plus the result.
 
-* ``tswitch``: each model's task vector compressed tensor by tensor (:mod:`sparsa.merge.tswitch`).
-* ``task_arithmetic``, ``ties``, ``dare``: merged tensor by tensor (each is elementwise within a
-  tensor), added to the base; DARE's drops come from one generator seeded 0, in tensor order.
+* compressed methods (``tswitch``): each model's task vector compressed on its own, tensor by
+  tensor, with the global parameters overridden by the model's own;
+* static methods (``task_arithmetic``, ``ties``, ``dare``): merged tensor by tensor (each is
+  elementwise within a tensor), added to the base; DARE's drops come from one generator seeded
+  0, in tensor order.
 """
 
 from collections.abc import Mapping
@@ -15,22 +17,12 @@ from tqdm.auto import tqdm
 from sparsa.merge import methods  # noqa: F401  (registers the methods below)
 from sparsa.formats.task_vector import CompressedTaskVector
 from sparsa.merge.config import MergeConfig
-from sparsa.merge.registry import METHODS, get_method
+from sparsa.merge.registry import get_method
 from sparsa.merge.task_vector import check_same_tensors, iter_task_vector
-from sparsa.merge.tswitch import compress_task_vector
-
-TENSORWISE = ("task_arithmetic", "ties", "dare")  # static methods whose tensor results need that tensor only
-
-
-def tensorwise_methods() -> dict[str, dict]:
-    """Method name -> its parameters' :class:`~sparsa.merge.params.Param` specs, for the static methods
-    ``sparsa merge`` runs."""
-    return {name: METHODS[name].specs for name in TENSORWISE}
-
 
 @dataclass
 class MergeOutput:
-    """``merged``: the merged model's tensors (static methods); ``compressed``: per task (tswitch)."""
+    """``merged``: the merged model's tensors (static methods); ``compressed``: per task (compressed methods)."""
 
     method: str
     merged: dict[str, torch.Tensor] | None = None
@@ -43,13 +35,13 @@ def merge_models(config: MergeConfig, base: Mapping[str, torch.Tensor], models: 
     checked against the base before any compute."""
     for task, tensors in models.items():
         check_same_tensors(base, tensors, f"model {task!r}")
-    if config.merge_method == "tswitch":
-        entries = {m.name: m for m in config.models}
-        compressed = {task: compress_task_vector(iter_task_vector(base, tensors, f"model {task!r}"),
-                                                 config.tswitch_config(entries[task]))
-                      for task, tensors in tqdm(models.items(), desc="tswitch", disable=not progress)}
-        return MergeOutput("tswitch", compressed=compressed)
     method = get_method(config.merge_method)
+    if method.kind == "compressed":
+        entries = {m.name: m for m in config.models}
+        compressed = {task: method(iter_task_vector(base, tensors, f"model {task!r}"),
+                                   **config.task_parameters(entries[task]))
+                      for task, tensors in tqdm(models.items(), desc=method.name, disable=not progress)}
+        return MergeOutput(method.name, compressed=compressed)
     generator = torch.Generator().manual_seed(0)
     merged = {}
     for name in tqdm(list(base), desc=config.merge_method, disable=not progress):

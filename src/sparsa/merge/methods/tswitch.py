@@ -17,7 +17,8 @@ import torch
 
 from sparsa.formats.sign_mask import SignMask
 from sparsa.formats.task_vector import CompressedTaskVector
-from sparsa.merge.config import TSwitchConfig
+from sparsa.merge.config import TSWITCH_SPECS, TSwitchConfig
+from sparsa.merge.registry import register_method
 
 
 def keep_by_sign(tau: torch.Tensor, drop_ratio: float) -> torch.Tensor:
@@ -64,3 +65,13 @@ def compress_task_vector(tau: Mapping[str, torch.Tensor] | Iterable[tuple[str, t
         else:
             masks[name] = compress_tensor(t.float(), config, name)
     return CompressedTaskVector(masks, raw)
+
+
+@register_method("tswitch", reference_url="https://arxiv.org/abs/2412.00054", kind="compressed", params=TSWITCH_SPECS)
+def tswitch(task_vector: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]], *,
+            generator: torch.Generator | None = None, drop_ratio: float = TSwitchConfig.drop_ratio,
+            scale_norm: str = TSwitchConfig.scale_norm, encoding: str = TSwitchConfig.encoding,
+            group_size: int = TSwitchConfig.group_size) -> CompressedTaskVector:
+    """The registered form of :func:`compress_task_vector` (keyword parameters: :class:`TSwitchConfig`'s fields)."""
+    return compress_task_vector(task_vector, TSwitchConfig(drop_ratio=drop_ratio, scale_norm=scale_norm,
+                                                           encoding=encoding, group_size=group_size))
