@@ -102,16 +102,19 @@ def test_compiled_layer_step_matches_the_module_path(spqr_llama, batch):
 
 
 def mixed_llama(model):
-    """``model`` with a mix of formats: every MLP SpQR 3-bit, layer 0's attention Quant 4-bit g32 (the
-    int8-activation kernel on AVX2), layer 1's q and o Bitmap 50%, its v BlockSparse 1x16 at 50% and
-    its k dense fp32, the head Quant 4-bit g32 on a symmetric grid (untied)."""
+    """``model`` with a mix of formats: every MLP SpQR 3-bit, layer 0's q, k and v Quant 4-bit g32 (the
+    int8-activation kernel on AVX2) and its o N:M 2:4, layer 1's q and o Bitmap 50%, its v BlockSparse
+    1x16 at 50% and its k dense fp32, the head Quant 4-bit g32 on a symmetric grid (untied)."""
     def where(*parts):
         return lambda module, name: isinstance(module, torch.nn.Linear) and any(p in name for p in parts)
 
     windows = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(0))
     compress_(model, SpQRConfig(bits=3, stat_group_size=16, nsamples=4, seqlen=32), calibration=windows,
               filter_fn=where("mlp."), progress=False)  # calibrated methods filter names inside each block
-    compress_(model, RTNConfig(bits=4, group_size=32), filter_fn=where("layers.0.self_attn"), progress=False)
+    compress_(model, RTNConfig(bits=4, group_size=32), filter_fn=where(
+        "layers.0.self_attn.q_proj", "layers.0.self_attn.k_proj", "layers.0.self_attn.v_proj"), progress=False)
+    compress_(model, MagnitudeConfig(sparsity=0.5, pattern="2:4"), filter_fn=where("layers.0.self_attn.o_proj"),
+              progress=False)
     compress_(model, RTNConfig(bits=4, group_size=32, symmetric=True), filter_fn=where("lm_head"), progress=False)
     compress_(model, MagnitudeConfig(sparsity=0.5), filter_fn=where("layers.1.self_attn.q_proj",
                                                                     "layers.1.self_attn.o_proj"), progress=False)
@@ -128,14 +131,14 @@ def test_compiled_step_runs_a_mix_of_formats_as_the_module_path_does(tiny_llama,
     model = mixed_llama(tiny_llama)
     formats = {type(m).__name__ if not hasattr(m, "weight_format") else m.weight_format.format_name
                for m in model.modules() if isinstance(m, torch.nn.Linear) or hasattr(m, "weight_format")}
-    assert formats == {"quant", "spqr", "bitmap", "block", "Linear"}
+    assert formats == {"quant", "spqr", "nm", "bitmap", "block", "Linear"}
     with recorded_kernels() as counts, wide_activations():
         compiled = LeanLlama(model, batch, 12)
         modules = LeanLlama(model, batch, 12, fused=False)
     step = "sparsa.kernels.cpu.llama_step.compiled_step"
     assert compiled.compiled_layers and {fmt: n for (fmt, kernel), n in counts.items() if kernel == step} == {
-        "quant": 5, "spqr": 6, "bitmap": 2, "block": 1, "dense": 1}
-    assert len(compiled.table.kernels) >= 4  # one kind per kernel and operand type, at least one per format
+        "quant": 4, "spqr": 6, "nm": 1, "bitmap": 2, "block": 1, "dense": 1}
+    assert len(compiled.table.kernels) >= 5  # one kind per kernel and operand type, at least one per format
     quant_q8 = q8.HAS_AVX2 and batch <= Q8_TOKENS  # from 4 tokens the tile kernel runs Quant
     assert (q8.compiled(1) in compiled.table.kernels) == quant_q8
     assert (q8.compiled(1, 8) in compiled.table.kernels) == quant_q8  # the symmetric head

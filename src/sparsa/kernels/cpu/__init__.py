@@ -20,4 +20,4 @@ def prefer_full_width_vectors() -> None:
 
 prefer_full_width_vectors()
 
-from sparsa.kernels.cpu import bitmap, block_int8, block_sparse, quant, spqr  # noqa: E402,F401
+from sparsa.kernels.cpu import bitmap, block_int8, block_sparse, nm, quant, spqr  # noqa: E402,F401

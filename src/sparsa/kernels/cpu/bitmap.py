@@ -91,8 +91,13 @@ class BitmapLayout:
 
 def bitmap_layout(weight: Bitmap) -> BitmapLayout:
     """Rearrange ``weight``'s mask into per-row 16-bit words (once per weight)."""
-    out_features, in_features = weight.shape
-    kept = weight.kept().view(out_features, in_features)
+    return mask_words(weight.kept().view(weight.shape))
+
+
+def mask_words(kept: torch.Tensor) -> BitmapLayout:
+    """The words and row pointers of a presence mask ``kept: [out, in]`` bool (any format whose kept
+    values are stored row-major in column order runs :data:`BITMAP` on them)."""
+    out_features, in_features = kept.shape
     width = -(-in_features // WORD) * WORD
     padded = torch.cat([kept, kept.new_zeros(out_features, width - in_features)], dim=1)
     words = (padded.view(out_features, -1, WORD).int() << torch.arange(WORD, dtype=torch.int32)).sum(-1, dtype=torch.int32)
