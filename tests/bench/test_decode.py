@@ -50,7 +50,7 @@ def test_run_decode_tiny_model_times_every_variant_and_writes_results(tiny_bench
             assert kernels and not any("linear_reference" in k for k in kernels), (name, kernels)
     step = "sparsa.kernels.cpu.llama_step.compiled_step"  # formats with a compiled kernel decode in one call
     for name, fmt in [("spqr-3", "spqr"), ("quant-4", "quant"), ("quant-4 sym", "quant"), ("bitmap-50%", "bitmap"),
-                      ("block-70%", "block")]:
+                      ("nm-2:4", "nm"), ("block-70%", "block")]:
         assert f"{fmt}: {step}" in rows[name]["kernels"]["1"], (name, rows[name]["kernels"])
     assert {p.name for p in tmp_path.iterdir()} == {"decode.json", "decode.md", "decode.png"}
     assert json.loads((tmp_path / "decode.json").read_text())["settings"]["batches"] == [1, 2]

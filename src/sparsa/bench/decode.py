@@ -51,7 +51,7 @@ from sparsa.nn.sparse_linear import decoded_weights
 from sparsa.nn.surgery import all_linears, decoder_linears
 
 NEAR_TIE = 1e-3
-VARIANTS = ("dense fp32", "dense bf16", "spqr-3", "quant-4", "quant-4 sym", "bitmap-50%", "block-70%",
+VARIANTS = ("dense fp32", "dense bf16", "spqr-3", "quant-4", "quant-4 sym", "bitmap-50%", "nm-2:4", "block-70%",
             "torchao int8 weight-only")
 
 
@@ -132,6 +132,7 @@ def compressed(model, name: str, s: DecodeSettings, calibration):
               "quant-4": RTNConfig(bits=4, group_size=32),
               "quant-4 sym": RTNConfig(bits=4, group_size=32, symmetric=True),  # Q4_0's grid, 4.5 bits
               "bitmap-50%": MagnitudeConfig(sparsity=0.5),
+              "nm-2:4": MagnitudeConfig(sparsity=0.5, pattern="2:4"),
               "block-70%": MagnitudeConfig(sparsity=0.7, pattern="block:1x16")}[name]
     quantized = name in ("spqr-3", "quant-4", "quant-4 sym")  # these take the output head too; pruning it would wreck the model
     compress_(model, config, calibration=calibration if config.needs_calibration else None, progress=False,
