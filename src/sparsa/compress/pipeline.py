@@ -34,11 +34,13 @@ from sparsa.nn.surgery import all_linears, decoder_linears
 HELD_OUT_SENTENCES = 512  # recover_checkpoint: wiki evaluation-split sentences its embeddings are checked on
 
 
-def calibration_for(config: CalibratedConfig, tokenizer, seed: int, bos: Bos) -> torch.Tensor:
+def calibration_for(config: CalibratedConfig, tokenizer, seed: int, bos: Bos, corpus=None) -> torch.Tensor:
     """The windows ``config`` asks for: ``config.nsamples`` of ``config.seqlen`` tokens drawn (seeded)
-    from its corpus's calibration split, BOS placed by ``bos``. [nsamples, seqlen] int64."""
-    return calibration_windows(tokenize(tokenizer, load_corpus(config.calib).calib), config.nsamples, config.seqlen,
-                               seed, bos=bos, source=f"{config.calib} calibration split")
+    from its corpus's calibration split (``corpus``: that corpus, already loaded), BOS placed by
+    ``bos``. [nsamples, seqlen] int64."""
+    corpus = corpus if corpus is not None else load_corpus(config.calib)
+    return calibration_windows(tokenize(tokenizer, corpus.calib), config.nsamples, config.seqlen, seed, bos=bos,
+                               source=f"{config.calib} calibration split")
 
 
 @dataclass
@@ -109,8 +111,7 @@ def compress_checkpoint(model_spec: str, config: MethodConfig, out_dir, *, seed:
         raise SparsaError(f"--device {device}: --method {config.method} runs on the CPU (no calibration)")
     out = Path(out_dir)
     check_output_dir(out, CHECKPOINT, force=force)  # before the model loads: fail fast, write nothing
-    if config.needs_calibration:
-        load_corpus(config.calib)  # a bad corpus fails before the model loads
+    corpus = load_corpus(config.calib) if config.needs_calibration else None  # fails before the model loads
     torch.manual_seed(seed)
     lm = load_model(model_spec, dtype=dtype)
     if lm.manifest is not None:
@@ -118,7 +119,7 @@ def compress_checkpoint(model_spec: str, config: MethodConfig, out_dir, *, seed:
     windows, record = None, None  # record: the calibration windows' BOS record, None without calibration
     if config.needs_calibration:
         rule = bos_for(lm.tokenizer, bos)
-        windows = calibration_for(config, lm.tokenizer, seed, rule)
+        windows = calibration_for(config, lm.tokenizer, seed, rule, corpus)
         record = rule.to_dict()
     start = time.perf_counter()
     head = config.head_by_default if head is None else head
