@@ -48,7 +48,7 @@ def test_methods_registry_builtins_registered_with_kinds_and_defaults():
 
 
 def test_get_method_unknown_name_raises_listing_known():
-    with pytest.raises(SparsaError, match=re.escape("unknown merge method 'magic'; known: dare, emr, tall_masks")):
+    with pytest.raises(SparsaError, match=re.escape("unknown merge method 'magic'; known: dare, emr, flexswitch, tall_masks")):
         get_method("magic")
 
 

@@ -5,7 +5,7 @@ import torch
 
 from sparsa.errors import SparsaError
 from sparsa.merge.config import FlexSwitchConfig
-from sparsa.merge.flexswitch import Choice, allocate, candidates, flexswitch, lloyd_table, nearest_code
+from sparsa.merge.methods.flexswitch import Choice, allocate, candidates, flexswitch, lloyd_table, nearest_code
 
 
 def test_lloyd_table_two_levels_splits_the_clusters():
@@ -81,7 +81,7 @@ def test_flexswitch_fits_the_budget_and_training_lowers_the_loss():
 
 
 def test_flexswitch_gates_opened_past_the_budget_are_shrunk_back_into_it(monkeypatch):
-    import sparsa.merge.flexswitch as fs
+    import sparsa.merge.methods.flexswitch as fs
 
     def open_every_gate(base, tau, gated, loss, config, progress):
         for g in gated.values():
@@ -117,7 +117,7 @@ def test_flexswitch_config_bad_values_raise(kw, message):
 
 def test_flexswitch_training_sees_dropped_tensors_as_dropped(monkeypatch):
     """A tensor allocated keep 0 stores nothing, so the gate training must not see its task vector."""
-    import sparsa.merge.flexswitch as fs
+    import sparsa.merge.methods.flexswitch as fs
 
     def drop_b(options, budget):
         return {n: next(c for c in opts if (c.keep == 0) == (n == "b")) for n, opts in options.items()}

@@ -12,7 +12,7 @@ Each task vector is ``theta_t - theta_base``. Methods:
 * ``pretrained`` and ``individual`` (each fine-tuned model on its own task: the normalizer);
 * static merges (one model for all tasks): task arithmetic, TIES, DARE;
 * per-task reconstructions with the task id known (oracle): EMR-Merging, TALL-masks, T-Switch,
-  FlexSwitch (:mod:`sparsa.merge.flexswitch`, trained on each task's own training data);
+  FlexSwitch (:mod:`sparsa.merge.methods.flexswitch`, trained on each task's own training data);
 * Auto-Switch: T-Switch vectors mixed per batch by the KNN router on the base model's output
   features (the paper's mean neighbour shares, and a vote: all weight on the largest share), by
   the KNN router voting in a learned low-rank metric of the base's input features, and by the
@@ -47,7 +47,7 @@ from sparsa.bench.merge_suite import DigitsTasks, SuiteSettings, build_suite
 from sparsa.bench.results import machine, write_results
 from sparsa.merge.bank import SwitchBank
 from sparsa.merge.config import FlexSwitchConfig, RouterConfig, TSwitchConfig
-from sparsa.merge.flexswitch import flexswitch
+from sparsa.merge.methods.flexswitch import flexswitch
 from sparsa.merge.methods.tswitch import compress_task_vector
 from sparsa.merge.registry import METHODS, get_method, storage_bits
 from sparsa.merge.router import CentroidRouter, KNNRouter, MetricKNNRouter

@@ -1,5 +1,7 @@
 """``sparsa merge CONFIG.yaml -o DIR``: mergekit-style merges and T-Switch compressed task vectors."""
 
+import argparse
+
 
 def cmd_merge(args) -> dict:
     from sparsa.merge.pipeline import merge_from_yaml
@@ -11,15 +13,24 @@ def merge_table(r: dict) -> str:
     lines = [f"wrote {r['out']} ({r['merge_method']})"]
     for task, info in r.get("tasks", {}).items():
         lines.append(f"  {task:<20} {info['nbytes']:>10} bytes  {info['bits_per_param']:.3f} bits/param")
+    if "router" in r:
+        lines.append(router_line(r["router"]))
     if "params" in r:
         lines.append(f"  {r['tensors']} tensors, {r['params']} parameters")
     return "\n".join(lines)
 
 
+def router_line(router: dict) -> str:
+    samples = ", ".join(f"{t} {n}" for t, n in router["samples"].items())
+    return f"  router {router['kind']}: {router['nbytes']} bytes, query samples {samples}"
+
+
 def add_merge(sub, common) -> None:
     p = sub.add_parser("merge", parents=[common],
-                       help="merge fine-tunes of one base (mergekit-style YAML): tswitch, task_arithmetic, ties, dare")
-    p.add_argument("config", help="YAML: merge_method, base_model, models (model, name, parameters), parameters, dtype")
+                       help="merge fine-tunes of one base (mergekit-style YAML): tswitch, flexswitch, task_arithmetic, "
+                            "ties, dare; a router: block stores an Auto-Switch router with the bank")
+    p.add_argument("config", help="YAML: merge_method, base_model, models (model, name, parameters), parameters, "
+                                  "dtype, router (kind, query_set, k, ...)")
     p.add_argument("-o", "--out", required=True,
                    help="output directory: created, or replaced when it is an earlier merge output")
     p.add_argument("--force", action="store_true",
@@ -30,7 +41,7 @@ def add_merge(sub, common) -> None:
 def cmd_merge_eval(args) -> dict:
     from sparsa.merge.pipeline import evaluate_bank
 
-    return evaluate_bank(args.dir)
+    return evaluate_bank(args.dir, dict(args.inputs or []))
 
 
 def merge_eval_table(r: dict) -> str:
@@ -38,11 +49,30 @@ def merge_eval_table(r: dict) -> str:
     for task, t in r["tasks"].items():
         lines.append(f"  {task:<20} {t['nbytes']:>10} bytes  {t['bits_per_param']:.3f} bits/param  "
                      f"rel_err {t['rel_err']:.4f}  cosine {t['cosine']:.4f}")
+        if "samples" in t:
+            scores = [f"{t['samples']} samples"]
+            if "routed_share" in t:
+                scores.append(f"routed here {100 * t['routed_share']:.0f}%")
+            scores += [f"ppl {k} {v:.2f}" for k, v in t.get("perplexity", {}).items()]
+            lines.append(f"  {'':<20} " + "  ".join(scores))
+    if "router" in r:
+        lines.append(router_line(r["router"]))
     return "\n".join(lines)
+
+
+def task_file(text: str) -> tuple[str, str]:
+    task, sep, path = text.partition("=")
+    if not sep or not task or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected TASK=FILE")
+    return task, path
 
 
 def add_merge_eval(sub, common) -> None:
     p = sub.add_parser("merge-eval", parents=[common],
-                       help="a T-Switch bank's bytes per task and fidelity to each fine-tuned task vector")
-    p.add_argument("dir", help="a directory written by sparsa merge with merge_method tswitch")
+                       help="a switch bank's bytes per task and fidelity to each fine-tuned task vector; with "
+                            "--inputs, routing and perplexity on given samples")
+    p.add_argument("dir", help="a directory written by sparsa merge with a switch-bank method (tswitch, flexswitch)")
+    p.add_argument("--inputs", action="append", type=task_file, metavar="TASK=FILE",
+                   help="samples drawn from TASK (safetensors: input_ids token windows or base-model features); "
+                        "scores routing (a routed bank) and perplexity (token windows); repeatable")
     p.set_defaults(run=cmd_merge_eval, table=merge_eval_table)

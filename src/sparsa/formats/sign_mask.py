@@ -2,7 +2,7 @@
 
 T-Switch approximates a (sparsified) task vector ``tau`` by ``tau_hat = scale * s`` with one
 scalar ``scale`` and a ternary switch ``s`` in {-1, 0, +1} elementwise: 0 where the entry was
-dropped, else its sign. FlexSwitch (:mod:`sparsa.merge.flexswitch`) adds ``m = magnitude_bits``
+dropped, else its sign. FlexSwitch (:mod:`sparsa.merge.methods.flexswitch`) adds ``m = magnitude_bits``
 bits per nonzero: a code ``c`` into a table of ``2**m`` magnitudes, so a nonzero is
 ``s * scale[c]`` (``m = 0``: one magnitude, T-Switch). The tensor may have any shape with at least
 one dimension (biases and LayerNorm weights are 1-D, convolutions 3-D/4-D); everything below works

@@ -5,6 +5,8 @@ from pathlib import Path
 
 from sparsa.errors import SparsaError
 from sparsa.merge.params import UNIT_OPEN, Param, check_values
+from sparsa.merge.registry import BANK_KINDS, TRAINING_DATA, TRAINING_DEFAULTS
+from sparsa.merge.router import BATCH_MODES
 
 VERSION = 1
 SCALE_NORMS = ("l2", "l1", "lsq")
@@ -47,7 +49,7 @@ FLEX_BITS = (1, 2, 4)
 
 @dataclass(frozen=True)
 class FlexSwitchConfig:
-    """FlexSwitch compression of one task vector under a byte budget (ours; :mod:`sparsa.merge.flexswitch`).
+    """FlexSwitch compression of one task vector under a byte budget (ours; :mod:`sparsa.merge.methods.flexswitch`).
 
     Args:
         budget_bits: what the whole compressed task vector may store, in bits per parameter
@@ -102,6 +104,14 @@ class FlexSwitchConfig:
         return {"version": VERSION, **asdict(self)}
 
 
+POSITIVE = Param(float, 0.0, low_open=True)
+# the scalar FlexSwitchConfig fields: what a merge YAML may set for flexswitch, globally or per model
+# (``bits`` and ``keep_ratios``, lists, keep their defaults there)
+FLEXSWITCH_SPECS = {"budget_bits": POSITIVE, "steps": Param(int, 0), "lr": POSITIVE, "gate_lr": POSITIVE,
+                    "temperature": POSITIVE, "rate_weight": Param(float, 0.0), "lloyd_iters": Param(int, 0),
+                    "encoding": Param(str, choices=ENCODINGS), "group_size": Param(int, 1)}
+
+
 @dataclass(frozen=True)
 class RouterConfig:
     """Auto-Switch's routers (:mod:`sparsa.merge.router`; arXiv 2412.00054, section 3.3).
@@ -130,7 +140,58 @@ class RouterConfig:
         return {"version": VERSION, **asdict(self)}
 
 
-MERGE_KEYS = ("merge_method", "base_model", "models", "parameters", "dtype")
+ROUTER_KINDS = ("knn", "metric_knn", "centroid")
+# a merge YAML's router block: these keys (their defaults: RouterSpec's and RouterConfig's) and query_set
+ROUTER_SPECS = {"kind": Param(str, choices=ROUTER_KINDS), "k": Param(int, 1), "batch_mode": Param(str, choices=BATCH_MODES),
+                "rank": Param(int, 1), "metric_steps": Param(int, 0), "samples_per_task": Param(int, 1),
+                "seed": Param(int, 0)}
+
+
+@dataclass(frozen=True)
+class RouterSpec:
+    """A merge YAML's ``router:`` block: an Auto-Switch router stored beside the switch bank.
+
+    Args:
+        kind: ``knn`` (:class:`~sparsa.merge.router.KNNRouter`), ``metric_knn``
+            (:class:`~sparsa.merge.router.MetricKNNRouter`) or ``centroid``
+            (:class:`~sparsa.merge.router.CentroidRouter`).
+        query_set: task name -> its sample file (:mod:`sparsa.nn.task_data`), one per model;
+            the first ``samples_per_task`` samples of each are the router's memory.
+        config: ``k``, ``samples_per_task``, ``rank`` and ``metric_steps``.
+        batch_mode: of the KNN routers (``mean`` shares or a ``vote``).
+        seed: of the metric's training.
+    """
+
+    kind: str
+    query_set: dict
+    config: RouterConfig = RouterConfig()
+    batch_mode: str = "mean"
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, raw, tasks: list[str], where: str) -> "RouterSpec":
+        """Validate a ``router:`` block against the models' task names; SparsaError naming the key at fault."""
+        if not isinstance(raw, dict):
+            raise SparsaError(f"{where}: expected a mapping with kind and query_set")
+        for key in ("kind", "query_set"):
+            if key not in raw:
+                raise SparsaError(f"{where}: missing key {key!r}")
+        query = raw["query_set"]
+        values = check_parameters({k: v for k, v in raw.items() if k != "query_set"}, ROUTER_SPECS, where)
+        if not isinstance(query, dict) or sorted(query) != sorted(tasks):
+            got = sorted(query) if isinstance(query, dict) else query
+            raise SparsaError(f"{where}: query_set must map each model's task name ({', '.join(tasks)}) to a sample "
+                              f"file; got {got}")
+        config = RouterConfig(**{k: values[k] for k in ("k", "samples_per_task", "rank", "metric_steps") if k in values})
+        return cls(values["kind"], {t: str(query[t]) for t in tasks}, config, values.get("batch_mode", "mean"),
+                   values.get("seed", 0))
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, **{k: v for k, v in self.config.to_dict().items() if k != "version"},
+                "batch_mode": self.batch_mode, "seed": self.seed, "query_set": dict(self.query_set)}
+
+
+MERGE_KEYS = ("merge_method", "base_model", "models", "parameters", "dtype", "router")
 MODEL_KEYS = ("model", "name", "parameters")
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -149,13 +210,16 @@ class MergeConfig:
     """A mergekit-style merge (``sparsa merge CONFIG.yaml``).
 
     Args:
-        merge_method: a compressed method (``tswitch``: one compressed task vector per model) or a
+        merge_method: a compressed method (``tswitch``: one compressed task vector per model), a
+            trained one (``flexswitch``: the same, learnt on each model's ``data`` samples) or a
             static one that merges tensor by tensor (``task_arithmetic``, ``ties``, ``dare``).
         base_model: path of the base (a ``.safetensors`` file or a directory of safetensors weights).
         models: the fine-tuned models, each with a task ``name`` (default: the file or directory
             name) and ``parameters`` (compressed methods only: any of the method's, for that task).
-        parameters: the method's parameters (``tswitch``: ``TSwitchConfig`` fields).
+        parameters: the method's parameters (``tswitch``: ``TSwitchConfig`` fields; a trained
+            method's also ``data`` and ``batch_size``, globally or per model).
         dtype: of a static merge's output tensors (default: the base's).
+        router: a router stored with the switch bank (Auto-Switch), or None.
     """
 
     merge_method: str
@@ -163,6 +227,7 @@ class MergeConfig:
     models: tuple[ModelEntry, ...]
     parameters: dict
     dtype: str | None = None
+    router: RouterSpec | None = None
 
     @classmethod
     def from_dict(cls, raw, where: str, methods: dict) -> "MergeConfig":
@@ -181,12 +246,15 @@ class MergeConfig:
             if key not in raw:
                 raise SparsaError(f"{where}: missing key {key!r}")
         method = raw["merge_method"]
-        known = sorted(methods, key=lambda n: (methods[n].kind != "compressed", n))  # compressed ones first
+        order = ("compressed", "static", "trained")  # compressed ones first, those needing data last
+        known = sorted(methods, key=lambda n: (order.index(methods[n].kind), n))
         if method not in known:
             raise SparsaError(f"{where}: merge_method {method!r} is not one of {', '.join(known)}")
-        specs = methods[method].specs
+        kind, specs = methods[method].kind, methods[method].specs
+        if kind == "trained":
+            specs = {**specs, **TRAINING_DATA}  # the samples the pipeline trains on
         params = check_parameters(raw.get("parameters") or {}, specs, f"{where}: parameters")
-        per_task = specs if methods[method].kind == "compressed" else {}  # compressed methods: per-model parameters
+        per_task = specs if kind in BANK_KINDS else {}  # switch-bank methods: per-model parameters
         models = tuple(model_entry(m, i, per_task, f"{where}: models[{i}]") for i, m in enumerate(raw["models"] or []))
         if not models:
             raise SparsaError(f"{where}: models lists no fine-tuned model")
@@ -197,11 +265,30 @@ class MergeConfig:
         dtype = raw.get("dtype")
         if dtype is not None and dtype not in DTYPES:
             raise SparsaError(f"{where}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-        return cls(method, str(raw["base_model"]), models, params, dtype)
+        if kind == "trained":
+            for i, m in enumerate(models):
+                if "data" not in {**params, **m.parameters}:
+                    raise SparsaError(f"{where}: models[{i}] (model {m.name!r}): {method} trains on the task's "
+                                      "samples; give parameters: {data: PATH} (a safetensors file of input_ids "
+                                      "token windows), for the model or globally")
+        router = None
+        if raw.get("router") is not None:
+            if kind not in BANK_KINDS:
+                raise SparsaError(f"{where}: router: routes between the tasks of a switch bank; merge_method "
+                                  f"{method!r} writes one merged model")
+            router = RouterSpec.from_dict(raw["router"], names, f"{where}: router")
+        return cls(method, str(raw["base_model"]), models, params, dtype, router)
 
     def task_parameters(self, entry: ModelEntry) -> dict:
         """The parameters of one model's compression: the global ones, overridden by the model's own."""
         return {**self.parameters, **entry.parameters}
+
+    def training_data(self, entry: ModelEntry) -> tuple[dict, dict]:
+        """``(method parameters, data parameters)`` of one model: its :meth:`task_parameters` split into the
+        method's own and the :data:`~sparsa.merge.registry.TRAINING_DATA` ones (defaults filled in)."""
+        params = self.task_parameters(entry)
+        data = {**TRAINING_DEFAULTS, **{k: params.pop(k) for k in TRAINING_DATA if k in params}}
+        return params, data
 
 
 def check_parameters(params, specs: dict[str, Param], where: str) -> dict:

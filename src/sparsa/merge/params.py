@@ -19,7 +19,7 @@ class Param:
 
     Attributes:
         kind: ``float`` (a finite int or float, never a bool), ``int`` (an int, never a bool) or
-            ``str`` (one of ``choices``).
+            ``str`` (one of ``choices``, or without choices any non-empty string, e.g. a path).
         low, high: bounds of a number (None: unbounded on that side).
         low_open, high_open: whether that bound itself is excluded.
         choices: the strings a ``str`` parameter may take.
@@ -33,13 +33,13 @@ class Param:
     choices: tuple[str, ...] = ()
 
     def __post_init__(self):
-        if self.kind not in KINDS or (self.kind is str) != bool(self.choices):
-            raise ValueError("Param: kind must be float, int or str, and choices are given exactly for str")
+        if self.kind not in KINDS or (self.choices and self.kind is not str):
+            raise ValueError("Param: kind must be float, int or str, and only str takes choices")
 
     def expected(self) -> str:
         """``a finite number in [0, 1)``, ``an integer >= 1``, ``one of 'l2', 'l1'``."""
         if self.kind is str:
-            return "one of " + ", ".join(repr(c) for c in self.choices)
+            return "one of " + ", ".join(repr(c) for c in self.choices) if self.choices else "a non-empty string"
         noun = "an integer" if self.kind is int else "a finite number"
         return f"{noun} {self.range()}".rstrip()
 
@@ -49,7 +49,7 @@ class Param:
     def check(self, name: str, value, where: str):
         """``value`` if it is of this kind and in range; else SparsaError ``"{where}: {name}=...: ..."``."""
         if self.kind is str:
-            if not isinstance(value, str) or value not in self.choices:
+            if not isinstance(value, str) or (value not in self.choices if self.choices else not value):
                 raise SparsaError(f"{where}: {name}={value!r}: must be {self.expected()}")
             return value
         kinds = (int,) if self.kind is int else (int, float)

@@ -9,8 +9,12 @@ A merge method takes ``task_vectors: dict[task, dict[tensor name, Tensor]]`` (ea
 
 or, for ``kind="compressed"``, takes one task's vector (``(name, tensor)`` pairs, one tensor in
 memory at a time) and returns its :class:`~sparsa.formats.task_vector.CompressedTaskVector`: a
-switch bank holds one per task. ``sparsa merge`` runs the static methods (a merged model) and the
-compressed ones (a switch bank); :func:`merge_models` dispatches on the kind.
+switch bank holds one per task. ``kind="trained"`` is compressed too, but learns from the task's
+samples: ``fn(task_vector, base, loss, *, generator=None, **params)`` takes the task's whole vector
+(a mapping), the base tensors and ``loss(weights, step)``, the task's loss on its batch ``step``;
+in a merge YAML every model names its samples with the parameters of :data:`TRAINING_DATA`. ``sparsa merge`` runs the
+static methods (a merged model) and the compressed and trained ones (a switch bank);
+:func:`~sparsa.merge.run.merge_models` dispatches on the kind.
 """
 
 import inspect
@@ -22,7 +26,12 @@ from sparsa.errors import SparsaError
 from sparsa.merge.params import Param
 from sparsa.registry import Registry
 
-KINDS = ("static", "per_task", "compressed")
+KINDS = ("static", "per_task", "compressed", "trained")
+BANK_KINDS = ("compressed", "trained")  # the kinds whose merge writes a switch bank
+# a trained method's samples, per model or global in a merge YAML: the file (:mod:`sparsa.nn.task_data`)
+# and the windows per training step; the pipeline builds the loss from them
+TRAINING_DATA = {"data": Param(str), "batch_size": Param(int, 1)}
+TRAINING_DEFAULTS = {"batch_size": 8}
 
 
 @dataclass(frozen=True)
@@ -31,7 +40,8 @@ class MergeMethod:
 
     Attributes:
         name: Registry name (``"ties"``).
-        fn: The plain function ``fn(task_vectors, *, generator=None, **params)`` (compressed: one task's vector).
+        fn: The plain function ``fn(task_vectors, *, generator=None, **params)`` (compressed: one task's
+            vector; trained: one task's vector, the base and the loss, positionally).
         reference_url: Where the method is described (paper).
         kind: ``"static"``, ``"per_task"`` or ``"compressed"`` (see the module docstring).
         params: Parameter name -> default, read from ``fn``'s keyword-only parameters (``generator`` excluded).
@@ -47,14 +57,15 @@ class MergeMethod:
     specs: dict[str, Param] = field(default_factory=dict)
     storage: Callable[[int, int], int] | None = None
 
-    def __call__(self, task_vectors, *, generator=None, **params):
-        """Run ``fn``; a SparsaError names any parameter the method does not take or a value out of its range."""
+    def __call__(self, task_vectors, *context, generator=None, **params):
+        """Run ``fn``; a SparsaError names any parameter the method does not take or a value out of its range.
+        ``context``: a trained method's base tensors and loss."""
         for key, value in params.items():
             if key not in self.params:
                 known = ", ".join(sorted(self.params)) or "none"
                 raise SparsaError(f"merge method {self.name!r} has no parameter {key!r}; known: {known}")
             self.specs[key].check(key, value, f"merge method {self.name!r}")
-        return self.fn(task_vectors, generator=generator, **params)
+        return self.fn(task_vectors, *context, generator=generator, **params)
 
 
 METHODS: Registry = Registry("merge method")
@@ -76,8 +87,9 @@ def register_method(name: str, *, reference_url: str, kind: str, params: dict[st
     Args:
         name: Registry name; registering it twice raises RuntimeError.
         reference_url: Paper or page that defines the method.
-        kind: ``"static"`` (one merged task vector), ``"per_task"`` (one reconstruction per task) or
-            ``"compressed"`` (one compressed task vector per task, from that task's vector alone).
+        kind: ``"static"`` (one merged task vector), ``"per_task"`` (one reconstruction per task),
+            ``"compressed"`` (one compressed task vector per task, from that task's vector alone) or
+            ``"trained"`` (one per task, learnt on the task's samples: ``fn`` also takes the base and the loss).
         params: The type and range of each keyword parameter of ``fn``; every one must be declared
             (RuntimeError otherwise) and its default must pass.
         storage: ``(numel_per_task, tasks) -> bits`` stored to serve ``tasks`` tasks (:func:`storage_bits`).
@@ -123,5 +135,5 @@ def storage_bits(name: str, numel_per_task: int, tasks: int) -> int:
 
 def model_methods() -> dict[str, MergeMethod]:
     """The methods ``sparsa merge`` runs on models: the static ones (a merged model, tensor by tensor)
-    and the compressed ones (a switch bank, task by task)."""
-    return {name: m for name, m in METHODS.items() if m.kind in ("static", "compressed")}
+    and the compressed and trained ones (a switch bank, task by task)."""
+    return {name: m for name, m in METHODS.items() if m.kind in ("static", *BANK_KINDS)}

@@ -42,6 +42,8 @@ class KNNRouter:
             ``vote`` (all weight on the task with the largest mean share).
     """
 
+    ARRAYS = ("features", "labels")  # what :meth:`arrays` stores
+
     def __init__(self, features: torch.Tensor, labels: torch.Tensor, tasks: int, k: int = 10,
                  batch_mode: str = "mean"):
         check_query_set(features, labels, tasks)
@@ -78,6 +80,14 @@ class KNNRouter:
             return mean
         return torch.nn.functional.one_hot(mean.argmax(), self.tasks).float()
 
+    def arrays(self) -> dict[str, torch.Tensor]:
+        """What the router keeps, to store (:meth:`from_arrays` rebuilds it)."""
+        return {"features": self.features, "labels": self.labels}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, torch.Tensor], tasks: int, k: int, batch_mode: str) -> "KNNRouter":
+        return cls(arrays["features"], arrays["labels"], tasks, k, batch_mode)
+
 
 def nca_projection(features: torch.Tensor, labels: torch.Tensor, rank: int, steps: int, lr: float,
                    seed: int) -> torch.Tensor:
@@ -110,6 +120,8 @@ class MetricKNNRouter:
         steps, lr, seed: NCA's training.
     """
 
+    ARRAYS = ("features", "labels", "L", "mu", "sigma")
+
     def __init__(self, features: torch.Tensor, labels: torch.Tensor, tasks: int, k: int = 10,
                  batch_mode: str = "mean", rank: int = 8, steps: int = 300, lr: float = 1e-2, seed: int = 0):
         check_query_set(features, labels, tasks)
@@ -140,12 +152,30 @@ class MetricKNNRouter:
     def batch_weights(self, x: torch.Tensor) -> torch.Tensor:
         return self.knn.batch_weights(self.project(x))
 
+    def arrays(self) -> dict[str, torch.Tensor]:
+        """What the router keeps (the query set in ``z``, ``L``, ``mu``, ``sigma``), to store."""
+        return {**self.knn.arrays(), "L": self.L, "mu": self.mu, "sigma": self.sigma}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, torch.Tensor], tasks: int, k: int, batch_mode: str) -> "MetricKNNRouter":
+        """The stored router, not retrained; shapes checked against each other."""
+        L, mu, sigma = arrays["L"].float(), arrays["mu"].float(), arrays["sigma"].float()
+        knn = KNNRouter(arrays["features"], arrays["labels"], tasks, k, batch_mode)
+        if L.dim() != 2 or mu.shape != (L.shape[1],) or sigma.shape != mu.shape or knn.features.shape[1] != L.shape[0]:
+            raise SparsaError(f"router: L {list(L.shape)}, mu {list(mu.shape)}, sigma {list(sigma.shape)} and "
+                              f"features {list(knn.features.shape)} do not fit together")
+        router = cls.__new__(cls)
+        router.L, router.mu, router.sigma, router.knn, router.tasks = L, mu, sigma, knn, tasks
+        return router
+
 
 class CentroidRouter:
     """The task whose mean query feature is nearest to the batch's mean feature.
 
     Args: as :class:`KNNRouter`, without ``k``.
     """
+
+    ARRAYS = ("centroids",)
 
     def __init__(self, features: torch.Tensor, labels: torch.Tensor, tasks: int):
         check_query_set(features, labels, tasks)
@@ -169,3 +199,16 @@ class CentroidRouter:
         """[tasks] one-hot: the task of the centroid nearest to the batch's mean feature."""
         task = self.route(x.float().mean(dim=0, keepdim=True))[0]
         return torch.nn.functional.one_hot(task, self.tasks).float()
+
+    def arrays(self) -> dict[str, torch.Tensor]:
+        """What the router keeps (the centroids), to store."""
+        return {"centroids": self.centroids}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, torch.Tensor], tasks: int, k: int = 0,
+                    batch_mode: str = "mean") -> "CentroidRouter":
+        """The stored centroids, one per task (``k`` and ``batch_mode`` do not apply)."""
+        centroids = arrays["centroids"].float()
+        if centroids.dim() != 2 or centroids.shape[0] != tasks:
+            raise SparsaError(f"router: centroids {list(centroids.shape)}; expected [{tasks}, d]")
+        return cls(centroids, torch.arange(tasks), tasks)

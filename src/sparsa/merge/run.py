@@ -3,17 +3,20 @@ readers welcome): one tensor of each model in memory at a time, plus the result.
 
 * compressed methods (``tswitch``): each model's task vector compressed on its own, tensor by
   tensor, with the global parameters overridden by the model's own;
+* trained methods (``flexswitch``): the same, but each model's whole task vector and the base in
+  memory, and the task's loss (``losses[task]``, built by the caller from the model's ``data``);
 * static methods (``task_arithmetic``, ``ties``, ``dare``): merged tensor by tensor (each is
   elementwise within a tensor), added to the base; DARE's drops come from one generator seeded
   0, in tensor order.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
+from sparsa.errors import SparsaError
 from sparsa.merge import methods  # noqa: F401  (registers the methods below)
 from sparsa.formats.task_vector import CompressedTaskVector
 from sparsa.merge.config import MergeConfig
@@ -30,12 +33,25 @@ class MergeOutput:
 
 
 def merge_models(config: MergeConfig, base: Mapping[str, torch.Tensor], models: Mapping[str, Mapping],
-                 *, progress: bool = False) -> MergeOutput:
+                 *, losses: Mapping[str, Callable] | None = None, progress: bool = False) -> MergeOutput:
     """Merge ``models`` (task name -> tensors) into ``base`` per ``config``; names and shapes are
-    checked against the base before any compute."""
+    checked against the base before any compute. ``losses``: task -> ``loss(weights, step)``, for a
+    trained method (every task needs one)."""
     for task, tensors in models.items():
         check_same_tensors(base, tensors, f"model {task!r}")
     method = get_method(config.merge_method)
+    if method.kind == "trained":
+        missing = sorted(set(models) - set(losses or {}))
+        if missing:
+            raise SparsaError(f"merge method {method.name!r}: no loss for task {missing[0]!r}")
+        entries = {m.name: m for m in config.models}
+        base_fp32 = {n: t.float() for n, t in base.items()}
+        compressed = {}
+        for task, tensors in tqdm(models.items(), desc=method.name, disable=not progress):
+            params, _ = config.training_data(entries[task])
+            tau = dict(iter_task_vector(base, tensors, f"model {task!r}"))
+            compressed[task] = method(tau, base_fp32, losses[task], **params)
+        return MergeOutput(method.name, compressed=compressed)
     if method.kind == "compressed":
         entries = {m.name: m for m in config.models}
         compressed = {task: method(iter_task_vector(base, tensors, f"model {task!r}"),

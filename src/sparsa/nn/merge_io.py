@@ -6,7 +6,8 @@ leaves nothing half-written.
   and tokenizer files, and ``merge.json``;
 * a switch bank (T-Switch): ``switch.safetensors`` holding every task's SignMask arrays under
   ``"{task}/{tensor}.{array}"`` (0-d tensors raw under ``"{task}/{tensor}"``) and ``merge.json``
-  with each tensor's SignMask metadata and the bytes per task.
+  with each tensor's SignMask metadata and the bytes per task; a routed bank (Auto-Switch) adds
+  ``router.safetensors``, the router's arrays, and its settings under ``merge.json``'s ``router``.
 """
 
 import json
@@ -26,6 +27,7 @@ from sparsa.nn.safetensors_io import read_header
 MERGE_MANIFEST = MERGE.manifest
 MANIFEST_VERSION = 1  # of merge.json
 BANK_FILE = "switch.safetensors"
+ROUTER_FILE = "router.safetensors"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
 
 
@@ -56,9 +58,11 @@ def write_merged(out_dir, tensors: dict[str, torch.Tensor], manifest: dict, base
 
 
 def write_switch_bank(out_dir, compressed: dict[str, CompressedTaskVector], manifest: dict, *,
-                      force: bool = False) -> dict:
+                      router: dict[str, torch.Tensor] | None = None, force: bool = False) -> dict:
     """A switch bank (see the module docstring); returns ``manifest`` with ``tasks`` filled in
-    (per task: tensor metadata, ``nbytes`` of the arrays, ``file_bytes`` its share of the file)."""
+    (per task: tensor metadata, ``nbytes`` of the arrays, ``file_bytes`` its share of the file).
+    ``router``: a router's arrays, written to ``router.safetensors`` (``manifest["router"]`` says
+    what they are)."""
     arrays, tasks = {}, {}
     for task, ctv in compressed.items():
         if "/" in task:
@@ -70,8 +74,18 @@ def write_switch_bank(out_dir, compressed: dict[str, CompressedTaskVector], mani
                        "masks": {name: m.meta() for name, m in ctv.masks.items()}, "raw": sorted(ctv.raw)}
     with output_directory(out_dir, MERGE, force=force) as (tmp, written):
         save_file(arrays, str(tmp / BANK_FILE), metadata={"format": "sparsa-switch-bank"})
+        if router is not None:
+            save_file({k: v.contiguous() for k, v in router.items()}, str(tmp / ROUTER_FILE),
+                      metadata={"format": "sparsa-router"})
         written.update(manifest, tasks=tasks, file_bytes=(tmp / BANK_FILE).stat().st_size)
     return written
+
+
+def read_router_arrays(directory) -> dict[str, torch.Tensor]:
+    """The arrays of a routed bank's ``router.safetensors`` (header checked before reading)."""
+    path = Path(directory) / ROUTER_FILE
+    read_header(path)
+    return load_file(str(path))
 
 
 def read_switch_bank(directory) -> tuple[dict, dict[str, CompressedTaskVector]]:

@@ -1,5 +1,6 @@
 """The merging methods, one module each, registered on import: Task Arithmetic, TIES, DARE,
-EMR-Merging, TALL-masks (static and per-task) and T-Switch (compressed; :mod:`.tswitch`).
+EMR-Merging, TALL-masks (static and per-task), T-Switch (compressed; :mod:`.tswitch`) and FlexSwitch
+(trained on each task's samples; :mod:`.flexswitch`).
 
 A task vector is ``dict[str, Tensor]`` with ``tau_t = theta_finetuned - theta_base``; every method takes
 ``task_vectors: dict[task, task vector]`` (same tensor names and shapes in every task) and keyword parameters.
@@ -12,5 +13,5 @@ mean ``(1/T) sum_t tau_t``, the per-task methods return ``tau_t`` itself (Task A
 elementwise already). EMR's rescalers are computed over the tensors with at least one dimension.
 """
 
-# registered in this order, the order benchmarks list them in (static, per-task, compressed)
-from sparsa.merge.methods import task_arithmetic, ties, dare, emr, tall_masks, tswitch  # noqa: F401,I001
+# registered in this order, the order benchmarks list them in (static, per-task, compressed, trained)
+from sparsa.merge.methods import task_arithmetic, ties, dare, emr, tall_masks, tswitch, flexswitch  # noqa: F401,I001

@@ -28,7 +28,9 @@ group and delta-index encodings is smallest for that tensor.
    multiplied by one common factor (bisection) until they fit.
 
 ``loss(weights, step)``: the task's own loss on its batch number ``step`` for a whole state dict
-``weights``, differentiable in the weights. FlexSwitch never sees the data itself.
+``weights``, differentiable in the weights. FlexSwitch never sees the data itself. It is registered
+as the ``trained`` merge method ``flexswitch``; ``sparsa merge`` builds the loss from each model's
+``data`` samples (:mod:`sparsa.nn.task_data`).
 """
 
 import math
@@ -41,8 +43,9 @@ from tqdm.auto import tqdm
 from sparsa.errors import SparsaError
 from sparsa.formats.sign_mask import SignMask
 from sparsa.formats.task_vector import CompressedTaskVector
-from sparsa.merge.config import FlexSwitchConfig
+from sparsa.merge.config import FLEXSWITCH_SPECS, FlexSwitchConfig
 from sparsa.merge.methods.tswitch import keep_by_sign
+from sparsa.merge.registry import register_method
 
 LossFn = Callable[[dict[str, torch.Tensor], int], torch.Tensor]
 
@@ -253,3 +256,20 @@ def flexswitch(base: Mapping[str, torch.Tensor], tau: Mapping[str, torch.Tensor]
                "allocation": {n: {"keep": chosen[n].keep, "bits": chosen[n].bits, "nnz": vector.masks[n].nnz}
                               for n in tensors}}
     return vector, summary
+
+
+@register_method("flexswitch", reference_url="https://arxiv.org/abs/2604.28109", kind="trained",
+                 params=FLEXSWITCH_SPECS)
+def flexswitch_method(task_vector: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor], loss: LossFn, *,
+                      generator: torch.Generator | None = None, budget_bits: float = FlexSwitchConfig.budget_bits, steps: int = FlexSwitchConfig.steps,
+                      lr: float = FlexSwitchConfig.lr, gate_lr: float = FlexSwitchConfig.gate_lr,
+                      temperature: float = FlexSwitchConfig.temperature,
+                      rate_weight: float = FlexSwitchConfig.rate_weight,
+                      lloyd_iters: int = FlexSwitchConfig.lloyd_iters, encoding: str = FlexSwitchConfig.encoding,
+                      group_size: int = FlexSwitchConfig.group_size) -> CompressedTaskVector:
+    """The registered form of :func:`flexswitch` (keyword parameters: :class:`FlexSwitchConfig`'s scalar
+    fields; ``base`` and ``loss`` as :func:`flexswitch` takes them)."""
+    config = FlexSwitchConfig(budget_bits=budget_bits, steps=steps, lr=lr, gate_lr=gate_lr, temperature=temperature,
+                              rate_weight=rate_weight, lloyd_iters=lloyd_iters, encoding=encoding,
+                              group_size=group_size)
+    return flexswitch(base, task_vector, loss, config)[0]
