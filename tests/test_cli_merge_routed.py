@@ -205,3 +205,29 @@ def test_merge_eval_inputs_for_an_unknown_task_or_bad_pair(capsys, lm_models, tm
     assert code == 2 and "--inputs: task 'c' is not in" in err
     code, _, err = run_cli(capsys, "merge-eval", str(tmp_path / "out"), "--inputs", "a")
     assert code == 2 and "expected TASK=FILE" in err
+
+
+def test_merge_and_merge_eval_print_their_brief_summaries(capsys, lm_models, tmp_path):
+    root = lm_models
+    router = {"kind": "centroid", "query_set": {"a": str(root / "a.features"), "b": str(root / "b.features")}}
+    code, out, _ = run_cli(capsys, "merge", write(root, tmp_path, merge_method="tswitch", router=router),
+                           "-o", str(tmp_path / "out"), "--quiet")
+    assert code == 0
+    assert out.splitlines()[0] == f"wrote {tmp_path / 'out'} (tswitch)"
+    assert re.search(r"^  router centroid: \d+ bytes, query samples a 10, b 10$", out, re.M)
+    code, _, err = run_cli(capsys, "merge-eval", str(tmp_path / "out"), "--inputs", f"b={root / 'b.ids'}")
+    assert code == 2 and f"b={root / 'b.ids'}: holds input_ids; the router of {tmp_path / 'out'} was built on features" in err
+    code, out, _ = run_cli(capsys, "merge-eval", str(tmp_path / "out"), "--inputs", f"b={root / 'b.features'}")
+    assert code == 0
+    assert re.search(r"^  a +\d+ bytes  [\d.]+ bits/param  rel_err [\d.]+  cosine [\d.]+$", out, re.M)
+    assert re.search(r"^ +10 samples  routed here 100%$", out, re.M)
+    assert re.search(r"^  router centroid: \d+ bytes, query samples a 10, b 10$", out, re.M)
+
+
+def test_token_window_bank_eval_prints_perplexities(capsys, lm_models, tmp_path):
+    root = lm_models
+    assert run_cli(capsys, "merge", write(root, tmp_path, merge_method="tswitch"), "-o", str(tmp_path / "out"),
+                   "--quiet")[0] == 0
+    code, out, _ = run_cli(capsys, "merge-eval", str(tmp_path / "out"), "--inputs", f"a={root / 'a.ids'}")
+    assert code == 0
+    assert re.search(r"^ +10 samples  ppl base [\d.]+  ppl finetuned [\d.]+  ppl switch [\d.]+$", out, re.M)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from sparsa.bench.merge import MergeBenchSettings, run_merge_bench
-from sparsa.bench.merge_suite import SuiteSettings, build_suite
+from sparsa.nn.digits_suite import SuiteSettings, build_suite
 from sparsa.merge.config import FlexSwitchConfig, RouterConfig, TSwitchConfig
 from sparsa.merge.methods.tswitch import compress_task_vector
 

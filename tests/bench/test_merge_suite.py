@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from sparsa.bench import merge_suite
-from sparsa.bench.merge_suite import DigitsViT, Suite, SuiteSettings, accuracy, build_suite, cache_path, features
+from sparsa.nn import digits_suite as merge_suite
+from sparsa.nn.digits_suite import Suite, SuiteSettings, accuracy, build_suite, cache_path, features
+from sparsa.nn.digits_vit import DigitsViT
 from sparsa.data.digits_tasks import DOMAINS, SPLITS, digits_domain, split_indices
 from sparsa.errors import SparsaError
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from sparsa.attention.config import AnchorConfig
 from sparsa.bench.results import machine, write_results
+from sparsa.bench.timing import cuda_timer
 from sparsa.kernels.stripe_regions import StripeIndex
 
 BLOCK_N = 64  # keys per chunk in K1 and K3
@@ -138,11 +139,7 @@ def run_attention_bench(s: AttentionBenchSettings, *, out_dir="bench/results", n
     ``{"skipped": ...}`` and write nothing."""
     if not torch.cuda.is_available():
         return {"skipped": NO_CUDA}
-    from triton.testing import do_bench
-
-    def timer(fn):
-        return float(do_bench(fn, warmup=5, rep=s.rep_ms, return_mode="median"))
-
+    timer = cuda_timer(s.rep_ms, warmup=5)
     rows = [run_length(n, s, "cuda", timer) for n in tqdm(s.seqlens, desc="attention bench", disable=not progress)]
     payload = {"settings": asdict(s), "machine": machine("cuda"), "rows": rows}
     write_results(out_dir, name, payload, markdown(payload), figure(payload))

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from sparsa.bench import llama_cpp
 from sparsa.bench.bandwidth import read_bandwidth
 from sparsa.bench.results import batch_bars, machine, write_results
+from sparsa.bench.timing import median
 from sparsa.compress import MagnitudeConfig, RTNConfig, SpQRConfig, compress_
 from sparsa.compress.pipeline import calibration_for
 from sparsa.data import load_corpus, tokenize
@@ -211,11 +212,6 @@ def step_bytes(model, gguf, config, s: DecodeSettings) -> int | None:
     position = s.prompt_tokens + s.new_tokens / 2
     cache = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * cache_bytes * position
     return int(weights + cache)
-
-
-def median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
 
 
 def run_rounds(models: dict, ggufs: dict, s: DecodeSettings, prompt: torch.Tensor, long_prompt: torch.Tensor,

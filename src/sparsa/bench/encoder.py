@@ -23,12 +23,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from sparsa.bench.results import batch_bars, machine, write_results
-from sparsa.bench.spmm import time_call
+from sparsa.bench.timing import median, round_robin, time_call
 from sparsa.compress.recover import RecoverConfig
 from sparsa.compress.recover_encoder import recover_encoder_
 from sparsa.data.sentences import corpus_sentences
@@ -132,12 +131,10 @@ def time_variants(runs: dict[str, Run], inputs: dict[str, torch.Tensor], s: Enco
     ms = {name: {} for name in runs}
     for b in s.batches:
         batch = {k: v[:b] for k, v in inputs.items()}
-        samples = {name: [] for name in runs}
-        for _ in range(s.rounds):
-            for name, run in runs.items():
-                samples[name].append(time_call(lambda run=run: run(batch), s.min_seconds))
+        samples = round_robin({name: (lambda run=run: time_call(lambda: run(batch), s.min_seconds))
+                               for name, run in runs.items()}, s.rounds)
         for name in runs:
-            ms[name][str(b)] = float(np.median(samples[name])) * 1e3
+            ms[name][str(b)] = median(samples[name]) * 1e3
     return ms
 
 

@@ -24,13 +24,13 @@ from tqdm.auto import tqdm
 from sparsa.bench.gpu_decode import ROUNDS, DecodeShape, run_decode_variants
 from sparsa.bench.results import case_table, machine, write_results
 from sparsa.bench.spmm import block_weight
+from sparsa.bench.timing import Timer, cuda_timer
 from sparsa.compress.magnitude import prune_nm
 from sparsa.formats import BlockSparse
 from sparsa.kernels.triton.block_sparse import block_sparse_linear_triton
 
 DENSE, OURS = "cuBLAS fp16 dense", "ours Triton block"
 NO_CUDA = "no CUDA device: sparsa bench gpu times GPU kernels and ran nothing here"
-Timer = Callable[[Callable[[], object]], float]  # fn -> ms per call
 
 
 @dataclass(frozen=True)
@@ -51,13 +51,6 @@ class GpuSettings:
     def quick(cls) -> "GpuSettings":
         return cls(shapes=((4096, 4096),), tokens=(1, 128), sparsities=(0.9,), rep_ms=25,
                    decode=DecodeShape(layers=4, new_tokens=16))
-
-
-def cuda_timer(rep_ms: int) -> Timer:
-    """ms per call: the median of ``triton.testing.do_bench`` over about ``rep_ms`` of calls."""
-    from triton.testing import do_bench
-
-    return lambda fn: float(do_bench(fn, warmup=10, rep=rep_ms, return_mode="median"))
 
 
 def two_four(W: torch.Tensor) -> torch.Tensor:

@@ -17,8 +17,6 @@ process ran 2.6-5.3x slower than when it decoded later, so one pass per variant 
 them by their order.
 """
 
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from sparsa.bench.spmm import block_weight
+from sparsa.bench.timing import median, round_robin, timed
 from sparsa.formats import BlockSparse, SpQR
 from sparsa.kernels import linear
 
@@ -116,13 +115,8 @@ def decode(run: dict[str, Linear], shape: DecodeShape, tokens: int, device: str,
 def tokens_per_second(run: dict[str, Linear], shape: DecodeShape, device: str) -> float:
     """Decode ``shape.new_tokens`` tokens after a two-token warm-up; tokens per second."""
     decode(run, shape, 2, device)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    decode(run, shape, shape.new_tokens, device)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return shape.new_tokens / (time.perf_counter() - start)
+    _, seconds = timed(lambda: decode(run, shape, shape.new_tokens, device), device)
+    return shape.new_tokens / seconds
 
 
 def run_decode_variants(shape: DecodeShape, device: str, *, variants=VARIANTS, apply: Callable = linear,
@@ -143,11 +137,11 @@ def run_decode_variants(shape: DecodeShape, device: str, *, variants=VARIANTS, a
         if error > 1e-2:
             raise AssertionError(f"bench gpu decode: {name} differs from its dense twin (relative error {error:.2e})")
         rows.append({"variant": name, "rel_error": error, "tokens_per_s_rounds": []})
-    for _ in range(rounds):
-        for row in rows:
-            row["tokens_per_s_rounds"].append(tokens_per_second(runs[row["variant"]], shape, device))
+    samples = round_robin({name: (lambda run=run: tokens_per_second(run, shape, device))
+                           for name, run in runs.items()}, rounds)
     for row in rows:
-        row["tokens_per_s"] = statistics.median(row["tokens_per_s_rounds"])
+        row["tokens_per_s_rounds"] = samples[row["variant"]]
+        row["tokens_per_s"] = median(row["tokens_per_s_rounds"])
     dense_speed = next((r["tokens_per_s"] for r in rows if r["variant"] == "dense fp16"), None)
     for r in rows:
         if dense_speed:

@@ -2,7 +2,7 @@
 
 Two task families, each scored by every method:
 
-* digits (:mod:`sparsa.bench.merge_suite`): a small ViT pretrained briefly on pooled digits, then
+* digits (:mod:`sparsa.nn.digits_suite`, scored through :mod:`sparsa.bench.merge_digits`): a small ViT pretrained briefly on pooled digits, then
   fine-tuned separately per input domain (:mod:`sparsa.data.digits_tasks`); accuracy.
 * language (:mod:`sparsa.bench.merge_lm`, full run only): SmolLM2-135M's top blocks fine-tuned
   per corpus (wiki, shakespeare); perplexity.
@@ -35,16 +35,16 @@ A family (``DigitsTasks``, ``LMTasks``) provides: ``tasks``, ``base``, ``finetun
 ``features(kind, inputs)`` (``output`` or ``input``, [b, d]).
 """
 
-import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
+from sparsa.bench.merge_digits import DigitsTasks
 from sparsa.bench.merge_lm import LMSuiteSettings, LMTasks
 from sparsa.bench.merge_report import figure, markdown
-from sparsa.bench.merge_suite import DigitsTasks, SuiteSettings, build_suite
 from sparsa.bench.results import machine, write_results
+from sparsa.bench.timing import median, timed
 from sparsa.merge.bank import SwitchBank
 from sparsa.merge.config import FlexSwitchConfig, RouterConfig, TSwitchConfig
 from sparsa.merge.methods.flexswitch import flexswitch
@@ -52,6 +52,7 @@ from sparsa.merge.methods.tswitch import compress_task_vector
 from sparsa.merge.registry import METHODS, get_method, storage_bits
 from sparsa.merge.router import CentroidRouter, KNNRouter, MetricKNNRouter
 from sparsa.merge.task_vector import apply_task_vector
+from sparsa.nn.digits_suite import SuiteSettings, build_suite
 
 STATIC = tuple(n for n, m in METHODS.items() if m.kind == "static")  # task_arithmetic, ties, dare
 PER_TASK = tuple(n for n, m in METHODS.items() if m.kind == "per_task")  # emr, tall_masks
@@ -92,9 +93,8 @@ def score(name: str, family, predict, batch: int, bits: float, individual: dict 
     for task in family.tasks:
         total = count = 0
         for inputs, targets in family.test_batches(task, batch):
-            start = time.perf_counter()
-            t, c = predict(task, inputs, targets)
-            seconds.append(time.perf_counter() - start)
+            (t, c), elapsed = timed(lambda: predict(task, inputs, targets))
+            seconds.append(elapsed)
             total, count = total + t, count + c
         values[task] = family.summarize(total, count)
     individual = individual or values
@@ -102,7 +102,7 @@ def score(name: str, family, predict, batch: int, bits: float, individual: dict 
     return {"method": name, family.metric: values, "normalized": norm,
             f"mean_{family.metric}": sum(values.values()) / len(values),
             "mean_normalized": sum(norm.values()) / len(norm), "bits_per_param": bits,
-            "batch_ms": 1e3 * float(torch.tensor(seconds).median())}
+            "batch_ms": 1e3 * median(seconds)}
 
 
 def fixed(family, states):

@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from sparsa.bench.merge_suite import read_states, write_states
 from sparsa.compress.sequential import block_inputs, decoder_layers
 from sparsa.data.corpora import CORPORA, load_corpus
 from sparsa.data.tokens import BOS_PROTOCOLS, bos_for, calibration_windows, eval_windows, tokenize
 from sparsa.errors import SparsaError
+from sparsa.nn.safetensors_io import read_states, write_states
 
 State = dict[str, torch.Tensor]
 LM_SUITE_VERSION = 1

@@ -6,7 +6,6 @@ even when the machine's speed drifts. Peers whose library cannot run here are li
 reason. Every peer's output is checked against dense fp32 before it is timed.
 """
 
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sparsa.bench.results import case_table, machine, write_results
+from sparsa.bench.timing import median, round_robin, time_call
 from sparsa.formats import BlockSparse, BlockSparseInt8
 from sparsa.formats.block_int8 import int8_row_codes
 from sparsa.kernels.cpu.block_int8 import block_int8_linear
@@ -114,18 +114,6 @@ def peers(W: torch.Tensor, sparsity: float, g: torch.Generator) -> dict[str, Cal
     return found
 
 
-def time_call(fn: Callable[[], object], min_seconds: float) -> float:
-    """Seconds per call: repeat until ``min_seconds`` have passed, report the mean of that batch."""
-    fn()
-    calls, start = 0, time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds:
-            return elapsed / calls
-
-
 def tolerance(name: str) -> float:
     """Relative error allowed against dense fp32: int8 peers quantize, the rest only reorder sums."""
     return 0.05 if "int8" in name else 1e-4
@@ -154,11 +142,9 @@ def run_case(out_features: int, in_features: int, tokens: int, sparsity: float, 
             raise AssertionError(f"bench spmm: {name} is wrong on {out_features}x{in_features} "
                                  f"(relative error {errors[name]:.2e})")
         runnable[name] = run
-    samples = {name: [] for name in runnable}
-    for _ in range(s.rounds):
-        for name, run in runnable.items():
-            samples[name].append(time_call(lambda: run(x), s.min_seconds))
-    times = {name: float(np.median(v)) * 1e3 for name, v in samples.items()}
+    samples = round_robin({name: (lambda run=run: time_call(lambda: run(x), s.min_seconds))
+                           for name, run in runnable.items()}, s.rounds)
+    times = {name: median(v) * 1e3 for name, v in samples.items()}
     return {"out": out_features, "in": in_features, "tokens": tokens, "sparsity": sparsity, "ms": times,
             "rel_error": errors, "skipped": skipped}
 

@@ -21,18 +21,9 @@ def cmd_attention_eval(args) -> dict:
 
 
 def attention_eval_table(r: dict) -> str:
-    lines = [f"{r['model']}: {r['seqlen']} tokens of {r['text']}, theta {r['theta']:g} "
-             f"(selection {r['selection_seconds']:.1f} s)",
-             f"{'selector':<16}{'recall':>9}{'density':>9}{'gap':>9}{'rel_err':>9}{'|dO|<1e-2':>11}"]
-    for name, m in r["overall"].items():
-        rest = "".join(f"{m[k]:>{w}.4f}" if k in m else f"{'-':>{w}}"
-                       for k, w in (("gap_to_optimum", 9), ("rel_err", 9), ("close_share", 11)))
-        lines.append(f"{name:<16}{m['recall']:>9.4f}{m['density']:>9.4f}{rest}")
-    if "optimum" in r["overall"]:
-        lines.append("gap: the optimum's recall at the selector's own pair count in every head, minus its recall")
-    if "sweep" in r:
-        lines.append(f"sweep: wrote {r['sweep']['files']}")
-    return "\n".join(lines)
+    from sparsa.attention.summary import AttentionEvalSummary
+
+    return AttentionEvalSummary.from_dict(r).brief()
 
 
 def cmd_attention_bench(args) -> dict:
@@ -50,13 +41,9 @@ def cmd_attention_bench(args) -> dict:
 
 
 def attention_bench_table(r: dict) -> str:
-    if "skipped" in r:
-        return f"skipped: {r['skipped']}"
-    lines = [f"wrote {r['out']}/{r['name']}.{{json,md,png}}"]
-    for row in r["rows"]:
-        lines.append(f"{row['seqlen']:>7} tokens  sdpa {row['sdpa_ms']:.2f} ms  anchor {row['anchor_ms']:.2f} ms "
-                     f"(selection {row['selection_ms']:.2f} ms)  {row['speedup']:.2f}x  density {row['density']:.3f}")
-    return "\n".join(lines)
+    from sparsa.attention.summary import AttentionBenchSummary
+
+    return AttentionBenchSummary(**r).brief()
 
 
 def add_attention(sub, common, parser_class) -> None:

@@ -10,19 +10,9 @@ def cmd_merge(args) -> dict:
 
 
 def merge_table(r: dict) -> str:
-    lines = [f"wrote {r['out']} ({r['merge_method']})"]
-    for task, info in r.get("tasks", {}).items():
-        lines.append(f"  {task:<20} {info['nbytes']:>10} bytes  {info['bits_per_param']:.3f} bits/param")
-    if "router" in r:
-        lines.append(router_line(r["router"]))
-    if "params" in r:
-        lines.append(f"  {r['tensors']} tensors, {r['params']} parameters")
-    return "\n".join(lines)
+    from sparsa.merge.summary import MergeSummary
 
-
-def router_line(router: dict) -> str:
-    samples = ", ".join(f"{t} {n}" for t, n in router["samples"].items())
-    return f"  router {router['kind']}: {router['nbytes']} bytes, query samples {samples}"
+    return MergeSummary(**r).brief()
 
 
 def add_merge(sub, common) -> None:
@@ -45,19 +35,9 @@ def cmd_merge_eval(args) -> dict:
 
 
 def merge_eval_table(r: dict) -> str:
-    lines = [f"{r['dir']} ({r['merge_method']}, {r['file_bytes']} bytes on disk)"]
-    for task, t in r["tasks"].items():
-        lines.append(f"  {task:<20} {t['nbytes']:>10} bytes  {t['bits_per_param']:.3f} bits/param  "
-                     f"rel_err {t['rel_err']:.4f}  cosine {t['cosine']:.4f}")
-        if "samples" in t:
-            scores = [f"{t['samples']} samples"]
-            if "routed_share" in t:
-                scores.append(f"routed here {100 * t['routed_share']:.0f}%")
-            scores += [f"ppl {k} {v:.2f}" for k, v in t.get("perplexity", {}).items()]
-            lines.append(f"  {'':<20} " + "  ".join(scores))
-    if "router" in r:
-        lines.append(router_line(r["router"]))
-    return "\n".join(lines)
+    from sparsa.merge.summary import BankReport
+
+    return BankReport(**r).brief()
 
 
 def task_file(text: str) -> tuple[str, str]:

@@ -11,7 +11,6 @@ recorded in one forward where every block is a pass-through: blocks need not sha
 mixes sliding-window and global layers, each kind with its own mask and rotary base).
 """
 
-import time
 from contextlib import contextmanager
 
 import torch

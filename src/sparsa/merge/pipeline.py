@@ -15,6 +15,7 @@ from sparsa.merge.fidelity import task_vector_fidelity
 from sparsa.merge.registry import model_methods
 from sparsa.merge.routing import AutoSwitch, build_router, load_router
 from sparsa.merge.run import merge_models
+from sparsa.merge.summary import BankReport, MergeSummary
 from sparsa.nn.merge_io import (check_output, merge_manifest, read_router_arrays, read_switch_bank, write_merged,
                                 write_switch_bank)
 from sparsa.nn.safetensors_io import LazyTensors
@@ -44,6 +45,8 @@ def merge_from_yaml(config_path, out_dir, *, force: bool = False, progress: bool
     data_params = {m.name: config.training_data(m)[1] for m in config.models}
     data = {t: read_samples(p["data"]) for t, p in data_params.items() if "data" in p}
     query = {t: read_samples(p) for t, p in config.router.query_set.items()} if config.router else {}
+    if len({s.key for s in query.values()}) > 1:
+        raise SparsaError(f"{path}: router: query_set mixes token windows and features; give every task the same kind")
     base = LazyTensors(config.base_model)
     models = {m.name: LazyTensors(m.model) for m in config.models}
     lm = None
@@ -63,18 +66,16 @@ def merge_from_yaml(config_path, out_dir, *, force: bool = False, progress: bool
             weights = {n: base[n] for n in base} if lm is not None else None
             router = build_router(spec, {m.name: sample_features(lm, weights, first[m.name]) for m in config.models})
             manifest["router"] = {**spec.to_dict(), "samples": {t: len(s) for t, s in first.items()},
-                                  "nbytes": router.nbytes}
+                                  "samples_key": next(iter(query.values())).key, "nbytes": router.nbytes}
         written = write_switch_bank(out_dir, result.compressed, manifest, force=force,
                                     router=router.arrays() if router is not None else None)
         tasks = {t: {k: info[k] for k in ("nbytes", "numel", "bits_per_param")} for t, info in written["tasks"].items()}
-        out = {"out": str(out_dir), "merge_method": config.merge_method, "file_bytes": written["file_bytes"],
-               "tasks": tasks}
-        if router is not None:
-            out["router"] = {k: manifest["router"][k] for k in ("kind", "samples", "nbytes")}
-        return out
+        brief_router = {k: manifest["router"][k] for k in ("kind", "samples", "nbytes")} if router is not None else None
+        return MergeSummary(str(out_dir), config.merge_method, file_bytes=written["file_bytes"], tasks=tasks,
+                            router=brief_router).to_dict()
     write_merged(out_dir, result.merged, manifest, base_model=config.base_model, force=force)
-    return {"out": str(out_dir), "merge_method": config.merge_method, "tensors": len(result.merged),
-            "params": sum(t.numel() for t in result.merged.values())}
+    return MergeSummary(str(out_dir), config.merge_method, tensors=len(result.merged),
+                        params=sum(t.numel() for t in result.merged.values())).to_dict()
 
 
 def sample_features(lm: CausalLM | None, base, samples: Samples) -> torch.Tensor:
@@ -107,17 +108,19 @@ def evaluate_bank(bank_dir, inputs: dict[str, str] | None = None) -> dict:
         row = {"nbytes": ctv.nbytes, "numel": ctv.numel, "bits_per_param": ctv.bits_per_param}
         row.update(task_vector_fidelity(base, LazyTensors(manifest["models"][task]), ctv, f"model {task!r}"))
         tasks[task] = row
-    out = {"dir": str(bank_dir), "merge_method": manifest["merge_method"], "file_bytes": manifest["file_bytes"],
-           "tasks": tasks}
+    report = BankReport(str(bank_dir), manifest["merge_method"], manifest["file_bytes"], tasks)
     if not samples:
-        return out
+        return report.to_dict()
     lm = CausalLM(manifest["base_model"], list(base)) if any(s.input_ids is not None for s in samples.values()) else None
     switch = SwitchBank({n: base[n] for n in base}, bank)
     auto = None
     if "router" in manifest:
         auto = AutoSwitch(load_router(manifest["router"], read_router_arrays(bank_dir), len(bank)), switch)
-        out["router"] = {k: manifest["router"][k] for k in ("kind", "samples", "nbytes")}
+        report.router = {k: manifest["router"][k] for k in ("kind", "samples", "nbytes")}
     for task, s in samples.items():
+        if auto is not None and s.key != manifest["router"].get("samples_key", s.key):
+            raise SparsaError(f"--inputs {task}={s.path}: holds {s.key}; the router of {bank_dir} was built on "
+                              f"{manifest['router']['samples_key']}")
         row = tasks[task]
         row.update(inputs=s.path, samples=len(s))
         features = sample_features(lm, switch.base, s) if auto is not None else None
@@ -132,4 +135,4 @@ def evaluate_bank(bank_dir, inputs: dict[str, str] | None = None) -> dict:
             if auto is not None:
                 ppl["routed"] = lm.perplexity(switch.weights(row["batch_weights"]), ids)
             row["perplexity"] = ppl
-    return out
+    return report.to_dict()

@@ -6,6 +6,7 @@ entry gives ``dtype``, ``shape`` and ``data_offsets`` (begin, end) into the data
 
 import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,3 +130,42 @@ class LazyTensors(Mapping):
 
     def __len__(self) -> int:
         return len(self.files)
+
+
+def write_states(path: str | Path, groups: dict[str, dict], meta: dict[str, str]) -> None:
+    """Write named state dicts as one safetensors file (tensor ``group/name``), atomically (temporary
+    sibling, rename); ``meta``: string metadata, its ``key`` naming the settings."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"{g}/{k}": v.contiguous() for g, state in groups.items() for k, v in state.items()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_states(path: str | Path, key: str, groups: list[str], names: list[str]) -> tuple[dict[str, dict], dict]:
+    """The state dicts ``groups`` (each exactly ``names``, in that order) and the metadata of a file of
+    :func:`write_states`; an error when it was written for another ``key`` or is unreadable."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's cache at fault
+        raise SparsaError(f"{path}: not a readable merge-suite file ({type(e).__name__})") from e
+    if meta.get("key") != key:
+        raise SparsaError(f"{path}: built with other settings (key {meta.get('key')}, wanted {key})")
+    out = {}
+    for g in groups:
+        state = {k[len(g) + 1:]: v for k, v in tensors.items() if k.startswith(f"{g}/")}
+        if sorted(state) != sorted(names):
+            raise SparsaError(f"{path}: lacks the base's or a task's tensors of the model")
+        out[g] = {n: state[n] for n in names}  # the order training gives (DARE draws in tensor order)
+    return out, meta

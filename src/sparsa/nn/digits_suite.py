@@ -1,21 +1,21 @@
 """A small, offline, deterministic multi-task suite for model-merging benchmarks.
 
 Tasks are the same ten-class digit recognition in different input domains
-(:mod:`sparsa.data.digits_tasks`). A tiny ViT (:class:`DigitsViT`) is pretrained briefly on a
-small pooled share (10%) of every domain's train split, so the base is clearly worse than a
-specialist; a copy of the base is then fine-tuned, all parameters, on each domain's full train
-split. Both phases: AdamW, cosine decay to 0, label smoothing, and Gaussian input jitter on every
-batch (the one regulariser that lifted the ``noise`` domain past 0.9). The task vector of domain
-t is ``finetuned[t] - base``. Everything is seeded and trained on one thread with a fixed batch
-order: the same settings give bit-identical state dicts on one machine. Built suites may be
-cached as one safetensors file named by a hash of the settings (never pickle).
+(:mod:`sparsa.data.digits_tasks`). A tiny ViT (:class:`~sparsa.nn.digits_vit.DigitsViT`) is
+pretrained briefly on a small pooled share (10%) of every domain's train split, so the base is
+clearly worse than a specialist; a copy of the base is then fine-tuned, all parameters, on each
+domain's full train split. Both phases: AdamW, cosine decay to 0, label smoothing, and Gaussian
+input jitter on every batch (the one regulariser that lifted the ``noise`` domain past 0.9). The
+task vector of domain t is ``finetuned[t] - base``. Everything is seeded and trained on one
+thread with a fixed batch order: the same settings give bit-identical state dicts on one machine.
+Built suites may be cached as one safetensors file named by a hash of the settings (never pickle;
+:func:`~sparsa.nn.safetensors_io.write_states`).
 """
 
 import contextlib
 import hashlib
 import json
 import math
-import os
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,67 +27,12 @@ from tqdm.auto import tqdm
 
 from sparsa.data.digits_tasks import DOMAINS, digits_domain
 from sparsa.errors import SparsaError
+from sparsa.nn.digits_vit import DigitsViT
+from sparsa.nn.safetensors_io import read_states, write_states
 
 State = dict[str, torch.Tensor]
 SUITE_VERSION = 1  # bump when training changes, so old cache files are not reused
 EVAL_BATCH = 512
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: multi-head self-attention, then a GELU MLP, each residual."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: int = 2):
-        super().__init__()
-        if dim % heads:
-            raise SparsaError(f"DigitsViT: dim {dim} is not a multiple of heads {heads}")
-        self.heads = heads
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.fc1, self.fc2 = nn.Linear(dim, mlp_ratio * dim), nn.Linear(mlp_ratio * dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: float32 [B, T, dim] -> [B, T, dim]."""
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        attn = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(d // self.heads), dim=-1)  # [B, H, T, T]
-        x = x + self.proj((attn @ v).transpose(1, 2).reshape(b, t, d))
-        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
-
-
-class DigitsViT(nn.Module):
-    """Tiny ViT for 8x8 digits: 2x2 patches (16 tokens of 4 pixels), a CLS token, ``depth`` blocks.
-
-    About 69k parameters at ``dim=64, depth=2``.
-    """
-
-    def __init__(self, dim: int = 64, depth: int = 2, heads: int = 4, classes: int = 10):
-        super().__init__()
-        self.embed = nn.Linear(4, dim)
-        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos = nn.Parameter(torch.zeros(1, 17, dim))
-        nn.init.trunc_normal_(self.cls, std=0.02)
-        nn.init.trunc_normal_(self.pos, std=0.02)
-        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, classes)
-
-    def patch_features(self, x: torch.Tensor) -> torch.Tensor:
-        """x: float32 [B, 8, 8] -> the 16 patch embeddings before any block, float32 [B, 16, dim]."""
-        b = x.shape[0]
-        patches = x.reshape(b, 4, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(b, 16, 4)  # [B, 16 patches, 2x2]
-        return self.embed(patches)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """x: float32 [B, 8, 8] -> the final-LayerNorm CLS feature, float32 [B, dim]."""
-        b = x.shape[0]
-        tokens = torch.cat([self.cls.expand(b, -1, -1), self.patch_features(x)], dim=1) + self.pos
-        for block in self.blocks:
-            tokens = block(tokens)
-        return self.norm(tokens[:, 0])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: float32 [B, 8, 8] -> logits float32 [B, 10]."""
-        return self.head(self.features(x))
 
 
 @dataclass(frozen=True)
@@ -183,72 +128,6 @@ def accuracy(state: State, x: torch.Tensor, y: torch.Tensor, settings: SuiteSett
     right = sum(int((model(x[i:i + EVAL_BATCH]).argmax(-1) == y[i:i + EVAL_BATCH]).sum())
                 for i in range(0, len(x), EVAL_BATCH))
     return right / len(x)
-
-
-class DigitsTasks:
-    """The digits suite as ``sparsa bench merge`` scores it (see :mod:`sparsa.bench.merge`).
-
-    A batch is ``(x, y)``: images float32 [b, 8, 8] and labels int64 [b]. Weights are whole state dicts.
-    """
-
-    metric = "accuracy"
-
-    def __init__(self, suite: "Suite"):
-        self.suite = suite
-        self.settings, self.base, self.finetuned = suite.settings, suite.base, suite.finetuned
-        self.tasks = list(suite.settings.domains)
-        self.model, self.base_model = make_model(suite.settings), make_model(suite.settings, suite.base)
-        self.test = {d: digits_domain(d, "test") for d in self.tasks}
-
-    @property
-    def params(self) -> int:
-        return sum(t.numel() for t in self.base.values())
-
-    def task_vectors(self) -> dict[str, State]:
-        return self.suite.task_vectors()
-
-    def loss(self, task: str):
-        return task_loss(self.settings, task)
-
-    def test_batches(self, task: str, batch: int):
-        x, y = self.test[task]
-        return [(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)]
-
-    @torch.inference_mode()
-    def evaluate(self, weights: State, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
-        """``(right, samples)`` of one batch, the weights loaded into the model first."""
-        self.model.load_state_dict(weights)
-        return int((self.model(x).argmax(-1) == y).sum()), len(y)
-
-    @staticmethod
-    def summarize(total: float, count: int) -> float:
-        return total / count
-
-    @staticmethod
-    def normalize(value: float, individual: float) -> float:
-        return value / individual
-
-    def query(self, task: str, n: int) -> torch.Tensor:
-        return digits_domain(task, "train")[0][:n]
-
-    def side_branch(self, vectors):
-        """``evaluate(task_weights, x, y) -> (right, samples)`` on a base model whose linear layers apply
-        the compressed task vectors as sparse side branches (:class:`~sparsa.merge.switch_linear.Switch`)."""
-        from sparsa.merge.switch_linear import Switch
-
-        model = make_model(self.settings, self.base)
-        switch = Switch(model, vectors)
-
-        @torch.inference_mode()
-        def evaluate(task_weights, x, y):
-            switch.set(task_weights)
-            return int((model(x).argmax(-1) == y).sum()), len(y)
-        return evaluate
-
-    @torch.inference_mode()
-    def features(self, kind: str, x: torch.Tensor) -> torch.Tensor:
-        """[b, d]: ``output`` the base's final CLS feature, ``input`` its patch embeddings, flattened."""
-        return self.base_model.features(x) if kind == "output" else self.base_model.patch_features(x).flatten(1)
 
 
 def task_loss(settings: SuiteSettings, domain: str):
@@ -350,45 +229,6 @@ def train_suite(settings: SuiteSettings, *, progress: bool = False) -> Suite:
 def cache_path(settings: SuiteSettings, cache_dir: str | Path) -> Path:
     """Where ``settings``' suite is cached under ``cache_dir``."""
     return Path(cache_dir) / f"digits-merge-suite-{settings.key()}.safetensors"
-
-
-def write_states(path: str | Path, groups: dict[str, State], meta: dict[str, str]) -> None:
-    """Write named state dicts as one safetensors file (tensor ``group/name``), atomically (temporary
-    sibling, rename); ``meta``: string metadata, its ``key`` naming the settings."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {f"{g}/{k}": v.contiguous() for g, state in groups.items() for k, v in state.items()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def read_states(path: str | Path, key: str, groups: list[str], names: list[str]) -> tuple[dict[str, State], dict]:
-    """The state dicts ``groups`` (each exactly ``names``, in that order) and the metadata of a file of
-    :func:`write_states`; an error when it was written for another ``key`` or is unreadable."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's cache at fault
-        raise SparsaError(f"{path}: not a readable merge-suite file ({type(e).__name__})") from e
-    if meta.get("key") != key:
-        raise SparsaError(f"{path}: built with other settings (key {meta.get('key')}, wanted {key})")
-    out = {}
-    for g in groups:
-        state = {k[len(g) + 1:]: v for k, v in tensors.items() if k.startswith(f"{g}/")}
-        if sorted(state) != sorted(names):
-            raise SparsaError(f"{path}: lacks the base's or a task's tensors of the model")
-        out[g] = {n: state[n] for n in names}  # the order training gives (DARE draws in tensor order)
-    return out, meta
 
 
 def save_suite(suite: Suite, path: str | Path) -> None:
