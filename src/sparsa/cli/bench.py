@@ -56,20 +56,22 @@ def cmd_bench_decode(args) -> dict:
     return {"out": args.out, "quick": args.quick, "rows": payload["rows"], "llama_cpp": payload.get("llama_cpp")}
 
 
+def variant_lines(header: str, rows: list[dict], width: int, line) -> str:
+    """``header``, then per row its variant padded to ``width`` and ``line(row)``, or why it did not run."""
+    return "\n".join([header, *(f"{row['variant']:<{width}} "
+                                + (f"not run: {row['skipped']}" if "skipped" in row else line(row)) for row in rows)])
+
+
 def bench_decode_table(r: dict) -> str:
     from sparsa.bench.decode import kernel_label
 
-    lines = [f"wrote {r['out']}/{'decode_quick' if r['quick'] else 'decode'}.{{json,md,png}}"]
-    for row in r["rows"]:
-        if "skipped" in row:
-            lines.append(f"{row['variant']:<26} not run: {row['skipped']}")
-            continue
+    def line(row):
         speeds = "  ".join(f"{c}: {v:.1f} tok/s ({row.get('x_dense_fp32', {}).get(c, float('nan')):.2f}x)"
                            for c, v in row["tokens_per_s"].items())
         match = row.get("reference_match")
-        lines.append(f"{row['variant']:<26} {speeds}" + ("" if match is None else f"  match={match['match']}")
-                     + f"  kernel: {kernel_label(row)}")
-    return "\n".join(lines)
+        return speeds + ("" if match is None else f"  match={match['match']}") + f"  kernel: {kernel_label(row)}"
+    return variant_lines(f"wrote {r['out']}/{'decode_quick' if r['quick'] else 'decode'}.{{json,md,png}}",
+                         r["rows"], 26, line)
 
 
 def cmd_bench_encoder(args) -> dict:
@@ -88,17 +90,12 @@ def cmd_bench_encoder(args) -> dict:
 
 
 def bench_encoder_table(r: dict) -> str:
-    lines = [f"wrote {r['out']}/{r['name']}.{{json,md,png}}"]
-    for row in r["rows"]:
-        if "skipped" in row:
-            lines.append(f"{row['variant']:<20} not run: {row['skipped']}")
-            continue
+    def line(row):
         a = row["agreement"]
-        lines.append(f"{row['variant']:<20} " + "  ".join(f"batch {b}: {ms:.1f} ms ({row['x_dense'][b]:.2f}x)"
-                                                          for b, ms in row["ms"].items())
-                     + f"  cosine {a['cosine_mean']:.4f} (min {a['cosine_min']:.4f}), top-{a['k']} "
-                       f"overlap {a['topk_overlap']:.3f}")
-    return "\n".join(lines)
+        return ("  ".join(f"batch {b}: {ms:.1f} ms ({row['x_dense'][b]:.2f}x)" for b, ms in row["ms"].items())
+                + f"  cosine {a['cosine_mean']:.4f} (min {a['cosine_min']:.4f}), top-{a['k']} "
+                  f"overlap {a['topk_overlap']:.3f}")
+    return variant_lines(f"wrote {r['out']}/{r['name']}.{{json,md,png}}", r["rows"], 20, line)
 
 
 def cmd_bench_ba(args) -> dict:
@@ -215,35 +212,35 @@ def add_bench(sub, common, parser_class) -> None:
                    help="seed of the calibration windows and of the compressors (default %(default)s)")
     p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
     p.set_defaults(run=cmd_bench_quality, table=bench_quality_table)
-    p = bench.add_parser("spmm", parents=[common], help="sparse weight x activations against CPU peers")
-    p.add_argument("--quick", action="store_true",
-                   help="3072x768 at 128 tokens and 1536x576 at 1 and 16 tokens, at 70%% and 90%% (written as spmm_quick)")
-    p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
-    p.set_defaults(run=cmd_bench_spmm, table=bench_spmm_table)
-    p = bench.add_parser("ba", parents=[common], help="bundle adjustment against pycolmap (Ceres) and scipy")
-    p.add_argument("--quick", action="store_true", help="the 50-camera scene only (written as ba_quick)")
-    p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
-    p.set_defaults(run=cmd_bench_ba, table=bench_ba_table)
-    p = bench.add_parser("merge", parents=[common],
-                         help="task-vector merging (T-Switch, Auto-Switch, baselines) on the offline digits suite")
-    p.add_argument("--quick", action="store_true", help="shorter fine-tuning (written as merge_quick)")
+    command = results_command(bench, common)
+    command("spmm", "sparse weight x activations against CPU peers",
+            "3072x768 at 128 tokens and 1536x576 at 1 and 16 tokens, at 70%% and 90%% (written as spmm_quick)",
+            cmd_bench_spmm, bench_spmm_table)
+    command("ba", "bundle adjustment against pycolmap (Ceres) and scipy", "the 50-camera scene only (written as ba_quick)",
+            cmd_bench_ba, bench_ba_table)
+    p = command("merge", "task-vector merging (T-Switch, Auto-Switch, baselines) on the offline digits suite",
+                "shorter fine-tuning (written as merge_quick)", cmd_bench_merge, bench_merge_table)
     add_bos_flag(p, "language tasks' windows (full run only; --quick has no language tasks)")
-    p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
-    p.set_defaults(run=cmd_bench_merge, table=bench_merge_table)
-    p = bench.add_parser("gpu", parents=[common], help="Triton kernels against cuBLAS, torch BSR and 2:4 (CUDA)")
-    p.add_argument("--quick", action="store_true", help="4096x4096 at 1 and 128 tokens, 90%% (written as gpu_quick)")
-    p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
-    p.set_defaults(run=cmd_bench_gpu, table=bench_gpu_table)
-    p = bench.add_parser("decode", parents=[common], help="greedy decode tokens/s, dense against compressed")
-    p.add_argument("--quick", action="store_true",
-                   help="batch 1, 33 new tokens, dense fp32 and SpQR-3 only (written as decode_quick)")
-    p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
+    command("gpu", "Triton kernels against cuBLAS, torch BSR and 2:4 (CUDA)",
+            "4096x4096 at 1 and 128 tokens, 90%% (written as gpu_quick)", cmd_bench_gpu, bench_gpu_table)
+    p = command("decode", "greedy decode tokens/s, dense against compressed",
+                "batch 1, 33 new tokens, dense fp32 and SpQR-3 only (written as decode_quick)", cmd_bench_decode,
+                bench_decode_table)
     add_bos_flag(p, "SpQR's calibration windows")
-    p.set_defaults(run=cmd_bench_decode, table=bench_decode_table)
-    p = bench.add_parser("encoder", parents=[common], help="MiniLM sentence-embedding latency, dense against sparse")
-    p.add_argument("--quick", action="store_true",
-                   help="90%% sparsity only, 60 recovery steps, 3 rounds (written as encoder_quick)")
+    p = command("encoder", "MiniLM sentence-embedding latency, dense against sparse",
+                "90%% sparsity only, 60 recovery steps, 3 rounds (written as encoder_quick)", cmd_bench_encoder,
+                bench_encoder_table)
     p.add_argument("--recover-steps", type=number(int, 1),
                    help="recovery steps per sparsity (default 300 steps; --quick 60)")
-    p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
-    p.set_defaults(run=cmd_bench_encoder, table=bench_encoder_table)
+
+
+def results_command(bench, common):
+    """``command(name, help, quick_help, run, table)``: a ``sparsa bench`` subcommand with ``--quick`` and
+    ``--out`` (the results directory); returns its parser for further flags."""
+    def command(name: str, help: str, quick_help: str, run, table):
+        p = bench.add_parser(name, parents=[common], help=help)
+        p.add_argument("--quick", action="store_true", help=quick_help)
+        p.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
+        p.set_defaults(run=run, table=table)
+        return p
+    return command
