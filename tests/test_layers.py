@@ -12,6 +12,7 @@ SRC = pathlib.Path(sparsa.__file__).parent
 # top-level module or package under sparsa -> its layer (lower imports nothing higher)
 LAYERS = {
     "": 0, "errors": 0, "atomic": 0, "json_safe": 0, "openmp": 0, "import_noise": 0, "registry": 0,
+    "transformers_hook": 0,
     "formats": 1, "data": 1,
     "kernels": 2,
     "nn": 3,
@@ -22,7 +23,7 @@ LAYERS = {
     "cli": 8,
     "__main__": 9,
 }
-SHARED = {"", "errors", "atomic", "json_safe", "openmp", "import_noise", "registry"}  # one layer, importable by all
+SHARED = {"", "errors", "atomic", "json_safe", "openmp", "import_noise", "registry", "transformers_hook"}  # one layer, importable by all
 
 
 def module_name(path: pathlib.Path) -> str:

@@ -23,3 +23,7 @@ spin_before_sleeping()  # before torch or numba loads an OpenMP runtime
 from sparsa.import_noise import quiet_import_noise  # noqa: E402
 
 quiet_import_noise()
+
+from sparsa.transformers_hook import install  # noqa: E402
+
+install()  # transformers' from_pretrained reads sparsa checkpoints (registered when it loads)

@@ -1,7 +1,9 @@
 """The only writer and reader of sparsa checkpoint directories.
 
 Layout of a checkpoint ``DIR``:
-    config.json, tokenizer files        as Hugging Face writes them
+    config.json, tokenizer files        as Hugging Face writes them; config.json's
+                                        ``quantization_config`` (``quant_method: sparsa``) lets
+                                        transformers load the directory (:mod:`sparsa.nn.hf_quantizer`)
     sparsa.json                         manifest: schema, sparsa version, task (``causal-lm``
                                         or ``encoder``), method, per-module format + metadata
                                         + bytes on disk, bits/param
@@ -14,6 +16,7 @@ listing every file there) is ever replaced. Loads validate schema, shapes, dtype
 every tensor before building the model (on the ``meta`` device, no random init).
 """
 
+import copy
 import json
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from sparsa import __version__
 from sparsa.atomic import CHECKPOINT, output_directory
 from sparsa.errors import SparsaError
 from sparsa.formats.registry import get_format
+from sparsa.nn.hf_quantizer import quantization_config
 from sparsa.nn.safetensors_io import read_header
 from sparsa.nn.sparse_linear import SparseLinear
 from sparsa.nn.surgery import set_submodule, sparse_linears
@@ -100,7 +104,6 @@ def save_checkpoint(model: nn.Module, tokenizer, out_dir, *, method: dict,
         The manifest written to ``sparsa.json``.
     """
     with output_directory(out_dir, CHECKPOINT, force=force) as (tmp, manifest):
-        model.config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         weight_map = write_shards(unique_tensors(model), tmp, shard_bytes)
@@ -108,6 +111,11 @@ def save_checkpoint(model: nn.Module, tokenizer, out_dir, *, method: dict,
         for filename in sorted(set(weight_map.values())):
             stored.update(read_header(tmp / filename))
         manifest.update(build_manifest(model, method, stored))
+        config = copy.deepcopy(model.config)  # as model.save_pretrained writes it, plus the quantization config
+        config.dtype = str(model.dtype).split(".")[1]
+        config.architectures = [type(model).__name__]
+        config.quantization_config = quantization_config(manifest)  # transformers' from_pretrained reads it
+        config.save_pretrained(tmp)
         (tmp / INDEX).write_text(json.dumps({"metadata": {"total_size": sum(t.nbytes for t in stored.values())},
                                              "weight_map": weight_map}, indent=2))
     return manifest

@@ -33,6 +33,20 @@ class SparseLinear(nn.Module):
         self.cache_decoded = False
         self._format: Format | None = None
 
+    @classmethod
+    def empty(cls, format_cls: type, meta: dict, shapes: dict, bias: torch.Tensor | None = None) -> "SparseLinear":
+        """A module of ``format_cls`` with metadata ``meta`` whose arrays are ``meta``-device buffers
+        (``shapes``: array name -> (shape, dtype)), to be loaded in place (transformers' loader)."""
+        module = nn.Module.__new__(cls)
+        nn.Module.__init__(module)
+        module.format_cls, module.format_meta = format_cls, dict(meta)
+        module.out_features, module.in_features = tuple(meta["shape"])
+        for name, (shape, dtype) in shapes.items():
+            module.register_buffer(name, torch.empty(shape, dtype=dtype, device="meta"))
+        module.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        module.decoded, module.cache_decoded, module._format = None, False, None
+        return module
+
     @property
     def weight_format(self) -> Format:
         """The format around this module's buffers; the same object while the buffers are the same
