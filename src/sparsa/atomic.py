@@ -186,8 +186,10 @@ def atomic_directory(dest):
         raise
 
 
-def write_file(path, data: bytes, *, force: bool = False) -> None:
-    """Write ``data`` to the file ``path`` through a temporary sibling renamed into place."""
+@contextmanager
+def output_file(path, *, force: bool = False):
+    """Yield a temporary sibling of the file ``path`` to write; on success it is renamed into place
+    (Ctrl-C held back), on failure removed with any parent directory made for it."""
     path = Path(path)
     check_output_file(path, force=force)
     created = _make_parents(path.parent)
@@ -196,9 +198,9 @@ def write_file(path, data: bytes, *, force: bool = False) -> None:
     except OSError as err:
         _remove_parents(created)
         raise SparsaError(f"{path}: cannot write ({err.strerror or err})") from None
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
         with held_signals():
             os.replace(tmp, path)
@@ -208,6 +210,12 @@ def write_file(path, data: bytes, *, force: bool = False) -> None:
         if isinstance(err, OSError):
             raise SparsaError(f"{path}: cannot write ({err.strerror or err})") from None
         raise
+
+
+def write_file(path, data: bytes, *, force: bool = False) -> None:
+    """Write ``data`` to the file ``path`` through a temporary sibling renamed into place."""
+    with output_file(path, force=force) as tmp:
+        tmp.write_bytes(data)
 
 
 def replace_files(directory, contents: dict[str, bytes]) -> None:

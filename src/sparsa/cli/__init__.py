@@ -14,7 +14,7 @@ from sparsa.cli._common import Parser, emit, fail
 from sparsa.cli.attention import add_attention
 from sparsa.cli.bench import add_bench
 from sparsa.cli.merge import add_merge, add_merge_eval
-from sparsa.cli.model import add_compress, add_demo, add_eval, add_generate
+from sparsa.cli.model import add_compress, add_demo, add_eval, add_export, add_generate
 from sparsa.cli.sfm import add_ba, add_sfm
 from sparsa.errors import SparsaError
 
@@ -26,7 +26,7 @@ def build_parser() -> Parser:
     common.add_argument("--quiet", action="store_true", help="no progress bars")
     parser = Parser(prog="sparsa", description="Make models sparse, small and fast.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (add_eval, add_compress, add_generate, add_demo, add_ba, add_sfm, add_merge, add_merge_eval):
+    for add in (add_eval, add_compress, add_export, add_generate, add_demo, add_ba, add_sfm, add_merge, add_merge_eval):
         add(sub, common)
     add_bench(sub, common, Parser)
     add_attention(sub, common, Parser)

@@ -42,7 +42,7 @@ def cmd_compress(args) -> dict:
         bits=args.bits, group_size=args.group_size, sparsity=args.sparsity, pattern=args.pattern,
         outlier_threshold=args.outlier_threshold, nsamples=args.nsamples, seqlen=args.seqlen,
         calib=None if args.recover else args.calib,
-        percdamp=args.percdamp, act_order=args.act_order, static_groups=args.static_groups, symmetric=args.symmetric,
+        percdamp=args.percdamp, act_order=args.act_order, static_groups=args.static_groups, symmetric=args.symmetric, grid=args.grid,
         simplified_outliers=args.simplified_outliers, stat_bits=args.stat_bits, stat_group_size=args.stat_group_size,
         budget=args.budget)
     check_device(args.device)
@@ -100,6 +100,36 @@ def demo_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_export(args) -> dict:
+    from sparsa.nn.gguf_export import export_gguf
+
+    return export_gguf(args.checkpoint, args.out, dense_type=args.dense_type,
+                       dequantize_unsupported=args.dequantize_unsupported, force=args.force).to_dict()
+
+
+def export_table(r: dict) -> str:
+    from sparsa.nn.gguf_export import ExportSummary
+
+    return ExportSummary(**r).brief()
+
+
+def add_export(sub, common) -> None:
+    from sparsa.nn.gguf_export import DENSE_TYPES
+
+    p = sub.add_parser("export", parents=[common], help="write a checkpoint as a GGUF file llama.cpp runs")
+    p.add_argument("checkpoint", help="a sparsa checkpoint directory (best: --method rtn/gptq with --grid)")
+    p.add_argument("--to", choices=("gguf",), required=True, help="the file format (gguf)")
+    p.add_argument("-o", "--out", required=True, help="the file to write (refused if it exists, unless --force)")
+    p.add_argument("--force", action="store_true", help="replace -o if it is an existing file")
+    p.add_argument("--dense-type", choices=DENSE_TYPES, default="auto",
+                   help="ggml type of the dense matrices (embeddings, uncompressed layers): auto keeps the stored "
+                        "dtype, so the file decodes to the checkpoint's exact weights (default %(default)s)")
+    p.add_argument("--dequantize-unsupported", choices=DENSE_TYPES[1:],
+                   help="write weights no ggml type holds (SpQR, sparse formats) dense in this type "
+                        "(default: stop, naming the first)")
+    p.set_defaults(run=cmd_export, table=export_table)
+
+
 def add_eval(sub, common) -> None:
     p = sub.add_parser("eval", parents=[common], help="perplexity and size of a model")
     p.add_argument("model", help="smollm2-135m, a .gguf file, a Hugging Face dir or a sparsa checkpoint")
@@ -143,6 +173,8 @@ def add_compress(sub, common) -> None:
     p.add_argument("--symmetric", action="store_true", default=None,
                    help="rtn, gptq: symmetric grids with no stored minimum, GGUF Q4_0's rule "
                         "(4.5 bits/param at --bits 4 --group-size 32)")
+    p.add_argument("--grid", help="rtn, gptq: quantize on a ggml block type's grid exactly, for sparsa export --to gguf: "
+                                  "q4_0, q4_1, q5_0, q5_1 or q8_0 (blocks of 32; sets --bits, --group-size, --symmetric)")
     p.add_argument("--outlier-threshold", type=float, help="spqr: outlier threshold tau (default: recipe)")
     p.add_argument("--simplified-outliers", action="store_true", default=None,
                    help="spqr: skip the leave-one-out refit (faster, worse)")

@@ -4,6 +4,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
 from sparsa.errors import SparsaError
+from sparsa.formats.ggml import BLOCK, BLOCK_TYPES
 from sparsa.formats.quant import MAX_BITS, MIN_BITS
 
 VERSION = 1
@@ -75,8 +76,55 @@ class MethodConfig:
         return cls(**{k: v for k, v in flags.items() if v is not None and k in names})
 
 
+K_QUANT_GRIDS = ("q4_k", "q5_k", "q6_k")
+
+
+class GridMixin:
+    """For configs with ``bits``, ``group_size``, ``symmetric`` and ``grid``: ``grid`` (``q4_0``,
+    ``q4_1``, ``q5_0``, ``q5_1``, ``q8_0``) quantizes on that ggml block type's grid exactly (blocks of
+    32, fp16 scale and minimum, Q8_0's ``max|w| / 127`` scale), so ``sparsa export --to gguf`` writes
+    the codes as they are."""
+
+    def apply_grid(self, defaults: tuple[int, int, bool]) -> None:
+        """Set ``bits``, ``group_size`` and ``symmetric`` from ``grid``; a SparsaError when they were given
+        otherwise (anything but the class defaults) or the grid is unknown."""
+        if self.grid is None:
+            return
+        if self.grid in K_QUANT_GRIDS:
+            raise SparsaError(f"--grid {self.grid}: k-quant grids (super-blocks of 256) are not built yet; "
+                              f"choose one of {', '.join(BLOCK_TYPES)}")
+        if self.grid not in BLOCK_TYPES:
+            raise SparsaError(f"--grid {self.grid!r} is not one of {', '.join(BLOCK_TYPES)}")
+        t = BLOCK_TYPES[self.grid]
+        chosen = (self.bits, self.group_size, self.symmetric)
+        if chosen not in (defaults, (t.bits, BLOCK, t.symmetric)):
+            raise SparsaError(f"--grid {self.grid} sets --bits {t.bits} --group-size {BLOCK}"
+                              f"{' --symmetric' if t.symmetric else ''}; drop the other grid flags")
+        for name, value in zip(("bits", "group_size", "symmetric"), (t.bits, BLOCK, t.symmetric)):
+            object.__setattr__(self, name, value)
+
+    @property
+    def absmax(self) -> bool:
+        """Whether groups take :func:`~sparsa.formats.quant.absmax_stats` grids (Q8_0's rule)."""
+        return self.grid == "q8_0"
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        if out.get("grid") is None:
+            out.pop("grid", None)  # recorded only when chosen
+        return out
+
+    @classmethod
+    def from_flags(cls, **flags):
+        if flags.get("grid") is not None:
+            given = [f"--{k.replace('_', '-')}" for k in ("bits", "group_size", "symmetric") if flags.get(k) is not None]
+            if given:
+                raise SparsaError(f"--grid {flags['grid']} sets the grid; drop {', '.join(given)}")
+        return super().from_flags(**flags)
+
+
 @dataclass(frozen=True)
-class RTNConfig(MethodConfig):
+class RTNConfig(GridMixin, MethodConfig):
     """Round-to-nearest group quantization, asymmetric min-max, no calibration.
 
     Args:
@@ -84,6 +132,7 @@ class RTNConfig(MethodConfig):
         group_size: input columns sharing one fp16 scale and minimum (the last group of a row
             is shorter when it does not divide in_features).
         symmetric: symmetric grids, no stored minimum (GGUF Q4_0's rule; 4.5 bits/param at 4 bits, g32).
+        grid: a ggml block type's grid (:class:`GridMixin`); sets the three above.
     """
 
     head_by_default: ClassVar[bool] = True
@@ -91,8 +140,10 @@ class RTNConfig(MethodConfig):
     bits: int = 4
     group_size: int = 128
     symmetric: bool = False
+    grid: str | None = None
 
     def __post_init__(self):
+        self.apply_grid((4, 128, False))
         check_bits("--bits", self.bits)
         if self.group_size <= 0:
             raise SparsaError(f"--group-size {self.group_size} must be positive")
@@ -168,7 +219,7 @@ class CalibratedConfig(MethodConfig):
 
 
 @dataclass(frozen=True)
-class GPTQConfig(CalibratedConfig):
+class GPTQConfig(GridMixin, CalibratedConfig):
     """GPTQ (Frantar et al. 2022, arXiv 2210.17323): OBS quantization with error feedback.
 
     Args:
@@ -177,6 +228,7 @@ class GPTQConfig(CalibratedConfig):
         act_order: solve columns by decreasing ``diag H``; with groups this implies static groups.
         static_groups: fit every group's grid on the original weights before the solve.
         symmetric: symmetric grids, no stored minimum (GGUF Q4_0's rule).
+        grid: a ggml block type's grid (:class:`GridMixin`); sets bits, group_size and symmetric.
     """
 
     head_by_default: ClassVar[bool] = True
@@ -186,8 +238,10 @@ class GPTQConfig(CalibratedConfig):
     act_order: bool = True
     static_groups: bool = False
     symmetric: bool = False
+    grid: str | None = None
 
     def __post_init__(self):
+        self.apply_grid((4, 128, False))
         super().__post_init__()
         check_bits("--bits", self.bits)
         if self.group_size < 0:

@@ -23,16 +23,16 @@ class GPTQStep:
     """Column step: round to the group grid; records codes (solve order) and grids (original order)."""
 
     def __init__(self, W: torch.Tensor, bits: int, group_size: int, perm: torch.Tensor, static: bool,
-                 symmetric: bool):
+                 symmetric: bool, absmax: bool = False):
         out_features, in_features = W.shape
         self.bits, self.group_size, self.perm, self.static = bits, group_size, perm, static
-        self.symmetric = symmetric
+        self.symmetric, self.absmax = symmetric, absmax
         self.codes = torch.zeros(out_features, in_features, dtype=torch.uint8, device=W.device)
         self.scale = torch.zeros(out_features, group_count(in_features, group_size), dtype=torch.float16,
                                  device=W.device)
         self.minimum = torch.zeros_like(self.scale)
         if static:  # W here is in original column order
-            self.scale, self.minimum = grid_stats(pad_groups(W, group_size), bits, symmetric)
+            self.scale, self.minimum = grid_stats(pad_groups(W, group_size), bits, symmetric, absmax)
 
     def begin_block(self, W1, Hinv1, start):
         pass
@@ -41,7 +41,7 @@ class GPTQStep:
         group = int(self.perm[j]) // self.group_size
         if not self.static and j % self.group_size == 0:  # identity order: group = j // group_size
             self.scale[:, group], self.minimum[:, group] = grid_stats(W1[:, i:i + self.group_size], self.bits,
-                                                                     self.symmetric)
+                                                                     self.symmetric, self.absmax)
         scale, minimum = self.scale[:, group], self.minimum[:, group]
         codes = grid_codes(W1[:, i], scale, minimum, self.bits)
         self.codes[:, j] = codes.to(torch.uint8)
@@ -60,7 +60,7 @@ def gptq_solve(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig, *, where: s
     W = W.float().clone()
     W[:, prep.dead] = 0
     static = config.static_groups or (config.act_order and group_size < in_features)
-    step = GPTQStep(W, config.bits, group_size, prep.perm, static, config.symmetric)
+    step = GPTQStep(W, config.bits, group_size, prep.perm, static, config.symmetric, config.absmax)
     blocksize = group_size * max(1, BLOCKSIZE // group_size)  # groups never straddle a block
     Qp, loss = obs_solve(W[:, prep.perm], prep.Hinv, step, blocksize)
     codes, Q = torch.empty_like(step.codes), torch.empty_like(Qp)

@@ -11,4 +11,4 @@ from sparsa.formats.quant import Quant
 def rtn(W: torch.Tensor, config: RTNConfig, *, where: str) -> Quant:
     """Quantize ``W: [out, in]`` to ``config.bits`` with min-max (or symmetric) groups of ``config.group_size``."""
     return Quant.from_dense(W, bits=config.bits, group_size=config.group_size, symmetric=config.symmetric,
-                            where=where)
+                            absmax=config.absmax, where=where)

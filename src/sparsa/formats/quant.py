@@ -64,9 +64,23 @@ def symmetric_stats(Wg: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Te
     return scale, symmetric_minimum(scale, bits)
 
 
-def grid_stats(Wg: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`symmetric_stats` or :func:`minmax_stats` of each group along the last axis."""
-    return symmetric_stats(Wg, bits) if symmetric else minmax_stats(Wg, bits)
+def absmax_stats(Wg: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric grid of each group along the last axis with the largest |w| at code ``2**bits - 1``
+    (GGUF Q8_0's rule at 8 bits: ``d = max|w| / 127``, codes -127..127 around the centre).
+
+    Returns:
+        scale, minimum: [...] fp16; minimum the implied :func:`symmetric_minimum`.
+    """
+    scale = (Wg.float().abs().amax(dim=-1) / (2 ** (bits - 1) - 1)).to(torch.float16)
+    return scale, symmetric_minimum(scale, bits)
+
+
+def grid_stats(Wg: torch.Tensor, bits: int, symmetric: bool, absmax: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`symmetric_stats` (or with ``absmax`` :func:`absmax_stats`) or :func:`minmax_stats` of each
+    group along the last axis."""
+    if symmetric:
+        return absmax_stats(Wg, bits) if absmax else symmetric_stats(Wg, bits)
+    return minmax_stats(Wg, bits)
 
 
 def grid_codes(W: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor, bits: int) -> torch.Tensor:
@@ -95,20 +109,20 @@ def pad_groups(W: torch.Tensor, group_size: int) -> torch.Tensor:
     return W.reshape(W.shape[0], -1, group_size)
 
 
-def group_quantize(W: torch.Tensor, bits: int, group_size: int, symmetric: bool = False):
+def group_quantize(W: torch.Tensor, bits: int, group_size: int, symmetric: bool = False, absmax: bool = False):
     """Round-to-nearest over groups of input columns, on min-max (or symmetric) grids.
 
     Args:
         W: [out, in] float weight.
         bits: 2..8.
         group_size: input columns per group (the last group may be shorter).
-        symmetric: :func:`symmetric_stats` grids instead of min-max ones.
+        symmetric: :func:`symmetric_stats` grids instead of min-max ones (:func:`absmax_stats` with ``absmax``).
     Returns:
         codes [out, in] uint8 in [0, 2**bits), scale [out, G] fp16, minimum [out, G] fp16.
     """
     out_features, in_features = W.shape
     Wg = pad_groups(W, group_size)
-    scale, minimum = grid_stats(Wg, bits, symmetric)
+    scale, minimum = grid_stats(Wg, bits, symmetric, absmax)
     codes = grid_codes(Wg, scale[..., None], minimum[..., None], bits)
     return codes.to(torch.uint8).reshape(out_features, -1)[:, :in_features], scale, minimum
 
@@ -143,13 +157,14 @@ class Quant(Format):
 
     @classmethod
     def from_dense(cls, W: torch.Tensor, *, bits: int, group_size: int, symmetric: bool = False,
-                   where: str = "weight") -> "Quant":
-        """Quantize ``W: [out, in]`` round-to-nearest with min-max (or symmetric) groups."""
+                   absmax: bool = False, where: str = "weight") -> "Quant":
+        """Quantize ``W: [out, in]`` round-to-nearest with min-max (or symmetric; ``absmax``: see
+        :func:`absmax_stats`) groups."""
         if not MIN_BITS <= bits <= MAX_BITS:
             raise SparsaError(f"{where}: --bits {bits} is outside {MIN_BITS}..{MAX_BITS}")
         if group_size <= 0:
             raise SparsaError(f"{where}: --group-size {group_size} must be positive")
-        codes, scale, minimum = group_quantize(W, bits, group_size, symmetric)
+        codes, scale, minimum = group_quantize(W, bits, group_size, symmetric, absmax)
         if not (torch.isfinite(scale).all() and torch.isfinite(minimum).all()):
             raise SparsaError(f"{where}: weights beyond the fp16 range (|w| > 65504) or non-finite; "
                               "cannot store fp16 group statistics")

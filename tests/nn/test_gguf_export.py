@@ -1,0 +1,136 @@
+"""``sparsa export CKPT --to gguf``: every exported tensor decodes (gguf package) to exactly the
+checkpoint's weight, transformers loads the file to the checkpoint's logits, and bad input is one
+line with nothing written."""
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import last_json, run_cli
+from sparsa.compress import GPTQConfig, MagnitudeConfig, RTNConfig, SpQRConfig, compress_
+from sparsa.errors import SparsaError
+from sparsa.nn import sparse_linears
+from sparsa.nn.checkpoint import load_checkpoint, save_checkpoint
+from sparsa.nn.gguf_export import export_gguf, rotary_rows
+
+IDS = torch.tensor([[3, 17, 5, 99, 42, 8, 120, 64, 1, 0, 77, 31, 9, 2, 56, 127]])
+
+
+@pytest.fixture
+def bpe_tokenizer():
+    """A byte-level BPE tokenizer of 128 tokens (GGUF stores GPT-2 style BPE)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {"<|endoftext|>": 0, **{c: i + 1 for i, c in enumerate(sorted(alphabet)[:127])}}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+
+
+def checkpoint(model, tokenizer, config, path):
+    windows = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    calibrated = isinstance(config, (GPTQConfig, SpQRConfig))
+    compress_(model, config, calibration=windows if calibrated else None, progress=False)
+    save_checkpoint(model, tokenizer, path, method=config.to_dict())
+    return path
+
+
+def logits(model):
+    with torch.no_grad():
+        return model(IDS).logits
+
+
+GRIDS = ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0"]
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("method", [RTNConfig, GPTQConfig], ids=["rtn", "gptq"])
+def test_every_exported_tensor_decodes_to_the_checkpoint_weight(grid, method, tiny_llama, bpe_tokenizer, tmp_path):
+    config = method(grid=grid) if method is RTNConfig else method(grid=grid, nsamples=2, seqlen=16)
+    path = checkpoint(tiny_llama, bpe_tokenizer, config, tmp_path / "ck")
+    summary = export_gguf(path, tmp_path / "m.gguf")
+    reader = gguf.GGUFReader(str(tmp_path / "m.gguf"))
+    assert summary.file_bytes == (tmp_path / "m.gguf").stat().st_size
+    model, _, _ = load_checkpoint(path)
+    stored = {t.name: t for t in reader.tensors}
+    c = model.config
+    for i, layer in enumerate(model.model.layers):
+        for hf, name, heads in (("self_attn.q_proj", "attn_q", c.num_attention_heads),
+                                ("self_attn.k_proj", "attn_k", c.num_key_value_heads),
+                                ("self_attn.v_proj", "attn_v", None), ("mlp.down_proj", "ffn_down", None)):
+            fmt = layer.get_submodule(hf).weight_format
+            t = stored[f"blk.{i}.{name}.weight"]
+            assert t.tensor_type.name == grid.upper() and t.n_bytes == fmt.nbytes
+            dense = gguf.quants.dequantize(t.data, t.tensor_type)
+            want = fmt.to_dense()
+            if heads:
+                want = want[rotary_rows(want.shape[0], heads)]
+            assert np.array_equal(dense, want.numpy()), f"blk.{i}.{name}"
+    assert np.array_equal(stored["token_embd.weight"].data, model.model.embed_tokens.weight.detach().numpy())
+
+
+def test_transformers_loads_the_gguf_to_the_checkpoint_logits(tiny_llama, bpe_tokenizer, tmp_path):
+    path = checkpoint(tiny_llama, bpe_tokenizer, RTNConfig(grid="q8_0"), tmp_path / "ck")
+    export_gguf(path, tmp_path / "m.gguf")
+    from_gguf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32)
+    torch.testing.assert_close(logits(from_gguf), logits(load_checkpoint(path)[0]), rtol=1e-5, atol=1e-5)
+
+
+def test_unsupported_format_is_named_or_dequantized(tiny_llama, bpe_tokenizer, tmp_path):
+    path = checkpoint(tiny_llama, bpe_tokenizer, MagnitudeConfig(pattern="2:4"), tmp_path / "ck")
+    with pytest.raises(SparsaError, match=r"model.layers.0.self_attn.q_proj.weight: nm has no ggml type"):
+        export_gguf(path, tmp_path / "m.gguf")
+    assert not (tmp_path / "m.gguf").exists()
+    summary = export_gguf(path, tmp_path / "m.gguf", dequantize_unsupported="f16")
+    assert summary.tensor_types["F16"] == len(list(sparse_linears(load_checkpoint(path)[0])))
+
+
+def test_a_quant_off_the_ggml_grid_is_named(tiny_llama, bpe_tokenizer, tmp_path):
+    path = checkpoint(tiny_llama, bpe_tokenizer, RTNConfig(bits=4, group_size=64), tmp_path / "ck")
+    with pytest.raises(SparsaError, match=r"model.layers.0.self_attn.q_proj.weight: Quant bits 4, group size 64"):
+        export_gguf(path, tmp_path / "m.gguf")
+
+
+def test_cli_export_json_and_bad_input(capsys, tiny_llama, bpe_tokenizer, tmp_path):
+    path = checkpoint(tiny_llama, bpe_tokenizer, RTNConfig(grid="q4_0"), tmp_path / "ck")
+    code, out, _ = run_cli(capsys, "export", str(path), "--to", "gguf", "-o", str(tmp_path / "m.gguf"), "--json")
+    assert code == 0 and last_json(out)["tensor_types"]["Q4_0"] == 14  # 2 blocks x 7 linears (the head stays tied)
+    code, _, err = run_cli(capsys, "export", str(path), "--to", "gguf", "-o", str(tmp_path / "m.gguf"))
+    assert code == 2 and "m.gguf: exists" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(capsys, "export", str(tmp_path / "nothing"), "--to", "gguf", "-o", str(tmp_path / "x.gguf"))
+    assert code == 2 and "no such checkpoint directory" in err and not (tmp_path / "x.gguf").exists()
+
+
+def test_an_architecture_gguf_cannot_name_is_refused(tiny_tokenizer, tmp_path):
+    from conftest import tiny_decoder
+
+    model = tiny_decoder("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16, "tie_word_embeddings": False})
+    path = checkpoint(model, tiny_tokenizer, RTNConfig(grid="q8_0"), tmp_path / "ck")
+    with pytest.raises(SparsaError, match="a Qwen3ForCausalLM; GGUF export writes LlamaForCausalLM"):
+        export_gguf(path, tmp_path / "m.gguf")
+    assert not (tmp_path / "m.gguf").exists()
+
+
+@pytest.mark.parametrize("flags, match", [(dict(grid="q4_0", bits=8), "--grid q4_0 sets --bits 4"),
+                                          (dict(grid="q4_k"), "k-quant grids"), (dict(grid="q3"), "is not one of")])
+def test_bad_grids_are_refused(flags, match):
+    with pytest.raises(SparsaError, match=match):
+        RTNConfig(**flags)
+
+
+def test_q8_0_grid_takes_ggml_scale_rule():
+    W = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
+    fmt = compress_rtn(W, RTNConfig(grid="q8_0"))
+    assert torch.equal(fmt.scale, (W.reshape(4, 2, 32).abs().amax(-1) / 127).half())
+    assert (fmt.bits, fmt.group_size, fmt.symmetric) == (8, 32, True)
+
+
+def compress_rtn(W, config):
+    from sparsa.compress.rtn import rtn
+
+    return rtn(W, config, where="w")
