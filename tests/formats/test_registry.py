@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from sparsa.errors import SparsaError
-from sparsa.formats import (FORMATS, NM, Bitmap, BlockSparse, BlockSparseInt8, Format, Quant, SparseQuant, SpQR,
-                            get_format, register_format)
+from sparsa.formats import (FORMATS, NM, Bitmap, BlockSparse, BlockSparseInt8, Format, KQuant, Quant, SparseQuant,
+                            SpQR, get_format, register_format)
 
 
 def examples() -> list[Format]:
@@ -20,7 +20,8 @@ def examples() -> list[Format]:
 
 
 @pytest.mark.parametrize("name, cls", [("bitmap", Bitmap), ("nm", NM), ("block", BlockSparse), ("quant", Quant),
-                                       ("sparse_quant", SparseQuant), ("spqr", SpQR), ("block_int8", BlockSparseInt8)])
+                                       ("sparse_quant", SparseQuant), ("spqr", SpQR), ("block_int8", BlockSparseInt8),
+                                       ("kquant", KQuant)])
 def test_get_format_known_name_returns_class(name, cls):
     assert get_format(name) is cls
     assert cls.format_name == name
@@ -28,11 +29,11 @@ def test_get_format_known_name_returns_class(name, cls):
 
 
 def test_formats_table_holds_exactly_the_builtin_formats():
-    assert sorted(FORMATS) == ["bitmap", "block", "block_int8", "nm", "quant", "sign_mask", "sparse_quant", "spqr"]
+    assert sorted(FORMATS) == ["bitmap", "block", "block_int8", "kquant", "nm", "quant", "sign_mask", "sparse_quant", "spqr"]
 
 
 def test_get_format_unknown_name_raises_listing_known():
-    with pytest.raises(SparsaError, match=re.escape("unknown format 'csr'; known: bitmap, block, block_int8, nm, quant")):
+    with pytest.raises(SparsaError, match=re.escape("unknown format 'csr'; known: bitmap, block, block_int8, kquant, nm, quant")):
         get_format("csr")
 
 

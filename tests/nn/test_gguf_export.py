@@ -117,7 +117,8 @@ def test_an_architecture_gguf_cannot_name_is_refused(tiny_tokenizer, tmp_path):
 
 
 @pytest.mark.parametrize("flags, match", [(dict(grid="q4_0", bits=8), "--grid q4_0 sets --bits 4"),
-                                          (dict(grid="q4_k"), "k-quant grids"), (dict(grid="q3"), "is not one of")])
+                                          (dict(grid="q4_k", bits=8), "--grid q4_k sets --bits 4 --group-size 32"),
+                                          (dict(grid="q3"), "is not one of")])
 def test_bad_grids_are_refused(flags, match):
     with pytest.raises(SparsaError, match=match):
         RTNConfig(**flags)
@@ -134,3 +135,60 @@ def compress_rtn(W, config):
     from sparsa.compress.rtn import rtn
 
     return rtn(W, config, where="w")
+
+
+def test_dense_type_q8_0_quantizes_the_embedding_as_the_gguf_package_does(tiny_llama, bpe_tokenizer, tmp_path):
+    path = checkpoint(tiny_llama, bpe_tokenizer, RTNConfig(grid="q4_0"), tmp_path / "ck")
+    export_gguf(path, tmp_path / "m.gguf", dense_type="q8_0")
+    t = next(t for t in gguf.GGUFReader(str(tmp_path / "m.gguf")).tensors if t.name == "token_embd.weight")
+    embedding = load_checkpoint(path)[0].model.embed_tokens.weight.detach().numpy()
+    assert t.tensor_type.name == "Q8_0"
+    assert np.array_equal(np.asarray(t.data).reshape(-1), gguf.quants.quantize(embedding, t.tensor_type).reshape(-1))
+
+
+@pytest.fixture
+def wide_llama():
+    """A 1-block Llama whose widths are multiples of 256, as the k-quants need (Gemma-style widths)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=256, intermediate_size=512, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=True)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("grid", ["q4_k", "q5_k", "q6_k"])
+@pytest.mark.parametrize("method", [RTNConfig, GPTQConfig], ids=["rtn", "gptq"])
+def test_k_quant_grids_export_exactly(grid, method, wide_llama, bpe_tokenizer, tmp_path):
+    config = method(grid=grid) if method is RTNConfig else method(grid=grid, nsamples=2, seqlen=16)
+    path = checkpoint(wide_llama, bpe_tokenizer, config, tmp_path / "ck")
+    model, _, manifest = load_checkpoint(path)
+    assert {e["format"] for e in manifest["formats"].values()} == {"kquant"}
+    export_gguf(path, tmp_path / "m.gguf")
+    stored = {t.name: t for t in gguf.GGUFReader(str(tmp_path / "m.gguf")).tensors}
+    for hf, name, heads in (("self_attn.q_proj", "attn_q", 4), ("self_attn.k_proj", "attn_k", 2),
+                            ("mlp.down_proj", "ffn_down", None)):
+        fmt = model.model.layers[0].get_submodule(hf).weight_format
+        t = stored[f"blk.0.{name}.weight"]
+        assert t.tensor_type.name == grid.upper() and t.n_bytes == fmt.nbytes
+        want = fmt.to_dense() if heads is None else fmt.to_dense()[rotary_rows(fmt.shape[0], heads)]
+        assert np.array_equal(gguf.quants.dequantize(t.data, t.tensor_type), want.numpy())
+    hf_model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32)
+    torch.testing.assert_close(logits(hf_model), logits(model), rtol=1e-5, atol=1e-5)
+
+
+def test_gptq_on_a_k_grid_beats_rtn_on_it(wide_llama, bpe_tokenizer):
+    """GPTQ's error feedback on the same fixed k-quant grid lowers the calibration output error."""
+    from sparsa.compress.gptq import gptq_solve
+    from sparsa.compress.rtn import rtn
+
+    W = wide_llama.model.layers[0].mlp.down_proj.weight.detach()
+    X = torch.randn(512, W.shape[1], generator=torch.Generator().manual_seed(1))
+    X[:, :64] *= 4  # uneven input scales, where error feedback helps most
+    H = 2 * X.T @ X / X.shape[0]
+    config = GPTQConfig(grid="q4_k", nsamples=2, seqlen=16)
+    fmt, _, _ = gptq_solve(W, H, config, where="w")
+    def output_error(f):
+        return float(((X @ (f.to_dense() - W).T) ** 2).mean())
+    assert output_error(fmt) < 0.8 * output_error(rtn(W, RTNConfig(grid="q4_k"), where="w"))

@@ -123,8 +123,9 @@ def add_export(sub, common) -> None:
     p.add_argument("--force", action="store_true", help="replace -o if it is an existing file")
     p.add_argument("--dense-type", choices=DENSE_TYPES, default="auto",
                    help="ggml type of the dense matrices (embeddings, uncompressed layers): auto keeps the stored "
-                        "dtype, so the file decodes to the checkpoint's exact weights (default %(default)s)")
-    p.add_argument("--dequantize-unsupported", choices=DENSE_TYPES[1:],
+                        "dtype, so the file decodes to the checkpoint's exact weights; q8_0 quantizes them as "
+                        "llama-quantize does a tied embedding (default %(default)s)")
+    p.add_argument("--dequantize-unsupported", choices=DENSE_TYPES[1:3],
                    help="write weights no ggml type holds (SpQR, sparse formats) dense in this type "
                         "(default: stop, naming the first)")
     p.set_defaults(run=cmd_export, table=export_table)

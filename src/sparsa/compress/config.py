@@ -5,6 +5,7 @@ from typing import ClassVar
 
 from sparsa.errors import SparsaError
 from sparsa.formats.ggml import BLOCK, BLOCK_TYPES
+from sparsa.formats.kquant import K_TYPES
 from sparsa.formats.quant import MAX_BITS, MIN_BITS
 
 VERSION = 1
@@ -76,32 +77,40 @@ class MethodConfig:
         return cls(**{k: v for k, v in flags.items() if v is not None and k in names})
 
 
-K_QUANT_GRIDS = ("q4_k", "q5_k", "q6_k")
+GRIDS = (*BLOCK_TYPES, *K_TYPES)
 
 
 class GridMixin:
-    """For configs with ``bits``, ``group_size``, ``symmetric`` and ``grid``: ``grid`` (``q4_0``,
-    ``q4_1``, ``q5_0``, ``q5_1``, ``q8_0``) quantizes on that ggml block type's grid exactly (blocks of
-    32, fp16 scale and minimum, Q8_0's ``max|w| / 127`` scale), so ``sparsa export --to gguf`` writes
-    the codes as they are."""
+    """For configs with ``bits``, ``group_size``, ``symmetric`` and ``grid``: ``grid`` quantizes on
+    that ggml type's grid exactly, so ``sparsa export --to gguf`` writes the codes as they are:
+    ``q4_0``, ``q4_1``, ``q5_0``, ``q5_1``, ``q8_0`` (blocks of 32, fp16 scale and minimum, Q8_0's
+    ``max|w| / 127`` scale: a :class:`~sparsa.formats.quant.Quant`) or the k-quants ``q4_k``,
+    ``q5_k``, ``q6_k`` (super-blocks of 256 with 6-bit sub-block scales: a
+    :class:`~sparsa.formats.kquant.KQuant`; rows must be whole super-blocks)."""
 
     def apply_grid(self, defaults: tuple[int, int, bool]) -> None:
         """Set ``bits``, ``group_size`` and ``symmetric`` from ``grid``; a SparsaError when they were given
         otherwise (anything but the class defaults) or the grid is unknown."""
         if self.grid is None:
             return
-        if self.grid in K_QUANT_GRIDS:
-            raise SparsaError(f"--grid {self.grid}: k-quant grids (super-blocks of 256) are not built yet; "
-                              f"choose one of {', '.join(BLOCK_TYPES)}")
-        if self.grid not in BLOCK_TYPES:
-            raise SparsaError(f"--grid {self.grid!r} is not one of {', '.join(BLOCK_TYPES)}")
-        t = BLOCK_TYPES[self.grid]
-        chosen = (self.bits, self.group_size, self.symmetric)
-        if chosen not in (defaults, (t.bits, BLOCK, t.symmetric)):
-            raise SparsaError(f"--grid {self.grid} sets --bits {t.bits} --group-size {BLOCK}"
-                              f"{' --symmetric' if t.symmetric else ''}; drop the other grid flags")
-        for name, value in zip(("bits", "group_size", "symmetric"), (t.bits, BLOCK, t.symmetric)):
+        if self.grid not in GRIDS:
+            raise SparsaError(f"--grid {self.grid!r} is not one of {', '.join(GRIDS)}")
+        if self.grid in K_TYPES:
+            t = K_TYPES[self.grid]
+            grid = (t.bits, t.sub, not t.minimums)
+        else:
+            t = BLOCK_TYPES[self.grid]
+            grid = (t.bits, BLOCK, t.symmetric)
+        if (self.bits, self.group_size, self.symmetric) not in (defaults, grid):
+            raise SparsaError(f"--grid {self.grid} sets --bits {grid[0]} --group-size {grid[1]}"
+                              f"{' --symmetric' if grid[2] else ''}; drop the other grid flags")
+        for name, value in zip(("bits", "group_size", "symmetric"), grid):
             object.__setattr__(self, name, value)
+
+    @property
+    def kquant(self) -> str | None:
+        """The k-quant type ``grid`` names, or None."""
+        return self.grid if self.grid in K_TYPES else None
 
     @property
     def absmax(self) -> bool:

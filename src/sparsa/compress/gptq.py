@@ -14,6 +14,7 @@ from sparsa.compress.hessian import prepare_hessian
 from sparsa.compress.obs import obs_solve
 from sparsa.compress.registry import register_method
 from sparsa.formats.bitpack import pack_bits
+from sparsa.formats.kquant import SUPER, KQuant, check_shape, fit_grid
 from sparsa.formats.quant import Quant, grid_codes, grid_stats, group_count, pad_groups
 
 BLOCKSIZE = 128
@@ -23,15 +24,17 @@ class GPTQStep:
     """Column step: round to the group grid; records codes (solve order) and grids (original order)."""
 
     def __init__(self, W: torch.Tensor, bits: int, group_size: int, perm: torch.Tensor, static: bool,
-                 symmetric: bool, absmax: bool = False):
+                 symmetric: bool, absmax: bool = False, grid: tuple[torch.Tensor, torch.Tensor] | None = None):
         out_features, in_features = W.shape
-        self.bits, self.group_size, self.perm, self.static = bits, group_size, perm, static
+        self.bits, self.group_size, self.perm, self.static = bits, group_size, perm, static or grid is not None
         self.symmetric, self.absmax = symmetric, absmax
         self.codes = torch.zeros(out_features, in_features, dtype=torch.uint8, device=W.device)
         self.scale = torch.zeros(out_features, group_count(in_features, group_size), dtype=torch.float16,
                                  device=W.device)
         self.minimum = torch.zeros_like(self.scale)
-        if static:  # W here is in original column order
+        if grid is not None:  # a fixed grid per group: (scale, minimum) [out, G] fp32 (k-quants)
+            self.scale, self.minimum = grid
+        elif static:  # W here is in original column order
             self.scale, self.minimum = grid_stats(pad_groups(W, group_size), bits, symmetric, absmax)
 
     def begin_block(self, W1, Hinv1, start):
@@ -60,11 +63,20 @@ def gptq_solve(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig, *, where: s
     W = W.float().clone()
     W[:, prep.dead] = 0
     static = config.static_groups or (config.act_order and group_size < in_features)
-    step = GPTQStep(W, config.bits, group_size, prep.perm, static, config.symmetric, config.absmax)
+    kfields = None
+    if config.kquant:  # the k-quant grid is fitted once on the original weights, sub-block scales quantized
+        check_shape(config.kquant, (out_features, in_features), where)
+        *kfields, scale, minimum = fit_grid(config.kquant, W.reshape(-1, SUPER))
+        grid = (scale.reshape(out_features, -1), minimum.reshape(out_features, -1))
+    step = GPTQStep(W, config.bits, group_size, prep.perm, static, config.symmetric, config.absmax,
+                    grid if config.kquant else None)
     blocksize = group_size * max(1, BLOCKSIZE // group_size)  # groups never straddle a block
     Qp, loss = obs_solve(W[:, prep.perm], prep.Hinv, step, blocksize)
     codes, Q = torch.empty_like(step.codes), torch.empty_like(Qp)
     codes[:, prep.perm], Q[:, prep.perm] = step.codes, Qp
+    if kfields is not None:
+        return KQuant.from_fields(config.kquant, (out_features, in_features), *kfields,
+                                  codes.reshape(-1, SUPER)), Q, loss
     fmt = Quant(shape=(out_features, in_features), bits=config.bits, group_size=group_size,
                 codes=pack_bits(codes, config.bits), scale=step.scale,
                 minimum=None if config.symmetric else step.minimum, symmetric=config.symmetric)

@@ -1,10 +1,13 @@
 """``sparsa export CKPT --to gguf -o FILE.gguf``: a sparsa checkpoint as a GGUF file llama.cpp runs.
 
-Weights that a ggml block type holds exactly (:mod:`sparsa.formats.ggml`: ``Quant`` on a Q4_0,
-Q4_1, Q5_0, Q5_1 or Q8_0 grid, as ``sparsa compress --grid`` writes it) go out as those bytes, so
+Weights that a ggml type holds exactly (:mod:`sparsa.formats.ggml`: ``Quant`` on a Q4_0, Q4_1,
+Q5_0, Q5_1 or Q8_0 grid; :class:`~sparsa.formats.kquant.KQuant`: Q4_K, Q5_K, Q6_K; as ``sparsa
+compress --grid`` writes them) go out as those bytes, so
 llama.cpp decodes what sparsa decodes: an export, not a requantization. Dense matrices go out as
 ``dense_type``: ``auto`` (the default) keeps the stored dtype (F32, F16 or BF16: the file then
-decodes to exactly the checkpoint's weights), ``f16`` or ``f32`` cast; vectors (norms) go out as F32. A compressed weight with no ggml type
+decodes to exactly the checkpoint's weights), ``f16`` or ``f32`` cast, or ``q8_0`` quantized by the
+``gguf`` package's own Q8_0 quantizer (what ``llama-quantize`` gives the embedding of a tied model,
+for files laid out as llama.cpp's); vectors (norms) go out as F32. A compressed weight with no ggml type
 (SpQR, sparse formats, other grids) stops the export naming it, unless
 ``dequantize_unsupported`` gives the type to write its dense weight in.
 
@@ -26,11 +29,12 @@ import torch
 from sparsa.atomic import output_file
 from sparsa.errors import SparsaError
 from sparsa.formats.ggml import block_type_of, to_blocks
+from sparsa.formats.kquant import KQuant
 from sparsa.formats.quant import Quant
 from sparsa.nn.checkpoint import load_checkpoint, unique_tensors
 from sparsa.nn.surgery import sparse_linears
 
-DENSE_TYPES = ("auto", "f16", "f32")
+DENSE_TYPES = ("auto", "f16", "f32", "q8_0")
 AUTO_TYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}  # dense_type auto
 ARCHITECTURES = {"LlamaForCausalLM": "llama"}  # transformers class -> GGUF architecture
 # sha256[:16] of token ids of PRE_PROBE under a tokenizer -> llama.cpp's pre-tokenizer name (llama.cpp
@@ -75,6 +79,9 @@ def tensor_data(name: str, tensor, dense_type: str, dequantize_unsupported: str 
     import gguf
 
     if not isinstance(tensor, torch.Tensor):  # a format
+        if isinstance(tensor, KQuant):  # its array is ggml's bytes already
+            blocks = tensor.blocks.numpy()
+            return (blocks if rows is None else blocks[rows.numpy()]), gguf.GGMLQuantizationType[tensor.ktype.name]
         if isinstance(tensor, Quant):
             try:
                 t = block_type_of(tensor, name)
@@ -92,6 +99,11 @@ def tensor_data(name: str, tensor, dense_type: str, dequantize_unsupported: str 
         values = values[rows]
     kind = "F32" if values.dim() == 1 else AUTO_TYPES.get(values.dtype, "F32") if dense_type == "auto" else dense_type
     kind = kind.upper()
+    if kind == "Q8_0":
+        if values.shape[-1] % 32:
+            raise SparsaError(f"{name}: {values.shape[-1]} columns; --dense-type q8_0 needs a multiple of 32")
+        return gguf.quants.quantize(values.float().numpy(), gguf.GGMLQuantizationType.Q8_0), \
+            gguf.GGMLQuantizationType.Q8_0
     if kind == "BF16":  # numpy has no bfloat16: the gguf package takes its bits as uint16
         return values.view(torch.int16).numpy().view(np.uint16), gguf.GGMLQuantizationType.BF16
     return values.to(torch.float32 if kind == "F32" else torch.float16).numpy(), gguf.GGMLQuantizationType[kind]
@@ -108,7 +120,7 @@ def export_gguf(checkpoint, out, *, dense_type: str = "auto", dequantize_unsuppo
     import gguf
 
     for flag, value, allowed in (("--dense-type", dense_type, DENSE_TYPES),
-                                 ("--dequantize-unsupported", dequantize_unsupported, DENSE_TYPES[1:])):
+                                 ("--dequantize-unsupported", dequantize_unsupported, DENSE_TYPES[1:3])):
         if value is not None and value not in allowed:
             raise SparsaError(f"{flag} {value!r} is not one of {', '.join(allowed)}")
     from sparsa.atomic import check_output_file
