@@ -149,13 +149,11 @@ def test_dense_type_q8_0_quantizes_the_embedding_as_the_gguf_package_does(tiny_l
 @pytest.fixture
 def wide_llama():
     """A 1-block Llama whose widths are multiples of 256, as the k-quants need (Gemma-style widths)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from conftest import tiny_decoder
 
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=128, hidden_size=256, intermediate_size=512, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         tie_word_embeddings=True)
-    return LlamaForCausalLM(config).eval()
+    return tiny_decoder("LlamaConfig", "LlamaForCausalLM",
+                        {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 1, "num_attention_heads": 4,
+                         "num_key_value_heads": 2, "head_dim": 64, "tie_word_embeddings": True})
 
 
 @pytest.mark.parametrize("grid", ["q4_k", "q5_k", "q6_k"])
