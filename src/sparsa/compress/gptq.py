@@ -10,6 +10,7 @@ does not divide the input width leaves a shorter last group.
 import torch
 
 from sparsa.compress.config import GPTQConfig
+from sparsa.compress.grid_search import weighted_symmetric_stats
 from sparsa.compress.hessian import prepare_hessian
 from sparsa.compress.obs import obs_solve
 from sparsa.compress.registry import register_method
@@ -51,6 +52,25 @@ class GPTQStep:
         return codes * scale.float() + minimum.float()
 
 
+def fixed_grid(W: torch.Tensor, h: torch.Tensor, config: GPTQConfig, group_size: int, where: str):
+    """``(grid, k-quant fields)`` fitted before the solve for a ggml ``config.grid``, else ``(None, None)``.
+
+    * k-quants: :func:`~sparsa.formats.kquant.fit_grid` on the original weights (sub-block scales
+      quantized to 6 bits against the super-block's), its fields kept for packing;
+    * symmetric 32-blocks (Q4_0, Q5_0, Q8_0): scales searched weighted by ``h`` [in], the Hessian
+      diagonal (:func:`~sparsa.compress.grid_search.weighted_symmetric_stats`).
+    """
+    out_features, in_features = W.shape
+    if config.kquant:
+        check_shape(config.kquant, (out_features, in_features), where)
+        *kfields, scale, minimum = fit_grid(config.kquant, W.reshape(-1, SUPER))
+        return (scale.reshape(out_features, -1), minimum.reshape(out_features, -1)), kfields
+    if config.grid is not None and config.symmetric:
+        h = pad_groups(h.clamp(min=0)[None].to(W.device), group_size)[0]
+        return weighted_symmetric_stats(pad_groups(W, group_size), h, config.bits, config.absmax), None
+    return None, None
+
+
 def gptq_solve(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig, *, where: str):
     """Quantize ``W: [out, in]`` given ``H: [in, in]``.
 
@@ -63,13 +83,8 @@ def gptq_solve(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig, *, where: s
     W = W.float().clone()
     W[:, prep.dead] = 0
     static = config.static_groups or (config.act_order and group_size < in_features)
-    kfields = None
-    if config.kquant:  # the k-quant grid is fitted once on the original weights, sub-block scales quantized
-        check_shape(config.kquant, (out_features, in_features), where)
-        *kfields, scale, minimum = fit_grid(config.kquant, W.reshape(-1, SUPER))
-        grid = (scale.reshape(out_features, -1), minimum.reshape(out_features, -1))
-    step = GPTQStep(W, config.bits, group_size, prep.perm, static, config.symmetric, config.absmax,
-                    grid if config.kquant else None)
+    grid, kfields = fixed_grid(W, torch.diag(H), config, group_size, where)
+    step = GPTQStep(W, config.bits, group_size, prep.perm, static, config.symmetric, config.absmax, grid)
     blocksize = group_size * max(1, BLOCKSIZE // group_size)  # groups never straddle a block
     Qp, loss = obs_solve(W[:, prep.perm], prep.Hinv, step, blocksize)
     codes, Q = torch.empty_like(step.codes), torch.empty_like(Qp)

@@ -1,0 +1,43 @@
+"""Weighted scale search for symmetric grids: never worse than the plain rule in the weighted error
+it minimizes, usually better, and on the plain rule's grid when every weight is zero."""
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparsa.compress.grid_search import weighted_symmetric_stats
+from sparsa.formats.quant import absmax_stats, symmetric_minimum, symmetric_stats
+
+
+def weighted_error(Wg, h, scale, bits):
+    nmax = 2 ** (bits - 1)
+    s = scale.float()[..., None]
+    q = torch.where(s != 0, Wg / torch.where(s != 0, s, torch.ones_like(s)), 0).round().clamp(-nmax, nmax - 1)
+    return (h[None] * (Wg - s * q) ** 2).sum(-1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(bits=st.sampled_from([4, 5, 8]), absmax=st.booleans(), seed=st.integers(0, 2**31))
+def test_search_is_never_worse_than_the_plain_rule(bits, absmax, seed):
+    g = torch.Generator().manual_seed(seed)
+    Wg = torch.randn(6, 3, 32, generator=g) * 0.02
+    h = torch.rand(3, 32, generator=g) ** 4 * 10  # skewed importances
+    scale, minimum = weighted_symmetric_stats(Wg, h, bits, absmax)
+    plain, _ = absmax_stats(Wg, bits) if absmax else symmetric_stats(Wg, bits)
+    assert scale.dtype == torch.float16 and torch.equal(minimum, symmetric_minimum(scale, bits))
+    assert bool((weighted_error(Wg, h, scale, bits) <= weighted_error(Wg, h, plain, bits)).all())
+
+
+def test_search_lowers_the_weighted_error_on_skewed_importances():
+    g = torch.Generator().manual_seed(0)
+    Wg = torch.randn(64, 4, 32, generator=g)
+    h = torch.ones(4, 32)
+    h[:, :4] = 100.0
+    scale, _ = weighted_symmetric_stats(Wg, h, 4)
+    plain, _ = symmetric_stats(Wg, 4)
+    assert weighted_error(Wg, h, scale, 4).sum() < 0.8 * weighted_error(Wg, h, plain, 4).sum()
+
+
+def test_all_zero_groups_keep_a_zero_scale():
+    scale, minimum = weighted_symmetric_stats(torch.zeros(2, 1, 32), torch.ones(1, 32), 4)
+    assert not scale.any() and not minimum.any()
