@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build llama.cpp's llama-bench and llama-quantize once, for `sparsa bench decode`'s llama.cpp rows.
+# Build llama.cpp's llama-bench, llama-quantize, llama-imatrix and llama-perplexity once, for the
+# llama.cpp rows of `sparsa bench decode` and the GGUF quality comparison.
 #
 # The source is the llama.cpp tree vendored in the llama-cpp-python sdist (a package registry,
 # the only network this project uses). Static binaries land in
@@ -15,11 +16,12 @@ VERSION=0.3.36
 PIP=${1:?usage: tools/build_llama_cpp.sh PIP}
 CACHE=${SPARSA_CACHE:-$HOME/.cache/sparsa}
 DEST="$CACHE/peers/llama.cpp-$VERSION"
-TOOLS=(llama-bench llama-quantize)
+TOOLS=(llama-bench llama-quantize llama-imatrix llama-perplexity)
 FLAGS=$(grep -m1 '^flags' /proc/cpuinfo || true)
 
-if [ -x "$DEST/bin/llama-bench" ] && [ -x "$DEST/bin/llama-quantize" ] \
-        && [ "$(cat "$DEST/cpu-flags" 2>/dev/null)" = "$FLAGS" ]; then
+built=1
+for tool in "${TOOLS[@]}"; do [ -x "$DEST/bin/$tool" ] || built=0; done
+if [ "$built" = 1 ] && [ "$(cat "$DEST/cpu-flags" 2>/dev/null)" = "$FLAGS" ]; then
     echo "llama.cpp $VERSION: already built for this CPU in $DEST"
     exit 0
 fi

@@ -1,6 +1,6 @@
 """llama.cpp as a decode peer: ``llama-bench`` on GGUF files of the same SmolLM2 weights.
 
-``make peers`` builds ``llama-bench`` and ``llama-quantize`` once (``tools/build_llama_cpp.sh``)
+``make peers`` builds ``llama-bench`` and ``llama-quantize`` (and the quality tools) once (``tools/build_llama_cpp.sh``)
 into ``$SPARSA_CACHE/peers/llama.cpp-<VERSION>/bin``. The GGUF files are the shipped Q4_1 (the
 weights sparsa's dense fp32 model is dequantized from) and, made once with
 ``llama-quantize --allow-requantize`` from it, F32, Q8_0 and Q4_0 of the same weights.
