@@ -190,3 +190,11 @@ def test_gptq_on_a_k_grid_beats_rtn_on_it(wide_llama, bpe_tokenizer):
     def output_error(f):
         return float(((X @ (f.to_dense() - W).T) ** 2).mean())
     assert output_error(fmt) < 0.8 * output_error(rtn(W, RTNConfig(grid="q4_k"), where="w"))
+
+
+def test_a_k_grid_on_rows_of_partial_super_blocks_stops_before_compute(tiny_llama):
+    """The tiny Llama's 64-wide rows: the first target is named before any calibration runs."""
+    windows = torch.randint(0, 128, (2, 16))
+    with pytest.raises(SparsaError, match="model.layers.0.self_attn.q_proj: q4_k needs rows of a multiple of 256"):
+        compress_(tiny_llama, GPTQConfig(grid="q4_k", nsamples=2, seqlen=16), calibration=windows, progress=False)
+    assert not list(sparse_linears(tiny_llama))

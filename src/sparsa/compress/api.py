@@ -62,6 +62,8 @@ def compress_(model: nn.Module, config: MethodConfig, *, calibration: torch.Tens
     """
     method = get_method(config.method)
     start = time.perf_counter()
+    for fqn, linear in target_linears(model, filter_fn):
+        config.check_weight(tuple(linear.weight.shape), fqn)
     if config.needs_calibration:
         if calibration is None:
             raise SparsaError(f"--method {config.method} needs calibration windows")

@@ -5,7 +5,7 @@ from typing import ClassVar
 
 from sparsa.errors import SparsaError
 from sparsa.formats.ggml import BLOCK, BLOCK_TYPES
-from sparsa.formats.kquant import K_TYPES
+from sparsa.formats.kquant import K_TYPES, check_shape
 from sparsa.formats.quant import MAX_BITS, MIN_BITS
 
 VERSION = 1
@@ -67,6 +67,10 @@ class MethodConfig:
     def to_dict(self) -> dict:
         return {"method": self.method, "version": VERSION, **asdict(self)}
 
+    def check_weight(self, shape: tuple[int, int], where: str) -> None:
+        """Raise a SparsaError naming ``where`` if this method cannot take a weight of ``shape``
+        (``compress_`` asks for every target before any compute). Every shape by default."""
+
     @classmethod
     def from_flags(cls, **flags) -> "MethodConfig":
         """Build from CLI flags given by the user (None = not given); reject flags the method ignores."""
@@ -106,6 +110,11 @@ class GridMixin:
                               f"{' --symmetric' if grid[2] else ''}; drop the other grid flags")
         for name, value in zip(("bits", "group_size", "symmetric"), grid):
             object.__setattr__(self, name, value)
+
+    def check_weight(self, shape: tuple[int, int], where: str) -> None:
+        """k-quant grids need rows of whole super-blocks."""
+        if self.kquant:
+            check_shape(self.kquant, shape, where)
 
     @property
     def kquant(self) -> str | None:
