@@ -41,3 +41,21 @@ def test_search_lowers_the_weighted_error_on_skewed_importances():
 def test_all_zero_groups_keep_a_zero_scale():
     scale, minimum = weighted_symmetric_stats(torch.zeros(2, 1, 32), torch.ones(1, 32), 4)
     assert not scale.any() and not minimum.any()
+
+
+def test_gptq_without_error_feedback_is_rtn_on_its_grid():
+    from sparsa.compress import GPTQConfig
+    from sparsa.compress.gptq import gptq_solve
+    from sparsa.formats.quant import Quant, grid_codes, pad_groups
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(16, 64, generator=g)
+    X = torch.randn(256, 64, generator=g) * torch.linspace(0.1, 3, 64)
+    H = 2 * X.T @ X / len(X)
+    plain, _, _ = gptq_solve(W, H, GPTQConfig(bits=4, group_size=32, act_order=False, error_feedback=False), where="w")
+    rtn = Quant.from_dense(W, bits=4, group_size=32)
+    assert all(torch.equal(getattr(plain, k), v) for k, v in rtn.arrays().items())
+    searched, _, _ = gptq_solve(W, H, GPTQConfig(grid="q4_0", error_feedback=False), where="w")
+    scale, minimum = weighted_symmetric_stats(pad_groups(W, 32), pad_groups(torch.diag(H)[None], 32)[0], 4)
+    codes = grid_codes(pad_groups(W, 32), scale[..., None], minimum[..., None], 4).reshape(16, 64)
+    assert torch.equal(searched.scale, scale) and torch.equal(searched.unpacked_codes(), codes.to(torch.uint8))

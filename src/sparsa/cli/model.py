@@ -43,6 +43,7 @@ def cmd_compress(args) -> dict:
         outlier_threshold=args.outlier_threshold, nsamples=args.nsamples, seqlen=args.seqlen,
         calib=None if args.recover else args.calib,
         percdamp=args.percdamp, act_order=args.act_order, static_groups=args.static_groups, symmetric=args.symmetric, grid=args.grid,
+        error_feedback=args.error_feedback,
         simplified_outliers=args.simplified_outliers, stat_bits=args.stat_bits, stat_group_size=args.stat_group_size,
         budget=args.budget)
     check_device(args.device)
@@ -169,6 +170,9 @@ def add_compress(sub, common) -> None:
     p.add_argument("--percdamp", type=float, help="Hessian dampening, share of mean diag (gptq etc. 0.01; spqr: recipe)")
     p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
                    help="solve columns by decreasing Hessian diagonal (gptq, spqr; default on)")
+    p.add_argument("--error-feedback", action=argparse.BooleanOptionalAction, default=None,
+                   help="gptq: spread each column's rounding error over the columns not yet quantized (default on); "
+                        "off, weights round on their grids alone and calibration only shapes the grids")
     p.add_argument("--static-groups", action="store_true", default=None,
                    help="gptq: fit group grids on the original weights (implied by act-order with groups)")
     p.add_argument("--symmetric", action="store_true", default=None,

@@ -247,6 +247,9 @@ class GPTQConfig(GridMixin, CalibratedConfig):
         static_groups: fit every group's grid on the original weights before the solve.
         symmetric: symmetric grids, no stored minimum (GGUF Q4_0's rule).
         grid: a ggml block type's grid (:class:`GridMixin`); sets bits, group_size and symmetric.
+        error_feedback: spread each column's rounding error over the columns not yet quantized
+            (GPTQ's OBS update); off, every weight rounds on its grid alone, and the calibration
+            shapes only the grid (with ``grid``: the weighted scale search).
     """
 
     head_by_default: ClassVar[bool] = True
@@ -257,6 +260,7 @@ class GPTQConfig(GridMixin, CalibratedConfig):
     static_groups: bool = False
     symmetric: bool = False
     grid: str | None = None
+    error_feedback: bool = True
 
     def __post_init__(self):
         self.apply_grid((4, 128, False))

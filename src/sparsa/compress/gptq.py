@@ -86,7 +86,12 @@ def gptq_solve(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig, *, where: s
     grid, kfields = fixed_grid(W, torch.diag(H), config, group_size, where)
     step = GPTQStep(W, config.bits, group_size, prep.perm, static, config.symmetric, config.absmax, grid)
     blocksize = group_size * max(1, BLOCKSIZE // group_size)  # groups never straddle a block
-    Qp, loss = obs_solve(W[:, prep.perm], prep.Hinv, step, blocksize)
+    if config.error_feedback:
+        Qp, loss = obs_solve(W[:, prep.perm], prep.Hinv, step, blocksize)
+    else:  # round every column on its grid, no OBS update (the grid search's weighting is the only data used)
+        Wp = W[:, prep.perm]
+        Qp = torch.stack([step.column(Wp, None, j, j) for j in range(in_features)], dim=1)
+        loss = ((Wp - Qp) ** 2 / torch.diag(prep.Hinv) ** 2).sum(dim=1) / 2
     codes, Q = torch.empty_like(step.codes), torch.empty_like(Qp)
     codes[:, prep.perm], Q[:, prep.perm] = step.codes, Qp
     if kfields is not None:
