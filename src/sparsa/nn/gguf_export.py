@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sparsa.atomic import output_file
+from sparsa.atomic import check_output_file, output_file
 from sparsa.errors import SparsaError
 from sparsa.formats.ggml import block_type_of, to_blocks
 from sparsa.formats.kquant import KQuant
@@ -123,9 +123,7 @@ def export_gguf(checkpoint, out, *, dense_type: str = "auto", dequantize_unsuppo
                                  ("--dequantize-unsupported", dequantize_unsupported, DENSE_TYPES[1:3])):
         if value is not None and value not in allowed:
             raise SparsaError(f"{flag} {value!r} is not one of {', '.join(allowed)}")
-    from sparsa.atomic import check_output_file
-
-    check_output_file(Path(out), force=force)
+    check_output_file(Path(out), force=force)  # before the checkpoint loads
     model, tokenizer, _ = load_checkpoint(checkpoint)
     arch = ARCHITECTURES.get(type(model).__name__)
     if arch is None:
