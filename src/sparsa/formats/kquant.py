@@ -84,18 +84,26 @@ def pack(kind: str, d, dmin, sc, m, q) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
+def super_scales(kind: str, blocks: torch.Tensor):
+    """``(d, dmin)`` [n] fp16 of block bytes [n, block_bytes], read without decoding the codes
+    (``dmin`` None for Q6_K)."""
+    if not K_TYPES[kind].minimums:
+        return _bytes_to_fp16(blocks[:, 208:210]), None
+    return _bytes_to_fp16(blocks[:, :2]), _bytes_to_fp16(blocks[:, 2:4])
+
+
 def unpack(kind: str, blocks: torch.Tensor):
     """``(d, dmin, sc, m, q)`` of block bytes [n, block_bytes] (the inverse of :func:`pack`; int64
     ``sc``, ``m``, ``q``; ``dmin`` and ``m`` None for Q6_K)."""
     t = K_TYPES[kind]
     n = blocks.shape[0]
     if not t.minimums:
-        ql, qh, sc, d = blocks[:, :128], blocks[:, 128:192], blocks[:, 192:208], blocks[:, 208:210]
+        ql, qh, sc = blocks[:, :128], blocks[:, 128:192], blocks[:, 192:208]
         low = torch.stack([ql.view(n, 2, 64) & 0x0F, ql.view(n, 2, 64) >> 4], dim=2).reshape(n, 256)
         high = torch.stack([(qh.view(n, 2, 32) >> s) & 0x03 for s in (0, 2, 4, 6)], dim=2).reshape(n, 256)
         q = low.long() | (high.long() << 4)
-        return _bytes_to_fp16(d), None, sc.contiguous().view(torch.int8).long(), None, q
-    d, dmin, scales = blocks[:, :2], blocks[:, 2:4], blocks[:, 4:16].long()
+        return super_scales(kind, blocks)[0], None, sc.contiguous().view(torch.int8).long(), None, q
+    scales = blocks[:, 4:16].long()
     a, b, c = scales[:, :4], scales[:, 4:8], scales[:, 8:12]
     sc = torch.cat([a & 0x3F, (c & 0x0F) | ((a >> 2) & 0x30)], dim=1)
     m = torch.cat([b & 0x3F, (c >> 4) | ((b >> 2) & 0x30)], dim=1)
@@ -106,7 +114,7 @@ def unpack(kind: str, blocks: torch.Tensor):
         at = 48
     qs = blocks[:, at:at + 128].long().view(n, 4, 32)
     q = torch.stack([qs & 0x0F, qs >> 4], dim=2).reshape(n, 256) | high
-    return _bytes_to_fp16(d), _bytes_to_fp16(dmin), sc, m, q
+    return *super_scales(kind, blocks), sc, m, q
 
 
 def decode_blocks(kind: str, blocks: torch.Tensor) -> torch.Tensor:
@@ -201,7 +209,7 @@ class KQuant(Format):
         check_shape(self.kind, self.shape, where)
         check_array(self.blocks, where, "blocks", (torch.uint8,),
                     (self.shape[0], self.shape[1] // SUPER * self.ktype.block_bytes))
-        d, dmin, _, _, _ = unpack(self.kind, self.blocks.reshape(-1, self.ktype.block_bytes))
+        d, dmin = super_scales(self.kind, self.blocks.reshape(-1, self.ktype.block_bytes))  # codes need no check
         check(bool(torch.isfinite(d.float()).all()) and (dmin is None or bool(torch.isfinite(dmin.float()).all())),
               where, "a super-block scale (d or dmin) holds inf/nan")
 
