@@ -29,6 +29,22 @@ def tiny_tokenizer():
 
 
 @pytest.fixture
+def bpe_tokenizer():
+    """A byte-level BPE tokenizer of 128 tokens, 3 of them merges (GGUF stores GPT-2 style BPE)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = sorted(pre_tokenizers.ByteLevel.alphabet())[:124]
+    merges = [(chars[2 * i], chars[2 * i + 1]) for i in range(3)]  # llama.cpp loads a BPE vocab only with merges
+    vocab = {"<|endoftext|>": 0, **{c: i + 1 for i, c in enumerate(chars)},
+             **{a + b: 125 + i for i, (a, b) in enumerate(merges)}}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+
+
+@pytest.fixture
 def tiny_llama():
     """A 2-layer random Llama (hidden 64, GQA 4/2 heads, tied embeddings), fp32, eval mode."""
     from transformers import LlamaConfig, LlamaForCausalLM

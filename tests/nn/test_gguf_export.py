@@ -18,20 +18,6 @@ from sparsa.nn.gguf_export import export_gguf, rotary_rows
 IDS = torch.tensor([[3, 17, 5, 99, 42, 8, 120, 64, 1, 0, 77, 31, 9, 2, 56, 127]])
 
 
-@pytest.fixture
-def bpe_tokenizer():
-    """A byte-level BPE tokenizer of 128 tokens (GGUF stores GPT-2 style BPE)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {"<|endoftext|>": 0, **{c: i + 1 for i, c in enumerate(sorted(alphabet)[:127])}}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
-
-
 def checkpoint(model, tokenizer, config, path):
     windows = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
     calibrated = isinstance(config, (GPTQConfig, SpQRConfig))

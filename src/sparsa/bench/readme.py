@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sparsa.bench.decode import settings_sentence, table_cells
+from sparsa.bench.gguf import report as gguf_report
 from sparsa.bench.merge_report import LABELS
 from sparsa.bench.results import write_atomic
 from sparsa.errors import SparsaError
@@ -297,6 +298,13 @@ def render_attention_eval_4096(results_dir: Path) -> str:
 @renderer("attention_eval_8192")
 def render_attention_eval_8192(results_dir: Path) -> str:
     return render_attention_eval(results_dir, 8192)
+
+
+@renderer("gguf")
+def render_gguf(results_dir: Path) -> str:
+    """sparsa's GGUF exports against llama.cpp's quantizer (``sparsa bench gguf``)."""
+    payload = load(results_dir, "gguf")
+    return caption("gguf.json", payload["machine"]) + "\n\n" + gguf_report(payload)
 
 
 def render(text: str, results_dir: Path) -> tuple[str, list[str]]:

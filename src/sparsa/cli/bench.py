@@ -179,6 +179,36 @@ def bench_gpu_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_bench_gguf(args) -> dict:
+    from dataclasses import replace
+
+    from sparsa.bench.gguf import GgufBenchSettings, run_gguf_bench
+
+    settings, name = chosen(GgufBenchSettings, "gguf", args.quick)
+    if args.types:
+        settings = replace(settings, types=tuple(t.strip() for t in args.types.split(",")))
+    payload = run_gguf_bench(settings, out_dir=args.out, name=name, progress=not args.quiet)
+    return {"out": args.out, "name": name, "tools_missing": payload["tools_missing"], "rows": payload["rows"],
+            "speed": payload["speed"], "goals": payload["goals"]}
+
+
+def bench_gguf_table(r: dict) -> str:
+    lines = [f"wrote {r['out']}/{r['name']}.{{json,md}}"]
+    for row in r["rows"]:
+        if "skipped" in row:
+            lines.append(f"{row['row']:<44} not run: {row['skipped']}")
+            continue
+        a, b = row["sparsa"], row.get("llama_perplexity") or {}
+        lines.append(f"{row['row']:<44} {row['tensor_bytes']:>12,} B  ppl {a['ppl']:.3f}  KLD {a['kld_mean']:.4f}"
+                     + (f"  llama-perplexity {b['ppl']:.3f} KLD {b['kld_mean']:.4f}" if b.get("kld_mean") is not None
+                        else ""))
+    for sp in r["speed"]:
+        lines += [f"llama-bench {sp['type']} {n}: decode {v['decode_tokens_per_s']:.1f} tok/s, prefill "
+                  f"{v['prefill_tokens_per_s']:.1f} tok/s" for n, v in sp["files"].items()]
+    lines += [f"goal {g['type']}: {g['ours']} vs {g['theirs']}: {'met' if g['met'] else 'not met'}" for g in r["goals"]]
+    return "\n".join(lines)
+
+
 def bench_quality_table(r: dict) -> str:
     return f"wrote {r['out']}/quality.{{json,md,png}}\n" + "\n".join(
         f"{row['row']:<20} {row['bits_per_param']:7.3f} bits  "
@@ -232,6 +262,10 @@ def add_bench(sub, common, parser_class) -> None:
                 bench_encoder_table)
     p.add_argument("--recover-steps", type=number(int, 1),
                    help="recovery steps per sparsity (default 300 steps; --quick 60)")
+    p = command("gguf", "GGUF exports against llama.cpp's quantizer (plain, imatrix): ppl, KLD, llama-bench",
+                "q4_0 only, 8 calibration and 8 evaluation windows, 3 speed rounds (written as gguf_quick)",
+                cmd_bench_gguf, bench_gguf_table)
+    p.add_argument("--types", help="comma-separated grids, e.g. q4_0,q4_k (default q4_0,q4_k; --quick q4_0)")
 
 
 def results_command(bench, common):

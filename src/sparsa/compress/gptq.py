@@ -10,12 +10,12 @@ does not divide the input width leaves a shorter last group.
 import torch
 
 from sparsa.compress.config import GPTQConfig
-from sparsa.compress.grid_search import weighted_symmetric_stats
+from sparsa.compress.grid_search import weighted_asymmetric_stats, weighted_symmetric_stats
 from sparsa.compress.hessian import prepare_hessian
 from sparsa.compress.obs import obs_solve
 from sparsa.compress.registry import register_method
 from sparsa.formats.bitpack import pack_bits
-from sparsa.formats.kquant import SUPER, KQuant, check_shape, fit_grid
+from sparsa.formats.kquant import K_TYPES, SUPER, KQuant, check_shape, fit_grid
 from sparsa.formats.quant import Quant, grid_codes, grid_stats, group_count, pad_groups
 
 BLOCKSIZE = 128
@@ -55,20 +55,33 @@ class GPTQStep:
 def fixed_grid(W: torch.Tensor, h: torch.Tensor, config: GPTQConfig, group_size: int, where: str):
     """``(grid, k-quant fields)`` fitted before the solve for a ggml ``config.grid``, else ``(None, None)``.
 
-    * k-quants: :func:`~sparsa.formats.kquant.fit_grid` on the original weights (sub-block scales
-      quantized to 6 bits against the super-block's), its fields kept for packing;
-    * symmetric 32-blocks (Q4_0, Q5_0, Q8_0): scales searched weighted by ``h`` [in], the Hessian
-      diagonal (:func:`~sparsa.compress.grid_search.weighted_symmetric_stats`).
+    Every grid is searched weighted by ``h`` [in], the Hessian diagonal
+    (:mod:`~sparsa.compress.grid_search`):
+
+    * symmetric 32-blocks (Q4_0, Q5_0, Q8_0): the block scales;
+    * asymmetric 32-blocks (Q4_1, Q5_1): the block scales and minimums (fp16);
+    * k-quants: the sub-block grids, then :func:`~sparsa.formats.kquant.fit_grid` rounds their
+      scales to 6 bits (int8 for Q6_K) against each super-block's (its fields kept for packing).
     """
+    if config.grid is None:
+        return None, None
     out_features, in_features = W.shape
+    h = h.clamp(min=0).to(W.device)
     if config.kquant:
         check_shape(config.kquant, (out_features, in_features), where)
-        *kfields, scale, minimum = fit_grid(config.kquant, W.reshape(-1, SUPER))
+        t = K_TYPES[config.kquant]
+        Wg, hg = W.reshape(out_features, -1, t.sub), h.reshape(-1, t.sub)
+        if t.minimums:
+            sub = weighted_asymmetric_stats(Wg, hg, t.bits, clip_minimum=True, dtype=torch.float32)
+        else:
+            sub = weighted_symmetric_stats(Wg, hg, t.bits)
+        sub = tuple(x.reshape(-1, t.subs) for x in sub)
+        *kfields, scale, minimum = fit_grid(config.kquant, W.reshape(-1, SUPER), sub)
         return (scale.reshape(out_features, -1), minimum.reshape(out_features, -1)), kfields
-    if config.grid is not None and config.symmetric:
-        h = pad_groups(h.clamp(min=0)[None].to(W.device), group_size)[0]
-        return weighted_symmetric_stats(pad_groups(W, group_size), h, config.bits, config.absmax), None
-    return None, None
+    Wg, hg = pad_groups(W, group_size), pad_groups(h[None], group_size)[0]
+    if config.symmetric:
+        return weighted_symmetric_stats(Wg, hg, config.bits, config.absmax), None
+    return weighted_asymmetric_stats(Wg, hg, config.bits), None
 
 
 def gptq_solve(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig, *, where: str):

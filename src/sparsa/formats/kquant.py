@@ -129,12 +129,16 @@ def decode_blocks(kind: str, blocks: torch.Tensor) -> torch.Tensor:
     return (scale * q.float().reshape(n, t.subs, t.sub) - offset).reshape(n, SUPER)
 
 
-def fit_grid(kind: str, W: torch.Tensor):
-    """A round-to-nearest k-quant grid for ``W`` [n, 256] (rows of super-blocks): per sub-block a
-    min-max grid (the minimum clipped at 0, as ggml's) for Q4_K/Q5_K, a signed-extreme one for Q6_K,
-    its scale (and minimum) then rounded to 6 bits (int8 for Q6_K) against the super-block's fp16 ``d``
-    (and ``dmin``).
+def fit_grid(kind: str, W: torch.Tensor, sub_grid: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """A k-quant grid for ``W`` [n, 256] (rows of super-blocks): per sub-block a grid, its scale
+    (and minimum) then rounded to 6 bits (int8 for Q6_K) against the super-block's fp16 ``d`` (and
+    ``dmin``).
 
+    Args:
+        sub_grid: ``(scale, minimum)`` [n, subs] of each sub-block before that rounding (``w = q *
+            scale + minimum``, codes from 0; Q4_K/Q5_K minimums <= 0, Q6_K's ``-32 * scale``), e.g. from
+            a weighted search. Default round-to-nearest: a min-max grid (the minimum clipped at 0,
+            as ggml's) for Q4_K/Q5_K, a signed-extreme one for Q6_K.
     Returns:
         ``(d, dmin, sc, m, scale, minimum)``: the stored fields, and the grid per sub-block as fp32
         [n, subs] ``scale`` and ``minimum`` with ``w = q * scale + minimum`` (codes ``q`` from 0).
@@ -143,16 +147,22 @@ def fit_grid(kind: str, W: torch.Tensor):
     n = W.shape[0]
     Wg = W.float().reshape(n, t.subs, t.sub)
     if t.minimums:
-        low = Wg.amin(dim=-1).clamp(max=0)
-        sub_scale = (Wg.amax(dim=-1) - low) / (2**t.bits - 1)
+        if sub_grid is None:
+            low = Wg.amin(dim=-1).clamp(max=0)
+            sub_scale = (Wg.amax(dim=-1) - low) / (2**t.bits - 1)
+        else:
+            sub_scale, low = (x.float() for x in sub_grid)
         d = (sub_scale.amax(dim=1) / 63).to(torch.float16)
         dmin = (-low).amax(dim=1).div(63).to(torch.float16)
         sc = torch.where(d[:, None] > 0, (sub_scale / d.float()[:, None].clamp(min=1e-30)).round(), 0).clamp(0, 63)
         m = torch.where(dmin[:, None] > 0, (-low / dmin.float()[:, None].clamp(min=1e-30)).round(), 0).clamp(0, 63)
         scale = d.float()[:, None] * sc
         return d, dmin, sc.long(), m.long(), scale, -(dmin.float()[:, None] * m)
-    extreme = Wg.gather(-1, Wg.abs().argmax(dim=-1, keepdim=True))[..., 0]
-    sub_scale = extreme / -32
+    if sub_grid is None:
+        extreme = Wg.gather(-1, Wg.abs().argmax(dim=-1, keepdim=True))[..., 0]
+        sub_scale = extreme / -32
+    else:
+        sub_scale = sub_grid[0].float()
     d = (sub_scale.abs().amax(dim=1) / 127).to(torch.float16)
     sc = torch.where(d[:, None] > 0, (sub_scale / d.float()[:, None].clamp(min=1e-30)).round(), 0).clamp(-127, 127)
     scale = d.float()[:, None] * sc

@@ -55,16 +55,27 @@ def smollm2_gguf() -> Path:
     return path
 
 
+def gguf_model(gguf: Path) -> nn.Module:
+    """The causal LM of a GGUF file, every tensor dequantized to fp32 by transformers (in memory:
+    nothing is cached), in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise SparsaError(f"{gguf}: transformers cannot load this GGUF file ({err})") from None
+
+
 def convert_gguf(gguf: Path, dest: Path) -> None:
     """Dequantize a GGUF model to an fp32 Hugging Face directory at ``dest`` (atomically)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     log.info("converting %s to %s (once)", gguf, dest)
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise SparsaError(f"{gguf}: transformers cannot load this GGUF file ({err})") from None
+    model = gguf_model(gguf)
     model.hf_quantizer = None  # the weights are dequantized: save them as plain tensors
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
