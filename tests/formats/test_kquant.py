@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparsa.errors import SparsaError
-from sparsa.formats.kquant import K_TYPES, SUPER, KQuant, pack, unpack
+from sparsa.formats.kquant import K_TYPES, SUPER, KQuant, fit_grid, pack, unpack
 
 KINDS = sorted(K_TYPES)
 
@@ -72,3 +72,37 @@ def test_state_dict_round_trip_through_the_registry_is_bit_exact(kind):
     assert meta == {"shape": [3, 512], "kind": kind}
     back = get_format("kquant").from_state_dict(fmt.to_state_dict(), meta, where="w")
     assert torch.equal(back.blocks, fmt.blocks) and back.nbytes == fmt.nbytes == 3 * 2 * K_TYPES[kind].block_bytes
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31))
+def test_searched_super_scale_is_never_worse_than_max_over_top(seed):
+    from sparsa.formats.kquant import super_scale
+
+    g = torch.Generator().manual_seed(seed)
+    values = torch.rand(8, 8, generator=g) ** 2 * 0.01
+    weight = torch.rand(8, 8, generator=g) * 10
+
+    def error(d):
+        q = (values / d.float()[:, None]).round().clamp(0, 63)
+        return (weight * (values - d.float()[:, None] * q) ** 2).sum(-1)
+
+    d = super_scale(values, weight, 63)
+    assert d.dtype == torch.float16 and bool((error(d) <= error((values.amax(1) / 63).half())).all())
+
+
+def test_fit_grid_with_sub_weights_lowers_the_error_of_the_6_bit_rounding():
+    # weights on 4-bit min-max grids of 32 (as Q4_1 stores them): only the 6-bit rounding costs
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 16, (16, 8, 32), generator=g).float()
+    codes[..., 0], codes[..., 1] = 0, 15
+    Wg = codes * torch.rand(16, 8, 1, generator=g) * 0.01 - torch.rand(16, 8, 1, generator=g) * 0.08
+    W = Wg.reshape(16, 256)
+    low = Wg.amin(-1).clamp(max=0)
+    s = (Wg.amax(-1) - low) / 15
+    errors = []
+    for sub_weight in (None, ((((Wg - low[..., None]) / s[..., None]) ** 2).sum(-1), torch.full_like(s, 32.0))):
+        *_, scale, minimum = fit_grid("q4_k", W, (s, low), sub_weight)
+        codes = ((Wg - minimum[..., None]) / scale[..., None]).round().clamp(0, 15)
+        errors.append(((codes * scale[..., None] + minimum[..., None] - Wg) ** 2).sum())
+    assert errors[1] < errors[0]

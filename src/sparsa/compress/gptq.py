@@ -61,7 +61,8 @@ def fixed_grid(W: torch.Tensor, h: torch.Tensor, config: GPTQConfig, group_size:
     * symmetric 32-blocks (Q4_0, Q5_0, Q8_0): the block scales;
     * asymmetric 32-blocks (Q4_1, Q5_1): the block scales and minimums (fp16);
     * k-quants: the sub-block grids, then :func:`~sparsa.formats.kquant.fit_grid` rounds their
-      scales to 6 bits (int8 for Q6_K) against each super-block's (its fields kept for packing).
+      scales to 6 bits (int8 for Q6_K) against each super-block's (its fields kept for packing),
+      Q4_K/Q5_K's ``d`` and ``dmin`` searched weighted by what each sub-block's error costs.
     """
     if config.grid is None:
         return None, None
@@ -71,12 +72,17 @@ def fixed_grid(W: torch.Tensor, h: torch.Tensor, config: GPTQConfig, group_size:
         check_shape(config.kquant, (out_features, in_features), where)
         t = K_TYPES[config.kquant]
         Wg, hg = W.reshape(out_features, -1, t.sub), h.reshape(-1, t.sub)
+        sub_weight = None
         if t.minimums:
             sub = weighted_asymmetric_stats(Wg, hg, t.bits, clip_minimum=True, dtype=torch.float32)
+            # what an error in a sub-block's scale costs: sum h q^2 over its (ideal) codes; in its minimum: sum h
+            s, m = sub[0][..., None], sub[1][..., None]
+            q = torch.where(s > 0, (Wg - m) / torch.where(s > 0, s, 1), 0).clamp(0, 2**t.bits - 1)
+            sub_weight = tuple(x.reshape(-1, t.subs) for x in ((hg * q * q).sum(-1), hg.sum(-1).expand_as(sub[0])))
         else:
             sub = weighted_symmetric_stats(Wg, hg, t.bits)
         sub = tuple(x.reshape(-1, t.subs) for x in sub)
-        *kfields, scale, minimum = fit_grid(config.kquant, W.reshape(-1, SUPER), sub)
+        *kfields, scale, minimum = fit_grid(config.kquant, W.reshape(-1, SUPER), sub, sub_weight)
         return (scale.reshape(out_features, -1), minimum.reshape(out_features, -1)), kfields
     Wg, hg = pad_groups(W, group_size), pad_groups(h[None], group_size)[0]
     if config.symmetric:

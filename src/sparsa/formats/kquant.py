@@ -129,7 +129,34 @@ def decode_blocks(kind: str, blocks: torch.Tensor) -> torch.Tensor:
     return (scale * q.float().reshape(n, t.subs, t.sub) - offset).reshape(n, SUPER)
 
 
-def fit_grid(kind: str, W: torch.Tensor, sub_grid: tuple[torch.Tensor, torch.Tensor] | None = None):
+def super_scale(values: torch.Tensor, weight: torch.Tensor, top: int, steps: int = 9) -> torch.Tensor:
+    """The fp16 super-block scale ``d`` [n] whose codes ``round(values / d)`` in ``0..top`` best
+    represent ``values`` [n, subs] (>= 0) in the ``weight``-ed [n, subs] squared error: the plain
+    ``max / top``, or ``max`` over ``top + k/10`` codes for ``|k| <= steps``, each refit by weighted
+    least squares on its own codes (never worse than the plain rule, which is a candidate)."""
+    values, weight = values.float(), weight.float()
+
+    def error_of(d: torch.Tensor) -> torch.Tensor:
+        step = d.float()[:, None]
+        q = torch.where(step > 0, values / torch.where(step > 0, step, 1), 0).round().clamp(0, top)
+        return (weight * (values - step * q) ** 2).sum(-1)
+
+    peak = values.amax(dim=1)
+    best = (peak / top).to(torch.float16)
+    best_err = error_of(best)
+    for k in range(-steps, steps + 1):
+        step = peak / (top + 0.1 * k)
+        q = torch.where(step[:, None] > 0, values / torch.where(step > 0, step, 1)[:, None], 0).round().clamp(0, top)
+        denom = (weight * q * q).sum(-1)
+        d = torch.where(denom > 0, (weight * q * values).sum(-1) / denom.clamp(min=1e-30), step).to(torch.float16)
+        err = error_of(d)
+        better = err < best_err
+        best, best_err = torch.where(better, d, best), torch.where(better, err, best_err)
+    return best
+
+
+def fit_grid(kind: str, W: torch.Tensor, sub_grid: tuple[torch.Tensor, torch.Tensor] | None = None,
+             sub_weight: tuple[torch.Tensor, torch.Tensor] | None = None):
     """A k-quant grid for ``W`` [n, 256] (rows of super-blocks): per sub-block a grid, its scale
     (and minimum) then rounded to 6 bits (int8 for Q6_K) against the super-block's fp16 ``d`` (and
     ``dmin``).
@@ -139,6 +166,9 @@ def fit_grid(kind: str, W: torch.Tensor, sub_grid: tuple[torch.Tensor, torch.Ten
             scale + minimum``, codes from 0; Q4_K/Q5_K minimums <= 0, Q6_K's ``-32 * scale``), e.g. from
             a weighted search. Default round-to-nearest: a min-max grid (the minimum clipped at 0,
             as ggml's) for Q4_K/Q5_K, a signed-extreme one for Q6_K.
+        sub_weight: Q4_K/Q5_K: how much an error in each sub-block's scale and in its minimum
+            costs ([n, subs] each); ``d`` and ``dmin`` are then searched (:func:`super_scale`) instead
+            of ``max / 63``.
     Returns:
         ``(d, dmin, sc, m, scale, minimum)``: the stored fields, and the grid per sub-block as fp32
         [n, subs] ``scale`` and ``minimum`` with ``w = q * scale + minimum`` (codes ``q`` from 0).
@@ -152,8 +182,10 @@ def fit_grid(kind: str, W: torch.Tensor, sub_grid: tuple[torch.Tensor, torch.Ten
             sub_scale = (Wg.amax(dim=-1) - low) / (2**t.bits - 1)
         else:
             sub_scale, low = (x.float() for x in sub_grid)
-        d = (sub_scale.amax(dim=1) / 63).to(torch.float16)
-        dmin = (-low).amax(dim=1).div(63).to(torch.float16)
+        if sub_weight is None:
+            d, dmin = (sub_scale.amax(dim=1) / 63).to(torch.float16), (-low).amax(dim=1).div(63).to(torch.float16)
+        else:
+            d, dmin = super_scale(sub_scale, sub_weight[0], 63), super_scale(-low, sub_weight[1], 63)
         sc = torch.where(d[:, None] > 0, (sub_scale / d.float()[:, None].clamp(min=1e-30)).round(), 0).clamp(0, 63)
         m = torch.where(dmin[:, None] > 0, (-low / dmin.float()[:, None].clamp(min=1e-30)).round(), 0).clamp(0, 63)
         scale = d.float()[:, None] * sc
