@@ -33,11 +33,13 @@ bench: $(STAMP)
 # Optional benchmark peers, kept out of the default venv: with torchao installed, transformers
 # imports it (and its warnings) on every model load. `sparsa bench decode` then times torchao's
 # int8 weight-only path; without it the row says torchao is not installed.
-# Peers that take long to build stay out of `make test`: torchao, and llama.cpp's llama-bench and
-# llama-quantize (about 9 minutes on 2 cores, once; cached under $SPARSA_CACHE/peers).
+# Peers that take long to build stay out of `make test`: torchao, llama.cpp's llama-bench and
+# llama-quantize (about 9 minutes on 2 cores, once; cached under $SPARSA_CACHE/peers), and
+# auto-round in its own environment there (`sparsa bench gguf`).
 peers: $(STAMP)
 	$(BIN)/pip install --quiet --no-deps torchao==0.18.0
 	tools/build_llama_cpp.sh $(BIN)/pip
+	tools/install_auto_round.sh $(PYTHON)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

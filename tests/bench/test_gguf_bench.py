@@ -1,6 +1,8 @@
 """``sparsa bench gguf`` on a tiny model: every row is a GGUF file scored by sparsa's protocol
 (and llama.cpp's when its tools are built), rows of missing tools kept with the reason."""
 
+from dataclasses import replace
+
 import pytest
 
 from conftest import word_text
@@ -25,33 +27,35 @@ def tiny_setup(tiny_llama, bpe_tokenizer, monkeypatch):
                                    prompt_tokens=4, new_tokens=3, threads=1)
 
 
-def test_bench_without_llama_cpp_scores_sparsa_files_and_names_the_missing_tools(tiny_setup, tmp_path,
-                                                                                  monkeypatch):
+def test_bench_without_peers_scores_sparsa_files_and_names_the_missing_tools(tiny_setup, tmp_path, monkeypatch):
     monkeypatch.setattr(bench.llama_cpp, "missing_tools", lambda tools: "llama.cpp is not built; run `make peers`")
-    payload = bench.run_gguf_bench(tiny_setup, tmp_path, progress=False)
+    monkeypatch.setattr(bench.autoround, "missing", lambda: "auto-round is not installed; run `make peers`")
+    payload = bench.run_gguf_bench(replace(tiny_setup, autoround_tuned=("q4_0",)), tmp_path, progress=False)
     rows = {r["row"]: r for r in payload["rows"]}
     assert list(rows) == ["dense F32", "llama.cpp Q4_0", "llama.cpp Q4_0 + imatrix", "llama.cpp Q4_0 + imatrix --pure",
+                          "auto-round Q4_0 iters 0", "auto-round Q4_0 iters 200",
                           "sparsa rtn --grid q4_0", "sparsa gptq --grid q4_0",
                           "sparsa gptq --grid q4_0 --no-error-feedback"]
     assert all(rows[r]["skipped"] == "llama.cpp is not built; run `make peers`" for r in list(rows)[1:4])
+    assert all(rows[r]["skipped"] == "auto-round is not installed; run `make peers`" for r in list(rows)[4:6])
     dense = rows["dense F32"]["sparsa"]
     assert dense["kld_mean"] == 0 and dense["positions"] == 2 * 31
-    for label in list(rows)[4:]:
+    for label in list(rows)[6:]:
         r = rows[label]
         assert r["tensor_types"] == {"F32": 5, "Q4_0": 14, "Q8_0": 1}  # norms; 2 layers x 7 linears; embedding
         assert r["sparsa"]["kld_mean"] > 0 and r["sparsa"]["positions"] == 62 and "llama_perplexity" not in r
     assert payload["speed"] == [] and payload["goals"] == []
-    assert "not run: llama.cpp is not built" in (tmp_path / "gguf.md").read_text()
+    text = (tmp_path / "gguf.md").read_text()
+    assert "not run: llama.cpp is not built" in text and "not run: auto-round is not installed" in text
 
 
 def test_bench_widens_a_model_for_k_quants_without_changing_it(tiny_setup, tiny_llama, bpe_tokenizer, tmp_path,
                                                                monkeypatch):
-    from dataclasses import replace
-
     from sparsa.data.tokens import bos_for
     from sparsa.evaluate.perplexity import perplexity
 
     monkeypatch.setattr(bench.llama_cpp, "missing_tools", lambda tools: "not built")
+    monkeypatch.setattr(bench.autoround, "missing", lambda: "not installed")
     payload = bench.run_gguf_bench(replace(tiny_setup, types=("q4_k",)), tmp_path, progress=False)
     assert payload["bases"] == {"wide": {"hidden_size": 256, "intermediate_size": 256, "heads": 16, "kv_heads": 2}}
     ours = [r for r in payload["rows"] if r["maker"] == "sparsa" and r["type"] == "q4_k"]
@@ -62,12 +66,12 @@ def test_bench_widens_a_model_for_k_quants_without_changing_it(tiny_setup, tiny_
 
 
 @pytest.mark.skipif(llama_cpp.missing_tools(bench.TOOLS) is not None, reason="llama.cpp tools not built (make peers)")
-def test_bench_with_llama_cpp_scores_every_file_by_both_protocols(tiny_setup, tmp_path):
-    from dataclasses import replace
-
+def test_bench_with_llama_cpp_scores_every_file_by_both_protocols(tiny_setup, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench.autoround, "missing", lambda: "not installed")  # its own test below
     # llama-perplexity prints KL statistics only over 100 scored positions or more (8 x 31 here)
     payload = bench.run_gguf_bench(replace(tiny_setup, seqlen=64, windows=8), tmp_path, progress=False)
-    for r in payload["rows"]:
+    assert [r["maker"] for r in payload["rows"] if "skipped" in r] == ["auto-round"] * 2
+    for r in (r for r in payload["rows"] if "skipped" not in r):
         lp = r["llama_perplexity"]
         assert lp["ppl"] > 1 and 0 <= lp["kld_mean"] and 0 < lp["same_top"] <= 1
     assert payload["rows"][0]["llama_perplexity"]["kld_mean"] < 1e-3  # the dense file against its own logits
@@ -81,10 +85,12 @@ def test_bench_with_llama_cpp_scores_every_file_by_both_protocols(tiny_setup, tm
                for g in payload["goals"])
 
 
-@pytest.mark.parametrize("types, message", [("q9_9", "--types 'q9_9' is not one of"), (",", "--types '' is not one of")])
-def test_unknown_type_is_one_line_before_any_work(types, message, capsys, tmp_path):
+@pytest.mark.parametrize("flags, message", [(["--types", "q9_9"], "--types 'q9_9' is not one of"),
+                                            (["--types", ","], "--types '' is not one of"),
+                                            (["--autoround-tuned", "q4_0,q3"], "--autoround-tuned 'q3' is not one of")])
+def test_unknown_type_is_one_line_before_any_work(flags, message, capsys, tmp_path):
     from conftest import run_cli
 
-    code, out, err = run_cli(capsys, "bench", "gguf", "--types", types, "--out", str(tmp_path))
+    code, out, err = run_cli(capsys, "bench", "gguf", *flags, "--out", str(tmp_path))
     assert code != 0 and err.startswith("sparsa: error: ") and message in err and len(err.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())

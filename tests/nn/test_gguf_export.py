@@ -60,11 +60,61 @@ def test_every_exported_tensor_decodes_to_the_checkpoint_weight(grid, method, ti
     assert np.array_equal(stored["token_embd.weight"].data, model.model.embed_tokens.weight.detach().numpy())
 
 
-def test_transformers_loads_the_gguf_to_the_checkpoint_logits(tiny_llama, bpe_tokenizer, tmp_path):
-    path = checkpoint(tiny_llama, bpe_tokenizer, RTNConfig(grid="q8_0"), tmp_path / "ck")
-    export_gguf(path, tmp_path / "m.gguf")
+# the exported architectures: llama (Q/K rows permuted to ggml's rotary order), qwen2 (Q/K/V biases)
+# and qwen3 (Q/K norms; head width 128, Qwen3Config's default: transformers reads no key_length from
+# a qwen3 GGUF), tied and untied heads
+FAMILIES = {"llama": ("LlamaConfig", "LlamaForCausalLM", {"tie_word_embeddings": True}),
+            "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"tie_word_embeddings": True}),
+            "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 128, "tie_word_embeddings": False})}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_transformers_loads_the_gguf_to_the_checkpoint_logits(family, bpe_tokenizer, tmp_path):
+    from conftest import tiny_decoder
+
+    model = tiny_decoder(*FAMILIES[family])
+    for name, p in model.named_parameters():  # random biases and norms, so a misplaced row shows
+        if name.endswith(("bias", "norm.weight")):
+            p.data.normal_(0, 0.5 if name.endswith("bias") else 1.0)
+    path = checkpoint(model, bpe_tokenizer, RTNConfig(grid="q8_0"), tmp_path / "ck")
+    summary = export_gguf(path, tmp_path / "m.gguf")
+    assert summary.architecture == family and summary.tensor_types["Q8_0"] == 14
     from_gguf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32)
+    assert type(from_gguf) is type(model)
     torch.testing.assert_close(logits(from_gguf), logits(load_checkpoint(path)[0]), rtol=1e-5, atol=1e-5)
+
+
+def test_eval_of_the_gguf_counts_its_stored_bytes_as_the_checkpoint_does(tiny_llama, bpe_tokenizer, tmp_path,
+                                                                         monkeypatch):
+    from sparsa.nn import linear_footprint
+    from sparsa.nn.models import load_model
+
+    monkeypatch.setenv("SPARSA_CACHE", str(tmp_path / "cache"))
+    path = checkpoint(tiny_llama, bpe_tokenizer, RTNConfig(grid="q4_0"), tmp_path / "ck")
+    export_gguf(path, tmp_path / "m.gguf")
+    params, nbytes = load_model(str(tmp_path / "m.gguf")).stored
+    assert (params, nbytes) == linear_footprint(load_checkpoint(path)[0]) and 8 * nbytes / params == 4.5
+    (tmp_path / "bad.gguf").write_bytes(b"GGUF" + bytes(40))
+    with pytest.raises(SparsaError, match="bad.gguf: not a readable GGUF file"):
+        load_model(str(tmp_path / "bad.gguf"))
+
+
+def test_llama_q_and_k_biases_go_out_in_the_rotary_order_of_their_rows(bpe_tokenizer, tmp_path):
+    """transformers' GGUF config drops a llama's attention_bias, so the biases are checked as stored."""
+    from conftest import tiny_decoder
+
+    model = tiny_decoder("LlamaConfig", "LlamaForCausalLM", {"attention_bias": True, "tie_word_embeddings": True})
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            p.data.normal_()
+    path = checkpoint(model, bpe_tokenizer, RTNConfig(grid="q8_0"), tmp_path / "ck")
+    export_gguf(path, tmp_path / "m.gguf")
+    stored = {t.name: t.data for t in gguf.GGUFReader(str(tmp_path / "m.gguf")).tensors}
+    attn = model.model.layers[1].self_attn
+    for name, bias, heads in (("attn_q", attn.q_proj.bias, 4), ("attn_k", attn.k_proj.bias, 2),
+                              ("attn_v", attn.v_proj.bias, None), ("attn_output", attn.o_proj.bias, None)):
+        want = bias.detach() if heads is None else bias.detach()[rotary_rows(len(bias), heads)]
+        assert np.array_equal(stored[f"blk.1.{name}.bias"], want.numpy()), name
 
 
 def test_unsupported_format_is_named_or_dequantized(tiny_llama, bpe_tokenizer, tmp_path):
@@ -95,9 +145,9 @@ def test_cli_export_json_and_bad_input(capsys, tiny_llama, bpe_tokenizer, tmp_pa
 def test_an_architecture_gguf_cannot_name_is_refused(tiny_tokenizer, tmp_path):
     from conftest import tiny_decoder
 
-    model = tiny_decoder("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16, "tie_word_embeddings": False})
+    model = tiny_decoder("Phi3Config", "Phi3ForCausalLM", {"tie_word_embeddings": False})
     path = checkpoint(model, tiny_tokenizer, RTNConfig(grid="q8_0"), tmp_path / "ck")
-    with pytest.raises(SparsaError, match="a Qwen3ForCausalLM; GGUF export writes LlamaForCausalLM"):
+    with pytest.raises(SparsaError, match="a Phi3ForCausalLM; GGUF export writes LlamaForCausalLM, Qwen2ForCausalLM"):
         export_gguf(path, tmp_path / "m.gguf")
     assert not (tmp_path / "m.gguf").exists()
 

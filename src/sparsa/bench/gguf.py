@@ -6,6 +6,9 @@ For each ggml type asked (``q4_0``, ``q4_k``, ...), every row is a GGUF file of 
   ``llama-imatrix`` computes on the calibration windows sparsa compresses with (decoded to text);
   and with that imatrix and ``--pure`` (every matrix of the type, the embedding Q8_0: byte for byte
   the layout sparsa writes);
+* **auto-round** (Intel's, :mod:`sparsa.bench.autoround`): its GGUF export of the dense model from
+  the same calibration windows, untuned (``iters 0``: its importance-weighted rounding) and, for
+  ``autoround_tuned`` types, with its default SignRound tuning (``autoround_iters`` per block);
 * **sparsa**: ``sparsa compress --method rtn|gptq --grid TYPE`` (decoder linears; the tied
   embedding and head stay dense) then ``sparsa export --to gguf --dense-type q8_0``.
 
@@ -39,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from sparsa.bench import llama_cpp
+from sparsa.bench import autoround, llama_cpp
 from sparsa.bench.results import machine, write_results
 from sparsa.compress import GPTQConfig, RTNConfig
 from sparsa.compress.pipeline import calibration_for, compress_checkpoint
@@ -61,8 +64,9 @@ TOOLS = ("llama-quantize", "llama-imatrix", "llama-perplexity", "llama-bench")
 @dataclass(frozen=True)
 class GgufBenchSettings:
     """The protocol: model, types, calibration (``nsamples`` x ``seqlen`` tokens of ``calib``),
-    evaluation (``windows`` x ``seqlen`` of ``ppl``), seed, threads, and ``llama-bench``'s rounds
-    of ``new_tokens`` decoded after ``prompt_tokens``."""
+    evaluation (``windows`` x ``seqlen`` of ``ppl``), seed, threads, ``llama-bench``'s rounds
+    of ``new_tokens`` decoded after ``prompt_tokens``, and the types auto-round also tunes
+    (``autoround_iters`` per block: over an hour per type for SmolLM2 on 2 cores; cached)."""
 
     model: str = "smollm2-135m"
     types: tuple[str, ...] = ("q4_0", "q4_k")
@@ -76,10 +80,12 @@ class GgufBenchSettings:
     rounds: int = 5
     prompt_tokens: int = 128
     new_tokens: int = 64
+    autoround_tuned: tuple[str, ...] = ("q4_0",)
+    autoround_iters: int = 200
 
     @classmethod
     def quick(cls) -> "GgufBenchSettings":
-        return cls(types=("q4_0",), nsamples=8, windows=8, rounds=3)
+        return cls(types=("q4_0",), nsamples=8, windows=8, rounds=3, autoround_tuned=())
 
     def check(self) -> None:
         if not self.types:
@@ -87,6 +93,15 @@ class GgufBenchSettings:
         for t in self.types:
             if t not in LLAMA_TYPES:
                 raise SparsaError(f"--types {t!r} is not one of {', '.join(LLAMA_TYPES)}")
+        for t in self.autoround_tuned:
+            if t not in LLAMA_TYPES:
+                raise SparsaError(f"--autoround-tuned {t!r} is not one of {', '.join(LLAMA_TYPES)}")
+        if self.autoround_iters < 1:
+            raise SparsaError(f"--autoround-iters {self.autoround_iters}: give at least 1")
+
+    def autoround_runs(self, t: str) -> tuple[int, ...]:
+        """auto-round's tuning iterations for type ``t``: untuned always, tuned when asked."""
+        return (0, self.autoround_iters) if t in self.autoround_tuned else (0,)
 
 
 def say(progress: bool, message: str) -> None:
@@ -110,11 +125,13 @@ def needs_widening(model, multiple: int = SUPER) -> bool:
 
 @dataclass
 class Base:
-    """One dense starting point: the spec ``sparsa compress`` reads, its F32 GGUF, the reference
-    log-probabilities, the llama.cpp base logits and imatrix (None without the tools)."""
+    """One dense starting point: the spec ``sparsa compress`` reads (a Hugging Face directory), the
+    calibration windows, its F32 GGUF, the reference log-probabilities, the llama.cpp base logits and
+    imatrix (None without the tools)."""
 
     label: str
     spec: str
+    calibration: torch.Tensor
     f32: Path
     reference: list
     base_logits: Path | None
@@ -122,8 +139,8 @@ class Base:
     dense_row: dict
 
 
-def make_base(model, tokenizer, label: str, s: GgufBenchSettings, work: Path, windows, texts: dict, tools_missing: str | None,
-              progress: bool) -> Base:
+def make_base(model, tokenizer, label: str, s: GgufBenchSettings, work: Path, windows, calibration: torch.Tensor,
+              texts: dict, tools_missing: str | None, progress: bool) -> Base:
     """Write the dense model as an HF directory, a checkpoint and an F32 GGUF; score the GGUF."""
     hf, ck, f32 = work / f"{label}-hf", work / f"{label}-dense", work / f"{label}.F32.gguf"
     model.save_pretrained(hf)
@@ -149,7 +166,7 @@ def make_base(model, tokenizer, label: str, s: GgufBenchSettings, work: Path, wi
         row["llama_perplexity"] = asdict(llama_cpp.llama_perplexity(f32, base_logits, ctx=s.seqlen, chunks=s.windows,
                                                                     threads=s.threads))
         llama_cpp.compute_imatrix(f32, texts["calib"], imatrix, ctx=s.seqlen, chunks=s.nsamples, threads=s.threads)
-    return Base(label, str(hf), f32, reference, base_logits, imatrix, row)
+    return Base(label, str(hf), calibration, f32, reference, base_logits, imatrix, row)
 
 
 def score(row: dict, path: Path, base: Base, windows, s: GgufBenchSettings, progress: bool) -> dict:
@@ -165,9 +182,26 @@ def score(row: dict, path: Path, base: Base, windows, s: GgufBenchSettings, prog
     return row
 
 
+def autoround_rows(t: str, base: Base, s: GgufBenchSettings, work: Path, windows, progress: bool) -> list[dict]:
+    """auto-round's files of type ``t`` (untuned, and tuned for ``s.autoround_tuned`` types)."""
+    qname, rows, reason = LLAMA_TYPES[t], [], autoround.missing()
+    for iters in s.autoround_runs(t):
+        row = {"row": f"auto-round {qname} iters {iters}", "type": t, "base": base.label, "maker": "auto-round"}
+        if reason is not None:
+            rows.append({**row, "skipped": reason})
+            continue
+        say(progress, f"{t}: {row['row']} (made once, then cached)")
+        path = work / f"{base.label}.{t}.autoround{iters}.gguf"
+        seconds = autoround.quantize(Path(base.spec), base.calibration, f"gguf:{qname.lower()}", iters, path,
+                                     seed=s.seed, threads=s.threads, progress=progress)
+        row.update(make_seconds=round(seconds, 2), file=path)
+        rows.append(score(row, path, base, windows, s, progress))
+    return rows
+
+
 def type_rows(t: str, base: Base, s: GgufBenchSettings, work: Path, windows, tools_missing: str | None,
               progress: bool) -> list[dict]:
-    """Every row of type ``t`` from ``base``: llama.cpp's three files, then sparsa's three."""
+    """Every row of type ``t`` from ``base``: llama.cpp's three files, auto-round's, then sparsa's three."""
     qname, rows = LLAMA_TYPES[t], []
     llama_files = [(f"llama.cpp {qname}", {}), (f"llama.cpp {qname} + imatrix", {"imatrix": base.imatrix}),
                    (f"llama.cpp {qname} + imatrix --pure", {"imatrix": base.imatrix, "pure": True,
@@ -183,6 +217,7 @@ def type_rows(t: str, base: Base, s: GgufBenchSettings, work: Path, windows, too
         llama_cpp.quantize(base.f32, path, qname, threads=s.threads, **options)
         row.update(make_seconds=round(time.perf_counter() - start, 2), file=path)
         rows.append(score(row, path, base, windows, s, progress))
+    rows += autoround_rows(t, base, s, work, windows, progress)
     cal = {"nsamples": s.nsamples, "seqlen": s.seqlen, "calib": s.calib}
     ours = [(f"sparsa rtn --grid {t}", RTNConfig(grid=t)),
             (f"sparsa gptq --grid {t}", GPTQConfig(grid=t, **cal)),
@@ -219,14 +254,16 @@ def speed(t: str, rows: list[dict], s: GgufBenchSettings, progress: bool) -> dic
 
 
 def goals(rows: list[dict], types: tuple[str, ...]) -> list[dict]:
-    """Per type, each of sparsa's GPTQ files against each of llama.cpp's imatrix files: both
-    protocols' perplexity and sparsa's KL divergence, with the tensor bytes of each (``met``: lower
-    perplexity by sparsa's protocol at no more tensor bytes)."""
+    """Per type, each of sparsa's GPTQ files against each of llama.cpp's imatrix files and each of
+    auto-round's: both protocols' perplexity and sparsa's KL divergence, with the tensor bytes of
+    each (``met``: lower perplexity by sparsa's protocol at no more tensor bytes)."""
     out = []
     for t in types:
         by = {r["row"]: r for r in rows if r["type"] == t and "skipped" not in r}
+        peers = [f"llama.cpp {LLAMA_TYPES[t]} + imatrix", f"llama.cpp {LLAMA_TYPES[t]} + imatrix --pure"]
+        peers += [r["row"] for r in rows if r["type"] == t and r["maker"] == "auto-round"]
         for mine in (f"sparsa gptq --grid {t}", f"sparsa gptq --grid {t} --no-error-feedback"):
-            for label in (f"llama.cpp {LLAMA_TYPES[t]} + imatrix", f"llama.cpp {LLAMA_TYPES[t]} + imatrix --pure"):
+            for label in peers:
                 ours, theirs = by.get(mine), by.get(label)
                 if ours is None or theirs is None:
                     continue
@@ -251,7 +288,8 @@ def run_gguf_bench(s: GgufBenchSettings, out_dir, name: str = "gguf", *, progres
     windows = eval_windows(tokenize(lm.tokenizer, corpus.eval), s.seqlen, s.windows, bos=rule, source=s.ppl)
     calib = calibration_for(GPTQConfig(nsamples=s.nsamples, seqlen=s.seqlen, calib=s.calib), lm.tokenizer, s.seed,
                             rule)
-    payload = {"settings": asdict(s), "machine": machine(), "tools_missing": tools_missing, "rows": [],
+    payload = {"settings": asdict(s), "machine": machine(), "tools_missing": tools_missing,
+               "autoround_version": autoround.VERSION, "rows": [],
                "speed": [], "bases": {}, "goals": []}
     with tempfile.TemporaryDirectory(prefix="sparsa-bench-gguf-") as tmp:
         work = Path(tmp)
@@ -271,7 +309,7 @@ def run_gguf_bench(s: GgufBenchSettings, out_dir, name: str = "gguf", *, progres
             payload["bases"][label] = {"hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
                                        "heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads}
             say(progress, f"dense model {label} ({c.hidden_size} wide)")
-            base = make_base(model, lm.tokenizer, label, s, work, windows, texts, tools_missing, progress)
+            base = make_base(model, lm.tokenizer, label, s, work, windows, calib, texts, tools_missing, progress)
             payload["rows"].append(base.dense_row)
             for t in types:
                 rows = type_rows(t, base, s, work, windows, tools_missing, progress)
@@ -288,17 +326,19 @@ def cell(value, digits: int = 3) -> str:
 
 
 def table_lines(rows: list[dict]) -> list[str]:
-    """Markdown rows: bytes, then each protocol's perplexity and KL divergence."""
+    """Markdown rows: bytes, then each protocol's perplexity and KL divergence, then the seconds
+    the file took to make."""
     lines = ["| file | tensor bytes | ppl | KLD | KLD p99 | same top | llama-perplexity ppl | its KLD | "
-             "its same top |", "|---|---|---|---|---|---|---|---|---|"]
+             "its same top | made in |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['row']} | not run: {r['skipped']} | | | | | | | |")
+            lines.append(f"| {r['row']} | not run: {r['skipped']} | | | | | | | | |")
             continue
         a, b = r["sparsa"], r.get("llama_perplexity") or {}
+        made = "-" if r.get("make_seconds") is None else f"{r['make_seconds']:.0f} s"
         lines.append(f"| {r['row']} | {r['tensor_bytes']:,} | {a['ppl']:.3f} | {a['kld_mean']:.4f} | "
                      f"{a['kld_p99']:.3f} | {a['same_top']:.1%} | {cell(b.get('ppl'))} | {cell(b.get('kld_mean'), 4)} | "
-                     + ("-" if b.get("same_top") is None else f"{b['same_top']:.1%}") + " |")
+                     + ("-" if b.get("same_top") is None else f"{b['same_top']:.1%}") + f" | {made} |")
     return lines
 
 
@@ -312,7 +352,11 @@ def report(payload: dict) -> str:
              f"llama-perplexity: llama.cpp {llama_cpp.VERSION}'s own kernels, {s['threads']} threads, the same text "
              f"in {s['windows']} chunks of {s['seqlen']} (second halves scored), KL divergence from the dense file's "
              "logits. Tensor bytes: the GGUF's tensor data. Our files keep the tied embedding as Q8_0; "
-             "`--pure` makes llama.cpp's layout the same.", ""]
+             "`--pure` makes llama.cpp's layout the same. auto-round "
+             f"{payload['autoround_version']}: its GGUF export from the same calibration "
+             f"tokens, fp32 on the CPU, {s['threads']} threads, iters 0 (no tuning) or its default tuning. Made in: "
+             "the seconds from the dense file (ours: compress and export; llama.cpp: llama-quantize, the imatrix "
+             "excluded; auto-round: its whole run, made once and cached).", ""]
     if payload["tools_missing"]:
         lines += [f"llama.cpp rows not run: {payload['tools_missing']}", ""]
     for base, shape in payload["bases"].items():

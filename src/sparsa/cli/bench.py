@@ -187,6 +187,10 @@ def cmd_bench_gguf(args) -> dict:
     settings, name = chosen(GgufBenchSettings, "gguf", args.quick)
     if args.types:
         settings = replace(settings, types=tuple(t.strip() for t in args.types.split(",")))
+    if args.autoround_tuned is not None:
+        settings = replace(settings, autoround_tuned=tuple(t.strip() for t in args.autoround_tuned.split(",") if t.strip()))
+    if args.autoround_iters is not None:
+        settings = replace(settings, autoround_iters=args.autoround_iters)
     payload = run_gguf_bench(settings, out_dir=args.out, name=name, progress=not args.quiet)
     return {"out": args.out, "name": name, "tools_missing": payload["tools_missing"], "rows": payload["rows"],
             "speed": payload["speed"], "goals": payload["goals"]}
@@ -262,10 +266,15 @@ def add_bench(sub, common, parser_class) -> None:
                 bench_encoder_table)
     p.add_argument("--recover-steps", type=number(int, 1),
                    help="recovery steps per sparsity (default 300 steps; --quick 60)")
-    p = command("gguf", "GGUF exports against llama.cpp's quantizer (plain, imatrix): ppl, KLD, llama-bench",
+    p = command("gguf", "GGUF exports against llama.cpp's quantizer (plain, imatrix) and auto-round: ppl, KLD, llama-bench",
                 "q4_0 only, 8 calibration and 8 evaluation windows, 3 speed rounds (written as gguf_quick)",
                 cmd_bench_gguf, bench_gguf_table)
     p.add_argument("--types", help="comma-separated grids, e.g. q4_0,q4_k (default q4_0,q4_k; --quick q4_0)")
+    p.add_argument("--autoround-tuned", metavar="TYPES",
+                   help="comma-separated types that auto-round also tunes (when benchmarked), '' for none (over an hour per type on "
+                        "2 cores, cached; default q4_0; --quick none)")
+    p.add_argument("--autoround-iters", type=number(int, 1),
+                   help="auto-round's tuning iterations per block (default 200, its own default)")
 
 
 def results_command(bench, common):

