@@ -11,6 +11,7 @@ if shutil.which("nvidia-smi") is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import json  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -184,3 +185,33 @@ def smollm2_cached():
     from sparsa.nn.models import DEFAULT_MODEL, cached_gguf, smollm2_gguf
 
     return cached_gguf(smollm2_gguf(), DEFAULT_MODEL)
+
+
+def synthetic_database(directory: Path, images: int = 30, points: int = 300, seed: int = 0,
+                       pixel_noise: float = 1.0) -> tuple[Path, Path]:
+    """(database.db, ground-truth model dir) written by ``pycolmap.synthesize_dataset``: one
+    SIMPLE_RADIAL camera, exhaustive matches (inlier ratio 0.7 in ``matches``), keypoints with
+    ``pixel_noise`` px of Gaussian noise."""
+    import pycolmap
+
+    directory.mkdir(parents=True, exist_ok=True)
+    pycolmap.set_random_seed(seed)
+    options = pycolmap.SyntheticDatasetOptions()
+    options.num_rigs, options.num_cameras_per_rig, options.num_frames_per_rig = 1, 1, images
+    options.num_points3D, options.inlier_match_ratio = points, 0.7
+    db = pycolmap.Database.open(str(directory / "database.db"))
+    truth = pycolmap.synthesize_dataset(options, db)
+    noise = pycolmap.SyntheticNoiseOptions()
+    noise.point2D_stddev = pixel_noise
+    pycolmap.synthesize_noise(noise, truth, db)
+    db.close()
+    (directory / "truth").mkdir()
+    truth.write(str(directory / "truth"))
+    return directory / "database.db", directory / "truth"
+
+
+@pytest.fixture(scope="session")
+def colmap_database(tmp_path_factory):
+    """(database.db, ground-truth model) of 30 images and 300 points (see :func:`synthetic_database`);
+    read-only: copy it before changing it."""
+    return synthetic_database(tmp_path_factory.mktemp("colmap_db"))

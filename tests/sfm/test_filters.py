@@ -31,3 +31,24 @@ def test_keep_observations_drops_single_view_tracks_and_remaps(small_scene):
     assert report["observations_dropped"] == len(point0)
     torch.testing.assert_close(out.points, scene.points[1:])
     assert int(out.obs_point.max()) == out.n_points - 1
+
+
+def test_drop_images_remaps_and_keeps_the_rest_identical(small_scene):
+    from sparsa.sfm.filters import drop_images, prune_images
+
+    scene, _ = small_scene
+    scene = scene.replace(image_ids=torch.arange(10, 10 + scene.n_images), image_names=[f"im{i}" for i in
+                                                                                         range(scene.n_images)])
+    keep = torch.ones(scene.n_images, dtype=torch.bool)
+    keep[2] = False
+    out = drop_images(scene, keep)
+    assert out.n_images == scene.n_images - 1 and out.image_names == [n for n in scene.image_names if n != "im2"]
+    assert torch.equal(out.image_ids, scene.image_ids[keep]) and torch.equal(out.rotations, scene.rotations[keep])
+    out.validate("dropped")
+    # every surviving observation is the same pixel of the same image (by id) as before
+    before = {(int(scene.image_ids[i]), tuple(xy.tolist())) for i, xy in zip(scene.obs_image, scene.obs_xy) if i != 2}
+    after = {(int(out.image_ids[i]), tuple(xy.tolist())) for i, xy in zip(out.obs_image, out.obs_xy)}
+    assert after <= before and len(after) >= len(before) - scene.n_observations // scene.n_images
+    counts = torch.bincount(scene.obs_image)
+    pruned, dropped = prune_images(scene, int(counts.min()) + 1)
+    assert dropped >= 1 and torch.bincount(pruned.obs_image).min() >= int(counts.min()) + 1

@@ -122,6 +122,32 @@ def bench_ba_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_bench_sfm(args) -> dict:
+    from dataclasses import replace
+
+    from sparsa.bench.sfm import SfmBenchSettings, run_sfm_bench
+
+    settings, name = chosen(SfmBenchSettings, "sfm", args.quick)
+    if args.sizes:
+        settings = replace(settings, sizes=tuple(args.sizes))
+    payload = run_sfm_bench(settings, out_dir=args.out, name=name, progress=not args.quiet)
+    return {"out": args.out, "name": name, "machine": payload["machine"], "rows": payload["rows"]}
+
+
+def bench_sfm_table(r: dict) -> str:
+    lines = [f"wrote {r['out']}/{r['name']}.{{json,md,png}}"]
+    for row in r["rows"]:
+        head = f"{row['images_truth']:>5} images  {row['solver']:<9} {row['device']:<5}"
+        if "failed" in row:
+            lines.append(f"{head} failed: {row['failed']} after {row['seconds']:.2f} s")
+            continue
+        lines.append(f"{head} registered {row['images']:>5}  rotation error {row['rotation_error_deg']['median']:.3f} deg"
+                     f"  centre error {row['centre_error']['median']:.4f}  AUC@3 {row['auc']['3']:.3f}  "
+                     f"{row['seconds']:8.2f} s ({row['speedup_over_pycolmap']:.2f}x pycolmap)  "
+                     f"peak RSS {row['peak_rss_bytes'] / 2**20:.0f} MiB")
+    return "\n".join(lines)
+
+
 def cmd_bench_merge(args) -> dict:
     from sparsa.bench.merge import MergeBenchSettings, run_merge_bench
     from sparsa.bench.merge_lm import LMSuiteSettings
@@ -252,6 +278,10 @@ def add_bench(sub, common, parser_class) -> None:
             cmd_bench_spmm, bench_spmm_table)
     command("ba", "bundle adjustment against pycolmap (Ceres) and scipy", "the 50-camera scene only (written as ba_quick)",
             cmd_bench_ba, bench_ba_table)
+    p = command("sfm", "global SfM from a COLMAP database against pycolmap.global_mapping (GLOMAP)",
+                "the 50-image scene only (written as sfm_quick)", cmd_bench_sfm, bench_sfm_table)
+    p.add_argument("--sizes", type=number(int, 10), nargs="+", metavar="IMAGES",
+                   help="scene sizes in images (default 50 200 1000; --quick 50)")
     p = command("merge", "task-vector merging (T-Switch, Auto-Switch, baselines) on the offline digits suite",
                 "shorter fine-tuning (written as merge_quick)", cmd_bench_merge, bench_merge_table)
     add_bos_flag(p, "language tasks' windows (full run only; --quick has no language tasks)")

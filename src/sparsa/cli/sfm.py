@@ -65,7 +65,8 @@ def add_solver_flags(p, d, per: str) -> None:
     p.add_argument("--loss-scale", type=number(float, 0, low_open=True), default=d.loss_scale,
                    help=f"BA robust loss scale (default {d.loss_scale:g} px)")
     p.add_argument("--max-iters", type=number(int, 0), default=d.max_iterations,
-                   help=f"LM iterations{per}, accepted and rejected steps (default {d.max_iterations} iterations)")
+                   help=f"LM iterations{per}, accepted and rejected steps (default {d.max_iterations} iterations"
+                        + ("; 200 from a database)" if per else ")"))
 
 
 def add_ba(sub, common) -> None:
@@ -99,19 +100,45 @@ def add_ba(sub, common) -> None:
 
 
 def cmd_sfm(args) -> dict:
+    from pathlib import Path
+
     from sparsa.cli._common import check_device
-    from sparsa.sfm.config import SFM_BA_OPTIONS, GPOptions
-    from sparsa.sfm.problems import reconstruct_problem
+    from sparsa.sfm.config import MAPPER_BA_OPTIONS, MAPPER_GP_OPTIONS, SFM_BA_OPTIONS, GlobalMapperOptions, GPOptions
+    from sparsa.sfm.problems import map_database_problem, reconstruct_problem
 
     check_device(args.device)
-    ba_options = replace(SFM_BA_OPTIONS, max_iterations=args.max_iters, loss=args.loss, loss_scale=args.loss_scale,
-                         refine_focal_length=not args.fix_intrinsics, refine_extra_params=not args.fix_intrinsics)
-    return reconstruct_problem(args.problem, GPOptions(max_iterations=args.gp_max_iters, seed=args.seed), ba_options,
-                               filter_px=args.filter_px, out=args.out, text=args.text, force=args.force,
-                               device=args.device, threads=args.threads, progress=not args.quiet)
+    database = Path(args.problem).suffix == ".db"
+    ba, gp = (MAPPER_BA_OPTIONS, MAPPER_GP_OPTIONS) if database else (SFM_BA_OPTIONS, GPOptions())
+    ba_options = replace(ba, max_iterations=ba.max_iterations if args.max_iters is None else args.max_iters,
+                         loss=args.loss, loss_scale=args.loss_scale, refine_focal_length=not args.fix_intrinsics,
+                         refine_extra_params=not args.fix_intrinsics)
+    gp_options = replace(gp, max_iterations=args.gp_max_iters, seed=args.seed)
+    common = dict(filter_px=args.filter_px, out=args.out, text=args.text, force=args.force, device=args.device,
+                  threads=args.threads, progress=not args.quiet)
+    if database:
+        options = GlobalMapperOptions(min_inliers=args.min_inliers, max_tracks=args.max_tracks,
+                                      max_rotation_error_deg=args.max_rotation_error)
+        return map_database_problem(args.problem, options, gp_options, ba_options, **common)
+    return reconstruct_problem(args.problem, gp_options, ba_options, **common)
+
+
+def database_table(r: dict) -> str:
+    lines = []
+    for s in r["stages"]:
+        counts = ", ".join(f"{k.replace('_', ' ')} {v:.4g}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
+                           for k, v in s.items() if k not in ("stage", "seconds"))
+        lines.append(f"{s['stage']:<24} {s['seconds']:8.2f} s  {counts}")
+    lines.append(f"{r['images']} of {r['images_in_database']} images registered ({r['images_left_out']} left out), "
+                 f"{r['points']} points, {r['observations']} observations, rmse {r['rmse_px']:.3f} px, "
+                 f"{r['seconds']:.2f} s, peak memory {r['peak_memory_bytes'] / 2**20:.0f} MiB")
+    if "out" in r:
+        lines.append(f"wrote {r['out']}")
+    return "\n".join(lines)
 
 
 def sfm_table(r: dict) -> str:
+    if "stages" in r:
+        return database_table(r)
     gp = r["gp"]
     lines = [f"global positioning: {gp['iterations']} iterations, cost {gp['initial_cost']:.4e} -> "
              f"{gp['final_cost']:.4e}, {gp['seconds']:.2f} s ({gp['termination']})"]
@@ -129,20 +156,30 @@ def sfm_table(r: dict) -> str:
 
 
 def add_sfm(sub, common) -> None:
-    from sparsa.sfm.config import SFM_BA_OPTIONS, SFM_FILTER_PX, GPOptions
+    from sparsa.sfm.config import SFM_BA_OPTIONS, SFM_FILTER_PX, GlobalMapperOptions, GPOptions
 
-    d = GPOptions()
-    p = sub.add_parser("sfm", parents=[common], help="global positioning + bundle adjustment from known rotations")
-    p.add_argument("problem", help="a COLMAP model directory (its rotations, intrinsics and observations are used; "
-                                   "its positions are recomputed), a BAL file or synthetic:cameras=C,points=P,seed=S")
+    d, m = GPOptions(), GlobalMapperOptions()
+    p = sub.add_parser("sfm", parents=[common], help="global SfM from a COLMAP database, or positioning + BA from "
+                                                     "known rotations")
+    p.add_argument("problem", help="a COLMAP database (DATABASE.db: relative poses, rotation averaging, tracks, "
+                                   "positioning, BA, retriangulation), or a COLMAP model directory (its rotations, "
+                                   "intrinsics and observations are used; its positions are recomputed), a BAL file "
+                                   "or synthetic:cameras=C,points=P,seed=S")
     p.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default %(default)s)")
     p.add_argument("--gp-max-iters", type=number(int, 0), default=d.max_iterations,
                    help=f"global positioning LM iterations (default {d.max_iterations} iterations)")
     add_solver_flags(p, SFM_BA_OPTIONS, " per BA round")
+    p.set_defaults(max_iters=None)  # per mode: 100 from a model, 200 (COLMAP's global mapper's) from a database
     p.add_argument("--filter-px", type=number(float, 0, low_open=True), default=SFM_FILTER_PX,
                    help="after BA rounds 1-3 drop observations above 3x, 2x, 1x this error (default %(default)g px)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the random GP start (default %(default)s)")
     p.add_argument("--fix-intrinsics", action="store_true",
                    help="keep focal lengths and distortion as given (default: refined in the last BA round)")
+    p.add_argument("--min-inliers", type=number(int, 5), default=m.min_inliers,
+                   help="database mode: pairs need this many verified inliers (default %(default)s)")
+    p.add_argument("--max-rotation-error", type=number(float, 0, low_open=True), default=m.max_rotation_error_deg,
+                   help="database mode: drop pairs this far from the averaged rotations (default %(default)g deg)")
+    p.add_argument("--max-tracks", type=number(int, 1), default=None,
+                   help="database mode: keep at most this many tracks, the longest (default: all)")
     add_output_flags(p)
     p.set_defaults(run=cmd_sfm, table=sfm_table)

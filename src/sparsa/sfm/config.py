@@ -107,4 +107,71 @@ class GPOptions(LMOptions):
 
 
 SFM_BA_OPTIONS = BAOptions(loss="huber")  # sfm's BA rounds: a robust loss, GP's positions being rough
+# ``sparsa sfm DATABASE.db`` stops its solvers where COLMAP's global mapper (GLOMAP) does: GP at 100
+# iterations or a function tolerance of 1e-5 (GLOMAP's OptimizationBaseOptions), each BA at 200
+# iterations or 1e-5 (COLMAP's GlobalMapperOptions::bundle_adjustment), so `bench sfm` compares
+# the two under the same stopping rules. The reduced camera system is factored densely up to 8000
+# camera-side unknowns (1333 images; 288 MB and about a second per step at 1000 images on 2 cores):
+# on a ring of 1000 images PCG's iterations grow with the ring's length (over 7 minutes measured).
+MAPPER_GP_OPTIONS = GPOptions(function_tolerance=1e-5, dense_schur_max_size=8000)
+MAPPER_BA_OPTIONS = BAOptions(loss="huber", function_tolerance=1e-5, max_iterations=200, dense_schur_max_size=8000)
 SFM_FILTER_PX = 4.0  # sfm drops observations above 3x, 2x, 1x this reprojection error after BA rounds 1-3 (px)
+
+
+@dataclass(frozen=True)
+class RotationAveragingOptions:
+    """L1 then Geman-McClure IRLS (:mod:`sparsa.sfm.rotation_averaging`).
+
+    Args:
+        l1_iterations: L1 steps (weights 1 / max(|r|, l1_eps_deg)).
+        irls_iterations: at most this many Geman-McClure steps.
+        sigma_deg: the Geman-McClure scale (GLOMAP's 5°).
+        step_tolerance_deg: stop when no rotation moves more than this in a step.
+    """
+
+    l1_iterations: int = 10
+    irls_iterations: int = 100
+    sigma_deg: float = 5.0
+    step_tolerance_deg: float = 1e-3
+    l1_eps_deg: float = 1e-3
+
+
+@dataclass(frozen=True)
+class GlobalMapperOptions:
+    """What ``sparsa sfm DATABASE.db`` keeps between its stages (GLOMAP's defaults where it has one).
+
+    Args:
+        min_inliers: pairs with fewer verified inlier matches in front of both cameras are dropped.
+        min_pair_angle_deg: pairs whose median triangulation angle is below this are dropped.
+        max_triangle_error_deg: edges whose median loop error over their triangles exceeds this are dropped.
+        max_rotation_error_deg: after rotation averaging, edges disagreeing more than this are
+            dropped and the rotations averaged again.
+        min_track_views, max_track_views: tracks outside this range are dropped.
+        max_tracks: keep at most this many tracks, the longest (None: all).
+        max_gp_angle_deg: after global positioning, observations whose ray is further than this from
+            the direction to their point (or behind the camera) are dropped before BA (GLOMAP's 1°).
+        min_image_observations: images left with fewer observations by a filter are dropped (and
+            counted as left out).
+        min_triangulation_angle_deg: retriangulated tracks need views this far apart.
+        rotation: the rotation averaging's options.
+    """
+
+    min_inliers: int = 15
+    min_pair_angle_deg: float = 1.0
+    max_triangle_error_deg: float = 5.0
+    max_rotation_error_deg: float = 10.0
+    min_track_views: int = 3
+    max_track_views: int = 100
+    max_tracks: int | None = None
+    max_gp_angle_deg: float = 1.0
+    min_image_observations: int = 10
+    min_triangulation_angle_deg: float = 1.0
+    rotation: RotationAveragingOptions = RotationAveragingOptions()
+
+    def __post_init__(self):
+        if self.min_inliers < 5:
+            raise SparsaError(f"--min-inliers {self.min_inliers}: must be >= 5 (a relative pose needs five matches)")
+        if not 2 <= self.min_track_views <= self.max_track_views:
+            raise SparsaError(f"track views {self.min_track_views}..{self.max_track_views}: need 2 <= min <= max")
+        if self.max_tracks is not None and self.max_tracks < 1:
+            raise SparsaError(f"--max-tracks {self.max_tracks}: must be >= 1")

@@ -39,3 +39,29 @@ def drop_unusable(scene: Scene) -> tuple[Scene, dict]:
     front = depths(scene) > 0
     out, report = keep_observations(scene, front)
     return out, {"behind_camera": int((~front).sum()), **report}
+
+
+def drop_images(scene: Scene, keep: torch.Tensor) -> Scene:
+    """``scene`` without the images where ``keep`` [I] bool is False, their observations, and the
+    points those leave with fewer than two views (image indices remapped)."""
+    scene, _ = keep_observations(scene, keep[scene.obs_image])
+    rows = torch.full((scene.n_images,), -1, dtype=torch.int64)
+    rows[keep] = torch.arange(int(keep.sum()))
+    return scene.replace(rotations=scene.rotations[keep], translations=scene.translations[keep],
+                         image_camera=scene.image_camera[keep], obs_image=rows[scene.obs_image],
+                         image_ids=None if scene.image_ids is None else scene.image_ids[keep],
+                         image_names=None if scene.image_names is None else
+                         [n for n, k in zip(scene.image_names, keep.tolist()) if k])
+
+
+def prune_images(scene: Scene, min_observations: int) -> tuple[Scene, int]:
+    """(``scene`` without the images seen in fewer than ``min_observations`` observations, how many went);
+    repeated until every image left has that many (dropping an image can shorten others' tracks)."""
+    dropped = 0
+    while True:
+        counts = torch.bincount(scene.obs_image, minlength=scene.n_images)
+        weak = counts < min_observations
+        if not bool(weak.any()):
+            return scene, dropped
+        dropped += int(weak.sum())
+        scene = drop_images(scene, ~weak)

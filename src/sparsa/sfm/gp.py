@@ -111,3 +111,13 @@ def solve_gp(scene: Scene, options: GPOptions = GPOptions(), *, device: str = "c
     R = scene.rotation_matrices()
     t = -(R @ state.centres.cpu()[:, :, None])[..., 0]
     return scene.replace(translations=t, points=state.points.cpu()), summary
+
+
+def angular_errors(scene: Scene) -> torch.Tensor:
+    """[M] angle in degrees between each observation's ray and the direction from its camera centre to
+    its point (180 for a point behind the camera); what GP's residual measures, as an angle."""
+    R = scene.rotation_matrices()
+    centres = -(R.transpose(1, 2) @ scene.translations[:, :, None])[..., 0]
+    u = scene.points[scene.obs_point] - centres[scene.obs_image]
+    cos = (world_rays(scene) * u).sum(-1) / u.norm(dim=-1).clamp(min=1e-300)
+    return torch.rad2deg(torch.arccos(cos.clamp(-1, 1)))

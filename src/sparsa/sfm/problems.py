@@ -11,9 +11,11 @@ import torch
 
 from sparsa.errors import SparsaError
 from sparsa.sfm.align import centre_errors
-from sparsa.sfm.config import SFM_FILTER_PX, BAOptions, GPOptions
+from sparsa.data.colmap_db import read_database
+from sparsa.sfm.config import SFM_FILTER_PX, BAOptions, GlobalMapperOptions, GPOptions
 from sparsa.sfm.distributed import init_comm, solve_ba_distributed
 from sparsa.sfm.filters import drop_unusable, keep_observations
+from sparsa.sfm.global_mapper import map_database
 from sparsa.sfm.pipeline import run_sfm
 from sparsa.sfm.scenes import check_scene_output, load_scene, save_scene
 
@@ -73,4 +75,22 @@ def reconstruct_problem(problem: str, gp_options: GPOptions, ba_options: BAOptio
               "short_tracks": short_tracks}
     if out:
         answer["out"] = save_scene(result, out, source=problem, text=text, force=force)
+    return answer
+
+
+def map_database_problem(database: str, options: GlobalMapperOptions, gp_options: GPOptions, ba_options: BAOptions, *,
+                         filter_px: float = SFM_FILTER_PX, out: str | None = None, text: bool = False,
+                         force: bool = False, device: str = "cpu", threads: int | None = None,
+                         progress: bool = True) -> dict:
+    """Global SfM from a COLMAP database (:func:`~sparsa.sfm.global_mapper.map_database`); the model
+    is written to ``out`` (a new or sparsa-written COLMAP model directory) only when the run succeeds."""
+    torch.set_num_threads(threads or torch.get_num_threads())
+    if out:
+        check_scene_output(out, text=text, force=force)
+    db = read_database(database)
+    scene, report = map_database(db, options, gp_options, ba_options, filter_px=filter_px, device=device,
+                                 progress=progress)
+    answer = {"database": database, "device": device, **report}
+    if out:
+        answer["out"] = save_scene(scene, out, text=text, force=force)
     return answer
