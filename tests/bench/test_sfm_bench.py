@@ -71,14 +71,14 @@ def test_auc_of_uniform_errors():
 
 def test_bench_sfm_runs_both_mappers_and_reports_the_acceptance_fields(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSA_CACHE", str(tmp_path / "cache"))
-    code, out, err = run_cli(capsys, "bench", "sfm", "--sizes", "24", "--out", str(tmp_path / "results"), "--json",
-                             "--quiet")
+    code, out, err = run_cli(capsys, "bench", "sfm", "--sizes", "24", "--pixel-images", "10", "--out",
+                             str(tmp_path / "results"), "--json", "--quiet")
     assert code == 0, err
-    rows = {r["solver"]: r for r in last_json(out)["rows"]}
-    assert set(rows) == {"sparsa", "pycolmap"}
-    for r in rows.values():
-        assert r["images"] == r["images_truth"] == 24, r
+    rows = {(r["kind"], r["solver"]): r for r in last_json(out)["rows"]}
+    assert set(rows) == {(kind, solver) for kind in ("ring", "pixels") for solver in ("sparsa", "pycolmap")}
+    for (kind, _), r in rows.items():
+        assert r["images"] == r["images_truth"] == {"ring": 24, "pixels": 10}[kind], r
         assert r["rotation_error_deg"]["median"] < 1.0 and r["centre_error"]["median"] < 0.5 and r["seconds"] > 0
     assert {p.name for p in (tmp_path / "results").iterdir()} == {"sfm.json", "sfm.md", "sfm.png"}
     payload = json.loads((tmp_path / "results" / "sfm.json").read_text())
-    assert payload["settings"]["sizes"] == [24] and "| 24 | sparsa | cpu | 24 |" in (tmp_path / "results" / "sfm.md").read_text()
+    assert payload["settings"]["sizes"] == [24] and "| ring | 24 | sparsa | cpu | 24 |" in (tmp_path / "results" / "sfm.md").read_text()

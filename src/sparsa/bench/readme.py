@@ -268,19 +268,21 @@ def render_sfm(results_dir: Path) -> str:
     for r in rows:
         name = f"{r['solver']} ({r['device']})"
         if "failed" in r:
-            body.append([str(r["images_truth"]), name, f"failed: {r['failed']}", "", "", "", f"{r['seconds']:.3g}", "", ""])
+            body.append([r["kind"], str(r["images_truth"]), name, f"failed: {r['failed']}", "", "", "",
+                         f"{r['seconds']:.3g}", "", ""])
             continue
         rot, cen, auc = r["rotation_error_deg"], r["centre_error"], r["auc"]
-        body.append([str(r["images_truth"]), name, f"{r['images']}", f"{rot['median']:.3f} / {rot['p90']:.3f}",
+        body.append([r["kind"], str(r["images_truth"]), name, f"{r['images']}", f"{rot['median']:.3f} / {rot['p90']:.3f}",
                      f"{cen['median']:.4f} / {cen['p90']:.4f}", f"{auc['1']:.3f} / {auc['3']:.3f} / {auc['5']:.3f}",
                      f"{r['seconds']:.3g}", f"{r['speedup_over_pycolmap']:.2f}x", f"{r['peak_rss_bytes'] / 2**20:.0f} MiB"])
-    header = ["images", "mapper", "registered", "rotation error ° (median / P90)", "centre error (median / P90)",
+    header = ["scene", "images", "mapper", "registered", "rotation error ° (median / P90)", "centre error (median / P90)",
               "AUC @1° / 3° / 5°", "seconds", "x pycolmap", "peak RSS"]
     ours = [r for r in rows if r["solver"] == "sparsa" and r["device"] == "cpu" and "stages" in r]
     names = [st["stage"] for st in ours[0]["stages"]] if ours else []
-    stages = table(["images", "observations", *names],
-                   [[str(r["images_truth"]), f"{r['observations']:,}", *(f"{st['seconds']:.2f}" for st in r["stages"])]
-                    for r in ours])
+    stages = table(["scene", "images", "observations", *names],
+                   [[r["kind"], str(r["images_truth"]), f"{r['observations']:,}",
+                     *(f"{st['seconds']:.2f}" for st in r["stages"])] for r in ours])
+    ours = [r for r in ours if r["kind"] == "ring"]  # the growth fit: one kind of scene
     text = (caption("sfm.json", payload["machine"]) + " Same databases, threads and stopping rules for both; each "
             "timer covers reading the database, mapping and writing the model.\n\n" + table(header, body)
             + "\n\nsparsa's seconds per stage (CPU):\n\n" + stages)

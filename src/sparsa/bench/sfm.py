@@ -22,36 +22,51 @@ import torch
 
 from sparsa.bench.ba import peak_rss_bytes, reset_peak_rss, run_isolated
 from sparsa.bench.results import machine, write_results
-from sparsa.bench.sfm_scenes import SfmSceneSpec, write_database
+from sparsa.bench.sfm_scenes import SfmSceneSpec, write_database, write_pixel_database
 
 
 @dataclass(frozen=True)
 class SfmBenchSettings:
-    """sizes: images per scene; threads: 0 for every core."""
+    """sizes: images per ring scene; pixel_images: images of the scene rendered and matched from
+    pixels (0: none); threads: 0 for every core."""
 
     sizes: tuple[int, ...] = (50, 200, 1000)
+    pixel_images: int = 30
     seed: int = 0
     threads: int = 0
 
     @classmethod
     def quick(cls) -> "SfmBenchSettings":
-        return cls(sizes=(50,))
+        return cls(sizes=(50,), pixel_images=0)
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("SPARSA_CACHE", Path.home() / ".cache" / "sparsa")) / "sfm-scenes"
 
 
-def scene_database(spec: SfmSceneSpec) -> tuple[Path, Path, float]:
-    """(database, ground-truth model, seconds it took to make) for ``spec``, from the cache or made now."""
-    directory = cache_dir() / spec.key
+def cached(key: str, make) -> tuple[Path, Path, float]:
+    """(database, ground-truth model, seconds it took to make) of the scene ``key``, from the cache or
+    made now by ``make(directory)``."""
+    directory = cache_dir() / key
     done = directory / "made-in-seconds"
     if not done.is_file():
         shutil.rmtree(directory, ignore_errors=True)
         start = time.perf_counter()
-        write_database(spec, directory)
+        make(directory)
         done.write_text(f"{time.perf_counter() - start:.3f}\n")
     return directory / "database.db", directory / "truth", float(done.read_text())
+
+
+def scenes(s: SfmBenchSettings):
+    """(kind, images, description, make database) of every scene of the run."""
+    out = [("ring", n, asdict(SfmSceneSpec(n, seed=s.seed)),
+            lambda spec=SfmSceneSpec(n, seed=s.seed): cached(spec.key, lambda d: write_database(spec, d)))
+           for n in s.sizes]
+    if s.pixel_images:
+        key = f"pixels-v1-images={s.pixel_images}-seed={s.seed}"
+        out.append(("pixels", s.pixel_images, {"images": s.pixel_images, "seed": s.seed},
+                    lambda: cached(key, lambda d: write_pixel_database(s.pixel_images, s.seed, d))))
+    return out
 
 
 def run_ours(database: str, out: str, threads: int, device: str) -> dict:
@@ -117,15 +132,15 @@ def run_sfm_bench(s: SfmBenchSettings, *, out_dir: str, name: str = "sfm", progr
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, tqdm(total=len(s.sizes) * (len(devices) + 2), desc="bench sfm",
+    todo = scenes(s)
+    with tempfile.TemporaryDirectory() as tmp, tqdm(total=len(todo) * (len(devices) + 2), desc="bench sfm",
                                                      disable=not progress) as bar:
-        for images in s.sizes:
-            spec = SfmSceneSpec(images, seed=s.seed)
-            database, truth, made = scene_database(spec)
+        for kind, images, description, make in todo:
+            database, truth, made = make()
             bar.update(1)
-            scene = {"images_truth": images, "scene": asdict(spec), "scene_seconds": made}
+            scene = {"kind": kind, "images_truth": images, "scene": description, "scene_seconds": made}
             for solver, device in [("sparsa", d) for d in devices] + [("pycolmap", "cpu")]:
-                work = Path(tmp) / f"{images}-{solver}-{device}"
+                work = Path(tmp) / f"{kind}-{images}-{solver}-{device}"
                 work.mkdir()
                 copy = work / "database.db"
                 shutil.copy(database, copy)  # every mapper reads its own copy: nothing it writes reaches the other
@@ -139,7 +154,8 @@ def run_sfm_bench(s: SfmBenchSettings, *, out_dir: str, name: str = "sfm", progr
                 rows.append(row)
                 bar.update(1)
     for row in rows:
-        peer = next(r for r in rows if r["images_truth"] == row["images_truth"] and r["solver"] == "pycolmap")
+        peer = next(r for r in rows if (r["kind"], r["images_truth"]) == (row["kind"], row["images_truth"])
+                    and r["solver"] == "pycolmap")
         row["speedup_over_pycolmap"] = peer["seconds"] / row["seconds"]
     payload = {"machine": machine(devices[-1]), "settings": asdict(s),
                "timer": "reading the database, mapping and writing the model, each mapper in its own process",
@@ -156,19 +172,20 @@ def markdown(payload: dict) -> str:
     m = payload["machine"]
     lines = [f"# Global SfM from a database: sparsa vs pycolmap.global_mapping ({m['date']}, {m['cpu']}, "
              f"{m['cores']} cores" + (f", {m['gpu']}" if "gpu" in m else "") + ")", "",
-             "Synthetic ring scenes (sparsa.bench.sfm_scenes): 1 px keypoint noise, 30% outlier matches, two-view "
-             "geometries by COLMAP's RANSAC. Same stopping rules (GP 100 iterations / 1e-5, BA 200 / 1e-5), same "
+             "ring: synthetic ring scenes (sparsa.bench.sfm_scenes): 1 px keypoint noise, 30% outlier matches, two-view "
+             "geometries by COLMAP's RANSAC. pixels: synthesize_dataset's scene rendered to images, COLMAP's SIFT and "
+             "exhaustive matching. Same stopping rules (GP 100 iterations / 1e-5, BA 200 / 1e-5), same "
              "threads; each timer covers reading, mapping and writing.", "",
-             "| images | mapper | device | registered | rotation error ° (median / P90) | centre error (median / P90) "
+             "| scene | images | mapper | device | registered | rotation error ° (median / P90) | centre error (median / P90) "
              "| AUC @1° / 3° / 5° | seconds | x pycolmap | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
         if "failed" in r:
-            lines.append(f"| {r['images_truth']} | {r['solver']} | {r['device']} | failed: {r['failed']} | | | | "
+            lines.append(f"| {r['kind']} | {r['images_truth']} | {r['solver']} | {r['device']} | failed: {r['failed']} | | | | "
                          f"{r['seconds']:.2f} | | {r['peak_rss_bytes'] / 2**20:.0f} |")
             continue
         rot, cen, auc = r["rotation_error_deg"], r["centre_error"], r["auc"]
-        lines.append(f"| {r['images_truth']} | {r['solver']} | {r['device']} | {r['images']} | {rot['median']:.3f} / "
+        lines.append(f"| {r['kind']} | {r['images_truth']} | {r['solver']} | {r['device']} | {r['images']} | {rot['median']:.3f} / "
                      f"{rot['p90']:.3f} | {cen['median']:.4f} / {cen['p90']:.4f} | {auc['1']:.3f} / {auc['3']:.3f} / "
                      f"{auc['5']:.3f} | {r['seconds']:.2f} | {r['speedup_over_pycolmap']:.2f} | "
                      f"{r['peak_rss_bytes'] / 2**20:.0f} |")
@@ -176,10 +193,10 @@ def markdown(payload: dict) -> str:
         mine = [r for r in payload["rows"] if r["solver"] == solver and r.get("stages")]
         if mine:
             names = [s["stage"] for s in mine[0]["stages"]]
-            lines += ["", f"{solver}'s seconds per stage{note}:", "", "| images | device | " + " | ".join(names) + " |",
-                      "|---|---|" + "---|" * len(names)]
+            lines += ["", f"{solver}'s seconds per stage{note}:", "", "| scene | images | device | " + " | ".join(names)
+                      + " |", "|---|---|---|" + "---|" * len(names)]
             for r in mine:
-                lines.append(f"| {r['images_truth']} | {r['device']} | "
+                lines.append(f"| {r['kind']} | {r['images_truth']} | {r['device']} | "
                              + " | ".join(f"{s['seconds']:.2f}" for s in r["stages"]) + " |")
     lines += ["", "Centre error: ground-truth units after the best similarity (the ring's images are one unit "
               "apart). AUC: relative pose error (the larger of the rotation and translation-direction errors) over "
@@ -195,13 +212,13 @@ def figure(rows: list[dict]):
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for (solver, device), marker in zip(sorted({(r["solver"], r["device"]) for r in rows}), "os^v"):
-        mine = sorted((r for r in rows if (r["solver"], r["device"]) == (solver, device) and "failed" not in r),
-                      key=lambda r: r["images_truth"])
+        mine = sorted((r for r in rows if (r["solver"], r["device"]) == (solver, device) and "failed" not in r
+                       and r["kind"] == "ring"), key=lambda r: r["images_truth"])
         for ax, key in zip(axes, ("rotation_error_deg", "centre_error")):
             ax.plot([r["seconds"] for r in mine], [r[key]["median"] for r in mine], marker + "-",
                     label=f"{solver} ({device})")
             for r in mine:
-                ax.annotate(str(r["images_truth"]), (r["seconds"], r[key]["median"]), fontsize=8)
+                ax.annotate(f"{r['kind']} {r['images_truth']}", (r["seconds"], r[key]["median"]), fontsize=8)
     axes[0].set(xscale="log", xlabel="seconds", ylabel="median rotation error (deg)")
     axes[1].set(xscale="log", xlabel="seconds", ylabel="median camera centre error")
     for ax in axes:

@@ -196,3 +196,30 @@ def write_database(spec: SfmSceneSpec, directory: Path, threads: int = -1) -> tu
     pycolmap.verify_matches(str(database), str(pairs), options)
     write_colmap(scene, directory / "truth")
     return database, directory / "truth"
+
+
+def write_pixel_database(images: int, seed: int, directory: Path) -> tuple[Path, Path]:
+    """The path of a user with photos, offline: ``pycolmap.synthesize_dataset``'s scene (one
+    SIMPLE_RADIAL camera with its focal length known, 20 points per image) rendered to PNGs by
+    ``synthesize_images``, then COLMAP's SIFT (``extract_features``, on the CPU) and exhaustive
+    matching with geometric verification (``match_exhaustive``). Writes ``directory/database.db``,
+    ``directory/images`` and ``directory/truth``; returns the database and the truth."""
+    import pycolmap
+
+    pycolmap.set_random_seed(seed)
+    options = pycolmap.SyntheticDatasetOptions()
+    options.num_rigs, options.num_cameras_per_rig, options.num_frames_per_rig = 1, 1, images
+    options.num_points3D, options.camera_has_prior_focal_length = 20 * images, True
+    truth = pycolmap.synthesize_dataset(options)
+    (directory / "images").mkdir(parents=True)
+    pycolmap.synthesize_images(pycolmap.SyntheticImageOptions(), truth, str(directory / "images"))
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = "SIMPLE_RADIAL"
+    reader.camera_params = ",".join(str(p) for p in truth.cameras[next(iter(truth.cameras))].params)
+    database = directory / "database.db"
+    pycolmap.extract_features(str(database), str(directory / "images"), camera_mode=pycolmap.CameraMode.SINGLE,
+                              reader_options=reader, device=pycolmap.Device.cpu)
+    pycolmap.match_exhaustive(str(database), device=pycolmap.Device.cpu)
+    (directory / "truth").mkdir()
+    truth.write(str(directory / "truth"))
+    return database, directory / "truth"

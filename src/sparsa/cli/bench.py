@@ -130,6 +130,8 @@ def cmd_bench_sfm(args) -> dict:
     settings, name = chosen(SfmBenchSettings, "sfm", args.quick)
     if args.sizes:
         settings = replace(settings, sizes=tuple(args.sizes))
+    if args.pixel_images is not None:
+        settings = replace(settings, pixel_images=args.pixel_images)
     payload = run_sfm_bench(settings, out_dir=args.out, name=name, progress=not args.quiet)
     return {"out": args.out, "name": name, "machine": payload["machine"], "rows": payload["rows"]}
 
@@ -137,7 +139,7 @@ def cmd_bench_sfm(args) -> dict:
 def bench_sfm_table(r: dict) -> str:
     lines = [f"wrote {r['out']}/{r['name']}.{{json,md,png}}"]
     for row in r["rows"]:
-        head = f"{row['images_truth']:>5} images  {row['solver']:<9} {row['device']:<5}"
+        head = f"{row['kind']:<6} {row['images_truth']:>5} images  {row['solver']:<9} {row['device']:<5}"
         if "failed" in row:
             lines.append(f"{head} failed: {row['failed']} after {row['seconds']:.2f} s")
             continue
@@ -281,7 +283,9 @@ def add_bench(sub, common, parser_class) -> None:
     p = command("sfm", "global SfM from a COLMAP database against pycolmap.global_mapping (GLOMAP)",
                 "the 50-image scene only (written as sfm_quick)", cmd_bench_sfm, bench_sfm_table)
     p.add_argument("--sizes", type=number(int, 10), nargs="+", metavar="IMAGES",
-                   help="scene sizes in images (default 50 200 1000; --quick 50)")
+                   help="ring scene sizes in images (default 50 200 1000; --quick 50)")
+    p.add_argument("--pixel-images", type=number(int, 0), metavar="IMAGES",
+                   help="images of the scene rendered and matched from pixels, 0 for none (default 30; --quick 0)")
     p = command("merge", "task-vector merging (T-Switch, Auto-Switch, baselines) on the offline digits suite",
                 "shorter fine-tuning (written as merge_quick)", cmd_bench_merge, bench_merge_table)
     add_bos_flag(p, "language tasks' windows (full run only; --quick has no language tasks)")
