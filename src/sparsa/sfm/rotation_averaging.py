@@ -30,7 +30,6 @@ L1_INNER = 10  # reweighted solves per L1 linearization
 class RotationAveragingReport:
     iterations: int
     median_residual_deg: float
-    seconds: float = 0.0
 
 
 def spanning_tree_rotations(n: int, pairs: torch.Tensor, R: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
