@@ -56,9 +56,9 @@ def add_output_flags(p) -> None:
     p.add_argument("--text", action="store_true", help="COLMAP output in text instead of binary")
 
 
-def add_solver_flags(p, d, per: str) -> None:
+def add_solver_flags(p, d, per: str, iterations_note: str = "") -> None:
     """``--loss``, ``--loss-scale`` and ``--max-iters`` with the defaults of BA options ``d`` (``per``: what
-    the iterations are counted over, e.g. " per BA round")."""
+    the iterations are counted over, e.g. " per BA round"; ``iterations_note``: added to the default in the help)."""
     from sparsa.sfm.config import LOSSES
 
     p.add_argument("--loss", choices=LOSSES, default=d.loss, help=f"BA robust loss (default {d.loss})")
@@ -66,7 +66,7 @@ def add_solver_flags(p, d, per: str) -> None:
                    help=f"BA robust loss scale (default {d.loss_scale:g} px)")
     p.add_argument("--max-iters", type=number(int, 0), default=d.max_iterations,
                    help=f"LM iterations{per}, accepted and rejected steps (default {d.max_iterations} iterations"
-                        + ("; 200 from a database)" if per else ")"))
+                        + iterations_note + ")")
 
 
 def add_ba(sub, common) -> None:
@@ -168,7 +168,7 @@ def add_sfm(sub, common) -> None:
     p.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default %(default)s)")
     p.add_argument("--gp-max-iters", type=number(int, 0), default=d.max_iterations,
                    help=f"global positioning LM iterations (default {d.max_iterations} iterations)")
-    add_solver_flags(p, SFM_BA_OPTIONS, " per BA round")
+    add_solver_flags(p, SFM_BA_OPTIONS, " per BA round", "; 200 from a database")
     p.set_defaults(max_iters=None)  # per mode: 100 from a model, 200 (COLMAP's global mapper's) from a database
     p.add_argument("--filter-px", type=number(float, 0, low_open=True), default=SFM_FILTER_PX,
                    help="after BA rounds 1-3 drop observations above 3x, 2x, 1x this error (default %(default)g px)")

@@ -20,10 +20,9 @@ from sparsa.data.synthetic_scene import available_memory_bytes
 from sparsa.errors import SparsaError
 from sparsa.sfm.align import camera_centres
 from sparsa.sfm.ba import scene_residuals, solve_ba
-from sparsa.sfm.cameras import unproject
 from sparsa.sfm.config import SFM_FILTER_PX, BAOptions, GlobalMapperOptions, GPOptions
 from sparsa.sfm.filters import depths, drop_images, keep_observations, prune_images
-from sparsa.sfm.gp import angular_errors, solve_gp
+from sparsa.sfm.gp import angular_errors, solve_gp, world_rays
 from sparsa.sfm.pipeline import ba_rounds
 from sparsa.sfm.relative_pose import image_rays, relative_poses, sample_matches
 from sparsa.sfm.rotation_averaging import average_rotations, residuals
@@ -148,13 +147,6 @@ def keypoint_xy(db: ViewDatabase, image: torch.Tensor, keypoint: torch.Tensor) -
     return flat[offsets[image] + keypoint]
 
 
-def world_rays_of(scene: Scene, obs_image: torch.Tensor, obs_xy: torch.Tensor) -> torch.Tensor:
-    """[M, 3] unit world rays of pixels ``obs_xy`` seen by images ``obs_image``."""
-    R = scene.rotation_matrices()[obs_image]
-    rays = unproject(scene.model, scene.intrinsics[scene.image_camera[obs_image]], obs_xy)
-    return (R.transpose(1, 2) @ rays[:, :, None])[..., 0]
-
-
 def retriangulate(scene: Scene, everything: Scene, filter_px: float, min_angle_deg: float) -> tuple[Scene, dict]:
     """Every track of ``everything`` (the scene GP started from; point ids identify tracks) on the images
     ``scene`` kept, with its poses and intrinsics:
@@ -164,7 +156,7 @@ def retriangulate(scene: Scene, everything: Scene, filter_px: float, min_angle_d
     full = drop_images(everything, torch.isin(everything.image_ids, scene.image_ids))  # images BA kept, in order
     full = full.replace(intrinsics=scene.intrinsics, rotations=scene.rotations, translations=scene.translations)
     centres = camera_centres(full)
-    points, ok = triangulate(centres, world_rays_of(full, full.obs_image, full.obs_xy), full.obs_image,
+    points, ok = triangulate(centres, world_rays(full), full.obs_image,
                              full.obs_point, full.n_points)
     row_of_id = torch.full((int(full.point_ids.max()) + 1,), -1, dtype=torch.int64)
     row_of_id[full.point_ids] = torch.arange(full.n_points)

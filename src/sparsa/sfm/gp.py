@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from sparsa.data.scene import Scene
+from sparsa.sfm.align import camera_centres
 from sparsa.sfm.cameras import unproject
 from sparsa.sfm.comm import LocalComm
 from sparsa.sfm.config import GPOptions
@@ -116,8 +117,6 @@ def solve_gp(scene: Scene, options: GPOptions = GPOptions(), *, device: str = "c
 def angular_errors(scene: Scene) -> torch.Tensor:
     """[M] angle in degrees between each observation's ray and the direction from its camera centre to
     its point (180 for a point behind the camera); what GP's residual measures, as an angle."""
-    R = scene.rotation_matrices()
-    centres = -(R.transpose(1, 2) @ scene.translations[:, :, None])[..., 0]
-    u = scene.points[scene.obs_point] - centres[scene.obs_image]
+    u = scene.points[scene.obs_point] - camera_centres(scene)[scene.obs_image]
     cos = (world_rays(scene) * u).sum(-1) / u.norm(dim=-1).clamp(min=1e-300)
     return torch.rad2deg(torch.arccos(cos.clamp(-1, 1)))
